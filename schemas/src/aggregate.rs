@@ -1,0 +1,85 @@
+//! What an event is about: the aggregate whose history it extends.
+
+use alloc::format;
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AppId, DeviceId, GatewayId};
+
+/// The kinds of aggregates in the event log. Each is one subject token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "std", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AggregateKind {
+    /// A device: identity, enrollment, connection, liveness.
+    Device,
+    /// An application: module, target, limits.
+    Application,
+    /// One application on one device.
+    Deployment,
+    /// A gateway instance.
+    Gateway,
+    /// The emulator of one device.
+    Emulator,
+}
+
+impl AggregateKind {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Application => "application",
+            Self::Deployment => "deployment",
+            Self::Gateway => "gateway",
+            Self::Emulator => "emulator",
+        }
+    }
+}
+
+/// One aggregate. Its events live on one subject (see [`crate::subject::event`]), which is what
+/// makes per-aggregate optimistic concurrency possible.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "std", derive(schemars::JsonSchema))]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AggregateId {
+    /// A device.
+    Device(DeviceId),
+    /// An application.
+    Application(AppId),
+    /// One application on one device.
+    Deployment {
+        /// The application.
+        app: AppId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// A gateway.
+    Gateway(GatewayId),
+    /// The emulator of a device.
+    Emulator(DeviceId),
+}
+
+impl AggregateId {
+    /// The kind.
+    pub fn kind(&self) -> AggregateKind {
+        match self {
+            Self::Device(_) => AggregateKind::Device,
+            Self::Application(_) => AggregateKind::Application,
+            Self::Deployment { .. } => AggregateKind::Deployment,
+            Self::Gateway(_) => AggregateKind::Gateway,
+            Self::Emulator(_) => AggregateKind::Emulator,
+        }
+    }
+
+    /// The id tokens of the subject: one token, or `app.device` for a deployment.
+    pub fn subject_tail(&self) -> String {
+        match self {
+            Self::Device(id) | Self::Emulator(id) => String::from(id.as_str()),
+            Self::Application(id) => String::from(id.as_str()),
+            Self::Gateway(id) => String::from(id.as_str()),
+            Self::Deployment { app, device } => format!("{app}.{device}"),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Commands: request/reply messages on `wasmbed.cmd.v1.<service>.<command>`, JSON encoded.
+//!
+//! Two levels of failure, deliberately kept apart:
+//! - **transport**: the request never got an answer (no responder, timeout, connection lost).
+//!   The caller sees a NATS error and may retry; the command may or may not have happened, so
+//!   commands that create things carry the caller's id and are idempotent.
+//! - **application**: the service answered and refused, as [`Reply::Error`] with an
+//!   [`ErrorCode`]. Nothing happened; retrying the same command gives the same answer.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::{Blob, PublicKey, Sha256};
+use crate::event::Target;
+use crate::frame::Limits;
+use crate::ids::{AppId, DeviceId, GatewayId};
+use crate::subject::{self, Service};
+
+/// A request with a typed reply, answered by one service.
+pub trait Command: Serialize + DeserializeOwned + JsonSchema {
+    /// The service that answers.
+    const SERVICE: Service;
+    /// The last subject token.
+    const NAME: &'static str;
+    /// What a successful reply carries.
+    type Reply: Serialize + DeserializeOwned + JsonSchema;
+
+    /// The request subject.
+    fn subject() -> String {
+        subject::command(Self::SERVICE, Self::NAME)
+    }
+}
+
+/// The answer to every command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Reply<T> {
+    /// Done.
+    Ok {
+        /// The result.
+        payload: T,
+    },
+    /// Refused; nothing happened.
+    Error {
+        /// Why.
+        error: CommandError,
+    },
+}
+
+impl<T> Reply<T> {
+    /// A refusal.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            error: CommandError {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+
+    /// The reply as a `Result`.
+    pub fn into_result(self) -> Result<T, CommandError> {
+        match self {
+            Self::Ok { payload } => Ok(payload),
+            Self::Error { error } => Err(error),
+        }
+    }
+}
+
+impl<T> From<Result<T, CommandError>> for Reply<T> {
+    fn from(r: Result<T, CommandError>) -> Self {
+        match r {
+            Ok(payload) => Self::Ok { payload },
+            Err(error) => Self::Error { error },
+        }
+    }
+}
+
+/// An application-level refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct CommandError {
+    /// Machine-readable kind.
+    pub code: ErrorCode,
+    /// For people: what was wrong, naming the field where there is one.
+    pub message: String,
+}
+
+/// Kinds of refusal. Stable: clients match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is malformed or a field is invalid.
+    InvalidRequest,
+    /// The thing named does not exist.
+    NotFound,
+    /// It exists already, with different content.
+    AlreadyExists,
+    /// A concurrent change won; read again and retry.
+    Conflict,
+    /// The caller may not do this.
+    Unauthorized,
+    /// Valid, but refused by policy (e.g. a module too large for the device).
+    Refused,
+    /// A dependency is down; retry later.
+    Unavailable,
+    /// A bug or an unexpected failure on the service side.
+    Internal,
+}
+
+/// Reply of commands whose result is an event in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Accepted {
+    /// Stream sequence of the event that records the command's effect.
+    pub sequence: u64,
+}
+
+macro_rules! commands {
+    ($( $(#[$doc:meta])* $name:ident : $service:ident . $token:literal -> $reply:ty ),+ $(,)?) => {
+        $(
+            impl Command for $name {
+                const SERVICE: Service = Service::$service;
+                const NAME: &'static str = $token;
+                type Reply = $reply;
+            }
+        )+
+
+        /// Writes `(file name, schema)` for the request and reply of every command.
+        pub(crate) fn command_schemas(out: &mut Vec<(String, schemars::Schema)>) {
+            $(
+                out.push((
+                    format!("commands/{}.{}.request.json", Service::$service.as_str(), $token),
+                    schemars::schema_for!($name),
+                ));
+                out.push((
+                    format!("commands/{}.{}.reply.json", Service::$service.as_str(), $token),
+                    schemars::schema_for!(Reply<$reply>),
+                ));
+            )+
+        }
+    };
+}
+
+commands! {
+    RegisterDevice: Enrollment."register_device" -> Accepted,
+    DecommissionDevice: Enrollment."decommission_device" -> Accepted,
+    OpenPairingWindow: Enrollment."open_pairing_window" -> PairingWindow,
+    AuthorizeDevice: Enrollment."authorize_device" -> Authorized,
+    IssueGatewayCertificate: Enrollment."issue_gateway_certificate" -> GatewayCertificate,
+    CreateApplication: Deployer."create_application" -> Accepted,
+    DeployApplication: Deployer."deploy_application" -> Accepted,
+    UpdateApplication: Deployer."update_application" -> Accepted,
+    StopApplication: Deployer."stop_application" -> Accepted,
+    DeleteApplication: Deployer."delete_application" -> Accepted,
+    StartEmulator: RenodeManager."start_emulator" -> Accepted,
+    StopEmulator: RenodeManager."stop_emulator" -> Accepted,
+    RestartEmulator: RenodeManager."restart_emulator" -> Accepted,
+}
+
+/// Register a device's Ed25519 public key under an id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RegisterDevice {
+    /// The id to know it by.
+    pub device_id: DeviceId,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// MCU type from the catalogue.
+    pub mcu: Option<String>,
+    /// Labels for targeting.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Retire a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DecommissionDevice {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Why.
+    pub reason: String,
+}
+
+/// Let unregistered devices enroll with a token for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OpenPairingWindow {
+    /// How long the window stays open.
+    pub duration_secs: u32,
+}
+
+/// An open pairing window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PairingWindow {
+    /// The token devices present in `Hello`.
+    pub token: String,
+    /// When the window closes.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A gateway asks whether a key that proved possession may open a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AuthorizeDevice {
+    /// The asking gateway.
+    pub gateway_id: GatewayId,
+    /// The key whose signature the gateway verified.
+    pub public_key: PublicKey,
+    /// The pairing token the device presented, if any.
+    pub enrollment_token: Option<String>,
+    /// The device's address, for the audit trail.
+    pub remote_addr: String,
+}
+
+/// The device may open a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Authorized {
+    /// The id the key belongs to.
+    pub device_id: DeviceId,
+}
+
+/// A gateway asks for a TLS server certificate for its own key (a CSR: the CA key never leaves
+/// enrollment, and the gateway key never leaves the gateway).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IssueGatewayCertificate {
+    /// The gateway.
+    pub gateway_id: GatewayId,
+    /// PKCS#10 certificate signing request, PEM.
+    pub csr_pem: String,
+}
+
+/// A certificate issued by the CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GatewayCertificate {
+    /// The certificate, PEM.
+    pub certificate_pem: String,
+    /// The CA certificate devices verify against, PEM.
+    pub ca_certificate_pem: String,
+    /// When the certificate expires.
+    pub not_after: DateTime<Utc>,
+}
+
+/// Create an application from a module already in the object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CreateApplication {
+    /// The id to know it by.
+    pub app_id: AppId,
+    /// Display name.
+    pub name: String,
+    /// SHA-256 of the module (its object-store key).
+    pub module_sha256: Sha256,
+    /// Where it runs.
+    pub target: Target,
+    /// Configuration bytes.
+    #[serde(default)]
+    pub config: Blob,
+    /// Limits on each device.
+    pub limits: Limits,
+}
+
+/// Roll an application out to its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeployApplication {
+    /// The application.
+    pub app_id: AppId,
+}
+
+/// Replace an application's module with a new version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UpdateApplication {
+    /// The application.
+    pub app_id: AppId,
+    /// SHA-256 of the new module.
+    pub module_sha256: Sha256,
+}
+
+/// Stop an application on every device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StopApplication {
+    /// The application.
+    pub app_id: AppId,
+}
+
+/// Stop and forget an application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeleteApplication {
+    /// The application.
+    pub app_id: AppId,
+}
+
+/// Start the emulator of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StartEmulator {
+    /// The device.
+    pub device_id: DeviceId,
+    /// MCU type from the catalogue.
+    pub mcu: String,
+}
+
+/// Stop the emulator of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StopEmulator {
+    /// The device.
+    pub device_id: DeviceId,
+}
+
+/// Restart the emulator of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RestartEmulator {
+    /// The device.
+    pub device_id: DeviceId,
+}

@@ -1,0 +1,423 @@
+//! The event log: one envelope around every event payload.
+//!
+//! Events are JSON on the bus (see ADR 0001), so any NATS client can read the log; their JSON
+//! Schemas are in `schemas/json/`. Each event belongs to one aggregate and is appended to that
+//! aggregate's subject ([`crate::subject::event`]).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::aggregate::AggregateId;
+use crate::bytes::{Blob, PublicKey, Sha256};
+use crate::frame::{Limits, RejectReason};
+use crate::ids::{AppId, DeviceId, GatewayId};
+
+/// The envelope layout version this crate writes and reads.
+pub const EVENT_SCHEMA_VERSION: u16 = 1;
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventEnvelope {
+    /// Unique id (UUIDv7: time-ordered); also the JetStream de-duplication id.
+    pub event_id: Uuid,
+    /// When the event was recorded.
+    pub time: DateTime<Utc>,
+    /// The aggregate whose history this extends.
+    pub aggregate: AggregateId,
+    /// The event (or command) that directly caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Shared by every event of one operation (e.g. one deployment across many devices).
+    pub correlation_id: Uuid,
+    /// Layout version of the envelope and payload.
+    pub schema_version: u16,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventDecodeError {
+    /// Not JSON of an envelope (or an unknown event type).
+    #[error("not an event envelope: {0}")]
+    Invalid(#[from] serde_json::Error),
+    /// Written by a newer version than this one reads.
+    #[error("event schema version {0} is newer than {EVENT_SCHEMA_VERSION}")]
+    UnsupportedVersion(u16),
+}
+
+impl EventEnvelope {
+    /// A new envelope: fresh id, the current time, the event's own aggregate, and a correlation
+    /// id equal to its own id (the start of an operation).
+    pub fn new(event: Event) -> Self {
+        let event_id = Uuid::now_v7();
+        Self {
+            event_id,
+            time: Utc::now(),
+            aggregate: event.aggregate(),
+            causation_id: None,
+            correlation_id: event_id,
+            schema_version: EVENT_SCHEMA_VERSION,
+            event,
+        }
+    }
+
+    /// Marks this event as caused by `cause`, continuing its correlation.
+    pub fn caused_by(mut self, cause: &EventEnvelope) -> Self {
+        self.causation_id = Some(cause.event_id);
+        self.correlation_id = cause.correlation_id;
+        self
+    }
+
+    /// Sets the correlation id (e.g. from the command that started the operation).
+    pub fn correlated_with(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = correlation_id;
+        self
+    }
+
+    /// The JSON bytes stored in the log.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Reads an envelope from log bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EventDecodeError> {
+        let envelope: Self = serde_json::from_slice(bytes)?;
+        if envelope.schema_version > EVENT_SCHEMA_VERSION {
+            return Err(EventDecodeError::UnsupportedVersion(
+                envelope.schema_version,
+            ));
+        }
+        Ok(envelope)
+    }
+}
+
+macro_rules! events {
+    ($( $(#[$doc:meta])* $variant:ident => |$e:ident| $aggregate:expr ),+ $(,)?) => {
+        /// Every event of the log, tagged by `type` with its payload in `data`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(tag = "type", content = "data")]
+        #[non_exhaustive]
+        pub enum Event {
+            $( $(#[$doc])* $variant($variant), )+
+        }
+
+        impl Event {
+            /// The aggregate this event belongs to.
+            pub fn aggregate(&self) -> AggregateId {
+                match self {
+                    $( Self::$variant($e) => $aggregate, )+
+                }
+            }
+
+            /// The type name (the `type` tag, and the `Wasmbed-Event-Type` header).
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( Self::$variant(_) => stringify!($variant), )+
+                }
+            }
+        }
+
+        $(
+            impl From<$variant> for Event {
+                fn from(e: $variant) -> Self {
+                    Self::$variant(e)
+                }
+            }
+        )+
+    };
+}
+
+events! {
+    /// An operator registered a device's public key.
+    DeviceRegistered => |e| AggregateId::Device(e.device_id.clone()),
+    /// A device authenticated for the first time (registered key, or a pairing window).
+    DeviceEnrolled => |e| AggregateId::Device(e.device_id.clone()),
+    /// A device's enrollment or authentication was refused; an audit record of the gateway.
+    EnrollmentRefused => |e| AggregateId::Gateway(e.gateway_id.clone()),
+    /// A device opened an authenticated session.
+    DeviceConnected => |e| AggregateId::Device(e.device_id.clone()),
+    /// A device's session ended.
+    DeviceDisconnected => |e| AggregateId::Device(e.device_id.clone()),
+    /// A device missed its heartbeats.
+    DeviceWentOffline => |e| AggregateId::Device(e.device_id.clone()),
+    /// A device that was offline sent a heartbeat again.
+    DeviceBackOnline => |e| AggregateId::Device(e.device_id.clone()),
+    /// A device was retired; it may no longer connect.
+    DeviceDecommissioned => |e| AggregateId::Device(e.device_id.clone()),
+    /// An application was created.
+    ApplicationCreated => |e| AggregateId::Application(e.app_id.clone()),
+    /// A module version of an application was stored.
+    ModuleUploaded => |e| AggregateId::Application(e.app_id.clone()),
+    /// An application version should run on a device.
+    DeploymentRequested => |e| deployment(&e.app_id, &e.device_id),
+    /// The module reached the device and its digest matched.
+    DeploymentDelivered => |e| deployment(&e.app_id, &e.device_id),
+    /// The application runs on the device.
+    DeploymentRunning => |e| deployment(&e.app_id, &e.device_id),
+    /// The application failed on (or could not be delivered to) the device.
+    DeploymentFailed => |e| deployment(&e.app_id, &e.device_id),
+    /// The application was stopped on the device.
+    DeploymentStopped => |e| deployment(&e.app_id, &e.device_id),
+    /// An application was deleted.
+    ApplicationDeleted => |e| AggregateId::Application(e.app_id.clone()),
+    /// A gateway began serving devices.
+    GatewayStarted => |e| AggregateId::Gateway(e.gateway_id.clone()),
+    /// A gateway stopped.
+    GatewayStopped => |e| AggregateId::Gateway(e.gateway_id.clone()),
+    /// A device emulator started.
+    EmulatorStarted => |e| AggregateId::Emulator(e.device_id.clone()),
+    /// A device emulator exited.
+    EmulatorExited => |e| AggregateId::Emulator(e.device_id.clone()),
+}
+
+fn deployment(app: &AppId, device: &DeviceId) -> AggregateId {
+    AggregateId::Deployment {
+        app: app.clone(),
+        device: device.clone(),
+    }
+}
+
+/// An operator registered a device's public key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceRegistered {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its Ed25519 public key.
+    pub public_key: PublicKey,
+    /// MCU type from the catalogue, if known.
+    pub mcu: Option<String>,
+    /// Free-form labels for targeting deployments.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How a device came to be enrolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentPath {
+    /// Its key was registered by an operator.
+    Registered,
+    /// It presented a token during a pairing window.
+    Pairing,
+}
+
+/// A device authenticated for the first time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceEnrolled {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The key it proved it holds.
+    pub public_key: PublicKey,
+    /// The gateway it came through.
+    pub gateway_id: GatewayId,
+    /// How.
+    pub path: EnrollmentPath,
+}
+
+/// A device was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EnrollmentRefused {
+    /// The gateway that refused it.
+    pub gateway_id: GatewayId,
+    /// The key the peer presented.
+    pub public_key: PublicKey,
+    /// Why.
+    pub reason: RejectReason,
+    /// Detail for the operator.
+    pub message: String,
+    /// The peer's address.
+    pub remote_addr: String,
+}
+
+/// A device opened an authenticated session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceConnected {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The gateway holding the session.
+    pub gateway_id: GatewayId,
+    /// The device's address as the gateway saw it.
+    pub remote_addr: String,
+}
+
+/// A device's session ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceDisconnected {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The gateway that held the session.
+    pub gateway_id: GatewayId,
+    /// Why (closed by the device, heartbeat timeout, gateway shutdown, …).
+    pub reason: String,
+}
+
+/// A device missed its heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceWentOffline {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its last heartbeat.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// An offline device is heard from again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceBackOnline {
+    /// The device.
+    pub device_id: DeviceId,
+}
+
+/// A device was retired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceDecommissioned {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Why.
+    pub reason: String,
+}
+
+/// Which devices an application runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Target {
+    /// These devices.
+    Devices(Vec<DeviceId>),
+    /// Devices carrying all of these labels.
+    Labels(BTreeMap<String, String>),
+    /// Every enrolled device.
+    All,
+}
+
+/// An application was created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplicationCreated {
+    /// The application.
+    pub app_id: AppId,
+    /// Display name.
+    pub name: String,
+    /// Where it runs.
+    pub target: Target,
+    /// Configuration bytes the app reads through the host API.
+    pub config: Blob,
+    /// Resource limits on each device.
+    pub limits: Limits,
+}
+
+/// A module version was stored in the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModuleUploaded {
+    /// The application.
+    pub app_id: AppId,
+    /// The version this module is.
+    pub version: u32,
+    /// Its SHA-256, which is also its object-store key.
+    pub sha256: Sha256,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// An application version should run on a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentRequested {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The version.
+    pub version: u32,
+}
+
+/// The module reached the device intact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentDelivered {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The version.
+    pub version: u32,
+}
+
+/// The application runs on the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentRunning {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The version.
+    pub version: u32,
+}
+
+/// The application failed on the device, or could not be delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentFailed {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The version.
+    pub version: u32,
+    /// Why (validation refusal, trap, fuel exhausted, digest mismatch, …).
+    pub reason: String,
+}
+
+/// The application was stopped on the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentStopped {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+}
+
+/// An application was deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplicationDeleted {
+    /// The application.
+    pub app_id: AppId,
+}
+
+/// A gateway began serving devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GatewayStarted {
+    /// The gateway.
+    pub gateway_id: GatewayId,
+    /// `host:port` devices dial.
+    pub endpoint: String,
+    /// SHA-256 of its TLS certificate (DER).
+    pub certificate_sha256: Sha256,
+}
+
+/// A gateway stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GatewayStopped {
+    /// The gateway.
+    pub gateway_id: GatewayId,
+}
+
+/// A device emulator started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmulatorStarted {
+    /// The emulated device.
+    pub device_id: DeviceId,
+    /// Which backend runs it (`qemu`, `renode-docker`, `sim`).
+    pub backend: String,
+    /// MCU type from the catalogue.
+    pub mcu: String,
+}
+
+/// A device emulator exited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmulatorExited {
+    /// The emulated device.
+    pub device_id: DeviceId,
+    /// The process or container exit code, when there was one.
+    pub exit_code: Option<i32>,
+    /// The last UART lines before it exited.
+    pub last_uart_lines: Vec<String>,
+}

@@ -1,0 +1,28 @@
+//! JSON Schemas of everything JSON-encoded on the bus, for consumers not written in Rust.
+//!
+//! The checked-in copies live in `schemas/json/`; the `json_schemas_are_current` test fails when
+//! they drift from the types and rewrites them when run with `WASMBED_BLESS=1`.
+
+use crate::command::{CommandError, command_schemas};
+use crate::event::EventEnvelope;
+
+/// Every schema, as `(path under schemas/json, schema)`.
+pub fn all() -> Vec<(String, schemars::Schema)> {
+    let mut out = vec![
+        (
+            "event-envelope.json".to_owned(),
+            schemars::schema_for!(EventEnvelope),
+        ),
+        (
+            "command-error.json".to_owned(),
+            schemars::schema_for!(CommandError),
+        ),
+    ];
+    command_schemas(&mut out);
+    out
+}
+
+/// A schema as the pretty JSON text checked in.
+pub fn render(schema: &schemars::Schema) -> String {
+    format!("{:#}\n", schema.as_value())
+}

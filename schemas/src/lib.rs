@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod aggregate;
+pub mod bytes;
+pub mod frame;
+pub mod ids;
+pub mod subject;
+
+#[cfg(feature = "std")]
+pub mod command;
+#[cfg(feature = "std")]
+pub mod event;
+#[cfg(feature = "std")]
+pub mod json_schema;
+
+pub use aggregate::{AggregateId, AggregateKind};
+pub use bytes::{Nonce, PublicKey, Sha256, Signature};
+pub use ids::{AppId, DeviceId, GatewayId, IdError};

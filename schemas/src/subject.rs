@@ -1,0 +1,172 @@
+//! Every NATS subject, stream, bucket and header name of Wasmbed.
+//!
+//! Publishers and subscribers both build subjects here, from typed ids, so a name is spelled in
+//! exactly one place. The layout (see `docs/adr/0001-subjects-and-encodings.md`):
+//!
+//! | what | subject | encoding |
+//! |---|---|---|
+//! | events (the log) | `wasmbed.events.v1.<kind>.<id>` | JSON [`EventEnvelope`](crate::event) |
+//! | commands (request/reply) | `wasmbed.cmd.v1.<service>.<command>` | JSON |
+//! | telemetry | `wasmbed.telemetry.<device>.<app>` | the app's own bytes; ids in headers |
+//! | downlink to a device | `wasmbed.device.v1.downlink.<device>` | one encoded frame |
+//! | heartbeats | `wasmbed.device.v1.heartbeat.<device>` | JSON |
+//! | device logs | `wasmbed.device.v1.log.<device>` | JSON |
+//! | emulator UART | `wasmbed.emulator.v1.uart.<device>` | raw UART text |
+//!
+//! Telemetry has its own short prefix and no version token so that a plain
+//! `nats sub 'wasmbed.telemetry.>'` shows it, and so that the high-volume stream never shares a
+//! wildcard with the event log.
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::aggregate::{AggregateId, AggregateKind};
+use crate::ids::{AppId, DeviceId};
+
+/// The JetStream stream holding the event log.
+pub const EVENTS_STREAM: &str = "WASMBED_EVENTS";
+/// Everything in the event log.
+pub const EVENTS_ALL: &str = "wasmbed.events.v1.>";
+/// The JetStream stream holding telemetry history (separate from the log, with its own limits).
+pub const TELEMETRY_STREAM: &str = "WASMBED_TELEMETRY";
+/// All telemetry.
+pub const TELEMETRY_ALL: &str = "wasmbed.telemetry.>";
+/// The object store holding WASM modules, keyed by SHA-256.
+pub const MODULES_OBJECT_STORE: &str = "wasmbed-modules";
+
+/// The subject of one aggregate's events.
+pub fn event(aggregate: &AggregateId) -> String {
+    format!(
+        "wasmbed.events.v1.{}.{}",
+        aggregate.kind().as_str(),
+        aggregate.subject_tail()
+    )
+}
+
+/// All events of one kind of aggregate.
+pub fn events_of_kind(kind: AggregateKind) -> String {
+    format!("wasmbed.events.v1.{}.>", kind.as_str())
+}
+
+/// Telemetry of one app on one device.
+pub fn telemetry(device: &DeviceId, app: &AppId) -> String {
+    format!("wasmbed.telemetry.{device}.{app}")
+}
+
+/// All telemetry of one device.
+pub fn telemetry_of_device(device: &DeviceId) -> String {
+    format!("wasmbed.telemetry.{device}.*")
+}
+
+/// The services that answer commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Service {
+    /// Device identities and the CA.
+    Enrollment,
+    /// Applications and deployments.
+    Deployer,
+    /// Emulated devices.
+    RenodeManager,
+}
+
+impl Service {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enrollment => "enrollment",
+            Self::Deployer => "deployer",
+            Self::RenodeManager => "renode-manager",
+        }
+    }
+}
+
+/// The request subject of one command.
+pub fn command(service: Service, name: &str) -> String {
+    format!("wasmbed.cmd.v1.{}.{name}", service.as_str())
+}
+
+/// Every command of one service (what that service subscribes to).
+pub fn commands_of(service: Service) -> String {
+    format!("wasmbed.cmd.v1.{}.*", service.as_str())
+}
+
+/// Frames addressed to one device; the gateway holding its session subscribes.
+pub fn device_downlink(device: &DeviceId) -> String {
+    format!("wasmbed.device.v1.downlink.{device}")
+}
+
+/// Heartbeats of one device.
+pub fn device_heartbeat(device: &DeviceId) -> String {
+    format!("wasmbed.device.v1.heartbeat.{device}")
+}
+
+/// Heartbeats of every device.
+pub const DEVICE_HEARTBEAT_ALL: &str = "wasmbed.device.v1.heartbeat.*";
+
+/// Log lines of one device.
+pub fn device_log(device: &DeviceId) -> String {
+    format!("wasmbed.device.v1.log.{device}")
+}
+
+/// UART output of one device's emulator.
+pub fn emulator_uart(device: &DeviceId) -> String {
+    format!("wasmbed.emulator.v1.uart.{device}")
+}
+
+/// NATS header names.
+pub mod header {
+    /// JetStream de-duplication id (the event id).
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// JetStream optimistic concurrency: the expected last sequence on the subject.
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+    /// The event type name, so consumers can filter without decoding.
+    pub const EVENT_TYPE: &str = "Wasmbed-Event-Type";
+    /// The device a telemetry message came from.
+    pub const DEVICE: &str = "Wasmbed-Device";
+    /// The application a telemetry message came from.
+    pub const APP: &str = "Wasmbed-App";
+    /// The application's sequence number of a telemetry message.
+    pub const SEQUENCE: &str = "Wasmbed-Seq";
+    /// The application's own topic name of a telemetry message.
+    pub const TOPIC: &str = "Wasmbed-Topic";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_put_the_target_id_last() {
+        let d = DeviceId::new("dev-1").unwrap();
+        let a = AppId::new("blink").unwrap();
+        assert_eq!(
+            event(&AggregateId::Device(d.clone())),
+            "wasmbed.events.v1.device.dev-1"
+        );
+        assert_eq!(
+            event(&AggregateId::Deployment {
+                app: a.clone(),
+                device: d.clone()
+            }),
+            "wasmbed.events.v1.deployment.blink.dev-1"
+        );
+        assert_eq!(
+            events_of_kind(AggregateKind::Gateway),
+            "wasmbed.events.v1.gateway.>"
+        );
+        assert_eq!(telemetry(&d, &a), "wasmbed.telemetry.dev-1.blink");
+        assert_eq!(
+            command(Service::RenodeManager, "start_emulator"),
+            "wasmbed.cmd.v1.renode-manager.start_emulator"
+        );
+        assert_eq!(device_downlink(&d), "wasmbed.device.v1.downlink.dev-1");
+    }
+
+    #[test]
+    fn every_event_subject_is_inside_the_events_stream() {
+        let s = event(&AggregateId::Emulator(DeviceId::new("x").unwrap()));
+        assert!(s.starts_with(EVENTS_ALL.trim_end_matches('>')));
+        assert!(!TELEMETRY_ALL.starts_with(EVENTS_ALL.trim_end_matches('>')));
+    }
+}

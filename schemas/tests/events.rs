@@ -1,0 +1,349 @@
+//! Event envelopes and commands: JSON round trips; JSON Schemas match the checked-in files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::command::*;
+use wasmbed_schemas::event::*;
+use wasmbed_schemas::frame::{Limits, RejectReason};
+use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId, PublicKey, Sha256, subject};
+
+fn dev() -> DeviceId {
+    DeviceId::new("dev-1").unwrap()
+}
+fn app() -> AppId {
+    AppId::new("blink").unwrap()
+}
+fn gw() -> GatewayId {
+    GatewayId::new("gw-1").unwrap()
+}
+fn limits() -> Limits {
+    Limits {
+        fuel_per_invocation: 10_000,
+        max_memory_pages: 1,
+        tick_interval_ms: 100,
+    }
+}
+
+fn every_event() -> Vec<Event> {
+    let labels = BTreeMap::from([("room".to_owned(), "lab".to_owned())]);
+    vec![
+        DeviceRegistered {
+            device_id: dev(),
+            public_key: PublicKey([1; 32]),
+            mcu: Some("Mps2An385".into()),
+            labels: labels.clone(),
+        }
+        .into(),
+        DeviceEnrolled {
+            device_id: dev(),
+            public_key: PublicKey([1; 32]),
+            gateway_id: gw(),
+            path: EnrollmentPath::Pairing,
+        }
+        .into(),
+        EnrollmentRefused {
+            gateway_id: gw(),
+            public_key: PublicKey([9; 32]),
+            reason: RejectReason::UnknownDevice,
+            message: "unknown key".into(),
+            remote_addr: "127.0.0.1:50000".into(),
+        }
+        .into(),
+        DeviceConnected {
+            device_id: dev(),
+            gateway_id: gw(),
+            remote_addr: "127.0.0.1:50000".into(),
+        }
+        .into(),
+        DeviceDisconnected {
+            device_id: dev(),
+            gateway_id: gw(),
+            reason: "heartbeat timeout".into(),
+        }
+        .into(),
+        DeviceWentOffline {
+            device_id: dev(),
+            last_seen: chrono::Utc::now(),
+        }
+        .into(),
+        DeviceBackOnline { device_id: dev() }.into(),
+        DeviceDecommissioned {
+            device_id: dev(),
+            reason: "retired".into(),
+        }
+        .into(),
+        ApplicationCreated {
+            app_id: app(),
+            name: "Blink".into(),
+            target: Target::Labels(labels),
+            config: Blob(vec![1, 2]),
+            limits: limits(),
+        }
+        .into(),
+        ModuleUploaded {
+            app_id: app(),
+            version: 1,
+            sha256: Sha256([3; 32]),
+            size_bytes: 65536,
+        }
+        .into(),
+        DeploymentRequested {
+            app_id: app(),
+            device_id: dev(),
+            version: 1,
+        }
+        .into(),
+        DeploymentDelivered {
+            app_id: app(),
+            device_id: dev(),
+            version: 1,
+        }
+        .into(),
+        DeploymentRunning {
+            app_id: app(),
+            device_id: dev(),
+            version: 1,
+        }
+        .into(),
+        DeploymentFailed {
+            app_id: app(),
+            device_id: dev(),
+            version: 1,
+            reason: "fuel exhausted".into(),
+        }
+        .into(),
+        DeploymentStopped {
+            app_id: app(),
+            device_id: dev(),
+        }
+        .into(),
+        ApplicationDeleted { app_id: app() }.into(),
+        GatewayStarted {
+            gateway_id: gw(),
+            endpoint: "127.0.0.1:8081".into(),
+            certificate_sha256: Sha256([4; 32]),
+        }
+        .into(),
+        GatewayStopped { gateway_id: gw() }.into(),
+        EmulatorStarted {
+            device_id: dev(),
+            backend: "qemu".into(),
+            mcu: "Mps2An385".into(),
+        }
+        .into(),
+        EmulatorExited {
+            device_id: dev(),
+            exit_code: Some(1),
+            last_uart_lines: vec!["panic".into()],
+        }
+        .into(),
+    ]
+}
+
+#[test]
+fn every_event_round_trips_in_its_envelope() {
+    let events = every_event();
+    let names: std::collections::BTreeSet<_> = events.iter().map(Event::type_name).collect();
+    assert_eq!(names.len(), events.len(), "one of each variant");
+    for event in events {
+        let envelope = EventEnvelope::new(event);
+        let bytes = envelope.to_json().unwrap();
+        let back = EventEnvelope::from_json(&bytes).unwrap();
+        assert_eq!(back, envelope);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["event"]["type"], envelope.event.type_name());
+        assert!(subject::event(&envelope.aggregate).starts_with("wasmbed.events.v1."));
+    }
+}
+
+#[test]
+fn causation_carries_the_correlation() {
+    let first = EventEnvelope::new(DeviceBackOnline { device_id: dev() }.into());
+    let second = EventEnvelope::new(DeviceBackOnline { device_id: dev() }.into()).caused_by(&first);
+    assert_eq!(second.causation_id, Some(first.event_id));
+    assert_eq!(second.correlation_id, first.correlation_id);
+    assert!(
+        second.event_id > first.event_id,
+        "UUIDv7 ids are time-ordered"
+    );
+}
+
+#[test]
+fn deployment_events_live_on_the_deployment_aggregate() {
+    let e: Event = DeploymentRunning {
+        app_id: app(),
+        device_id: dev(),
+        version: 2,
+    }
+    .into();
+    assert_eq!(
+        e.aggregate(),
+        AggregateId::Deployment {
+            app: app(),
+            device: dev()
+        }
+    );
+}
+
+#[test]
+fn newer_schema_versions_and_garbage_are_refused() {
+    let mut envelope = EventEnvelope::new(DeviceBackOnline { device_id: dev() }.into());
+    envelope.schema_version = EVENT_SCHEMA_VERSION + 1;
+    let bytes = envelope.to_json().unwrap();
+    assert!(matches!(
+        EventEnvelope::from_json(&bytes),
+        Err(EventDecodeError::UnsupportedVersion(v)) if v == EVENT_SCHEMA_VERSION + 1
+    ));
+    assert!(matches!(
+        EventEnvelope::from_json(b"{\"event\": 1}"),
+        Err(EventDecodeError::Invalid(_))
+    ));
+}
+
+fn round_trip<C: Command + PartialEq + std::fmt::Debug>(command: C, reply: C::Reply)
+where
+    C::Reply: PartialEq + std::fmt::Debug,
+{
+    let bytes = serde_json::to_vec(&command).unwrap();
+    assert_eq!(serde_json::from_slice::<C>(&bytes).unwrap(), command);
+    let ok: Reply<C::Reply> = Ok(reply).into();
+    let bytes = serde_json::to_vec(&ok).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Reply<C::Reply>>(&bytes).unwrap(),
+        ok
+    );
+    let refused = Reply::<C::Reply>::error(ErrorCode::NotFound, "no such device");
+    let bytes = serde_json::to_vec(&refused).unwrap();
+    let back: Reply<C::Reply> = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back.into_result().unwrap_err().code, ErrorCode::NotFound);
+    assert!(C::subject().starts_with("wasmbed.cmd.v1."));
+}
+
+#[test]
+fn every_command_and_reply_round_trips() {
+    let accepted = Accepted { sequence: 7 };
+    round_trip(
+        RegisterDevice {
+            device_id: dev(),
+            public_key: PublicKey([1; 32]),
+            mcu: None,
+            labels: BTreeMap::new(),
+        },
+        accepted,
+    );
+    round_trip(
+        DecommissionDevice {
+            device_id: dev(),
+            reason: "x".into(),
+        },
+        accepted,
+    );
+    round_trip(
+        OpenPairingWindow { duration_secs: 60 },
+        PairingWindow {
+            token: "t".into(),
+            expires_at: chrono::Utc::now(),
+        },
+    );
+    round_trip(
+        AuthorizeDevice {
+            gateway_id: gw(),
+            public_key: PublicKey([1; 32]),
+            enrollment_token: None,
+            remote_addr: "127.0.0.1:1".into(),
+        },
+        Authorized { device_id: dev() },
+    );
+    round_trip(
+        IssueGatewayCertificate {
+            gateway_id: gw(),
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+        },
+        GatewayCertificate {
+            certificate_pem: "c".into(),
+            ca_certificate_pem: "ca".into(),
+            not_after: chrono::Utc::now(),
+        },
+    );
+    round_trip(
+        CreateApplication {
+            app_id: app(),
+            name: "Blink".into(),
+            module_sha256: Sha256([2; 32]),
+            target: Target::All,
+            config: Blob::default(),
+            limits: limits(),
+        },
+        accepted,
+    );
+    round_trip(DeployApplication { app_id: app() }, accepted);
+    round_trip(
+        UpdateApplication {
+            app_id: app(),
+            module_sha256: Sha256([2; 32]),
+        },
+        accepted,
+    );
+    round_trip(StopApplication { app_id: app() }, accepted);
+    round_trip(DeleteApplication { app_id: app() }, accepted);
+    round_trip(
+        StartEmulator {
+            device_id: dev(),
+            mcu: "Mps2An385".into(),
+        },
+        accepted,
+    );
+    round_trip(StopEmulator { device_id: dev() }, accepted);
+    round_trip(RestartEmulator { device_id: dev() }, accepted);
+}
+
+#[test]
+fn a_bad_command_body_names_the_field() {
+    let err = serde_json::from_str::<RegisterDevice>(
+        r#"{"device_id":"Bad.Id","public_key":"00","mcu":null}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("id"), "{err}");
+}
+
+#[test]
+fn json_schemas_are_current() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json");
+    let bless = std::env::var_os("WASMBED_BLESS").is_some();
+    let mut stale = Vec::new();
+    let schemas = wasmbed_schemas::json_schema::all();
+    for (name, schema) in &schemas {
+        let path = dir.join(name);
+        let text = wasmbed_schemas::json_schema::render(schema);
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(name.clone());
+        }
+    }
+    // No file may lie around for a type that no longer exists.
+    let mut on_disk = Vec::new();
+    for sub in [dir.clone(), dir.join("commands")] {
+        for entry in std::fs::read_dir(&sub).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                on_disk.push(
+                    path.strip_prefix(&dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    let known: Vec<_> = schemas.iter().map(|(n, _)| n.clone()).collect();
+    let orphans: Vec<_> = on_disk.iter().filter(|f| !known.contains(f)).collect();
+    assert!(
+        stale.is_empty() && orphans.is_empty(),
+        "schemas/json drifted (stale: {stale:?}, orphans: {orphans:?}); \
+         run `WASMBED_BLESS=1 cargo test -p wasmbed-schemas --test events` and commit"
+    );
+}
