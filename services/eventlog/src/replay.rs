@@ -1,0 +1,110 @@
+//! Rebuilding an aggregate by replaying its subject.
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures::StreamExt;
+use tracing::instrument;
+use wasmbed_schemas::AggregateId;
+use wasmbed_schemas::event::EventDecodeError;
+use wasmbed_schemas::subject;
+
+use crate::append::ExpectedVersion;
+use crate::{EventLog, StoredEvent};
+
+/// State rebuilt from an aggregate's events.
+pub trait Aggregate: Default {
+    /// Folds one event into the state. Must not fail: an event in the log has happened.
+    fn apply(&mut self, event: &StoredEvent);
+}
+
+/// An aggregate as of its last event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// Sequence of its last event (0: no events).
+    pub version: u64,
+    /// How many events were replayed.
+    pub events: usize,
+}
+
+impl<A> Loaded<A> {
+    /// The version to expect when appending a decision made on this state.
+    pub fn expected(&self) -> ExpectedVersion {
+        ExpectedVersion::Exactly(self.version)
+    }
+}
+
+/// Why the log could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// Talking to JetStream failed.
+    #[error("reading the event log: {0}")]
+    Nats(String),
+    /// An event in the log does not decode. The log is not changed; the aggregate cannot be
+    /// loaded until the reader understands the event.
+    #[error("event at sequence {sequence} does not decode: {source}")]
+    Decode {
+        /// Where it is.
+        sequence: u64,
+        /// Why.
+        source: EventDecodeError,
+    },
+}
+
+fn nats(e: impl std::fmt::Display) -> ReadError {
+    ReadError::Nats(e.to_string())
+}
+
+impl EventLog {
+    /// Every event of one aggregate, oldest first.
+    #[instrument(skip(self))]
+    pub async fn read(&self, aggregate: &AggregateId) -> Result<Vec<StoredEvent>, ReadError> {
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject::event(aggregate),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let mut remaining = consumer.cached_info().num_pending;
+        let mut events = Vec::with_capacity(usize::try_from(remaining).unwrap_or(0).min(1024));
+        if remaining == 0 {
+            return Ok(events);
+        }
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(nats)?;
+            let info = message.info().map_err(nats)?;
+            let sequence = info.stream_sequence;
+            remaining = info.pending;
+            events.push(
+                StoredEvent::decode(sequence, &message.payload)
+                    .map_err(|source| ReadError::Decode { sequence, source })?,
+            );
+            if remaining == 0 {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// One aggregate, rebuilt from its events.
+    pub async fn load<A: Aggregate>(
+        &self,
+        aggregate: &AggregateId,
+    ) -> Result<Loaded<A>, ReadError> {
+        let events = self.read(aggregate).await?;
+        let mut state = A::default();
+        for event in &events {
+            state.apply(event);
+        }
+        Ok(Loaded {
+            state,
+            version: events.last().map_or(0, |e| e.sequence),
+            events: events.len(),
+        })
+    }
+}
