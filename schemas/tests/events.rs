@@ -1,5 +1,7 @@
 //! Event envelopes and commands: JSON round trips; JSON Schemas match the checked-in files.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

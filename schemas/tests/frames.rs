@@ -1,5 +1,7 @@
 //! Frame codec: round trips, typed errors, and random input.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use proptest::prelude::*;
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::frame::codec::{

@@ -112,7 +112,7 @@ impl<T: Serialize + DeserializeOwned> ReadModel<T> {
     /// Stores `value` only if `key` is still at `revision` (0: only if absent).
     pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, ReadModelError> {
         let bytes = serde_json::to_vec(value).map_err(ReadModelError::Encode)?;
-        let result = if revision == 0 {
+        if revision == 0 {
             self.store
                 .create(key, bytes.into())
                 .await
@@ -130,8 +130,7 @@ impl<T: Serialize + DeserializeOwned> ReadModel<T> {
                     }
                     _ => nats(e),
                 })
-        };
-        result
+        }
     }
 
     /// Removes `key`.

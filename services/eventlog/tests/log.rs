@@ -1,5 +1,7 @@
 //! The event log against a real nats-server (one per test).
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use tokio::sync::mpsc;

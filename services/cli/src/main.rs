@@ -1,0 +1,45 @@
+//! `wasmbed`: run the system (`up`) and look at it (`events tail`).
+
+mod events;
+mod up;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Wasmbed: WebAssembly applications on microcontroller fleets.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded default: a local nats-server with the event log, and the services.
+    Up(up::UpArgs),
+    /// Read the event log.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WASMBED_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Events(command) => events::run(command).await,
+    };
+    if let Err(e) = result {
+        // One line: scripts read it.
+        eprintln!("wasmbed: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,220 @@
+//! A `nats-server` child process with JetStream: found, started, checked ready, stopped.
+//!
+//! `wasmbed up` runs one with the project's config and a state directory; the test harness runs
+//! one per test in a temporary directory. Both go through [`NatsProcess`].
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+/// Why a server could not be run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsProcessError {
+    /// No `nats-server` binary was found.
+    #[error(
+        "nats-server not found: run scripts/setup (it installs the pinned nats-server into \
+         .tools/bin) or set WASMBED_NATS_SERVER"
+    )]
+    NotFound,
+    /// Spawning the process or preparing its files failed.
+    #[error("starting nats-server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server did not report JetStream ready in time.
+    #[error("nats-server was not ready within {0:?}; its log:\n{1}")]
+    NotReady(Duration, String),
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct NatsProcessConfig {
+    /// The `nats-server` binary.
+    pub binary: PathBuf,
+    /// Client port on 127.0.0.1.
+    pub port: u16,
+    /// Monitoring port on 127.0.0.1 (used for the readiness check).
+    pub monitor_port: u16,
+    /// JetStream store directory.
+    pub store_dir: PathBuf,
+    /// Where the server writes its log.
+    pub log_file: PathBuf,
+    /// A config file (`-c`); flags given here override it.
+    pub config_file: Option<PathBuf>,
+    /// How long to wait for readiness.
+    pub ready_timeout: Duration,
+}
+
+/// A running `nats-server`; killed when dropped.
+#[derive(Debug)]
+pub struct NatsProcess {
+    child: Option<Child>,
+    config: NatsProcessConfig,
+}
+
+/// The `nats-server` binary: `$WASMBED_NATS_SERVER`, else `.tools/bin/nats-server` in `root`
+/// (where `scripts/setup` installs the pinned version), else the first on `PATH`.
+pub fn find_binary(root: &Path) -> Result<PathBuf, NatsProcessError> {
+    if let Some(path) = std::env::var_os("WASMBED_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let installed = root.join(".tools/bin/nats-server");
+    if installed.is_file() {
+        return Ok(installed);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+        .ok_or(NatsProcessError::NotFound)
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it right after).
+pub fn free_port() -> Result<u16, std::io::Error> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl NatsProcess {
+    /// Starts the server and waits until JetStream is ready.
+    pub async fn start(config: NatsProcessConfig) -> Result<Self, NatsProcessError> {
+        let mut process = Self {
+            child: None,
+            config,
+        };
+        process.spawn().await?;
+        Ok(process)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.config.port)
+    }
+
+    /// How it was started.
+    pub fn config(&self) -> &NatsProcessConfig {
+        &self.config
+    }
+
+    /// Kills the server with SIGKILL: nothing is flushed, on purpose (crash tests).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks the server to shut down cleanly (SIGTERM through `nats-server --signal`), waits up
+    /// to `grace`, then kills it.
+    pub async fn stop(&mut self, grace: Duration) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let signalled = Command::new(&self.config.binary)
+            .arg("--signal")
+            .arg(format!("term={}", child.id()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if signalled {
+            let started = Instant::now();
+            while started.elapsed() < grace {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    info!("nats-server stopped");
+                    self.child = None;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            warn!(?grace, "nats-server did not stop in time; killing it");
+        }
+        self.kill();
+    }
+
+    /// Kills the server and starts it again on the same ports with the same store.
+    pub async fn restart(&mut self) -> Result<(), NatsProcessError> {
+        self.kill();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> Result<(), NatsProcessError> {
+        let c = &self.config;
+        std::fs::create_dir_all(&c.store_dir)?;
+        // Errors before logging starts (a bad config, a taken port) go to stderr: keep them in
+        // the same log file.
+        let early_errors = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&c.log_file)?;
+        let mut command = Command::new(&c.binary);
+        if let Some(file) = &c.config_file {
+            command.arg("-c").arg(file);
+        }
+        command
+            .args(["-js", "-a", "127.0.0.1"])
+            .arg("-p")
+            .arg(c.port.to_string())
+            .arg("-m")
+            .arg(c.monitor_port.to_string())
+            .arg("-sd")
+            .arg(&c.store_dir)
+            .arg("-l")
+            .arg(&c.log_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(early_errors);
+        self.child = Some(command.spawn()?);
+        let started = Instant::now();
+        while started.elapsed() < c.ready_timeout {
+            if jetstream_ready(c.monitor_port).await {
+                debug!(port = c.port, elapsed = ?started.elapsed(), "nats-server ready");
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    let log = std::fs::read_to_string(&c.log_file).unwrap_or_default();
+                    return Err(NatsProcessError::NotReady(
+                        started.elapsed(),
+                        format!("exited with {status}\n{log}"),
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let log = std::fs::read_to_string(&c.log_file).unwrap_or_default();
+        let timeout = c.ready_timeout;
+        self.kill();
+        Err(NatsProcessError::NotReady(timeout, log))
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `GET /healthz?js-enabled-only=true` on the monitoring port answers 200.
+async fn jetstream_ready(monitor_port: u16) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], monitor_port));
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let request = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+    })
+    .await
+    .unwrap_or(false)
+}
