@@ -260,6 +260,44 @@ async fn pipelined_appends_keep_order_and_report_each_result() {
     );
 }
 
+/// Runs the projection `name` until `want` events were accepted (and 200 ms more, so that a
+/// wrong redelivery would show), then stops it; returns the accepted sequences in order.
+/// `handler` decides per event whether the projection's handler fails.
+async fn project(
+    log: &EventLog,
+    name: &str,
+    want: usize,
+    mut handler: impl FnMut(&StoredEvent) -> Result<(), &'static str> + Send + 'static,
+) -> Vec<u64> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let projection = log.projection(name, vec![]).await.unwrap();
+    let task = tokio::spawn(projection.run(
+        async move |e: &StoredEvent| {
+            handler(e)?;
+            tx.send(e.sequence).map_err(|_| "receiver gone")
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut seen = Vec::new();
+    while seen.len() < want {
+        let seq = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("projection delivered in time")
+            .unwrap();
+        seen.push(seq);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_tx.send(());
+    task.await.unwrap().unwrap();
+    while let Ok(extra) = rx.try_recv() {
+        seen.push(extra);
+    }
+    seen
+}
+
 #[tokio::test]
 async fn a_projection_resumes_after_the_last_event_it_accepted() {
     let server = NatsServer::start().await.unwrap();
@@ -269,47 +307,20 @@ async fn a_projection_resumes_after_the_last_event_it_accepted() {
             .await
             .unwrap();
     }
-
-    let collect = |log: EventLog, want: usize| async move {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let projection = log
-            .projection("test-projection", vec![subject::EVENTS_ALL.to_owned()])
-            .await
-            .unwrap();
-        let task = tokio::spawn(projection.run(
-            async move |e: &StoredEvent| tx.send(e.sequence).map_err(|_| "receiver gone"),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        let mut seen = Vec::new();
-        while seen.len() < want {
-            let seq = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .expect("projection delivered in time")
-                .unwrap();
-            seen.push(seq);
-        }
-        // Give a wrongly redelivered event the chance to show up before stopping.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = stop_tx.send(());
-        task.await.unwrap().unwrap();
-        while let Ok(extra) = rx.try_recv() {
-            seen.push(extra);
-        }
-        seen
-    };
-
-    let first = collect(log.clone(), 5).await;
-    assert_eq!(first, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        project(&log, "resuming", 5, |_| Ok(())).await,
+        [1, 2, 3, 4, 5]
+    );
     for n in 5..8 {
         log.append(ExpectedVersion::NONE, &registered(n))
             .await
             .unwrap();
     }
-    let second = collect(log.clone(), 3).await;
-    assert_eq!(second, [6, 7, 8], "only what came after the last ack");
+    assert_eq!(
+        project(&log, "resuming", 3, |_| Ok(())).await,
+        [6, 7, 8],
+        "only what came after the last ack"
+    );
 }
 
 #[tokio::test]
@@ -321,33 +332,15 @@ async fn a_failing_handler_is_retried_in_place_without_skipping() {
             .await
             .unwrap();
     }
-    let projection = log.projection("flaky", vec![]).await.unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let mut failures_left = 2;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(projection.run(
-        async move |e: &StoredEvent| {
-            if e.sequence == 2 && failures_left > 0 {
-                failures_left -= 1;
-                return Err("read model unavailable");
-            }
-            tx.send(e.sequence).map_err(|_| "receiver gone")
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(
-            tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    let _ = stop_tx.send(());
-    task.await.unwrap().unwrap();
+    let seen = project(&log, "flaky", 3, move |e| {
+        if e.sequence == 2 && failures_left > 0 {
+            failures_left -= 1;
+            return Err("read model unavailable");
+        }
+        Ok(())
+    })
+    .await;
     assert_eq!(seen, [1, 2, 3]);
 }
 
@@ -373,27 +366,7 @@ async fn garbage_on_an_event_subject_is_a_typed_error_not_a_panic() {
     log.append(ExpectedVersion::NONE, &registered(2))
         .await
         .unwrap();
-    let projection = log.projection("skipper", vec![]).await.unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(projection.run(
-        async move |e: &StoredEvent| tx.send(e.sequence).map_err(|_| "gone"),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        seen.push(
-            tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    let _ = stop_tx.send(());
-    task.await.unwrap().unwrap();
-    assert_eq!(seen, [1, 3]);
+    assert_eq!(project(&log, "skipper", 2, |_| Ok(())).await, [1, 3]);
 }
 
 #[tokio::test]
