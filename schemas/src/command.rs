@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Blob, PublicKey, Sha256};
 use crate::event::Target;
-use crate::frame::Limits;
+use crate::frame::{Limits, RejectReason};
 use crate::ids::{AppId, DeviceId, GatewayId};
 use crate::subject::{self, Service};
 
@@ -150,8 +150,9 @@ commands! {
     RegisterDevice: Enrollment."register_device" -> Accepted,
     DecommissionDevice: Enrollment."decommission_device" -> Accepted,
     OpenPairingWindow: Enrollment."open_pairing_window" -> PairingWindow,
-    AuthorizeDevice: Enrollment."authorize_device" -> Authorized,
+    AuthorizeDevice: Enrollment."authorize_device" -> Authorization,
     IssueGatewayCertificate: Enrollment."issue_gateway_certificate" -> GatewayCertificate,
+    GetCaCertificate: Enrollment."get_ca_certificate" -> CaCertificate,
     CreateApplication: Deployer."create_application" -> Accepted,
     DeployApplication: Deployer."deploy_application" -> Accepted,
     UpdateApplication: Deployer."update_application" -> Accepted,
@@ -214,11 +215,22 @@ pub struct AuthorizeDevice {
     pub remote_addr: String,
 }
 
-/// The device may open a session.
+/// Enrollment's decision on a device. A refusal is an answer, not a failed command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Authorized {
-    /// The id the key belongs to.
-    pub device_id: DeviceId,
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Authorization {
+    /// The device may open a session.
+    Allowed {
+        /// The id the key belongs to.
+        device_id: DeviceId,
+    },
+    /// The device may not; the gateway tells it why and closes.
+    Refused {
+        /// Why.
+        reason: RejectReason,
+        /// Detail for the device and the operator.
+        message: String,
+    },
 }
 
 /// A gateway asks for a TLS server certificate for its own key (a CSR: the CA key never leaves
@@ -240,6 +252,17 @@ pub struct GatewayCertificate {
     pub ca_certificate_pem: String,
     /// When the certificate expires.
     pub not_after: DateTime<Utc>,
+}
+
+/// Ask for the CA certificate devices verify gateways against (for provisioning).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GetCaCertificate {}
+
+/// The CA certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CaCertificate {
+    /// PEM.
+    pub certificate_pem: String,
 }
 
 /// Create an application from a module already in the object store.

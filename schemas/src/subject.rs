@@ -9,6 +9,7 @@
 //! | commands (request/reply) | `wasmbed.cmd.v1.<service>.<command>` | JSON |
 //! | telemetry | `wasmbed.telemetry.<device>.<app>` | the app's own bytes; ids in headers |
 //! | downlink to a device | `wasmbed.device.v1.downlink.<device>` | one encoded frame |
+//! | uplink from a device | `wasmbed.device.v1.uplink.<device>` | one encoded frame |
 //! | heartbeats | `wasmbed.device.v1.heartbeat.<device>` | JSON |
 //! | device logs | `wasmbed.device.v1.log.<device>` | JSON |
 //! | emulator UART | `wasmbed.emulator.v1.uart.<device>` | raw UART text |
@@ -95,6 +96,15 @@ pub fn commands_of(service: Service) -> String {
 pub fn device_downlink(device: &DeviceId) -> String {
     format!("wasmbed.device.v1.downlink.{device}")
 }
+
+/// Frames from one device that the gateway does not translate itself (app status, module
+/// acks, device info, errors), as encoded frames, for the deployer.
+pub fn device_uplink(device: &DeviceId) -> String {
+    format!("wasmbed.device.v1.uplink.{device}")
+}
+
+/// Uplink frames of every device.
+pub const DEVICE_UPLINK_ALL: &str = "wasmbed.device.v1.uplink.*";
 
 /// Heartbeats of one device.
 pub fn device_heartbeat(device: &DeviceId) -> String {

@@ -256,7 +256,7 @@ fn every_command_and_reply_round_trips() {
             enrollment_token: None,
             remote_addr: "127.0.0.1:1".into(),
         },
-        Authorized { device_id: dev() },
+        Authorization::Allowed { device_id: dev() },
     );
     round_trip(
         IssueGatewayCertificate {
@@ -267,6 +267,12 @@ fn every_command_and_reply_round_trips() {
             certificate_pem: "c".into(),
             ca_certificate_pem: "ca".into(),
             not_after: chrono::Utc::now(),
+        },
+    );
+    round_trip(
+        GetCaCertificate {},
+        CaCertificate {
+            certificate_pem: "ca".into(),
         },
     );
     round_trip(

@@ -1,0 +1,197 @@
+//! Commands over NATS request/reply, typed by [`wasmbed_schemas::command::Command`].
+//!
+//! - [`call`]: send a command, get its typed reply. A transport failure (no service, timeout)
+//!   is [`CallError::Transport`]; a refusal by the service is [`CallError::Refused`].
+//! - [`Router`] + [`serve`]: a service's side. Requests are decoded per command, handled
+//!   concurrently (bounded), and always answered: a body that does not decode gets
+//!   `invalid_request` naming the field, an unknown command gets `invalid_request` too.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info_span, warn};
+use wasmbed_schemas::command::{Command, CommandError, ErrorCode, Reply};
+use wasmbed_schemas::subject::{self, Service};
+
+/// Why a command call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No answer: no service listening, timeout, or connection trouble. The command may or may
+    /// not have been carried out.
+    #[error("no answer to {subject}: {reason}")]
+    Transport {
+        /// The command subject.
+        subject: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The service answered and refused; nothing happened.
+    #[error("refused: {0}")]
+    Refused(CommandError),
+    /// The answer is not a reply of this command (a version mismatch).
+    #[error("undecodable reply from {subject}: {source}")]
+    BadReply {
+        /// The command subject.
+        subject: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Sends `command` and waits up to `timeout` for its reply.
+pub async fn call<C: Command>(
+    client: &async_nats::Client,
+    command: &C,
+    timeout: Duration,
+) -> Result<C::Reply, CallError> {
+    let subject = C::subject();
+    let body = serde_json::to_vec(command).map_err(|source| CallError::BadReply {
+        subject: subject.clone(),
+        source,
+    })?;
+    let request = async_nats::Request::new()
+        .payload(body.into())
+        .timeout(Some(timeout));
+    let message = client
+        .send_request(subject.clone(), request)
+        .await
+        .map_err(|e| CallError::Transport {
+            subject: subject.clone(),
+            reason: e.to_string(),
+        })?;
+    let reply: Reply<C::Reply> =
+        serde_json::from_slice(&message.payload).map_err(|source| CallError::BadReply {
+            subject: subject.clone(),
+            source,
+        })?;
+    reply.into_result().map_err(CallError::Refused)
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
+type Handler<S> = Box<dyn Fn(Arc<S>, Bytes) -> BoxFuture + Send + Sync>;
+
+/// The commands one service answers, each with its handler over shared state `S`.
+pub struct Router<S> {
+    service: Service,
+    handlers: HashMap<&'static str, Handler<S>>,
+}
+
+impl<S: Send + Sync + 'static> Router<S> {
+    /// An empty router for `service`.
+    pub fn new(service: Service) -> Self {
+        Self {
+            service,
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Answers command `C` with `handler`.
+    pub fn route<C, F, Fut>(mut self, handler: F) -> Self
+    where
+        C: Command + Send + 'static,
+        C::Reply: Send,
+        F: Fn(Arc<S>, C) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Reply, CommandError>> + Send + 'static,
+    {
+        assert_eq!(
+            C::SERVICE,
+            self.service,
+            "{} routed to the wrong service",
+            C::NAME
+        );
+        let handler = Arc::new(handler);
+        self.handlers.insert(
+            C::NAME,
+            Box::new(move |state, body| {
+                let handler = handler.clone();
+                Box::pin(async move {
+                    let reply: Reply<C::Reply> = match serde_json::from_slice::<C>(&body) {
+                        Ok(command) => handler(state, command).await.into(),
+                        Err(e) => Reply::error(
+                            ErrorCode::InvalidRequest,
+                            format!("invalid {} request: {e}", C::NAME),
+                        ),
+                    };
+                    encode_reply(&reply)
+                })
+            }),
+        );
+        self
+    }
+}
+
+fn encode_reply<T: serde::Serialize>(reply: &Reply<T>) -> Vec<u8> {
+    serde_json::to_vec(reply).unwrap_or_else(|e| {
+        let fallback: Reply<()> = Reply::error(ErrorCode::Internal, format!("encoding reply: {e}"));
+        serde_json::to_vec(&fallback).unwrap_or_default()
+    })
+}
+
+/// How many requests one service handles at once.
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+
+/// Serves `router`'s commands until `shutdown` completes. Instances of one service share a
+/// queue group, so each command is handled once.
+pub async fn serve<S: Send + Sync + 'static>(
+    client: async_nats::Client,
+    router: Router<S>,
+    state: Arc<S>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), async_nats::SubscribeError> {
+    let service = router.service;
+    let mut requests = client
+        .queue_subscribe(subject::commands_of(service), service.as_str().to_owned())
+        .await?;
+    let router = Arc::new(router);
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    tokio::pin!(shutdown);
+    loop {
+        let message = tokio::select! {
+            () = &mut shutdown => break,
+            next = requests.next() => match next {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let Some(reply_to) = message.reply.clone() else {
+            warn!(subject = %message.subject, "command without a reply subject ignored");
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let name = message
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let span = info_span!("command", service = service.as_str(), command = %name);
+        let (router, state, client) = (router.clone(), state.clone(), client.clone());
+        tokio::spawn(
+            async move {
+                let body = match router.handlers.get(name.as_str()) {
+                    Some(handler) => handler(state, message.payload).await,
+                    None => encode_reply::<()>(&Reply::error(
+                        ErrorCode::InvalidRequest,
+                        format!("unknown command {name:?}"),
+                    )),
+                };
+                if let Err(e) = client.publish(reply_to, body.into()).await {
+                    warn!(error = %e, "reply not sent");
+                }
+                debug!("answered");
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    Ok(())
+}
