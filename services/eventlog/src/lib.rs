@@ -6,6 +6,7 @@
 //!   conflicting append is an [`AppendError::Conflict`], never a silent overwrite.
 //! - [`EventLog::append_pipelined`]: many appends with a bounded number of acks in flight.
 //! - [`EventLog::load`] / [`EventLog::read`]: an aggregate rebuilt by replaying its subject.
+//! - [`EventLog::follow`]: every matching event from the start, then live, for in-memory views.
 //! - [`EventLog::projection`]: a durable consumer that feeds a handler in log order and resumes
 //!   where it stopped.
 //! - [`EventLog::read_model`]: a KV bucket of JSON values for projections to write and readers
@@ -26,7 +27,7 @@ pub use append::{AppendError, Appended, ExpectedVersion};
 pub use definitions::SetupError;
 pub use projection::{Projection, ProjectionError};
 pub use read_model::{ReadModel, ReadModelError, Versioned};
-pub use replay::{Aggregate, Loaded, ReadError};
+pub use replay::{Aggregate, Follow, Loaded, ReadError};
 
 /// An event as stored: its envelope and its position in the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +50,6 @@ impl StoredEvent {
 
 /// Settings of the log.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct LogOptions {
     /// Replicas of each stream and store (1 locally, 3 in the cluster).
     pub replicas: usize,

@@ -108,3 +108,53 @@ impl EventLog {
         })
     }
 }
+
+/// A live read of the log in order: everything from the start, then each new event as it is
+/// appended. For services that keep their own in-memory view of some aggregates.
+pub struct Follow {
+    messages: pull::Ordered,
+    /// How many matching events were in the log when the follow began: the view is caught up
+    /// once that many were read (or immediately, when it is 0).
+    pub pending_at_start: u64,
+}
+
+impl EventLog {
+    /// Follows the events matching `filter_subjects` (all when empty) from the first one on.
+    pub async fn follow(&self, filter_subjects: Vec<String>) -> Result<Follow, ReadError> {
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subjects,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let pending_at_start = consumer.cached_info().num_pending;
+        Ok(Follow {
+            messages: consumer.messages().await.map_err(nats)?,
+            pending_at_start,
+        })
+    }
+}
+
+impl Follow {
+    /// The next event and how many matching events are still behind it in the log. Waits for
+    /// new events once caught up; `None` when the connection is gone for good.
+    pub async fn next(&mut self) -> Option<Result<(StoredEvent, u64), ReadError>> {
+        let message = match self.messages.next().await? {
+            Ok(message) => message,
+            Err(e) => return Some(Err(nats(e))),
+        };
+        let info = match message.info() {
+            Ok(info) => info,
+            Err(e) => return Some(Err(nats(e))),
+        };
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        Some(
+            StoredEvent::decode(sequence, &message.payload)
+                .map(|event| (event, pending))
+                .map_err(|source| ReadError::Decode { sequence, source }),
+        )
+    }
+}

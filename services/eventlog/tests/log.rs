@@ -426,3 +426,32 @@ async fn opening_is_idempotent_and_creates_every_definition() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn follow_reads_history_then_live_events_in_order() {
+    let server = NatsServer::start().await.unwrap();
+    let log = open(&server).await;
+    log.append(ExpectedVersion::NONE, &registered(1))
+        .await
+        .unwrap();
+    log.append(ExpectedVersion::NONE, &registered(2))
+        .await
+        .unwrap();
+    let mut follow = log
+        .follow(vec![subject::event(&AggregateId::Device(device(2)))])
+        .await
+        .unwrap();
+    assert_eq!(follow.pending_at_start, 1);
+    let (first, pending) = follow.next().await.unwrap().unwrap();
+    assert_eq!((first.sequence, pending), (2, 0));
+    let appended = log
+        .append(ExpectedVersion::Any, &connected(2))
+        .await
+        .unwrap();
+    let (live, _) = tokio::time::timeout(Duration::from_secs(5), follow.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.sequence, appended.sequence);
+}

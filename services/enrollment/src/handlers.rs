@@ -1,0 +1,288 @@
+//! One handler per enrollment command.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tracing::{info, warn};
+use wasmbed_bus::Router;
+use wasmbed_eventlog::{AppendError, ExpectedVersion, StoredEvent};
+use wasmbed_schemas::command::*;
+use wasmbed_schemas::event::{
+    DeviceDecommissioned, DeviceEnrolled, DeviceRegistered, EnrollmentPath, EnrollmentRefused,
+    Event, EventEnvelope,
+};
+use wasmbed_schemas::frame::RejectReason;
+use wasmbed_schemas::{DeviceId, PublicKey};
+
+use crate::Enrollment;
+
+type State = Arc<Enrollment>;
+
+pub(crate) fn router() -> Router<Enrollment> {
+    Router::new(crate::SERVICE)
+        .route(register_device)
+        .route(decommission_device)
+        .route(open_pairing_window)
+        .route(authorize_device)
+        .route(issue_gateway_certificate)
+        .route(get_ca_certificate)
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> CommandError {
+    CommandError {
+        code,
+        message: message.into(),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> CommandError {
+    refuse(ErrorCode::Unavailable, format!("event log: {e}"))
+}
+
+/// Appends `event` and applies it to the registry at once, so this service's next decision
+/// sees it even before the follower does.
+async fn record(
+    state: &Enrollment,
+    expected: ExpectedVersion,
+    event: Event,
+) -> Result<u64, AppendError> {
+    let envelope = EventEnvelope::new(event);
+    let appended = state.log.append(expected, &envelope).await?;
+    state.registry().apply(&StoredEvent {
+        sequence: appended.sequence,
+        envelope,
+    });
+    Ok(appended.sequence)
+}
+
+async fn register_device(state: State, c: RegisterDevice) -> Result<Accepted, CommandError> {
+    {
+        let registry = state.registry();
+        if let Some(owner) = registry.by_key(&c.public_key) {
+            if owner.device_id != c.device_id {
+                return Err(refuse(
+                    ErrorCode::AlreadyExists,
+                    format!("public_key is already registered to {}", owner.device_id),
+                ));
+            }
+        }
+        if let Some(existing) = registry.get(&c.device_id) {
+            return if existing.public_key == c.public_key {
+                // A retry of the same registration.
+                Ok(Accepted {
+                    sequence: existing.version,
+                })
+            } else {
+                Err(refuse(
+                    ErrorCode::AlreadyExists,
+                    format!("device_id {} is registered with another key", c.device_id),
+                ))
+            };
+        }
+    }
+    let event = DeviceRegistered {
+        device_id: c.device_id.clone(),
+        public_key: c.public_key,
+        mcu: c.mcu,
+        labels: c.labels,
+    };
+    match record(&state, ExpectedVersion::NONE, event.into()).await {
+        Ok(sequence) => {
+            info!(device = %c.device_id, "device registered");
+            Ok(Accepted { sequence })
+        }
+        Err(AppendError::Conflict { .. }) => Err(refuse(
+            ErrorCode::AlreadyExists,
+            format!("device_id {} was registered concurrently", c.device_id),
+        )),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn decommission_device(
+    state: State,
+    c: DecommissionDevice,
+) -> Result<Accepted, CommandError> {
+    let version = match state.registry().get(&c.device_id) {
+        None => {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("no device {}", c.device_id),
+            ));
+        }
+        Some(d) if d.decommissioned => {
+            return Ok(Accepted {
+                sequence: d.version,
+            });
+        }
+        Some(d) => d.version,
+    };
+    let event = DeviceDecommissioned {
+        device_id: c.device_id.clone(),
+        reason: c.reason,
+    };
+    match record(&state, ExpectedVersion::Exactly(version), event.into()).await {
+        Ok(sequence) => Ok(Accepted { sequence }),
+        Err(AppendError::Conflict { .. }) => Err(refuse(
+            ErrorCode::Conflict,
+            format!("device {} changed concurrently; retry", c.device_id),
+        )),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn open_pairing_window(
+    state: State,
+    c: OpenPairingWindow,
+) -> Result<PairingWindow, CommandError> {
+    let max = state.config.max_pairing_window.as_secs();
+    if c.duration_secs == 0 || u64::from(c.duration_secs) > max {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!("duration_secs must be between 1 and {max}"),
+        ));
+    }
+    let mut secret = [0u8; 16];
+    getrandom::fill(&mut secret).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let expires_at = Utc::now() + chrono::Duration::seconds(i64::from(c.duration_secs));
+    state
+        .pairing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .open(token.clone(), expires_at);
+    info!(%expires_at, "pairing window opened");
+    Ok(PairingWindow { token, expires_at })
+}
+
+/// The id a device enrolled through pairing gets: derived from its key, so the same device
+/// always gets the same id.
+fn paired_device_id(key: &PublicKey) -> Option<DeviceId> {
+    let hex: String = key.0[..6].iter().map(|b| format!("{b:02x}")).collect();
+    DeviceId::new(format!("dev-{hex}")).ok()
+}
+
+async fn authorize_device(state: State, c: AuthorizeDevice) -> Result<Authorization, CommandError> {
+    let known = state.registry().by_key(&c.public_key).cloned();
+    match known {
+        Some(d) if d.decommissioned => {
+            refused(
+                &state,
+                &c,
+                RejectReason::Decommissioned,
+                "device is decommissioned",
+            )
+            .await
+        }
+        Some(d) if d.enrolled => Ok(Authorization::Allowed {
+            device_id: d.device_id,
+        }),
+        Some(d) => {
+            let event = DeviceEnrolled {
+                device_id: d.device_id.clone(),
+                public_key: c.public_key,
+                gateway_id: c.gateway_id.clone(),
+                path: EnrollmentPath::Registered,
+            };
+            match record(&state, ExpectedVersion::Exactly(d.version), event.into()).await {
+                // A concurrent authorization of the same device enrolled it first.
+                Ok(_) | Err(AppendError::Conflict { .. }) => {
+                    info!(device = %d.device_id, "device enrolled");
+                    Ok(Authorization::Allowed {
+                        device_id: d.device_id,
+                    })
+                }
+                Err(e) => Err(internal(e)),
+            }
+        }
+        None => {
+            let token_ok = c.enrollment_token.as_deref().is_some_and(|token| {
+                state
+                    .pairing
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .accepts(token, Utc::now())
+            });
+            if !token_ok {
+                let message = if c.enrollment_token.is_some() {
+                    "unknown key and no open pairing window accepts its token"
+                } else {
+                    "unknown key; register it or open a pairing window"
+                };
+                return refused(&state, &c, RejectReason::UnknownDevice, message).await;
+            }
+            let Some(device_id) = paired_device_id(&c.public_key) else {
+                return Err(refuse(ErrorCode::Internal, "could not derive a device id"));
+            };
+            let event = DeviceEnrolled {
+                device_id: device_id.clone(),
+                public_key: c.public_key,
+                gateway_id: c.gateway_id.clone(),
+                path: EnrollmentPath::Pairing,
+            };
+            match record(&state, ExpectedVersion::NONE, event.into()).await {
+                Ok(_) => {
+                    info!(device = %device_id, "device enrolled through pairing");
+                    Ok(Authorization::Allowed { device_id })
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    refused(&state, &c, RejectReason::UnknownDevice, "device id taken").await
+                }
+                Err(e) => Err(internal(e)),
+            }
+        }
+    }
+}
+
+/// Records a refusal on the gateway's aggregate (an audit trail) and answers with it.
+async fn refused(
+    state: &Enrollment,
+    c: &AuthorizeDevice,
+    reason: RejectReason,
+    message: &str,
+) -> Result<Authorization, CommandError> {
+    warn!(gateway = %c.gateway_id, key = %c.public_key, ?reason, "enrollment refused");
+    let event = EnrollmentRefused {
+        gateway_id: c.gateway_id.clone(),
+        public_key: c.public_key,
+        reason,
+        message: message.to_owned(),
+        remote_addr: c.remote_addr.clone(),
+    };
+    state
+        .log
+        .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
+        .await
+        .map_err(internal)?;
+    Ok(Authorization::Refused {
+        reason,
+        message: message.to_owned(),
+    })
+}
+
+async fn issue_gateway_certificate(
+    state: State,
+    c: IssueGatewayCertificate,
+) -> Result<GatewayCertificate, CommandError> {
+    let issued = state
+        .ca
+        .issue_server_certificate(&c.csr_pem, state.config.gateway_certificate_validity)
+        .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("csr_pem: {e}")))?;
+    let not_after = chrono::DateTime::from_timestamp(issued.not_after.unix_timestamp(), 0)
+        .unwrap_or_else(Utc::now);
+    info!(gateway = %c.gateway_id, %not_after, "gateway certificate issued");
+    Ok(GatewayCertificate {
+        certificate_pem: issued.pem,
+        ca_certificate_pem: state.ca.certificate_pem().to_owned(),
+        not_after,
+    })
+}
+
+async fn get_ca_certificate(
+    state: State,
+    _: GetCaCertificate,
+) -> Result<CaCertificate, CommandError> {
+    Ok(CaCertificate {
+        certificate_pem: state.ca.certificate_pem().to_owned(),
+    })
+}

@@ -1,0 +1,139 @@
+//! The enrollment service: device identities, the CA, and every enrollment decision.
+//!
+//! It answers `wasmbed.cmd.v1.enrollment.*` and appends its decisions to the event log
+//! (`DeviceRegistered`, `DeviceEnrolled`, `EnrollmentRefused`, `DeviceDecommissioned`). Its
+//! view of the devices is rebuilt from the log at start; it keeps no other store.
+
+mod ca;
+mod handlers;
+mod pairing;
+mod registry;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{info, warn};
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_schemas::AggregateKind;
+use wasmbed_schemas::subject::{self, Service};
+
+pub use ca::{CaError, CertificateAuthority, IssuedCertificate};
+pub use registry::{DeviceRecord, Registry};
+
+/// Settings of the enrollment service.
+#[derive(Debug, Clone)]
+pub struct EnrollmentConfig {
+    /// Where the CA key and certificate are kept (a Secret mount in the cluster).
+    pub ca_dir: PathBuf,
+    /// How long a gateway certificate is valid; gateways renew at two thirds of it.
+    pub gateway_certificate_validity: Duration,
+    /// The longest pairing window an operator may open.
+    pub max_pairing_window: Duration,
+    /// Replicas of the streams this service creates.
+    pub replicas: usize,
+}
+
+impl EnrollmentConfig {
+    /// Defaults with the CA in `ca_dir`: 30-day gateway certificates, pairing windows of at
+    /// most an hour.
+    pub fn new(ca_dir: PathBuf) -> Self {
+        Self {
+            ca_dir,
+            gateway_certificate_validity: Duration::from_secs(30 * 24 * 3600),
+            max_pairing_window: Duration::from_secs(3600),
+            replicas: 1,
+        }
+    }
+}
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollmentError {
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] wasmbed_eventlog::SetupError),
+    /// Reading the device history failed.
+    #[error(transparent)]
+    Read(#[from] wasmbed_eventlog::ReadError),
+    /// The CA could not be loaded or created.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// Subscribing to commands failed.
+    #[error("subscribing to commands: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// Shared state of the handlers.
+pub(crate) struct Enrollment {
+    pub(crate) log: EventLog,
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) pairing: Mutex<pairing::PairingWindows>,
+    pub(crate) ca: CertificateAuthority,
+    pub(crate) config: EnrollmentConfig,
+}
+
+impl Enrollment {
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs the service until `shutdown` completes: loads the CA, catches up on device history,
+/// then answers commands while following new device events.
+pub async fn run(
+    client: async_nats::Client,
+    config: EnrollmentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EnrollmentError> {
+    let log = EventLog::open(
+        client.clone(),
+        &LogOptions {
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
+
+    let mut follow = log
+        .follow(vec![subject::events_of_kind(AggregateKind::Device)])
+        .await?;
+    let mut registry = Registry::default();
+    for _ in 0..follow.pending_at_start {
+        match follow.next().await {
+            Some(Ok((event, _))) => registry.apply(&event),
+            Some(Err(e)) => warn!(error = %e, "device event skipped"),
+            None => break,
+        }
+    }
+    info!(devices = registry.len(), "device history loaded");
+
+    let state = Arc::new(Enrollment {
+        log,
+        registry: Mutex::new(registry),
+        pairing: Mutex::default(),
+        ca,
+        config,
+    });
+    let follower_state = state.clone();
+    let follower = tokio::spawn(async move {
+        while let Some(next) = follow.next().await {
+            match next {
+                Ok((event, _)) => follower_state.registry().apply(&event),
+                Err(e) => warn!(error = %e, "device event skipped"),
+            }
+        }
+    });
+    let served = wasmbed_bus::serve(client, handlers::router(), state, shutdown).await;
+    follower.abort();
+    served?;
+    info!("enrollment stopped");
+    Ok(())
+}
+
+/// The service this crate answers for.
+pub const SERVICE: Service = Service::Enrollment;

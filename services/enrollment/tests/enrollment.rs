@@ -1,0 +1,338 @@
+//! The enrollment service against a real nats-server.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wasmbed_bus::{CallError, call};
+use wasmbed_enrollment::{EnrollmentConfig, EnrollmentError};
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_schemas::command::*;
+use wasmbed_schemas::event::{EnrollmentPath, Event};
+use wasmbed_schemas::frame::RejectReason;
+use wasmbed_schemas::{AggregateId, DeviceId, GatewayId, PublicKey};
+use wasmbed_test_support::NatsServer;
+
+const T: Duration = Duration::from_secs(5);
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), EnrollmentError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn start(server: &NatsServer, ca_dir: &Path) -> Running {
+    let client = server.client().await.unwrap();
+    let mut config = EnrollmentConfig::new(ca_dir.to_path_buf());
+    config.gateway_certificate_validity = Duration::from_secs(3600);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(wasmbed_enrollment::run(
+        client.clone(),
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Ready once it answers.
+    for _ in 0..100 {
+        if call(&client, &GetCaCertificate {}, Duration::from_millis(200))
+            .await
+            .is_ok()
+        {
+            return Running { stop, task };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("enrollment did not come up");
+}
+
+fn key(n: u8) -> PublicKey {
+    PublicKey([n; 32])
+}
+
+fn authorize(n: u8, token: Option<&str>) -> AuthorizeDevice {
+    AuthorizeDevice {
+        gateway_id: GatewayId::new("gw-1").unwrap(),
+        public_key: key(n),
+        enrollment_token: token.map(str::to_owned),
+        remote_addr: "127.0.0.1:5000".into(),
+    }
+}
+
+fn register(id: &str, n: u8) -> RegisterDevice {
+    RegisterDevice {
+        device_id: DeviceId::new(id).unwrap(),
+        public_key: key(n),
+        mcu: Some("Mps2An385".into()),
+        labels: Default::default(),
+    }
+}
+
+async fn history(server: &NatsServer, aggregate: AggregateId) -> Vec<Event> {
+    let log = EventLog::open(server.client().await.unwrap(), &LogOptions::default())
+        .await
+        .unwrap();
+    log.read(&aggregate)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope.event)
+        .collect()
+}
+
+fn refusal_code(e: CallError) -> ErrorCode {
+    match e {
+        CallError::Refused(e) => e.code,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_registered_device_is_enrolled_once_and_then_allowed() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&server, dir.path()).await;
+    let client = server.client().await.unwrap();
+
+    call(&client, &register("dev-1", 1), T).await.unwrap();
+    for _ in 0..2 {
+        let decision = call(&client, &authorize(1, None), T).await.unwrap();
+        assert_eq!(
+            decision,
+            Authorization::Allowed {
+                device_id: DeviceId::new("dev-1").unwrap()
+            }
+        );
+    }
+    let events = history(
+        &server,
+        AggregateId::Device(DeviceId::new("dev-1").unwrap()),
+    )
+    .await;
+    assert!(
+        matches!(events[..], [Event::DeviceRegistered(_), Event::DeviceEnrolled(ref e)] if e.path == EnrollmentPath::Registered)
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_and_decommissioned_keys_are_refused_with_an_audit_event() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&server, dir.path()).await;
+    let client = server.client().await.unwrap();
+
+    let decision = call(&client, &authorize(9, None), T).await.unwrap();
+    assert!(matches!(
+        decision,
+        Authorization::Refused {
+            reason: RejectReason::UnknownDevice,
+            ..
+        }
+    ));
+
+    call(&client, &register("dev-2", 2), T).await.unwrap();
+    call(
+        &client,
+        &DecommissionDevice {
+            device_id: DeviceId::new("dev-2").unwrap(),
+            reason: "stolen".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    let decision = call(&client, &authorize(2, None), T).await.unwrap();
+    assert!(matches!(
+        decision,
+        Authorization::Refused {
+            reason: RejectReason::Decommissioned,
+            ..
+        }
+    ));
+
+    let audit = history(
+        &server,
+        AggregateId::Gateway(GatewayId::new("gw-1").unwrap()),
+    )
+    .await;
+    let reasons: Vec<_> = audit
+        .iter()
+        .map(|e| match e {
+            Event::EnrollmentRefused(r) => (r.public_key, r.reason),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (key(9), RejectReason::UnknownDevice),
+            (key(2), RejectReason::Decommissioned)
+        ]
+    );
+    let missing = call(
+        &client,
+        &DecommissionDevice {
+            device_id: DeviceId::new("nobody").unwrap(),
+            reason: "x".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refusal_code(missing), ErrorCode::NotFound);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_pairing_window_lets_unknown_devices_enroll_with_its_token() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&server, dir.path()).await;
+    let client = server.client().await.unwrap();
+
+    let bad = call(&client, &OpenPairingWindow { duration_secs: 0 }, T)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal_code(bad), ErrorCode::InvalidRequest);
+    let window = call(&client, &OpenPairingWindow { duration_secs: 60 }, T)
+        .await
+        .unwrap();
+
+    let wrong = call(&client, &authorize(5, Some("not-the-token")), T)
+        .await
+        .unwrap();
+    assert!(matches!(
+        wrong,
+        Authorization::Refused {
+            reason: RejectReason::UnknownDevice,
+            ..
+        }
+    ));
+    let Authorization::Allowed { device_id } = call(&client, &authorize(5, Some(&window.token)), T)
+        .await
+        .unwrap()
+    else {
+        panic!("pairing refused");
+    };
+    assert_eq!(device_id.as_str(), "dev-050505050505");
+    // Enrolled now: allowed without a token, too.
+    assert!(matches!(
+        call(&client, &authorize(5, None), T).await.unwrap(),
+        Authorization::Allowed { .. }
+    ));
+    let events = history(&server, AggregateId::Device(device_id)).await;
+    assert!(
+        matches!(events[..], [Event::DeviceEnrolled(ref e)] if e.path == EnrollmentPath::Pairing)
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn registration_conflicts_are_refused_and_retries_are_idempotent() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&server, dir.path()).await;
+    let client = server.client().await.unwrap();
+
+    let first = call(&client, &register("dev-1", 1), T).await.unwrap();
+    let retry = call(&client, &register("dev-1", 1), T).await.unwrap();
+    assert_eq!(first, retry);
+    let other_key = call(&client, &register("dev-1", 2), T).await.unwrap_err();
+    assert_eq!(refusal_code(other_key), ErrorCode::AlreadyExists);
+    let same_key = call(&client, &register("dev-9", 1), T).await.unwrap_err();
+    assert_eq!(refusal_code(same_key), ErrorCode::AlreadyExists);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn the_device_view_and_the_ca_survive_a_restart() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = server.client().await.unwrap();
+
+    let service = start(&server, dir.path()).await;
+    call(&client, &register("dev-1", 1), T).await.unwrap();
+    let ca_before = call(&client, &GetCaCertificate {}, T).await.unwrap();
+    service.stop().await;
+
+    let key_file = dir.path().join("ca-key.pem");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the CA key is private");
+
+    let service = start(&server, dir.path()).await;
+    assert_eq!(
+        call(&client, &GetCaCertificate {}, T).await.unwrap(),
+        ca_before
+    );
+    assert!(matches!(
+        call(&client, &authorize(1, None), T).await.unwrap(),
+        Authorization::Allowed { .. }
+    ));
+    service.stop().await;
+}
+
+fn csr(names: Vec<String>) -> String {
+    let key = rcgen_key();
+    let params = rcgen::CertificateParams::new(names).unwrap();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+fn rcgen_key() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate().unwrap()
+}
+
+#[tokio::test]
+async fn gateway_certificates_are_signed_from_a_csr_with_the_cas_own_limits() {
+    use x509_parser::prelude::*;
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&server, dir.path()).await;
+    let client = server.client().await.unwrap();
+    let request = |csr_pem: String| IssueGatewayCertificate {
+        gateway_id: GatewayId::new("gw-1").unwrap(),
+        csr_pem,
+    };
+
+    let issued = call(&client, &request(csr(vec!["localhost".into()])), T)
+        .await
+        .unwrap();
+    let (_, pem) = parse_x509_pem(issued.certificate_pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let (_, ca_pem) = parse_x509_pem(issued.ca_certificate_pem.as_bytes()).unwrap();
+    let ca = ca_pem.parse_x509().unwrap();
+    assert_eq!(cert.issuer(), ca.subject());
+    assert!(!cert.is_ca());
+    cert.verify_signature(Some(ca.public_key())).unwrap();
+    let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!((3600..=3700).contains(&lifetime), "{lifetime}");
+    assert_eq!(
+        issued.not_after.timestamp(),
+        cert.validity().not_after.timestamp()
+    );
+
+    let no_names = call(&client, &request(csr(vec![])), T).await.unwrap_err();
+    assert_eq!(refusal_code(no_names), ErrorCode::InvalidRequest);
+    let garbage = call(
+        &client,
+        &request(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(),
+        ),
+        T,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refusal_code(garbage), ErrorCode::InvalidRequest);
+    service.stop().await;
+}
