@@ -223,8 +223,8 @@ pub struct DeviceEnrolled {
 pub struct EnrollmentRefused {
     /// The gateway that refused it.
     pub gateway_id: GatewayId,
-    /// The key the peer presented.
-    pub public_key: PublicKey,
+    /// The key the peer presented, if it got that far.
+    pub public_key: Option<PublicKey>,
     /// Why.
     pub reason: RejectReason,
     /// Detail for the operator.

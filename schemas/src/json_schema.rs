@@ -4,6 +4,7 @@
 //! they drift from the types and rewrites them when run with `WASMBED_BLESS=1`.
 
 use crate::command::{CommandError, command_schemas};
+use crate::device_message::{DeviceLogLine, HeartbeatReport};
 use crate::event::EventEnvelope;
 
 /// Every schema, as `(path under schemas/json, schema)`.
@@ -18,6 +19,14 @@ pub fn all() -> Vec<(String, schemars::Schema)> {
             schemars::schema_for!(CommandError),
         ),
     ];
+    out.push((
+        "heartbeat-report.json".to_owned(),
+        schemars::schema_for!(HeartbeatReport),
+    ));
+    out.push((
+        "device-log-line.json".to_owned(),
+        schemars::schema_for!(DeviceLogLine),
+    ));
     command_schemas(&mut out);
     out
 }

@@ -12,6 +12,8 @@ pub mod subject;
 #[cfg(feature = "std")]
 pub mod command;
 #[cfg(feature = "std")]
+pub mod device_message;
+#[cfg(feature = "std")]
 pub mod event;
 #[cfg(feature = "std")]
 pub mod json_schema;

@@ -47,7 +47,7 @@ fn every_event() -> Vec<Event> {
         .into(),
         EnrollmentRefused {
             gateway_id: gw(),
-            public_key: PublicKey([9; 32]),
+            public_key: Some(PublicKey([9; 32])),
             reason: RejectReason::UnknownDevice,
             message: "unknown key".into(),
             remote_addr: "127.0.0.1:50000".into(),

@@ -193,6 +193,7 @@ pub struct Log {
 
 /// Log severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "std", derive(schemars::JsonSchema))]
 #[non_exhaustive]
 pub enum LogLevel {
     /// Errors.

@@ -244,7 +244,7 @@ async fn refused(
     warn!(gateway = %c.gateway_id, key = %c.public_key, ?reason, "enrollment refused");
     let event = EnrollmentRefused {
         gateway_id: c.gateway_id.clone(),
-        public_key: c.public_key,
+        public_key: Some(c.public_key),
         reason,
         message: message.to_owned(),
         remote_addr: c.remote_addr.clone(),

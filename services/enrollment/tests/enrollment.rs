@@ -175,8 +175,8 @@ async fn unknown_and_decommissioned_keys_are_refused_with_an_audit_event() {
     assert_eq!(
         reasons,
         [
-            (key(9), RejectReason::UnknownDevice),
-            (key(2), RejectReason::Decommissioned)
+            (Some(key(9)), RejectReason::UnknownDevice),
+            (Some(key(2)), RejectReason::Decommissioned)
         ]
     );
     let missing = call(
