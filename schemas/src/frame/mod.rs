@@ -82,6 +82,33 @@ pub enum Frame {
     GoAway(GoAway),
 }
 
+impl Frame {
+    /// The variant's name, for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Challenge(_) => "Challenge",
+            Self::Auth(_) => "Auth",
+            Self::Welcome(_) => "Welcome",
+            Self::Rejected(_) => "Rejected",
+            Self::Heartbeat(_) => "Heartbeat",
+            Self::HeartbeatAck(_) => "HeartbeatAck",
+            Self::Telemetry(_) => "Telemetry",
+            Self::Log(_) => "Log",
+            Self::ModuleBegin(_) => "ModuleBegin",
+            Self::ModuleChunk(_) => "ModuleChunk",
+            Self::ModuleCommit(_) => "ModuleCommit",
+            Self::ModuleAck(_) => "ModuleAck",
+            Self::Deploy(_) => "Deploy",
+            Self::Stop(_) => "Stop",
+            Self::AppStatus(_) => "AppStatus",
+            Self::DeviceInfo(_) => "DeviceInfo",
+            Self::Error(_) => "Error",
+            Self::GoAway(_) => "GoAway",
+        }
+    }
+}
+
 /// device → gateway: opens authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

@@ -1,0 +1,129 @@
+//! Authentication of one TLS connection: Hello, Challenge, Auth, and enrollment's decision.
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wasmbed_bus::call;
+use wasmbed_schemas::command::{Authorization, AuthorizeDevice};
+use wasmbed_schemas::frame::{Challenge, Frame, RejectReason, auth_transcript};
+use wasmbed_schemas::{DeviceId, Nonce, PublicKey, Sha256};
+
+use crate::Gateway;
+use crate::frames::FrameReader;
+use crate::session::write_frame;
+
+/// Why a connection was not let in.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+    pub public_key: Option<PublicKey>,
+    /// Whether this gateway must record it (enrollment records its own decisions).
+    pub audit: bool,
+}
+
+impl Refusal {
+    fn new(reason: RejectReason, message: impl Into<String>, key: Option<PublicKey>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            public_key: key,
+            audit: true,
+        }
+    }
+}
+
+/// Runs the challenge–response and asks enrollment. `fingerprints` are the certificate this
+/// connection's handshake used and, during a renewal, the one before it.
+pub(crate) async fn authenticate<R, W>(
+    gw: &Gateway,
+    frames: &mut FrameReader,
+    reader: &mut R,
+    writer: &mut W,
+    remote_addr: &str,
+    fingerprints: (Sha256, Option<Sha256>),
+) -> Result<DeviceId, Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let hello = match frames.next(reader).await {
+        Ok(Some(Frame::Hello(hello))) => hello,
+        Ok(Some(other)) => {
+            let message = format!("expected Hello, got {}", other.name());
+            return Err(Refusal::new(RejectReason::ProtocolViolation, message, None));
+        }
+        Ok(None) => {
+            let message = "closed before Hello";
+            return Err(Refusal::new(RejectReason::ProtocolViolation, message, None));
+        }
+        Err(e) => {
+            let message = format!("first frame unreadable: {e}");
+            return Err(Refusal::new(RejectReason::ProtocolViolation, message, None));
+        }
+    };
+    let key = Some(hello.public_key);
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| Refusal {
+        audit: false,
+        ..Refusal::new(RejectReason::Unavailable, e.to_string(), key)
+    })?;
+    let nonce = Nonce(nonce);
+    let challenge = Frame::Challenge(Challenge {
+        gateway_id: gw.config.gateway_id.clone(),
+        nonce,
+    });
+    write_frame(writer, &challenge, gw.config.write_timeout)
+        .await
+        .map_err(|e| Refusal::new(RejectReason::ProtocolViolation, e, key))?;
+
+    let auth = match frames.next(reader).await {
+        Ok(Some(Frame::Auth(auth))) => auth,
+        Ok(Some(other)) => {
+            let message = format!("expected Auth, got {}", other.name());
+            return Err(Refusal::new(RejectReason::ProtocolViolation, message, key));
+        }
+        Ok(None) => {
+            let message = "closed before Auth";
+            return Err(Refusal::new(RejectReason::ProtocolViolation, message, key));
+        }
+        Err(e) => {
+            let message = format!("Auth unreadable: {e}");
+            return Err(Refusal::new(RejectReason::ProtocolViolation, message, key));
+        }
+    };
+    let verified = VerifyingKey::from_bytes(&hello.public_key.0).is_ok_and(|verifying| {
+        let signature = Signature::from_bytes(&auth.signature.0);
+        let (current, previous) = fingerprints;
+        [Some(current), previous].into_iter().flatten().any(|fp| {
+            let transcript = auth_transcript(&hello.nonce, &nonce, &fp, &gw.config.gateway_id);
+            verifying.verify(&transcript, &signature).is_ok()
+        })
+    });
+    if !verified {
+        let message = "signature does not verify over this session's transcript";
+        return Err(Refusal::new(RejectReason::BadSignature, message, key));
+    }
+
+    let decision = call(
+        &gw.client,
+        &AuthorizeDevice {
+            gateway_id: gw.config.gateway_id.clone(),
+            public_key: hello.public_key,
+            enrollment_token: hello.enrollment_token,
+            remote_addr: remote_addr.to_owned(),
+        },
+        gw.config.request_timeout,
+    )
+    .await;
+    match decision {
+        Ok(Authorization::Allowed { device_id }) => Ok(device_id),
+        Ok(Authorization::Refused { reason, message }) => Err(Refusal {
+            audit: false,
+            ..Refusal::new(reason, message, key)
+        }),
+        Err(e) => Err(Refusal {
+            audit: false,
+            ..Refusal::new(RejectReason::Unavailable, format!("enrollment: {e}"), key)
+        }),
+    }
+}

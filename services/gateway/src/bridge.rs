@@ -1,0 +1,101 @@
+//! Uplink: what a device's frames become on the bus. Every subject is built from the
+//! authenticated device id, never from anything in the frame.
+
+use async_nats::HeaderMap;
+use chrono::Utc;
+use tokio::io::AsyncWrite;
+use wasmbed_schemas::DeviceId;
+use wasmbed_schemas::device_message::{DeviceLogLine, HeartbeatReport};
+use wasmbed_schemas::frame::codec::encode_to_vec;
+use wasmbed_schemas::frame::{Frame, HeartbeatAck};
+use wasmbed_schemas::subject::{self, header};
+
+use crate::Gateway;
+use crate::metrics::inc;
+use crate::session::write_frame;
+
+/// Handles one frame from an authenticated device. An `Err` ends the session with that reason.
+pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    device: &DeviceId,
+    frame: Frame,
+    writer: &mut W,
+) -> Result<(), String> {
+    inc(&gw.metrics.frames_in);
+    match frame {
+        Frame::Heartbeat(beat) => {
+            write_frame(
+                writer,
+                &Frame::HeartbeatAck(HeartbeatAck { seq: beat.seq }),
+                gw.config.write_timeout,
+            )
+            .await?;
+            inc(&gw.metrics.frames_out);
+            let report = HeartbeatReport {
+                device_id: device.clone(),
+                gateway_id: gw.config.gateway_id.clone(),
+                seq: beat.seq,
+                uptime_ms: beat.uptime_ms,
+                received_at: Utc::now(),
+            };
+            publish_json(gw, subject::device_heartbeat(device), &report).await
+        }
+        Frame::Telemetry(t) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::DEVICE, device.as_str());
+            headers.insert(header::APP, t.app_id.as_str());
+            headers.insert(header::SEQUENCE, t.seq.to_string().as_str());
+            headers.insert(header::TOPIC, t.topic.as_str());
+            let bytes = t.payload.len() as u64;
+            gw.client
+                .publish_with_headers(
+                    subject::telemetry(device, &t.app_id),
+                    headers,
+                    t.payload.into(),
+                )
+                .await
+                .map_err(|e| format!("bus unavailable: {e}"))?;
+            inc(&gw.metrics.telemetry_messages);
+            gw.metrics
+                .telemetry_bytes
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        Frame::Log(line) => {
+            let line = DeviceLogLine {
+                device_id: device.clone(),
+                app_id: line.app_id,
+                level: line.level,
+                message: line.message,
+                received_at: Utc::now(),
+            };
+            publish_json(gw, subject::device_log(device), &line).await
+        }
+        frame @ (Frame::AppStatus(_)
+        | Frame::ModuleAck(_)
+        | Frame::DeviceInfo(_)
+        | Frame::Error(_)) => {
+            let bytes = encode_to_vec(&frame).map_err(|e| format!("re-encoding: {e}"))?;
+            gw.client
+                .publish(subject::device_uplink(device), bytes.into())
+                .await
+                .map_err(|e| format!("bus unavailable: {e}"))
+        }
+        other => Err(format!(
+            "protocol violation: {} is not a device frame after authentication",
+            other.name()
+        )),
+    }
+}
+
+async fn publish_json<T: serde::Serialize>(
+    gw: &Gateway,
+    subject: String,
+    value: &T,
+) -> Result<(), String> {
+    let bytes = serde_json::to_vec(value).map_err(|e| format!("encoding: {e}"))?;
+    gw.client
+        .publish(subject, bytes.into())
+        .await
+        .map_err(|e| format!("bus unavailable: {e}"))
+}

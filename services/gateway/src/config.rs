@@ -1,0 +1,61 @@
+//! Gateway settings.
+
+use std::time::Duration;
+
+use wasmbed_schemas::GatewayId;
+
+/// How a gateway runs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This gateway's id (in events, in the signed transcript).
+    pub gateway_id: GatewayId,
+    /// `host:port` devices dial, announced in `GatewayStarted`; the TLS listener's address
+    /// when unset.
+    pub advertised_endpoint: Option<String>,
+    /// Names and addresses the TLS certificate is issued for.
+    pub subject_alt_names: Vec<String>,
+    /// How often devices must send a heartbeat (told to them in `Welcome`).
+    pub heartbeat_interval: Duration,
+    /// A device silent for this many intervals is disconnected.
+    pub missed_heartbeats: u32,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Authentication (Hello to Welcome) must finish within this.
+    pub auth_timeout: Duration,
+    /// A write to a device that does not read is given up after this.
+    pub write_timeout: Duration,
+    /// How long to wait for enrollment's answers.
+    pub request_timeout: Duration,
+    /// Connections beyond this many are closed at once.
+    pub max_sessions: usize,
+    /// On shutdown, how long sessions get to say goodbye.
+    pub shutdown_grace: Duration,
+    /// On shutdown, how long devices are told to wait before reconnecting.
+    pub reconnect_after: Duration,
+    /// At most this many refusal audit events per second; the rest are only counted.
+    pub audit_events_per_second: u32,
+    /// Replicas of the streams this service creates.
+    pub replicas: usize,
+}
+
+impl GatewayConfig {
+    /// Defaults for a gateway called `gateway_id`, certified for `localhost` and `127.0.0.1`.
+    pub fn new(gateway_id: GatewayId) -> Self {
+        Self {
+            gateway_id,
+            advertised_endpoint: None,
+            subject_alt_names: vec!["localhost".into(), "127.0.0.1".into()],
+            heartbeat_interval: Duration::from_secs(5),
+            missed_heartbeats: 3,
+            handshake_timeout: Duration::from_secs(5),
+            auth_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            max_sessions: 200_000,
+            shutdown_grace: Duration::from_secs(5),
+            reconnect_after: Duration::from_millis(500),
+            audit_events_per_second: 50,
+            replicas: 1,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The gateway: a TLS 1.3 server for devices that authenticates each one and bridges its frames
+//! into the bus, and bus messages back to it.
+//!
+//! - `certificate`: its own key, a certificate from enrollment's CA by CSR, renewal.
+//! - `session`: one connection: TLS handshake, `auth`entication, the bridge loop.
+//! - `bridge`: what device frames become on the bus.
+//! - `http`: `/health`, `/ready`, `/metrics`.
+//!
+//! The gateway keeps no registry of devices: enrollment decides who may connect.
+
+mod audit;
+mod auth;
+mod bridge;
+mod certificate;
+mod config;
+mod frames;
+mod http;
+mod metrics;
+mod session;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, info, info_span, warn};
+use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions};
+use wasmbed_schemas::event::{EventEnvelope, GatewayStarted, GatewayStopped};
+
+pub use certificate::CertificateError;
+pub use config::GatewayConfig;
+
+use crate::audit::AuditLimiter;
+use crate::certificate::CertStore;
+use crate::metrics::{Metrics, inc};
+use crate::session::Sessions;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] wasmbed_eventlog::SetupError),
+    /// No certificate could be obtained.
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    /// The TLS configuration was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The listeners the gateway serves on, bound by the caller (port 0 in tests).
+pub struct Listeners {
+    /// Devices: TLS 1.3.
+    pub tls: TcpListener,
+    /// `/health`, `/ready`, `/metrics`.
+    pub http: TcpListener,
+}
+
+/// State shared by every session.
+pub(crate) struct Gateway {
+    pub(crate) config: GatewayConfig,
+    pub(crate) client: async_nats::Client,
+    pub(crate) log: EventLog,
+    pub(crate) certs: Arc<CertStore>,
+    pub(crate) metrics: Metrics,
+    pub(crate) sessions: Sessions,
+    pub(crate) audit_limiter: AuditLimiter,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) ready: AtomicBool,
+}
+
+/// Runs the gateway until `shutdown` completes, then tells every device to reconnect later,
+/// waits up to the grace period for sessions to close, and records `GatewayStopped`.
+pub async fn run(
+    client: async_nats::Client,
+    config: GatewayConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let log = EventLog::open(
+        client.clone(),
+        &LogOptions {
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let key = rcgen::KeyPair::generate().map_err(CertificateError::Request)?;
+    let issued = certificate::request_until_issued(&client, &config, &key).await?;
+    let certs = Arc::new(CertStore::new(issued));
+    let tls =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let (stop_sessions, stopping) = watch::channel(false);
+    let gw = Arc::new(Gateway {
+        client: client.clone(),
+        log,
+        certs: certs.clone(),
+        metrics: Metrics::default(),
+        sessions: Sessions::default(),
+        audit_limiter: AuditLimiter::new(config.audit_events_per_second),
+        shutdown: stopping,
+        ready: AtomicBool::new(false),
+        config: config.clone(),
+    });
+    let renewal = tokio::spawn(certificate::renew_forever(
+        client,
+        config.clone(),
+        key,
+        certs.clone(),
+    ));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(http::serve(gw.clone(), listeners.http, async move {
+        let _ = http_stopped.await;
+    }));
+
+    let endpoint = match &config.advertised_endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => listeners.tls.local_addr()?.to_string(),
+    };
+    let started = GatewayStarted {
+        gateway_id: config.gateway_id.clone(),
+        endpoint: endpoint.clone(),
+        certificate_sha256: certs.fingerprints().0,
+    };
+    if let Err(e) = gw
+        .log
+        .append(ExpectedVersion::Any, &EventEnvelope::new(started.into()))
+        .await
+    {
+        warn!(error = %e, "GatewayStarted not recorded");
+    }
+    gw.ready.store(true, Ordering::Relaxed);
+    info!(gateway = %config.gateway_id, %endpoint, "gateway serving devices");
+
+    let permits = Arc::new(Semaphore::new(config.max_sessions));
+    // Sessions belong to this future: if it is dropped, they end with it.
+    let mut sessions: JoinSet<()> = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            accepted = listeners.tls.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        inc(&gw.metrics.connections);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            inc(&gw.metrics.over_capacity);
+            drop(tcp);
+            continue;
+        };
+        sessions.spawn(session::serve_connection(
+            gw.clone(),
+            acceptor.clone(),
+            tcp,
+            remote,
+            permit,
+        ));
+    }
+
+    gw.ready.store(false, Ordering::Relaxed);
+    drop(listeners.tls);
+    let open = gw.sessions.len();
+    info!(open, "gateway shutting down");
+    let _ = stop_sessions.send(true);
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = sessions.len(),
+            "sessions still open after the grace period; dropping them"
+        );
+        sessions.shutdown().await;
+    }
+    let stopped = GatewayStopped {
+        gateway_id: config.gateway_id.clone(),
+    };
+    if let Err(e) = gw
+        .log
+        .append(ExpectedVersion::Any, &EventEnvelope::new(stopped.into()))
+        .await
+    {
+        warn!(error = %e, "GatewayStopped not recorded");
+    }
+    renewal.abort();
+    let _ = stop_http.send(());
+    let _ = http.instrument(info_span!("http")).await;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! A running system for gateway tests: real nats-server, real enrollment, real gateway (TLS on
+//! a free 127.0.0.1 port), simulated or hand-driven devices.
+
+#![allow(dead_code)] // each test file uses part of it
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use wasmbed_bus::call;
+use wasmbed_device_core::{Session, SessionConfig, SessionEvent, Signer};
+use wasmbed_enrollment::EnrollmentConfig;
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_gateway::{GatewayConfig, GatewayError, Listeners};
+use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
+use wasmbed_schemas::event::Event;
+use wasmbed_schemas::frame::Frame;
+use wasmbed_schemas::frame::codec::{DecodeError, decode};
+use wasmbed_schemas::{AggregateId, DeviceId, GatewayId, Nonce, Sha256};
+use wasmbed_sim::{Connector, SimConfig, SimDevice};
+use wasmbed_test_support::NatsServer;
+
+pub const T: Duration = Duration::from_secs(10);
+
+pub struct RunningGateway {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), GatewayError>>,
+    pub tls_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl RunningGateway {
+    /// Graceful stop: GoAway to every device, GatewayStopped in the log.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// Abrupt stop: the task is dropped mid-flight (no goodbye, no events).
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+pub struct System {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub log: EventLog,
+    pub ca_pem: String,
+    _ca_dir: tempfile::TempDir,
+    _enrollment: (oneshot::Sender<()>, JoinHandle<()>),
+}
+
+/// Quick timeouts so that timeout behaviour is testable in a second or two.
+pub fn test_gateway_config() -> GatewayConfig {
+    let mut config = GatewayConfig::new(GatewayId::new("gw-test").unwrap());
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.missed_heartbeats = 3;
+    config.handshake_timeout = Duration::from_millis(700);
+    config.auth_timeout = Duration::from_millis(1500);
+    config
+}
+
+impl System {
+    pub async fn start() -> Self {
+        let nats = NatsServer::start().await.unwrap();
+        let client = nats.client().await.unwrap();
+        let ca_dir = tempfile::tempdir().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let enrollment = tokio::spawn({
+            let client = client.clone();
+            let config = EnrollmentConfig::new(ca_dir.path().to_path_buf());
+            async move {
+                wasmbed_enrollment::run(client, config, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        let mut ca_pem = None;
+        for _ in 0..100 {
+            if let Ok(ca) = call(&client, &GetCaCertificate {}, Duration::from_millis(200)).await {
+                ca_pem = Some(ca.certificate_pem);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = EventLog::open(client.clone(), &LogOptions::default())
+            .await
+            .unwrap();
+        Self {
+            nats,
+            client,
+            log,
+            ca_pem: ca_pem.expect("enrollment came up"),
+            _ca_dir: ca_dir,
+            _enrollment: (stop, enrollment),
+        }
+    }
+
+    /// Starts a gateway on `tls_port` (0: any).
+    pub async fn gateway(&self, config: GatewayConfig, tls_port: u16) -> RunningGateway {
+        let tls = TcpListener::bind(("127.0.0.1", tls_port)).await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tls_addr, http_addr) = (tls.local_addr().unwrap(), http.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(wasmbed_gateway::run(
+            self.client.clone(),
+            config,
+            Listeners { tls, http },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        // Ready when /ready says so.
+        for _ in 0..200 {
+            if http_get(http_addr, "/ready").await.0 == 200 {
+                return RunningGateway {
+                    stop,
+                    task,
+                    tls_addr,
+                    http_addr,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway did not become ready");
+    }
+
+    pub fn connector(&self) -> Connector {
+        Connector::new(&self.ca_pem, "localhost").unwrap()
+    }
+
+    /// Registers `key` as `id`.
+    pub async fn register(&self, id: &str, key: &SigningKey) -> DeviceId {
+        let device_id = DeviceId::new(id).unwrap();
+        call(
+            &self.client,
+            &RegisterDevice {
+                device_id: device_id.clone(),
+                public_key: key.public_key(),
+                mcu: None,
+                labels: Default::default(),
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        device_id
+    }
+
+    pub fn sim(&self, gateways: Vec<SocketAddr>, key: SigningKey) -> SimDevice {
+        let mut config = SimConfig::new(gateways);
+        config.backoff_base = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(500);
+        SimDevice::spawn(self.connector(), Arc::new(config), key)
+    }
+
+    pub async fn events(&self, aggregate: AggregateId) -> Vec<Event> {
+        self.log
+            .read(&aggregate)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.envelope.event)
+            .collect()
+    }
+
+    /// Waits until `aggregate`'s history satisfies `condition`.
+    pub async fn wait_events(
+        &self,
+        aggregate: AggregateId,
+        condition: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let events = self.events(aggregate.clone()).await;
+            if condition(&events) {
+                return events;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("events never matched: {events:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A device driven by hand: device-core for the handshake, then raw bytes either way.
+pub struct RawDevice {
+    pub reader: ReadHalf<TlsStream<TcpStream>>,
+    pub writer: WriteHalf<TlsStream<TcpStream>>,
+    pub fingerprint: Sha256,
+    buf: Vec<u8>,
+}
+
+impl RawDevice {
+    pub async fn connect(system: &System, addr: SocketAddr) -> Self {
+        let (tls, fingerprint) = system.connector().connect(addr, T).await.unwrap();
+        let (reader, writer) = tokio::io::split(tls);
+        Self {
+            reader,
+            writer,
+            fingerprint,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and authenticates with `key` (which must be allowed).
+    pub async fn authenticated(system: &System, addr: SocketAddr, key: SigningKey) -> Self {
+        let mut raw = Self::connect(system, addr).await;
+        let mut session = Session::new(
+            SessionConfig::default(),
+            key,
+            Nonce([9; 32]),
+            raw.fingerprint,
+            0,
+        );
+        loop {
+            let out = session.take_outbound();
+            raw.writer.write_all(&out).await.unwrap();
+            if let Some(event) = session.poll_event() {
+                match event {
+                    SessionEvent::Established { .. } => return raw,
+                    other => panic!("not established: {other:?}"),
+                }
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(T, raw.reader.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "gateway closed during authentication");
+            session.handle_input(&chunk[..n], 0);
+        }
+    }
+
+    pub async fn send(&mut self, frame: &Frame) {
+        let bytes = wasmbed_schemas::frame::codec::encode_to_vec(frame).unwrap();
+        self.writer.write_all(&bytes).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        // The gateway may already have closed; that is what some tests provoke.
+        let _ = self.writer.write_all(bytes).await;
+        let _ = self.writer.flush().await;
+    }
+
+    /// The next frame, or `None` when the gateway closed the connection.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match decode(&self.buf) {
+                Ok((frame, used)) => {
+                    self.buf.drain(..used);
+                    return Some(frame);
+                }
+                Err(DecodeError::Incomplete { .. }) => {}
+                Err(e) => panic!("gateway sent garbage: {e}"),
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(T, self.reader.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => return None,
+                Err(_) => panic!("gateway neither answered nor closed"),
+            }
+        }
+    }
+
+    /// Reads until the gateway closes; returns every frame it sent before.
+    pub async fn drain(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
