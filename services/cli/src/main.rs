@@ -1,6 +1,7 @@
 //! `wasmbed`: run the system (`up`) and look at it (`events tail`).
 
 mod events;
+mod serve;
 mod up;
 
 use anyhow::Result;
@@ -22,6 +23,9 @@ enum Command {
     /// Read the event log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Run one service on its own (as in Kubernetes).
+    #[command(subcommand)]
+    Serve(serve::ServeCommand),
 }
 
 #[tokio::main]
@@ -36,6 +40,7 @@ async fn main() {
     let result: Result<()> = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Events(command) => events::run(command).await,
+        Command::Serve(command) => serve::run(command).await,
     };
     if let Err(e) = result {
         // One line: scripts read it.

@@ -1,37 +1,162 @@
-//! `wasmbed up`: the embedded default on one machine.
+//! `wasmbed up`: the embedded default on one machine — a local nats-server, every service in
+//! this process (each on its own NATS connection, talking only over the bus), and simulated
+//! devices that enroll and connect.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use ed25519_dalek::SigningKey;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use wasmbed_bus::call;
+use wasmbed_enrollment::EnrollmentConfig;
 use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_gateway::{GatewayConfig, Listeners};
 use wasmbed_local_nats::{NatsProcess, NatsProcessConfig, find_binary, free_port};
+use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
+use wasmbed_schemas::{DeviceId, GatewayId, PublicKey};
+use wasmbed_sim::{Connector, SimConfig, SimDevice};
+
+/// Prints a line; a closed stdout (`wasmbed up | head`) must not take the system down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 /// The project's nats-server configuration, written into the state directory.
 const NATS_CONFIG: &str = include_str!("../../../nats/nats-server.conf");
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Where the system keeps its state (the NATS store, logs).
+    /// Where the system keeps its state (the NATS store, the CA, device keys, logs).
     #[arg(long, env = "WASMBED_STATE_DIR", default_value = ".state")]
     state_dir: PathBuf,
     /// Client port of the local nats-server on 127.0.0.1; 0 picks a free one.
     #[arg(long, env = "WASMBED_NATS_PORT", default_value_t = 4222)]
     nats_port: u16,
+    /// The gateway's TLS port on 127.0.0.1; 0 picks a free one.
+    #[arg(long, env = "WASMBED_GATEWAY_PORT", default_value_t = 8081)]
+    gateway_port: u16,
+    /// The gateway's HTTP port (health, metrics) on 127.0.0.1; 0 picks a free one.
+    #[arg(long, env = "WASMBED_GATEWAY_HTTP_PORT", default_value_t = 8080)]
+    gateway_http_port: u16,
+    /// How many simulated devices to run.
+    #[arg(long, env = "WASMBED_DEVICES", default_value_t = 3)]
+    devices: usize,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
-    let state = &args.state_dir;
-    std::fs::create_dir_all(state)
+    let state = args.state_dir.clone();
+    std::fs::create_dir_all(&state)
         .with_context(|| format!("creating state directory {}", state.display()))?;
+    let mut nats = start_nats(&state, args.nats_port).await?;
+    let connect = |name: &'static str| {
+        let url = nats.url();
+        async move {
+            async_nats::ConnectOptions::new()
+                .name(format!("wasmbed-{name}"))
+                .connect(url)
+                .await
+                .with_context(|| format!("connecting {name} to the local nats-server"))
+        }
+    };
+    EventLog::open(connect("up").await?, &LogOptions::default())
+        .await
+        .context("creating the event log")?;
+
+    let (stop, stopping) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let enrollment = tokio::spawn(wasmbed_enrollment::run(
+        connect("enrollment").await?,
+        EnrollmentConfig::new(state.join("ca")),
+        until_stopped(stopping.clone()),
+    ));
+    let tls = TcpListener::bind(("127.0.0.1", args.gateway_port))
+        .await
+        .with_context(|| format!("binding the gateway to 127.0.0.1:{}", args.gateway_port))?;
+    let http = TcpListener::bind(("127.0.0.1", args.gateway_http_port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{}", args.gateway_http_port))?;
+    let (gateway_addr, http_addr) = (tls.local_addr()?, http.local_addr()?);
+    let gateway = tokio::spawn(wasmbed_gateway::run(
+        connect("gateway").await?,
+        GatewayConfig::new(GatewayId::new("gateway-1")?),
+        Listeners { tls, http },
+        until_stopped(stopping.clone()),
+    ));
+
+    let client = connect("cli").await?;
+    let ca = wait_for_ca(&client).await?;
+    let connector = Connector::new(&ca, "localhost")?;
+    let sim_config = Arc::new(SimConfig::new(vec![gateway_addr]));
+    let mut devices = Vec::new();
+    for n in 1..=args.devices {
+        let id = DeviceId::new(format!("sim-{n}"))?;
+        let key = device_key(&state, &id)?;
+        register(&client, &id, &key).await?;
+        devices.push((
+            id,
+            SimDevice::spawn(connector.clone(), sim_config.clone(), key),
+        ));
+    }
+    let mut connected = 0;
+    for (id, device) in &mut devices {
+        match device
+            .wait_for(|s| s.connected, Duration::from_secs(30))
+            .await
+        {
+            Ok(_) => connected += 1,
+            Err(status) => tracing::warn!(device = %id, ?status, "device did not connect"),
+        }
+    }
+
+    say!("wasmbed is up");
+    say!("  nats:    {}", nats.url());
+    say!("  gateway: {gateway_addr} (TLS 1.3)  http://{http_addr}/metrics");
+    say!(
+        "  devices: {connected} of {} simulated devices connected ({})",
+        devices.len(),
+        devices
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    say!("  state:   {}", state.display());
+    say!(
+        "Watch the log: wasmbed events tail --from-start --nats {}",
+        nats.url()
+    );
+    say!("Ctrl-C stops everything.");
+
+    crate::serve::ctrl_c().await;
+    say!("stopping");
+    for (_, device) in devices {
+        device.stop().await;
+    }
+    let _ = stop.send(true);
+    let (gateway, enrollment) = (gateway.await, enrollment.await);
+    nats.stop(Duration::from_secs(10)).await;
+    gateway.context("gateway task")??;
+    enrollment.context("enrollment task")??;
+    Ok(())
+}
+
+async fn start_nats(state: &Path, port: u16) -> Result<NatsProcess> {
     let config_file = state.join("nats-server.conf");
     std::fs::write(&config_file, NATS_CONFIG).context("writing nats-server.conf")?;
-    let port = match args.nats_port {
+    let port = match port {
         0 => free_port()?,
         port => port,
     };
-    let mut nats = NatsProcess::start(NatsProcessConfig {
+    NatsProcess::start(NatsProcessConfig {
         binary: find_binary(&std::env::current_dir()?)?,
         port,
         monitor_port: free_port()?,
@@ -41,25 +166,47 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ready_timeout: Duration::from_secs(20),
     })
     .await
-    .with_context(|| format!("starting nats-server on 127.0.0.1:{port}"))?;
+    .with_context(|| format!("starting nats-server on 127.0.0.1:{port}"))
+}
 
-    let client = async_nats::connect(nats.url())
-        .await
-        .context("connecting to the local nats-server")?;
-    EventLog::open(client, &LogOptions::default())
-        .await
-        .context("creating the event log")?;
+async fn wait_for_ca(client: &async_nats::Client) -> Result<String> {
+    for _ in 0..100 {
+        if let Ok(ca) = call(client, &GetCaCertificate {}, Duration::from_millis(300)).await {
+            return Ok(ca.certificate_pem);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("enrollment did not answer within 30 s")
+}
 
-    println!("wasmbed is up");
-    println!("  nats:  {}", nats.url());
-    println!("  state: {}", state.display());
-    println!("  event log: wasmbed.events.v1.> (try: wasmbed events tail --from-start)");
-    println!("Ctrl-C stops everything.");
+/// The device's key, kept in the state directory so it is the same device after a restart.
+fn device_key(state: &Path, id: &DeviceId) -> Result<SigningKey> {
+    let dir = state.join("devices");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{id}.seed"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let seed = wasmbed_schemas::bytes::parse_hex::<32>(text.trim())
+            .with_context(|| format!("{} is not a 32-byte hex seed", path.display()))?;
+        return Ok(SigningKey::from_bytes(&seed));
+    }
+    let key = wasmbed_sim::random_key();
+    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex).with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
 
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    println!("stopping");
-    nats.stop(Duration::from_secs(10)).await;
+async fn register(client: &async_nats::Client, id: &DeviceId, key: &SigningKey) -> Result<()> {
+    call(
+        client,
+        &RegisterDevice {
+            device_id: id.clone(),
+            public_key: PublicKey(key.verifying_key().to_bytes()),
+            mcu: Some("simulated".into()),
+            labels: Default::default(),
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .with_context(|| format!("registering {id}"))?;
     Ok(())
 }

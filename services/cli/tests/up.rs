@@ -1,63 +1,112 @@
 //! `wasmbed up` and `wasmbed events tail` as a user runs them: real processes, a real
-//! nats-server.
+//! nats-server, real TLS.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions};
-use wasmbed_schemas::DeviceId;
-use wasmbed_schemas::event::{DeviceBackOnline, EventEnvelope};
+use tokio::process::{Child, Command};
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_schemas::event::Event;
+use wasmbed_schemas::{AggregateId, DeviceId};
 use wasmbed_test_support::workspace_root;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 
-#[tokio::test]
-async fn up_serves_the_event_log_and_stops_cleanly_on_ctrl_c() {
-    let state = tempfile::tempdir().unwrap();
+/// Starts `wasmbed up` on free ports; returns it and the lines it printed up to "Ctrl-C".
+async fn up(state: &Path, devices: usize) -> (Child, Vec<String>) {
     let nats_server = wasmbed_local_nats::find_binary(&workspace_root()).unwrap();
-    let mut up = Command::new(WASMBED)
-        .args(["up", "--nats-port", "0"])
-        .env("WASMBED_STATE_DIR", state.path())
+    let mut child = Command::new(WASMBED)
+        .args([
+            "up",
+            "--nats-port",
+            "0",
+            "--gateway-port",
+            "0",
+            "--gateway-http-port",
+            "0",
+        ])
+        .args(["--devices", &devices.to_string()])
+        .env("WASMBED_STATE_DIR", state)
         .env("WASMBED_NATS_SERVER", &nats_server)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let printed = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut printed = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.trim().strip_prefix("nats:") {
-                return url.trim().to_owned();
+            let done = line.starts_with("Ctrl-C");
+            printed.push(line);
+            if done {
+                return printed;
             }
         }
-        panic!("up exited before printing the nats URL");
+        panic!("up exited early after printing {printed:?}");
     })
     .await
-    .expect("up printed its nats URL in time");
-    assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
-    assert!(
-        state.path().join("nats").is_dir(),
-        "store under the state dir"
-    );
+    .expect("up came up in time");
+    (child, printed)
+}
 
-    // The log is there; append an event and read it back through the CLI.
+fn field(printed: &[String], name: &str) -> String {
+    printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(name))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} line in {printed:?}"))
+}
+
+async fn ctrl_c(mut child: Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("up exits after Ctrl-C")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+#[tokio::test]
+async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
+    let state = tempfile::tempdir().unwrap();
+    let (child, printed) = up(state.path(), 2).await;
+    let url = field(&printed, "nats:");
+    assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
+    assert!(field(&printed, "devices:").starts_with("2 of 2 simulated devices connected"));
+
     let log = EventLog::open(
         async_nats::connect(&url).await.unwrap(),
         &LogOptions::default(),
     )
     .await
     .unwrap();
-    let event = EventEnvelope::new(
-        DeviceBackOnline {
-            device_id: DeviceId::new("dev-1").unwrap(),
-        }
-        .into(),
-    );
-    log.append(ExpectedVersion::Any, &event).await.unwrap();
+    for id in ["sim-1", "sim-2"] {
+        let events = log
+            .read(&AggregateId::Device(DeviceId::new(id).unwrap()))
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e.envelope.event.type_name())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["DeviceRegistered", "DeviceEnrolled", "DeviceConnected"],
+            "{id}"
+        );
+    }
+
+    // The CLI reads the same log.
     let tail = tokio::time::timeout(
         Duration::from_secs(30),
         Command::new(WASMBED)
@@ -83,26 +132,41 @@ async fn up_serves_the_event_log_and_stops_cleanly_on_ctrl_c() {
     );
     let line: serde_json::Value = serde_json::from_slice(&tail.stdout).unwrap();
     assert_eq!(line["sequence"], 1);
-    assert_eq!(line["envelope"]["event_id"], event.event_id.to_string());
-    assert_eq!(line["envelope"]["event"]["type"], "DeviceBackOnline");
+    assert_eq!(line["envelope"]["event"]["type"], "GatewayStarted");
 
-    // Ctrl-C: up stops its nats-server and exits 0.
-    let pid = up.id().unwrap().to_string();
-    let status = Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), up.wait())
-        .await
-        .expect("up exits after Ctrl-C")
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    ctrl_c(child).await;
     assert!(
         async_nats::connect(&url).await.is_err(),
         "nats-server is gone with up"
     );
+
+    // Again on the same state: the same devices (keys kept) and the same CA come back.
+    let (child, printed) = up(state.path(), 2).await;
+    assert!(field(&printed, "devices:").starts_with("2 of 2"));
+    let url = field(&printed, "nats:");
+    let log = EventLog::open(
+        async_nats::connect(&url).await.unwrap(),
+        &LogOptions::default(),
+    )
+    .await
+    .unwrap();
+    let events = log
+        .read(&AggregateId::Device(DeviceId::new("sim-1").unwrap()))
+        .await
+        .unwrap();
+    let connects = events
+        .iter()
+        .filter(|e| matches!(e.envelope.event, Event::DeviceConnected(_)))
+        .count();
+    assert_eq!(connects, 2);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.envelope.event, Event::DeviceRegistered(_))
+                && e.sequence > events[0].sequence),
+        "registered once"
+    );
+    ctrl_c(child).await;
 }
 
 #[tokio::test]

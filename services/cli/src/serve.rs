@@ -1,0 +1,140 @@
+//! `wasmbed serve <service>`: one service on its own, as in Kubernetes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use tokio::net::TcpListener;
+use wasmbed_enrollment::EnrollmentConfig;
+use wasmbed_gateway::{GatewayConfig, Listeners};
+use wasmbed_schemas::GatewayId;
+
+#[derive(Subcommand)]
+pub enum ServeCommand {
+    /// The enrollment service: device identities, the CA, enrollment decisions.
+    Enrollment(EnrollmentArgs),
+    /// A gateway: the TLS 1.3 endpoint devices connect to.
+    Gateway(GatewayArgs),
+}
+
+/// Where the bus is.
+#[derive(Args, Clone)]
+pub struct NatsArgs {
+    /// The NATS server.
+    #[arg(
+        long = "nats",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Replicas of the streams a service creates (3 in a cluster).
+    #[arg(long, env = "WASMBED_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+}
+
+#[derive(Args)]
+pub struct EnrollmentArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Directory of the CA key and certificate (created on first start).
+    #[arg(long, env = "WASMBED_CA_DIR", default_value = ".state/ca")]
+    ca_dir: PathBuf,
+    /// Validity of gateway certificates, in seconds.
+    #[arg(long, env = "WASMBED_GATEWAY_CERT_VALIDITY_SECS", default_value_t = 30 * 24 * 3600)]
+    gateway_cert_validity_secs: u64,
+}
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// This gateway's id.
+    #[arg(long, env = "WASMBED_GATEWAY_ID", default_value = "gateway-1")]
+    gateway_id: GatewayId,
+    /// Where devices connect (TLS 1.3).
+    #[arg(
+        long,
+        env = "WASMBED_GATEWAY_TLS_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    tls_listen: SocketAddr,
+    /// Where `/health`, `/ready` and `/metrics` are served.
+    #[arg(
+        long,
+        env = "WASMBED_GATEWAY_HTTP_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    http_listen: SocketAddr,
+    /// `host:port` devices dial, if not the TLS listen address.
+    #[arg(long, env = "WASMBED_GATEWAY_ADVERTISE")]
+    advertise: Option<String>,
+    /// A name or address for the certificate (repeatable; default localhost and 127.0.0.1).
+    #[arg(long = "san", env = "WASMBED_GATEWAY_SANS", value_delimiter = ',')]
+    subject_alt_names: Vec<String>,
+    /// Heartbeat interval devices are told to keep, in milliseconds.
+    #[arg(long, env = "WASMBED_HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
+    heartbeat_interval_ms: u64,
+    /// Sessions beyond this many are refused.
+    #[arg(long, env = "WASMBED_GATEWAY_MAX_SESSIONS", default_value_t = 200_000)]
+    max_sessions: usize,
+}
+
+pub async fn run(command: ServeCommand) -> Result<()> {
+    match command {
+        ServeCommand::Enrollment(args) => {
+            let client = connect(&args.nats, "enrollment").await?;
+            let mut config = EnrollmentConfig::new(args.ca_dir);
+            config.gateway_certificate_validity =
+                Duration::from_secs(args.gateway_cert_validity_secs);
+            config.replicas = args.nats.replicas;
+            wasmbed_enrollment::run(client, config, ctrl_c()).await?;
+        }
+        ServeCommand::Gateway(args) => {
+            let client = connect(&args.nats, "gateway").await?;
+            let mut config = GatewayConfig::new(args.gateway_id);
+            config.advertised_endpoint = args.advertise;
+            if !args.subject_alt_names.is_empty() {
+                config.subject_alt_names = args.subject_alt_names;
+            }
+            config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
+            config.max_sessions = args.max_sessions;
+            config.replicas = args.nats.replicas;
+            let listeners = Listeners {
+                tls: TcpListener::bind(args.tls_listen)
+                    .await
+                    .with_context(|| format!("binding {}", args.tls_listen))?,
+                http: TcpListener::bind(args.http_listen)
+                    .await
+                    .with_context(|| format!("binding {}", args.http_listen))?,
+            };
+            wasmbed_gateway::run(client, config, listeners, ctrl_c()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A connection that keeps retrying, so a service may start before NATS.
+pub async fn connect(nats: &NatsArgs, name: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(format!("wasmbed-{name}"))
+        .retry_on_initial_connect()
+        .connect(&nats.nats_url)
+        .await
+        .with_context(|| format!("connecting to {}", nats.nats_url))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn ctrl_c() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(term) => { term.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
