@@ -1,6 +1,6 @@
 //! TLS connections to a gateway, verified against the Wasmbed CA.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use sha2::{Digest, Sha256 as Sha256Hasher};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use wasmbed_schemas::Sha256;
@@ -61,13 +61,28 @@ impl Connector {
 
     /// Connects and completes the handshake; returns the stream and the SHA-256 of the
     /// certificate the gateway presented (what the device's signature binds to).
+    ///
+    /// `source` binds the local end to that address first (several 127.0.0.x sources give a
+    /// large fleet more than one address's worth of ephemeral ports).
     pub async fn connect(
         &self,
         addr: SocketAddr,
+        source: Option<IpAddr>,
         timeout: Duration,
     ) -> Result<(TlsStream<TcpStream>, Sha256), ConnectError> {
         let connect = async {
-            let tcp = TcpStream::connect(addr).await?;
+            let tcp = match source {
+                None => TcpStream::connect(addr).await?,
+                Some(ip) => {
+                    let socket = if ip.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             self.tls.connect(self.server_name.clone(), tcp).await
         };

@@ -1,6 +1,6 @@
 //! One simulated device.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub struct SimConfig {
     pub backoff_max: Duration,
     /// TCP + TLS must succeed within this.
     pub connect_timeout: Duration,
+    /// Local addresses to connect from, one picked at random per connection (empty: the
+    /// system's choice).
+    pub source_ips: Vec<IpAddr>,
 }
 
 impl SimConfig {
@@ -40,6 +43,7 @@ impl SimConfig {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            source_ips: Vec::new(),
         }
     }
 }
@@ -223,7 +227,14 @@ async fn session(
     inbox: &mpsc::Sender<Frame>,
 ) -> Ended {
     let now_ms = || epoch.elapsed().as_millis() as u64;
-    let (tls, fingerprint) = match connector.connect(addr, config.connect_timeout).await {
+    let source = match config.source_ips.len() {
+        0 => None,
+        n => config.source_ips.get(random_u32() as usize % n).copied(),
+    };
+    let (tls, fingerprint) = match connector
+        .connect(addr, source, config.connect_timeout)
+        .await
+    {
         Ok(connected) => connected,
         Err(e) => {
             status.send_modify(|s| s.last_error = Some(e.to_string()));

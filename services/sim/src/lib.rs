@@ -6,6 +6,8 @@
 
 mod connector;
 mod device;
+mod once;
 
 pub use connector::{ConnectError, Connector};
 pub use device::{DeviceStatus, SimConfig, SimDevice, random_key};
+pub use once::{AuthenticateError, Authenticated, authenticate};

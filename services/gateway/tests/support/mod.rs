@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use wasmbed_bus::call;
-use wasmbed_device_core::{Session, SessionConfig, SessionEvent, Signer};
+use wasmbed_device_core::{SessionConfig, Signer};
 use wasmbed_enrollment::EnrollmentConfig;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_gateway::{GatewayConfig, GatewayError, Listeners};
@@ -22,7 +22,7 @@ use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::frame::Frame;
 use wasmbed_schemas::frame::codec::{DecodeError, decode};
-use wasmbed_schemas::{AggregateId, DeviceId, GatewayId, Nonce, Sha256};
+use wasmbed_schemas::{AggregateId, DeviceId, GatewayId, Sha256};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 use wasmbed_test_support::NatsServer;
 
@@ -217,6 +217,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+fn wasmbed_gateway_fingerprint(der: &[u8]) -> Sha256 {
+    use sha2::Digest;
+    Sha256(sha2::Sha256::digest(der).into())
+}
+
 /// A device driven by hand: device-core for the handshake, then raw bytes either way.
 pub struct RawDevice {
     pub reader: ReadHalf<TlsStream<TcpStream>>,
@@ -227,7 +232,7 @@ pub struct RawDevice {
 
 impl RawDevice {
     pub async fn connect(system: &System, addr: SocketAddr) -> Self {
-        let (tls, fingerprint) = system.connector().connect(addr, T).await.unwrap();
+        let (tls, fingerprint) = system.connector().connect(addr, None, T).await.unwrap();
         let (reader, writer) = tokio::io::split(tls);
         Self {
             reader,
@@ -239,30 +244,29 @@ impl RawDevice {
 
     /// Connects and authenticates with `key` (which must be allowed).
     pub async fn authenticated(system: &System, addr: SocketAddr, key: SigningKey) -> Self {
-        let mut raw = Self::connect(system, addr).await;
-        let mut session = Session::new(
-            SessionConfig::default(),
+        let done = wasmbed_sim::authenticate(
+            &system.connector(),
+            addr,
+            None,
             key,
-            Nonce([9; 32]),
-            raw.fingerprint,
-            0,
-        );
-        loop {
-            let out = session.take_outbound();
-            raw.writer.write_all(&out).await.unwrap();
-            if let Some(event) = session.poll_event() {
-                match event {
-                    SessionEvent::Established { .. } => return raw,
-                    other => panic!("not established: {other:?}"),
-                }
-            }
-            let mut chunk = [0u8; 1024];
-            let n = tokio::time::timeout(T, raw.reader.read(&mut chunk))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "gateway closed during authentication");
-            session.handle_input(&chunk[..n], 0);
+            SessionConfig::default(),
+            T,
+        )
+        .await
+        .unwrap();
+        let fingerprint = done
+            .stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|chain| wasmbed_gateway_fingerprint(&chain[0]))
+            .unwrap();
+        let (reader, writer) = tokio::io::split(done.stream);
+        Self {
+            reader,
+            writer,
+            fingerprint,
+            buf: Vec::new(),
         }
     }
 
