@@ -79,6 +79,19 @@ pub(crate) struct Gateway {
     pub(crate) ready: AtomicBool,
 }
 
+/// ring, with the TLS 1.3 suites in the order the gateway prefers.
+fn tls_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ],
+        ..default_provider()
+    }
+}
+
 /// Runs the gateway until `shutdown` completes, then tells every device to reconnect later,
 /// waits up to the grace period for sessions to close, and records `GatewayStopped`.
 pub async fn run(
@@ -97,11 +110,16 @@ pub async fn run(
     let key = rcgen::KeyPair::generate().map_err(CertificateError::Request)?;
     let issued = certificate::request_until_issued(&client, &config, &key).await?;
     let certs = Arc::new(CertStore::new(issued));
-    let tls =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
+    let mut tls = ServerConfig::builder_with_provider(Arc::new(tls_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    // Our order, not the client's: AES-128-GCM with SHA-256 first (hardware SHA-256 here,
+    // and what small TLS clients such as embedded-tls implement).
+    tls.ignore_client_order = true;
+    // Devices never resume sessions: no tickets to mint, store or send.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (stop_sessions, stopping) = watch::channel(false);
     let gw = Arc::new(Gateway {

@@ -94,6 +94,11 @@ impl NatsProcess {
         format!("nats://127.0.0.1:{}", self.config.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// How it was started.
     pub fn config(&self) -> &NatsProcessConfig {
         &self.config

@@ -45,12 +45,14 @@ impl Connector {
             .map_err(|e| ConnectError::Ca(e.to_string()))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca).map_err(|e| ConnectError::Ca(e.to_string()))?;
-        let config =
+        let mut config =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .map_err(|e| ConnectError::Ca(e.to_string()))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
+        // Like the firmware: every connection is a full handshake.
+        config.resumption = rustls::client::Resumption::disabled();
         let server_name = ServerName::try_from(server_name.to_owned())
             .map_err(|_| ConnectError::ServerName(server_name.to_owned()))?;
         Ok(Self {

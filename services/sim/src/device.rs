@@ -214,6 +214,15 @@ async fn run(
     }
 }
 
+/// Writes and flushes: TLS records must leave rustls' buffer now, not with the next write.
+async fn write<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn session(
     connector: &Connector,
@@ -254,7 +263,7 @@ async fn session(
     let mut buf = vec![0u8; 4096];
     loop {
         let out = session.take_outbound();
-        if !out.is_empty() && writer.write_all(&out).await.is_err() {
+        if !out.is_empty() && write(&mut writer, &out).await.is_err() {
             status.send_modify(|s| {
                 s.connected = false;
                 s.last_error = Some("write failed".into());
@@ -310,6 +319,12 @@ async fn session(
             command = commands.recv() => match command {
                 Some(Command::Send(frame)) => {
                     let _ = session.send(&frame);
+                    // Whatever else is queued goes out in the same write.
+                    while let Ok(Command::Send(frame)) = commands.try_recv() {
+                        if session.send(&frame).is_err() {
+                            break;
+                        }
+                    }
                 }
                 None => {
                     let _ = writer.shutdown().await;

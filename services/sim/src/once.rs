@@ -63,6 +63,7 @@ pub async fn authenticate(
             let out = session.take_outbound();
             if !out.is_empty() {
                 stream.write_all(&out).await?;
+                stream.flush().await?;
             }
             match session.poll_event() {
                 Some(SessionEvent::Established { device_id }) => return Ok(device_id),

@@ -63,6 +63,11 @@ impl NatsServer {
         self.process.url()
     }
 
+    /// The server's process id, while it runs (for benchmarks that measure it).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// A new client connection.
     pub async fn client(&self) -> Result<async_nats::Client, HarnessError> {
         Ok(async_nats::connect(self.url()).await?)

@@ -1,0 +1,528 @@
+//! Gateway figures on this machine, with the gateway and enrollment as separate processes
+//! (`wasmbed serve …`), a real nats-server, and simulated devices in this process.
+//!
+//! `cargo bench -p wasmbed-cli --bench gateway`. Settings (environment):
+//! - `WASMBED_BENCH_SESSIONS` (2000): authentications timed, first enrollments then reconnects;
+//! - `WASMBED_BENCH_CONCURRENCY` (128): authentications in flight;
+//! - `WASMBED_BENCH_IDLE` (10000): idle sessions held (the full mode is 100000: it raises the
+//!   file-descriptor limits with `prlimit` and spreads devices over 127.0.0.x sources);
+//! - `WASMBED_BENCH_HOLD_SECS` (25): how long idle sessions are held, heart-beating;
+//! - `WASMBED_BENCH_MESSAGES` (200000): telemetry messages for the throughput comparison.
+//!
+//! Targets (issue 3): ≥ 5,000 new authenticated sessions/s; idle sessions at ≤ 32 KiB gateway
+//! RSS each; telemetry ≥ 50 % of raw NATS core publish; p99 < 5 ms at 10k msg/s.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use tokio::process::{Child, Command};
+use wasmbed_bus::call;
+use wasmbed_device_core::SessionConfig;
+use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
+use wasmbed_schemas::frame::{Frame, Telemetry};
+use wasmbed_schemas::{AppId, DeviceId, PublicKey};
+use wasmbed_sim::{Connector, SimConfig, SimDevice, authenticate, random_key};
+use wasmbed_test_support::NatsServer;
+
+const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spawn(args: &[&str], nats: &str, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(WASMBED)
+        .args(args)
+        .env("NATS_URL", nats)
+        .env("WASMBED_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wasmbed starts")
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// `GET path`: the whole response, or empty when nothing answers.
+async fn http_get(http: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(http).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await;
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response).await;
+    response
+}
+
+async fn metric(http: SocketAddr, name: &str) -> u64 {
+    http_get(http, "/metrics")
+        .await
+        .lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn register_all(client: &async_nats::Client, keys: &[SigningKey], offset: usize) {
+    futures::stream::iter(keys.iter().enumerate())
+        .for_each_concurrent(64, |(i, key)| async move {
+            call(
+                client,
+                &RegisterDevice {
+                    device_id: DeviceId::new(format!("bench-{}", offset + i)).expect("valid id"),
+                    public_key: PublicKey(key.verifying_key().to_bytes()),
+                    mcu: None,
+                    labels: Default::default(),
+                },
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("registered");
+        })
+        .await;
+}
+
+/// Authenticates every key once, `concurrency` at a time; returns sessions per second.
+async fn handshakes(
+    connector: &Connector,
+    addr: SocketAddr,
+    keys: &[SigningKey],
+    concurrency: usize,
+) -> f64 {
+    let started = Instant::now();
+    let failures = futures::stream::iter(keys.iter().cloned())
+        .map(|key| async move {
+            authenticate(
+                connector,
+                addr,
+                None,
+                key,
+                SessionConfig::default(),
+                Duration::from_secs(30),
+            )
+            .await
+            .err()
+            .map(|e| e.to_string())
+        })
+        .buffer_unordered(concurrency)
+        .filter_map(std::future::ready)
+        .collect::<Vec<String>>()
+        .await;
+    let elapsed = started.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} authentications failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    keys.len() as f64 / elapsed.as_secs_f64()
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU use of the processes of the system, between two points in time.
+struct CpuMeter {
+    processes: Vec<(&'static str, u32)>,
+    start: Vec<f64>,
+    wall: Instant,
+}
+
+impl CpuMeter {
+    fn start(processes: &[(&'static str, u32)]) -> Self {
+        Self {
+            processes: processes.to_vec(),
+            start: processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// One line: each process's share of the two cores over the period.
+    fn report(&self) -> String {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let parts: Vec<String> = self
+            .processes
+            .iter()
+            .zip(&self.start)
+            .map(|((name, pid), start)| {
+                format!("{name} {:.0}%", (cpu_seconds(*pid) - start) / wall * 100.0)
+            })
+            .collect();
+        format!("  CPU (of 200%): {}", parts.join(", "))
+    }
+}
+
+fn raise_fd_limit(pid: u32, limit: usize) -> bool {
+    std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let sessions = setting("WASMBED_BENCH_SESSIONS", 2000);
+    let concurrency = setting("WASMBED_BENCH_CONCURRENCY", 128);
+    let idle = setting("WASMBED_BENCH_IDLE", 10_000);
+    let hold = Duration::from_secs(setting("WASMBED_BENCH_HOLD_SECS", 25) as u64);
+    let messages = setting("WASMBED_BENCH_MESSAGES", 200_000);
+
+    let nats = NatsServer::start().await.expect("nats-server");
+    let url = nats.url();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let free = || wasmbed_local_nats::free_port().expect("free port");
+    let (tls_port, http_port) = (free(), free());
+    let ca_dir = dir.path().join("ca");
+    let enrollment = spawn(
+        &[
+            "serve",
+            "enrollment",
+            "--ca-dir",
+            ca_dir.to_str().expect("utf-8 path"),
+        ],
+        &url,
+        &dir.path().join("enrollment.log"),
+    );
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let http_listen = format!("127.0.0.1:{http_port}");
+    let gateway = spawn(
+        &[
+            "serve",
+            "gateway",
+            "--tls-listen",
+            &tls_listen,
+            "--http-listen",
+            &http_listen,
+            "--heartbeat-interval-ms",
+            "10000",
+        ],
+        &url,
+        &dir.path().join("gateway.log"),
+    );
+    let gateway_pid = gateway.id().expect("gateway pid");
+    let (addr, http): (SocketAddr, SocketAddr) = (
+        tls_listen.parse().expect("addr"),
+        http_listen.parse().expect("addr"),
+    );
+    let client = nats.client().await.expect("client");
+    let mut ca = None;
+    for _ in 0..600 {
+        if ca.is_none() {
+            ca = call(&client, &GetCaCertificate {}, Duration::from_millis(200))
+                .await
+                .ok()
+                .map(|reply| reply.certificate_pem);
+        }
+        if ca.is_some() && http_get(http, "/ready").await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connector = Connector::new(&ca.expect("enrollment answers"), "localhost").expect("CA");
+    let processes = [
+        ("gateway", gateway_pid),
+        ("enrollment", enrollment.id().expect("enrollment pid")),
+        ("nats-server", nats.pid().expect("nats-server pid")),
+        ("devices (this process)", std::process::id()),
+    ];
+    println!(
+        "gateway benchmark (gateway and enrollment as separate processes; 2 cores shared with nats-server and the simulated devices)"
+    );
+
+    // 1. New authenticated sessions per second.
+    let keys: Vec<SigningKey> = (0..sessions).map(|_| random_key()).collect();
+    register_all(&client, &keys, 0).await;
+    let first = handshakes(&connector, addr, &keys, concurrency).await;
+    let meter = CpuMeter::start(&processes);
+    let again = handshakes(&connector, addr, &keys, concurrency).await;
+    let reconnect_cpu = meter.report();
+    println!(
+        "new authenticated sessions (TLS 1.3 + challenge + enrollment), {sessions} devices, {concurrency} in flight:"
+    );
+    println!("  first enrollment: {first:>7.0} sessions/s");
+    println!(
+        "  reconnect:        {again:>7.0} sessions/s   (target >= 5000: {})",
+        if again >= 5000.0 { "met" } else { "NOT met" }
+    );
+    println!("{reconnect_cpu}");
+
+    // 2. Idle sessions held, heart-beating.
+    let full = idle > 15_000;
+    let mut source_ips = Vec::new();
+    if full {
+        let limit = idle * 2 + 1000;
+        let ok = raise_fd_limit(std::process::id(), limit) && raise_fd_limit(gateway_pid, limit);
+        assert!(
+            ok,
+            "full mode needs prlimit and root to raise the file-descriptor limit"
+        );
+        source_ips = (2..=(idle / 20_000 + 2) as u8)
+            .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+            .collect();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_bytes(gateway_pid);
+    let idle_keys: Vec<SigningKey> = (0..idle).map(|_| random_key()).collect();
+    register_all(&client, &idle_keys, sessions).await;
+    let mut config = SimConfig::new(vec![addr]);
+    config.source_ips = source_ips;
+    config.connect_timeout = Duration::from_secs(30);
+    let config = Arc::new(config);
+    let opened = Instant::now();
+    let mut devices = Vec::with_capacity(idle);
+    for key in idle_keys {
+        devices.push(SimDevice::spawn(connector.clone(), config.clone(), key));
+        if devices.len() % concurrency == 0 {
+            // Let the handshakes of this batch go through before starting the next.
+            while metric(http, "wasmbed_gateway_sessions_active").await + (concurrency as u64)
+                < devices.len() as u64
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    while metric(http, "wasmbed_gateway_sessions_active").await < idle as u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            opened.elapsed() < Duration::from_secs(600),
+            "sessions did not all open"
+        );
+    }
+    let open_secs = opened.elapsed().as_secs_f64();
+    let frames_before = metric(http, "wasmbed_gateway_frames_in_total").await;
+    tokio::time::sleep(hold).await;
+    let active = metric(http, "wasmbed_gateway_sessions_active").await;
+    let heartbeats = metric(http, "wasmbed_gateway_frames_in_total").await - frames_before;
+    let rss_after = rss_bytes(gateway_pid);
+    let per_session = (rss_after.saturating_sub(rss_before)) as f64 / idle as f64;
+    println!(
+        "idle sessions: {idle} opened in {open_secs:.1} s, held {hold:?} with 10 s heartbeats:"
+    );
+    println!("  still open: {active}, heartbeats received while held: {heartbeats}");
+    println!(
+        "  gateway RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per session   (target <= 32 KiB: {})",
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+        per_session / 1024.0,
+        if per_session <= 32.0 * 1024.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    for device in devices {
+        device.stop().await;
+    }
+
+    // 3. Telemetry: device -> gateway -> subscriber, next to raw core publish.
+    let senders = 16;
+    let keys: Vec<SigningKey> = (0..senders).map(|_| random_key()).collect();
+    register_all(&client, &keys, sessions + idle).await;
+    let config = Arc::new(SimConfig::new(vec![addr]));
+    let mut fleet = Vec::new();
+    for key in keys {
+        let mut device = SimDevice::spawn(connector.clone(), config.clone(), key);
+        device
+            .wait_for(|s| s.connected, Duration::from_secs(30))
+            .await
+            .expect("connected");
+        fleet.push(device);
+    }
+    let app = AppId::new("bench").expect("valid id");
+    let payload = vec![0x5a; 128];
+
+    // A deep subscription buffer: the bench's own subscriber shares the cores with 16 sending
+    // devices, and async-nats drops what overflows a subscription's buffer.
+    let sub_client = async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 21)
+        .connect(nats.url())
+        .await
+        .expect("client");
+    // The raw baseline publishes on a telemetry subject too, so nats-server stores it in the
+    // telemetry stream exactly as it stores what the gateway publishes.
+    let raw_subject = "wasmbed.telemetry.raw-baseline.bench";
+    let mut raw_sub = sub_client.subscribe(raw_subject).await.expect("subscribe");
+    sub_client.flush().await.expect("flush");
+    let meter = CpuMeter::start(&processes);
+    let started = Instant::now();
+    let publisher = {
+        let client = client.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            for _ in 0..messages {
+                client
+                    .publish(raw_subject, payload.clone().into())
+                    .await
+                    .expect("publish");
+            }
+            client.flush().await.expect("flush");
+        })
+    };
+    let mut got = 0;
+    while got < messages {
+        match tokio::time::timeout(Duration::from_secs(10), raw_sub.next()).await {
+            Ok(Some(_)) => got += 1,
+            _ => break,
+        }
+    }
+    let raw_rate = got as f64 / started.elapsed().as_secs_f64();
+    publisher.await.expect("publisher");
+    let raw_cpu = meter.report();
+
+    let mut sub = sub_client
+        .subscribe("wasmbed.telemetry.>")
+        .await
+        .expect("subscribe");
+    sub_client.flush().await.expect("flush");
+    let meter = CpuMeter::start(&processes);
+    let started = Instant::now();
+    let per_device = messages / senders;
+    let sending = fleet.iter().map(|device| {
+        let (app, payload) = (app.clone(), payload.clone());
+        async move {
+            for seq in 0..per_device {
+                device
+                    .send(Frame::Telemetry(Telemetry {
+                        app_id: app.clone(),
+                        seq: seq as u32,
+                        topic: "t".into(),
+                        payload: payload.clone(),
+                    }))
+                    .await;
+            }
+        }
+    });
+    let sent = per_device * senders;
+    let receiving = async {
+        let mut got = 0;
+        while got < sent {
+            match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+                Ok(Some(_)) => got += 1,
+                _ => break,
+            }
+        }
+        got
+    };
+    let (_, got) = tokio::join!(futures::future::join_all(sending), receiving);
+    let telemetry_rate = got as f64 / started.elapsed().as_secs_f64();
+    let telemetry_cpu = meter.report();
+    let ratio = telemetry_rate / raw_rate;
+    println!("telemetry, {sent} messages of 128 B from {senders} devices:");
+    println!(
+        "  raw NATS core publish -> subscriber: {raw_rate:>8.0} msg/s (same subject scheme, stored by the telemetry stream)"
+    );
+    println!("{raw_cpu}");
+    println!(
+        "  device -> gateway -> subscriber:     {telemetry_rate:>8.0} msg/s ({got} of {sent} arrived)"
+    );
+    println!("{telemetry_cpu}");
+    println!(
+        "  ratio {ratio:.2}   (target >= 0.50: {})",
+        if ratio >= 0.5 { "met" } else { "NOT met" }
+    );
+
+    // Latency at a steady 10k msg/s: each payload carries its send time.
+    let epoch = Instant::now();
+    let rate = 10_000usize;
+    let seconds = 3usize;
+    let ticks = seconds * 1000;
+    let receiving = async {
+        let mut latencies = Vec::with_capacity(rate * seconds);
+        while latencies.len() < rate * seconds {
+            match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                Ok(Some(message)) if message.payload.len() >= 8 => {
+                    let sent_ns =
+                        u64::from_le_bytes(message.payload[..8].try_into().expect("8 bytes"));
+                    let now_ns = epoch.elapsed().as_nanos() as u64;
+                    latencies.push(now_ns.saturating_sub(sent_ns) as f64 / 1e6);
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        latencies
+    };
+    let sending = async {
+        let mut interval = tokio::time::interval(Duration::from_millis(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for tick in 0..ticks {
+            interval.tick().await;
+            for i in 0..rate / 1000 {
+                let device = &fleet[(tick * 10 + i) % fleet.len()];
+                let mut payload = (epoch.elapsed().as_nanos() as u64).to_le_bytes().to_vec();
+                payload.resize(128, 0);
+                device
+                    .send(Frame::Telemetry(Telemetry {
+                        app_id: app.clone(),
+                        seq: tick as u32,
+                        topic: "t".into(),
+                        payload,
+                    }))
+                    .await;
+            }
+        }
+    };
+    let (_, mut latencies) = tokio::join!(sending, receiving);
+    latencies.sort_by(f64::total_cmp);
+    if latencies.is_empty() {
+        println!("latency at {rate} msg/s: no messages arrived");
+    } else {
+        let p99 = percentile(&latencies, 0.99);
+        println!(
+            "latency device -> subscriber at {rate} msg/s for {seconds} s ({} samples): p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms   (target p99 < 5 ms: {})",
+            latencies.len(),
+            percentile(&latencies, 0.5),
+            latencies[latencies.len() - 1],
+            if p99 < 5.0 { "met" } else { "NOT met" }
+        );
+    }
+    for device in fleet {
+        device.stop().await;
+    }
+}
