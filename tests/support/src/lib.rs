@@ -43,19 +43,31 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts a server with JetStream and a file store in a fresh temporary directory.
+    ///
+    /// A port found free can be taken by a parallel test before the server binds it; the
+    /// server then exits at once, and the start is retried on fresh ports.
     pub async fn start() -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new().prefix("wasmbed-nats-").tempdir()?;
-        let process = NatsProcess::start(NatsProcessConfig {
-            binary: find_binary(&workspace_root())?,
-            port: free_port()?,
-            monitor_port: free_port()?,
-            store_dir: dir.path().join("store"),
-            log_file: dir.path().join("nats-server.log"),
-            config_file: None,
-            ready_timeout: Duration::from_secs(10),
-        })
-        .await?;
-        Ok(Self { process, _dir: dir })
+        let binary = find_binary(&workspace_root())?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = NatsProcess::start(NatsProcessConfig {
+                binary: binary.clone(),
+                port: free_port()?,
+                monitor_port: free_port()?,
+                store_dir: dir.path().join("store"),
+                log_file: dir.path().join(format!("nats-server-{attempt}.log")),
+                config_file: None,
+                ready_timeout: Duration::from_secs(10),
+            })
+            .await;
+            match started {
+                Ok(process) => return Ok(Self { process, _dir: dir }),
+                Err(NatsProcessError::NotReady(..)) if attempt < 3 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// `nats://127.0.0.1:PORT`.
