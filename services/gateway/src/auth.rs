@@ -46,21 +46,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let hello = match frames.next(reader).await {
-        Ok(Some(Frame::Hello(hello))) => hello,
-        Ok(Some(other)) => {
-            let message = format!("expected Hello, got {}", other.name());
-            return Err(Refusal::new(RejectReason::ProtocolViolation, message, None));
-        }
-        Ok(None) => {
-            let message = "closed before Hello";
-            return Err(Refusal::new(RejectReason::ProtocolViolation, message, None));
-        }
-        Err(e) => {
-            let message = format!("first frame unreadable: {e}");
-            return Err(Refusal::new(RejectReason::ProtocolViolation, message, None));
-        }
-    };
+    let hello = expect(frames, reader, None, "Hello", |frame| match frame {
+        Frame::Hello(hello) => Ok(hello),
+        other => Err(other),
+    })
+    .await?;
     let key = Some(hello.public_key);
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| Refusal {
@@ -76,21 +66,11 @@ where
         .await
         .map_err(|e| Refusal::new(RejectReason::ProtocolViolation, e, key))?;
 
-    let auth = match frames.next(reader).await {
-        Ok(Some(Frame::Auth(auth))) => auth,
-        Ok(Some(other)) => {
-            let message = format!("expected Auth, got {}", other.name());
-            return Err(Refusal::new(RejectReason::ProtocolViolation, message, key));
-        }
-        Ok(None) => {
-            let message = "closed before Auth";
-            return Err(Refusal::new(RejectReason::ProtocolViolation, message, key));
-        }
-        Err(e) => {
-            let message = format!("Auth unreadable: {e}");
-            return Err(Refusal::new(RejectReason::ProtocolViolation, message, key));
-        }
-    };
+    let auth = expect(frames, reader, key, "Auth", |frame| match frame {
+        Frame::Auth(auth) => Ok(auth),
+        other => Err(other),
+    })
+    .await?;
     let verified = VerifyingKey::from_bytes(&hello.public_key.0).is_ok_and(|verifying| {
         let signature = Signature::from_bytes(&auth.signature.0);
         let (current, previous) = fingerprints;
@@ -126,4 +106,23 @@ where
             ..Refusal::new(RejectReason::Unavailable, format!("enrollment: {e}"), key)
         }),
     }
+}
+
+/// Reads the next frame, which must be the `expected` kind (`pick` says whether it is).
+async fn expect<R: AsyncRead + Unpin, T>(
+    frames: &mut FrameReader,
+    reader: &mut R,
+    key: Option<PublicKey>,
+    expected: &str,
+    pick: impl FnOnce(Frame) -> Result<T, Frame>,
+) -> Result<T, Refusal> {
+    let message = match frames.next(reader).await {
+        Ok(Some(frame)) => match pick(frame) {
+            Ok(wanted) => return Ok(wanted),
+            Err(other) => format!("expected {expected}, got {}", other.name()),
+        },
+        Ok(None) => format!("closed before {expected}"),
+        Err(e) => format!("{expected} unreadable: {e}"),
+    };
+    Err(Refusal::new(RejectReason::ProtocolViolation, message, key))
 }
