@@ -284,3 +284,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_codec_writes_and_reads_exactly_what_rmp_serde_does() {
+    for frame in every_frame() {
+        let ours = encode_to_vec(&frame).unwrap();
+        let body = &ours[LEN_PREFIX + 1..];
+        assert_eq!(body, rmp_serde::to_vec(&frame).unwrap(), "{}", frame.name());
+        assert_eq!(rmp_serde::from_slice::<Frame>(body).unwrap(), frame);
+        let mut theirs = ((rmp_serde::to_vec(&frame).unwrap().len() + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
+        theirs.push(PROTOCOL_VERSION);
+        theirs.extend(rmp_serde::to_vec(&frame).unwrap());
+        assert_eq!(decode(&theirs).unwrap().0, frame);
+    }
+}

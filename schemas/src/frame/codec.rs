@@ -1,11 +1,15 @@
 //! Framing: `u32` big-endian body length, then the body: one protocol-version byte and one
-//! MessagePack value (rmp-serde's compact form: structs as arrays, enum variants by name).
+//! MessagePack value (rmp-serde's compact form: structs as arrays, enum variants by name),
+//! written and read by [`super::msgpack`], the same code on the host and on the device.
 //!
 //! [`decode`] separates "need more bytes" ([`DecodeError::Incomplete`], not a failure) from the
 //! ways a frame can be bad, each its own variant, and never panics. The length prefix is checked
 //! against [`MAX_FRAME_LEN`] before anything else, and the body is [`scan`]ned before the
 //! allocating parse, so no frame can make the decoder allocate more than its own size.
 
+use alloc::vec::Vec;
+
+use super::msgpack;
 use super::scan::{ScanError, scan};
 use super::{Frame, MAX_FRAME_LEN, PROTOCOL_VERSION};
 
@@ -78,7 +82,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0; LEN_PREFIX]);
     out.push(PROTOCOL_VERSION);
-    if rmp_serde::encode::write(out, frame).is_err() {
+    if msgpack::to_vec(frame, out).is_err() {
         out.truncate(start);
         return Err(EncodeError::Unserializable);
     }
@@ -134,7 +138,7 @@ pub fn decode(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
         ScanError::TooDeep => DecodeError::Malformed(Malformation::TooDeep),
         ScanError::TrailingBytes => DecodeError::Malformed(Malformation::TrailingBytes),
     })?;
-    let frame = rmp_serde::from_slice(value)
+    let frame = msgpack::from_scanned(value)
         .map_err(|_| DecodeError::Malformed(Malformation::NotAFrame))?;
     Ok((frame, total))
 }

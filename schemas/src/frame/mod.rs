@@ -13,8 +13,8 @@
 //! encoded by [`codec`]: a u32 big-endian length, a protocol-version byte, a MessagePack body.
 
 mod auth;
-#[cfg(feature = "std")]
 pub mod codec;
+pub mod msgpack;
 pub mod scan;
 
 use alloc::string::String;

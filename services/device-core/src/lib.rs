@@ -8,7 +8,7 @@
 //!
 //! [`Backoff`] is the reconnect policy: exponential, capped, with jitter.
 
-#![cfg_attr(not(feature = "std"), no_std)]
+#![no_std]
 
 extern crate alloc;
 
