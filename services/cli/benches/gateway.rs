@@ -4,8 +4,9 @@
 //! `cargo bench -p wasmbed-cli --bench gateway`. Settings (environment):
 //! - `WASMBED_BENCH_SESSIONS` (2000): authentications timed, first enrollments then reconnects;
 //! - `WASMBED_BENCH_CONCURRENCY` (128): authentications in flight;
-//! - `WASMBED_BENCH_IDLE` (10000): idle sessions held (the full mode is 100000: it raises the
-//!   file-descriptor limits with `prlimit` and spreads devices over 127.0.0.x sources);
+//! - `WASMBED_BENCH_IDLE` (10000): idle sessions held. The full mode is 100000: it raises the
+//!   file-descriptor limits with `prlimit` when they are too low (which needs the right to) and
+//!   spreads devices over 127.0.0.x sources;
 //! - `WASMBED_BENCH_HOLD_SECS` (25): how long idle sessions are held, heart-beating;
 //! - `WASMBED_BENCH_MESSAGES` (200000): telemetry messages for the throughput comparison.
 //!
@@ -193,6 +194,20 @@ impl CpuMeter {
     }
 }
 
+/// This process's soft limit on open files.
+fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
 fn raise_fd_limit(pid: u32, limit: usize) -> bool {
     std::process::Command::new("prlimit")
         .arg(format!("--pid={pid}"))
@@ -293,16 +308,22 @@ async fn main() {
     println!("{reconnect_cpu}");
 
     // 2. Idle sessions held, heart-beating.
-    let full = idle > 15_000;
-    let mut source_ips = Vec::new();
-    if full {
-        let limit = idle * 2 + 1000;
-        let ok = raise_fd_limit(std::process::id(), limit) && raise_fd_limit(gateway_pid, limit);
+    // Each session holds a descriptor here and one in the gateway; one source address gives
+    // about 28k ephemeral ports towards the gateway's one address.
+    let needed = idle + 1000;
+    if needed > fd_limit() {
+        let raised =
+            raise_fd_limit(std::process::id(), needed) && raise_fd_limit(gateway_pid, needed);
         assert!(
-            ok,
-            "full mode needs prlimit and root to raise the file-descriptor limit"
+            raised,
+            "{idle} idle sessions need {needed} file descriptors per process; the limit here is {} \
+             and raising it (prlimit) was refused",
+            fd_limit()
         );
-        source_ips = (2..=(idle / 20_000 + 2) as u8)
+    }
+    let mut source_ips = Vec::new();
+    if idle > 25_000 {
+        source_ips = (2..=(idle / 25_000 + 2) as u8)
             .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
             .collect();
     }
