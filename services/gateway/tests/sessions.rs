@@ -301,3 +301,38 @@ async fn health_readiness_and_metrics_are_served() {
     device.stop().await;
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn the_gateway_renews_its_certificate_before_expiry_without_dropping_sessions() {
+    // Certificates live 3 s here; the gateway renews after two thirds of that.
+    let system = System::with_certificate_validity(Duration::from_secs(3)).await;
+    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let key = random_key();
+    system.register("dev-1", &key).await;
+    let mut device = system.sim(vec![gateway.tls_addr], key);
+    device.wait_for(|s| s.connected, T).await.unwrap();
+    // A second device probes which certificate new connections get.
+    let probe_key = random_key();
+    system.register("probe", &probe_key).await;
+    let first = RawDevice::authenticated(&system, gateway.tls_addr, probe_key.clone())
+        .await
+        .fingerprint;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let probe = RawDevice::authenticated(&system, gateway.tls_addr, probe_key.clone()).await;
+        if probe.fingerprint != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "certificate never renewed"
+        );
+    }
+    // The session opened under the old certificate is still the device's first one.
+    let status = device.status();
+    assert!(status.connected && status.sessions == 1, "{status:?}");
+    device.stop().await;
+    gateway.stop().await;
+}

@@ -70,13 +70,19 @@ pub fn test_gateway_config() -> GatewayConfig {
 
 impl System {
     pub async fn start() -> Self {
+        Self::with_certificate_validity(Duration::from_secs(30 * 24 * 3600)).await
+    }
+
+    /// A system whose CA issues gateway certificates valid for `validity`.
+    pub async fn with_certificate_validity(validity: Duration) -> Self {
         let nats = NatsServer::start().await.unwrap();
         let client = nats.client().await.unwrap();
         let ca_dir = tempfile::tempdir().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let enrollment = tokio::spawn({
             let client = client.clone();
-            let config = EnrollmentConfig::new(ca_dir.path().to_path_buf());
+            let mut config = EnrollmentConfig::new(ca_dir.path().to_path_buf());
+            config.gateway_certificate_validity = validity;
             async move {
                 wasmbed_enrollment::run(client, config, async move {
                     let _ = stopped.await;
