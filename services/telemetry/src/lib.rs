@@ -1,0 +1,204 @@
+//! The telemetry service: decides from heartbeats which devices are online, records each
+//! transition once (`DeviceWentOffline`, `DeviceBackOnline`), counts telemetry per device, and
+//! serves the fleet's figures on `/metrics`.
+//!
+//! Its liveness state is rebuilt at start from the log (the last transition of each device) and
+//! from the KV bucket `wasmbed-liveness` (when each device was last heard), so a restart neither
+//! repeats nor loses a transition.
+
+mod liveness;
+mod metrics;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions, ReadModel};
+use wasmbed_schemas::device_message::HeartbeatReport;
+use wasmbed_schemas::event::{DeviceBackOnline, DeviceWentOffline, EventEnvelope};
+use wasmbed_schemas::subject::{self, header};
+use wasmbed_schemas::{AggregateKind, DeviceId};
+
+pub use liveness::{Liveness, Transition};
+
+use crate::metrics::Stats;
+
+/// The KV bucket of last-seen times.
+pub const LIVENESS_BUCKET: &str = "wasmbed-liveness";
+
+/// Settings of the telemetry service.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The heartbeat interval gateways tell devices.
+    pub heartbeat_interval: Duration,
+    /// A device silent for this many intervals is offline.
+    pub missed_heartbeats: u32,
+    /// How often silence is checked and last-seen times are saved.
+    pub sweep_interval: Duration,
+    /// Replicas of the streams and buckets this service creates.
+    pub replicas: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            missed_heartbeats: 3,
+            sweep_interval: Duration::from_secs(1),
+            replicas: 1,
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] wasmbed_eventlog::SetupError),
+    /// Reading the device history failed.
+    #[error(transparent)]
+    Read(#[from] wasmbed_eventlog::ReadError),
+    /// The liveness bucket could not be used.
+    #[error(transparent)]
+    ReadModel(#[from] wasmbed_eventlog::ReadModelError),
+    /// Subscribing failed.
+    #[error("subscribing: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// The metrics listener failed.
+    #[error("metrics listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the service until `shutdown` completes, serving `/health` and `/metrics` on `http`.
+pub async fn run(
+    client: async_nats::Client,
+    config: TelemetryConfig,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), TelemetryError> {
+    let started = Utc::now();
+    let log = EventLog::open(
+        client.clone(),
+        &LogOptions {
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let mut liveness = Liveness::default();
+    let mut follow = log
+        .follow(vec![subject::events_of_kind(AggregateKind::Device)])
+        .await?;
+    for _ in 0..follow.pending_at_start {
+        match follow.next().await {
+            Some(Ok((event, _))) => liveness.apply(&event),
+            Some(Err(e)) => warn!(error = %e, "device event skipped"),
+            None => break,
+        }
+    }
+    let saved: ReadModel<DateTime<Utc>> = log.read_model(LIVENESS_BUCKET).await?;
+    for key in saved.keys().await? {
+        if let (Ok(device), Ok(Some(at))) = (DeviceId::new(key.as_str()), saved.get(&key).await) {
+            liveness.restore_last_seen(&device, at.value);
+        }
+    }
+    info!(online = liveness.online(), "liveness state rebuilt");
+
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(metrics::serve(http, stats.clone(), async move {
+        let _ = http_stopped.await;
+    }));
+    let mut heartbeats = client.subscribe(subject::DEVICE_HEARTBEAT_ALL).await?;
+    let mut telemetry = client.subscribe(subject::TELEMETRY_ALL).await?;
+    let mut sweep = tokio::time::interval(config.sweep_interval);
+    let timeout = config.heartbeat_interval * config.missed_heartbeats;
+    let mut unsaved: HashSet<DeviceId> = HashSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(next) = follow.next() => match next {
+                Ok((event, _)) => liveness.apply(&event),
+                Err(e) => warn!(error = %e, "device event skipped"),
+            },
+            Some(message) = heartbeats.next() => {
+                let Ok(report) = serde_json::from_slice::<HeartbeatReport>(&message.payload) else {
+                    warn!(subject = %message.subject, "heartbeat report does not decode; ignored");
+                    continue;
+                };
+                if message.subject.as_str() != subject::device_heartbeat(&report.device_id) {
+                    warn!(subject = %message.subject, "heartbeat report names another device; ignored");
+                    continue;
+                }
+                unsaved.insert(report.device_id.clone());
+                if let Some(transition) = liveness.heard(&report.device_id, report.received_at) {
+                    record(&log, &mut liveness, transition).await;
+                }
+            }
+            Some(message) = telemetry.next() => {
+                let device = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(header::DEVICE))
+                    .and_then(|d| DeviceId::new(d.as_str()).ok());
+                if let Some(device) = device {
+                    lock(&stats).telemetry(device, message.payload.len() as u64, Utc::now());
+                }
+            }
+            _ = sweep.tick() => {
+                for transition in liveness.due(Utc::now(), started, timeout) {
+                    record(&log, &mut liveness, transition).await;
+                }
+                for (device, at) in liveness.last_seen().filter(|(d, _)| unsaved.contains(*d)) {
+                    if let Err(e) = saved.put(device.as_str(), &at).await {
+                        warn!(error = %e, "last-seen time not saved");
+                    }
+                }
+                unsaved.clear();
+                lock(&stats).online = liveness.online();
+            }
+        }
+    }
+    let _ = stop_http.send(());
+    let _ = http.await;
+    info!("telemetry stopped");
+    Ok(())
+}
+
+fn lock(stats: &Mutex<Stats>) -> std::sync::MutexGuard<'_, Stats> {
+    stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Appends a transition; marks it recorded only once the log has it, so a failure is retried.
+async fn record(log: &EventLog, liveness: &mut Liveness, transition: Transition) {
+    let event = match &transition {
+        Transition::WentOffline { device, last_seen } => DeviceWentOffline {
+            device_id: device.clone(),
+            last_seen: *last_seen,
+        }
+        .into(),
+        Transition::BackOnline { device } => DeviceBackOnline {
+            device_id: device.clone(),
+        }
+        .into(),
+    };
+    match log
+        .append(ExpectedVersion::Any, &EventEnvelope::new(event))
+        .await
+    {
+        Ok(_) => {
+            info!(?transition, "liveness transition recorded");
+            liveness.recorded(&transition);
+        }
+        Err(e) => warn!(error = %e, ?transition, "liveness transition not recorded; will retry"),
+    }
+}
