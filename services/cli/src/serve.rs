@@ -17,6 +17,8 @@ pub enum ServeCommand {
     Enrollment(EnrollmentArgs),
     /// A gateway: the TLS 1.3 endpoint devices connect to.
     Gateway(GatewayArgs),
+    /// The telemetry service: device liveness and the fleet's metrics.
+    Telemetry(TelemetryArgs),
 }
 
 /// Where the bus is.
@@ -81,6 +83,25 @@ pub struct GatewayArgs {
     max_sessions: usize,
 }
 
+#[derive(Args)]
+pub struct TelemetryArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Where `/health` and `/metrics` are served.
+    #[arg(
+        long,
+        env = "WASMBED_TELEMETRY_HTTP_LISTEN",
+        default_value = "127.0.0.1:8082"
+    )]
+    http_listen: SocketAddr,
+    /// The heartbeat interval gateways tell devices, in milliseconds.
+    #[arg(long, env = "WASMBED_HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
+    heartbeat_interval_ms: u64,
+    /// A device silent for this many intervals is offline.
+    #[arg(long, env = "WASMBED_MISSED_HEARTBEATS", default_value_t = 3)]
+    missed_heartbeats: u32,
+}
+
 pub async fn run(command: ServeCommand) -> Result<()> {
     match command {
         ServeCommand::Enrollment(args) => {
@@ -110,6 +131,19 @@ pub async fn run(command: ServeCommand) -> Result<()> {
                     .with_context(|| format!("binding {}", args.http_listen))?,
             };
             wasmbed_gateway::run(client, config, listeners, ctrl_c()).await?;
+        }
+        ServeCommand::Telemetry(args) => {
+            let client = connect(&args.nats, "telemetry").await?;
+            let config = wasmbed_telemetry::TelemetryConfig {
+                heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+                missed_heartbeats: args.missed_heartbeats,
+                replicas: args.nats.replicas,
+                ..Default::default()
+            };
+            let http = TcpListener::bind(args.http_listen)
+                .await
+                .with_context(|| format!("binding {}", args.http_listen))?;
+            wasmbed_telemetry::run(client, config, http, ctrl_c()).await?;
         }
     }
     Ok(())

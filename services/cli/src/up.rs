@@ -1,5 +1,5 @@
-//! `wasmbed up`: the embedded default on one machine — a local nats-server, every service in
-//! this process (each on its own NATS connection, talking only over the bus), and simulated
+//! `wasmbed up`: the embedded default on one machine — a local nats-server, every service built
+//! so far (enrollment, a gateway, telemetry) in (each on its own NATS connection, talking only over the bus), and simulated
 //! devices that enroll and connect.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +45,9 @@ pub struct UpArgs {
     /// The gateway's HTTP port (health, metrics) on 127.0.0.1; 0 picks a free one.
     #[arg(long, env = "WASMBED_GATEWAY_HTTP_PORT", default_value_t = 8080)]
     gateway_http_port: u16,
+    /// The telemetry service's HTTP port (health, fleet metrics) on 127.0.0.1; 0 picks a free one.
+    #[arg(long, env = "WASMBED_TELEMETRY_HTTP_PORT", default_value_t = 8082)]
+    telemetry_http_port: u16,
     /// How many simulated devices to run.
     #[arg(long, env = "WASMBED_DEVICES", default_value_t = 3)]
     devices: usize,
@@ -78,6 +81,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         EnrollmentConfig::new(state.join("ca")),
         until_stopped(stopping.clone()),
     ));
+    // The gateway asks enrollment for its certificate: start it once enrollment answers.
+    let client = connect("cli").await?;
+    let ca = wait_for_ca(&client).await?;
     let tls = TcpListener::bind(("127.0.0.1", args.gateway_port))
         .await
         .with_context(|| format!("binding the gateway to 127.0.0.1:{}", args.gateway_port))?;
@@ -92,8 +98,17 @@ pub async fn run(args: UpArgs) -> Result<()> {
         until_stopped(stopping.clone()),
     ));
 
-    let client = connect("cli").await?;
-    let ca = wait_for_ca(&client).await?;
+    let telemetry_http = TcpListener::bind(("127.0.0.1", args.telemetry_http_port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{}", args.telemetry_http_port))?;
+    let telemetry_addr = telemetry_http.local_addr()?;
+    let telemetry = tokio::spawn(wasmbed_telemetry::run(
+        connect("telemetry").await?,
+        wasmbed_telemetry::TelemetryConfig::default(),
+        telemetry_http,
+        until_stopped(stopping.clone()),
+    ));
+
     let connector = Connector::new(&ca, "localhost")?;
     let sim_config = Arc::new(SimConfig::new(vec![gateway_addr]));
     let mut devices = Vec::new();
@@ -120,6 +135,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     say!("wasmbed is up");
     say!("  nats:    {}", nats.url());
     say!("  gateway: {gateway_addr} (TLS 1.3)  http://{http_addr}/metrics");
+    say!("  fleet:   http://{telemetry_addr}/metrics");
     say!(
         "  devices: {connected} of {} simulated devices connected ({})",
         devices.len(),
@@ -142,10 +158,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         device.stop().await;
     }
     let _ = stop.send(true);
-    let (gateway, enrollment) = (gateway.await, enrollment.await);
+    let (gateway, enrollment, telemetry) = (gateway.await, enrollment.await, telemetry.await);
     nats.stop(Duration::from_secs(10)).await;
     gateway.context("gateway task")??;
     enrollment.context("enrollment task")??;
+    telemetry.context("telemetry task")??;
     Ok(())
 }
 

@@ -53,6 +53,18 @@ async fn up(state: &Path, devices: usize) -> (Child, Vec<String>) {
     (child, printed)
 }
 
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+}
+
 fn field(printed: &[String], name: &str) -> String {
     printed
         .iter()
@@ -105,6 +117,25 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
             "{id}"
         );
     }
+
+    // The fleet's metrics count both devices online (liveness is checked every second).
+    let fleet = field(&printed, "fleet:");
+    let addr = fleet
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let mut online = String::new();
+    for _ in 0..100 {
+        online = http_get(&addr, "/metrics").await;
+        if online.lines().any(|l| l == "wasmbed_devices_online 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        online.lines().any(|l| l == "wasmbed_devices_online 2"),
+        "{online}"
+    );
 
     // The CLI reads the same log.
     let tail = tokio::time::timeout(
