@@ -1,9 +1,9 @@
 //! `wasmbed events tail`: the event log, as text or JSON lines.
 
-use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use futures::StreamExt;
+
+use crate::tail::{deliver_policy, tail};
 use wasmbed_schemas::event::EventEnvelope;
 use wasmbed_schemas::subject;
 
@@ -45,39 +45,23 @@ pub async fn run(command: EventsCommand) -> Result<()> {
         limit,
         output,
     } = command;
-    let client = async_nats::connect(&nats_url)
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
-    let stream = jetstream::new(client)
-        .get_stream(subject::EVENTS_STREAM)
-        .await
-        .context("opening the event log (is `wasmbed up` running?)")?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: if from_start {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::New
-            },
-            ..Default::default()
-        })
-        .await
-        .context("creating a consumer on the event log")?;
-    let mut messages = consumer.messages().await.context("reading the event log")?;
-    let mut printed = 0;
-    while limit.is_none_or(|l| printed < l) {
-        let Some(message) = messages.next().await else {
-            break;
-        };
-        let message = message.context("reading the event log")?;
-        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        match EventEnvelope::from_json(&message.payload) {
-            Ok(envelope) => println!("{}", render(sequence, &envelope, output)?),
-            Err(e) => eprintln!("wasmbed: event {sequence} does not decode: {e}"),
-        }
-        printed += 1;
-    }
-    Ok(())
+    let deliver = deliver_policy(from_start, None)?;
+    let filter = subject::EVENTS_ALL.to_owned();
+    tail(
+        &nats_url,
+        subject::EVENTS_STREAM,
+        filter,
+        deliver,
+        limit,
+        |message, sequence| {
+            match EventEnvelope::from_json(&message.payload) {
+                Ok(envelope) => println!("{}", render(sequence, &envelope, output)?),
+                Err(e) => eprintln!("wasmbed: event {sequence} does not decode: {e}"),
+            }
+            Ok(())
+        },
+    )
+    .await
 }
 
 fn render(sequence: u64, envelope: &EventEnvelope, output: Output) -> Result<String> {

@@ -2,6 +2,8 @@
 
 mod events;
 mod serve;
+mod tail;
+mod telemetry;
 mod up;
 
 use anyhow::Result;
@@ -23,6 +25,9 @@ enum Command {
     /// Read the event log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Read telemetry.
+    #[command(subcommand)]
+    Telemetry(telemetry::TelemetryCommand),
     /// Run one service on its own (as in Kubernetes).
     #[command(subcommand)]
     Serve(serve::ServeCommand),
@@ -41,6 +46,7 @@ async fn main() {
         Command::Up(args) => up::run(args).await,
         Command::Events(command) => events::run(command).await,
         Command::Serve(command) => serve::run(command).await,
+        Command::Telemetry(command) => telemetry::run(command).await,
     };
     if let Err(e) = result {
         // One line: scripts read it.

@@ -1,0 +1,87 @@
+//! Reading a stream from a point onwards: shared by `events tail` and `telemetry tail`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use futures::StreamExt;
+
+/// Where in the stream to start.
+pub fn deliver_policy(from_start: bool, since: Option<&str>) -> Result<DeliverPolicy> {
+    Ok(match (from_start, since) {
+        (true, _) => DeliverPolicy::All,
+        (false, None) => DeliverPolicy::New,
+        (false, Some(since)) => {
+            let ago = parse_duration(since)?;
+            let start = time_ago(ago)?;
+            DeliverPolicy::ByStartTime { start_time: start }
+        }
+    })
+}
+
+fn time_ago(ago: Duration) -> Result<async_nats::datetime::DateTime> {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .saturating_sub(ago);
+    async_nats::datetime::from_nanos(since_epoch.as_nanos() as i128)
+        .map_err(|e| anyhow::anyhow!("--since: {e}"))
+}
+
+/// `30s`, `10m`, `2h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("--since {text:?}: expected a number and s, m, h or d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("--since {text:?}: expected a number and s, m, h or d"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Calls `print` for every message of `stream` matching `filter`, from `deliver`, until
+/// `limit` messages were printed (or forever).
+pub async fn tail(
+    nats_url: &str,
+    stream: &str,
+    filter: String,
+    deliver: DeliverPolicy,
+    limit: Option<usize>,
+    mut print: impl FnMut(&jetstream::Message, u64) -> Result<()>,
+) -> Result<()> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to {nats_url}"))?;
+    let stream = jetstream::new(client)
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("opening the stream {stream} (is `wasmbed up` running?)"))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: deliver,
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await
+        .context("creating a consumer")?;
+    let mut messages = consumer.messages().await.context("reading the stream")?;
+    let mut printed = 0;
+    while limit.is_none_or(|l| printed < l) {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        let message = message.context("reading the stream")?;
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        print(&message, sequence)?;
+        printed += 1;
+    }
+    Ok(())
+}
