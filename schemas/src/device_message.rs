@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::bytes::Blob;
 use crate::frame::LogLevel;
 use crate::ids::{AppId, DeviceId, GatewayId};
 
@@ -34,5 +35,23 @@ pub struct DeviceLogLine {
     /// The text.
     pub message: String,
     /// When the gateway received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// The latest telemetry of one app on one device, in the KV bucket `wasmbed-telemetry-latest`
+/// under `<device>.<app>`, for dashboards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LatestTelemetry {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The application.
+    pub app_id: AppId,
+    /// The application's sequence number.
+    pub seq: u32,
+    /// The application's topic.
+    pub topic: String,
+    /// The application's bytes.
+    pub payload: Blob,
+    /// When the telemetry stream stored it.
     pub received_at: DateTime<Utc>,
 }

@@ -4,7 +4,7 @@
 //! they drift from the types and rewrites them when run with `WASMBED_BLESS=1`.
 
 use crate::command::{CommandError, command_schemas};
-use crate::device_message::{DeviceLogLine, HeartbeatReport};
+use crate::device_message::{DeviceLogLine, HeartbeatReport, LatestTelemetry};
 use crate::event::EventEnvelope;
 
 /// Every schema, as `(path under schemas/json, schema)`.
@@ -26,6 +26,10 @@ pub fn all() -> Vec<(String, schemars::Schema)> {
     out.push((
         "device-log-line.json".to_owned(),
         schemars::schema_for!(DeviceLogLine),
+    ));
+    out.push((
+        "latest-telemetry.json".to_owned(),
+        schemars::schema_for!(LatestTelemetry),
     ));
     command_schemas(&mut out);
     out

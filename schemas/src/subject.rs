@@ -32,6 +32,8 @@ pub const EVENTS_ALL: &str = "wasmbed.events.v1.>";
 pub const TELEMETRY_STREAM: &str = "WASMBED_TELEMETRY";
 /// All telemetry.
 pub const TELEMETRY_ALL: &str = "wasmbed.telemetry.>";
+/// The KV bucket of the latest telemetry per device and app (key `<device>.<app>`).
+pub const TELEMETRY_LATEST_BUCKET: &str = "wasmbed-telemetry-latest";
 /// The object store holding WASM modules, keyed by SHA-256.
 pub const MODULES_OBJECT_STORE: &str = "wasmbed-modules";
 

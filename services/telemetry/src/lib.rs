@@ -9,20 +9,22 @@
 mod liveness;
 mod metrics;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions, ReadModel};
-use wasmbed_schemas::device_message::HeartbeatReport;
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::device_message::{HeartbeatReport, LatestTelemetry};
 use wasmbed_schemas::event::{DeviceBackOnline, DeviceWentOffline, EventEnvelope};
 use wasmbed_schemas::subject::{self, header};
-use wasmbed_schemas::{AggregateKind, DeviceId};
+use wasmbed_schemas::{AggregateKind, AppId, DeviceId};
 
 pub use liveness::{Liveness, Transition};
 
@@ -71,6 +73,9 @@ pub enum TelemetryError {
     /// Subscribing failed.
     #[error("subscribing: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// The telemetry stream could not be read.
+    #[error("telemetry stream: {0}")]
+    Consumer(String),
     /// The metrics listener failed.
     #[error("metrics listener: {0}")]
     Io(#[from] std::io::Error),
@@ -116,7 +121,25 @@ pub async fn run(
         let _ = http_stopped.await;
     }));
     let mut heartbeats = client.subscribe(subject::DEVICE_HEARTBEAT_ALL).await?;
-    let mut telemetry = client.subscribe(subject::TELEMETRY_ALL).await?;
+    // Telemetry is read from its stream, not a plain subscription: nothing is dropped when the
+    // service falls behind, and how far behind it is stays measurable.
+    let mut telemetry = log
+        .jetstream()
+        .get_stream(subject::TELEMETRY_STREAM)
+        .await
+        .map_err(|e| TelemetryError::Consumer(e.to_string()))?
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| TelemetryError::Consumer(e.to_string()))?
+        .messages()
+        .await
+        .map_err(|e| TelemetryError::Consumer(e.to_string()))?;
+    let latest_model: ReadModel<LatestTelemetry> =
+        log.read_model(subject::TELEMETRY_LATEST_BUCKET).await?;
+    let mut latest: HashMap<String, LatestTelemetry> = HashMap::new();
     let mut sweep = tokio::time::interval(config.sweep_interval);
     let timeout = config.heartbeat_interval * config.missed_heartbeats;
     let mut unsaved: HashSet<DeviceId> = HashSet::new();
@@ -143,13 +166,16 @@ pub async fn run(
                 }
             }
             Some(message) = telemetry.next() => {
-                let device = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(header::DEVICE))
-                    .and_then(|d| DeviceId::new(d.as_str()).ok());
-                if let Some(device) = device {
-                    lock(&stats).telemetry(device, message.payload.len() as u64, Utc::now());
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => {
+                        warn!(error = %e, "telemetry stream read failed");
+                        continue;
+                    }
+                };
+                if let Some(value) = latest_of(&message) {
+                    lock(&stats).telemetry(value.device_id.clone(), value.payload.0.len() as u64, value.received_at);
+                    latest.insert(format!("{}.{}", value.device_id, value.app_id), value);
                 }
             }
             _ = sweep.tick() => {
@@ -162,6 +188,11 @@ pub async fn run(
                     }
                 }
                 unsaved.clear();
+                for (key, value) in latest.drain() {
+                    if let Err(e) = latest_model.put(&key, &value).await {
+                        warn!(error = %e, "latest telemetry not saved");
+                    }
+                }
                 lock(&stats).online = liveness.online();
             }
         }
@@ -170,6 +201,26 @@ pub async fn run(
     let _ = http.await;
     info!("telemetry stopped");
     Ok(())
+}
+
+/// The device, app and content of a telemetry message, from the headers the gateway sets.
+fn latest_of(message: &async_nats::jetstream::Message) -> Option<LatestTelemetry> {
+    let headers = message.headers.as_ref()?;
+    let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    let received_at = message.info().map_or_else(
+        |_| Utc::now(),
+        |info| DateTime::from_timestamp_nanos(info.published.unix_timestamp_nanos() as i64),
+    );
+    Some(LatestTelemetry {
+        device_id: DeviceId::new(get(header::DEVICE)?).ok()?,
+        app_id: AppId::new(get(header::APP)?).ok()?,
+        seq: get(header::SEQUENCE)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        topic: get(header::TOPIC).unwrap_or_default(),
+        payload: Blob(message.payload.to_vec()),
+        received_at,
+    })
 }
 
 fn lock(stats: &Mutex<Stats>) -> std::sync::MutexGuard<'_, Stats> {

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wasmbed_eventlog::{EventLog, LogOptions};
-use wasmbed_schemas::device_message::HeartbeatReport;
+use wasmbed_schemas::device_message::{HeartbeatReport, LatestTelemetry};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::subject::{self, header};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
@@ -290,5 +290,27 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The latest value per device and app is in KV for dashboards (saved every sweep).
+    let log = EventLog::open(client.clone(), &LogOptions::default())
+        .await
+        .unwrap();
+    let latest = log
+        .read_model::<LatestTelemetry>(subject::TELEMETRY_LATEST_BUCKET)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let d2 = loop {
+        if let Some(v) = latest.get("d2.sensor").await.unwrap() {
+            break v.value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no latest value saved"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((d2.seq, d2.payload.0.len()), (2, 100));
+    assert_eq!(latest.get("d1.sensor").await.unwrap().unwrap().value.seq, 6);
     service.stop().await;
 }
