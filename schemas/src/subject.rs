@@ -56,6 +56,13 @@ pub fn telemetry(device: &DeviceId, app: &AppId) -> String {
     format!("wasmbed.telemetry.{device}.{app}")
 }
 
+/// The device and app tokens of a telemetry subject (`wasmbed.telemetry.<device>.<app>`).
+pub fn parse_telemetry(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("wasmbed.telemetry.")?;
+    let (device, app) = rest.split_once('.')?;
+    (!app.contains('.')).then_some((device, app))
+}
+
 /// All telemetry of one device.
 pub fn telemetry_of_device(device: &DeviceId) -> String {
     format!("wasmbed.telemetry.{device}.*")
@@ -168,6 +175,12 @@ mod tests {
             "wasmbed.events.v1.gateway.>"
         );
         assert_eq!(telemetry(&d, &a), "wasmbed.telemetry.dev-1.blink");
+        assert_eq!(
+            parse_telemetry(&telemetry(&d, &a)),
+            Some(("dev-1", "blink"))
+        );
+        assert_eq!(parse_telemetry("wasmbed.telemetry.a.b.c"), None);
+        assert_eq!(parse_telemetry("wasmbed.events.v1.device.x"), None);
         assert_eq!(
             command(Service::RenodeManager, "start_emulator"),
             "wasmbed.cmd.v1.renode-manager.start_emulator"

@@ -274,7 +274,8 @@ async fn main() {
                 .ok()
                 .map(|reply| reply.certificate_pem);
         }
-        if ca.is_some() && http_get(http, "/ready").await.starts_with("HTTP/1.1 200") {
+        let ready = http_get(http, "/ready").await;
+        if ca.is_some() && ready.split_whitespace().nth(1) == Some("200") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -60,10 +60,24 @@ pub async fn tail(
     let client = async_nats::connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
-    let stream = jetstream::new(client)
+    let mut stream = jetstream::new(client)
         .get_stream(stream)
         .await
         .with_context(|| format!("opening the stream {stream} (is `wasmbed up` running?)"))?;
+    // "New" pinned to a sequence: the ordered consumer is created lazily, and DeliverPolicy::New
+    // would skip what arrives before that.
+    let deliver = match deliver {
+        DeliverPolicy::New => DeliverPolicy::ByStartSequence {
+            start_sequence: stream
+                .info()
+                .await
+                .context("reading the stream")?
+                .state
+                .last_sequence
+                + 1,
+        },
+        other => other,
+    };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             deliver_policy: deliver,

@@ -115,21 +115,28 @@ pub async fn run(
     }
     info!(online = liveness.online(), "liveness state rebuilt");
 
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(metrics::serve(http, stats.clone(), async move {
-        let _ = http_stopped.await;
-    }));
     let mut heartbeats = client.subscribe(subject::DEVICE_HEARTBEAT_ALL).await?;
     // Telemetry is read from its stream, not a plain subscription: nothing is dropped when the
     // service falls behind, and how far behind it is stays measurable.
-    let mut telemetry = log
+    // An ordered consumer (no acks, flow-controlled, re-created on a gap) starting right after
+    // what the stream holds now: the starting point is the moment the service subscribed.
+    let mut stream = log
         .jetstream()
         .get_stream(subject::TELEMETRY_STREAM)
         .await
+        .map_err(|e| TelemetryError::Consumer(e.to_string()))?;
+    let next = stream
+        .info()
+        .await
         .map_err(|e| TelemetryError::Consumer(e.to_string()))?
+        .state
+        .last_sequence
+        + 1;
+    let mut telemetry = stream
         .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::New,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
             ..Default::default()
         })
         .await
@@ -139,7 +146,15 @@ pub async fn run(
         .map_err(|e| TelemetryError::Consumer(e.to_string()))?;
     let latest_model: ReadModel<LatestTelemetry> =
         log.read_model(subject::TELEMETRY_LATEST_BUCKET).await?;
-    let mut latest: HashMap<String, LatestTelemetry> = HashMap::new();
+    // The newest message per telemetry subject, turned into `LatestTelemetry` only when saved.
+    let mut latest: HashMap<String, async_nats::jetstream::Message> = HashMap::new();
+    // HTTP answers only once everything above is subscribed: a caller that waits for it and
+    // then publishes loses nothing.
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(metrics::serve(http, stats.clone(), async move {
+        let _ = http_stopped.await;
+    }));
     let mut sweep = tokio::time::interval(config.sweep_interval);
     let timeout = config.heartbeat_interval * config.missed_heartbeats;
     let mut unsaved: HashSet<DeviceId> = HashSet::new();
@@ -173,9 +188,14 @@ pub async fn run(
                         continue;
                     }
                 };
-                if let Some(value) = latest_of(&message) {
-                    lock(&stats).telemetry(value.device_id.clone(), value.payload.0.len() as u64, value.received_at);
-                    latest.insert(format!("{}.{}", value.device_id, value.app_id), value);
+                let Some((device, _)) = subject::parse_telemetry(message.subject.as_str()) else {
+                    continue;
+                };
+                lock(&stats).telemetry(device, message.payload.len() as u64, Utc::now());
+                if let Some(slot) = latest.get_mut(message.subject.as_str()) {
+                    *slot = message;
+                } else {
+                    latest.insert(message.subject.to_string(), message);
                 }
             }
             _ = sweep.tick() => {
@@ -188,7 +208,8 @@ pub async fn run(
                     }
                 }
                 unsaved.clear();
-                for (key, value) in latest.drain() {
+                for value in latest.drain().filter_map(|(_, message)| latest_of(&message)) {
+                    let key = format!("{}.{}", value.device_id, value.app_id);
                     if let Err(e) = latest_model.put(&key, &value).await {
                         warn!(error = %e, "latest telemetry not saved");
                     }

@@ -26,12 +26,19 @@ struct DeviceCounters {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) online: usize,
-    devices: BTreeMap<DeviceId, DeviceCounters>,
+    devices: BTreeMap<String, DeviceCounters>,
 }
 
 impl Stats {
-    pub(crate) fn telemetry(&mut self, device: DeviceId, bytes: u64, at: DateTime<Utc>) {
-        let c = self.devices.entry(device).or_default();
+    /// Counts one message of `device` (a subject token; only valid ids get a series).
+    pub(crate) fn telemetry(&mut self, device: &str, bytes: u64, at: DateTime<Utc>) {
+        let c = match self.devices.get_mut(device) {
+            Some(c) => c,
+            None if DeviceId::new(device).is_ok() => {
+                self.devices.entry(device.to_owned()).or_default()
+            }
+            None => return,
+        };
         c.messages += 1;
         c.bytes += bytes;
         c.last_seen = Some(at);

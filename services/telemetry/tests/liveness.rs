@@ -46,11 +46,11 @@ async fn start(server: &NatsServer) -> Running {
             let _ = stopped.await;
         },
     ));
-    // Ready once /health answers (its subscriptions are made before the HTTP server starts
-    // answering metrics that matter, and a heartbeat a moment early is only a missed beat).
+    // Ready once HTTP answers: the service subscribes to everything before it serves HTTP.
+    // A TCP connect succeeds as soon as the listener is bound (by this test); an HTTP answer
+    // means the service got as far as serving.
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(http).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if get(http, "/health").await.starts_with("HTTP/1.0 200") {
             return Running { stop, task, http };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -187,14 +187,20 @@ async fn restarting_the_service_neither_repeats_nor_loses_a_transition() {
     service.stop().await;
 }
 
-async fn scrape(http: SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
+/// `GET path` over HTTP/1.0: the whole response, or empty when nothing answers.
+async fn get(http: SocketAddr, path: &str) -> String {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+}
+
+async fn scrape(http: SocketAddr) -> String {
+    let response = get(http, "/metrics").await;
     assert!(
         response.split_whitespace().nth(1) == Some("200"),
         "{response}"
