@@ -1,9 +1,9 @@
 //! `wasmbed events tail`: the event log, as text or JSON lines.
 
 use anyhow::Result;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 
-use crate::tail::{deliver_policy, tail};
+use crate::tail::{Output, TailArgs, deliver_policy, tail};
 use wasmbed_schemas::event::EventEnvelope;
 use wasmbed_schemas::subject;
 
@@ -11,51 +11,29 @@ use wasmbed_schemas::subject;
 pub enum EventsCommand {
     /// Print events as they are appended (or the whole log with --from-start).
     Tail {
-        /// The NATS server.
-        #[arg(
-            long = "nats",
-            env = "NATS_URL",
-            default_value = "nats://127.0.0.1:4222"
-        )]
-        nats_url: String,
+        #[command(flatten)]
+        tail: TailArgs,
         /// Start at the first event instead of the next new one.
         #[arg(long)]
         from_start: bool,
-        /// Stop after this many events.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// How to print each event.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Output {
-    /// One readable line per event.
-    Text,
-    /// One JSON object per line: {"sequence": N, "envelope": {...}}.
-    Json,
 }
 
 pub async fn run(command: EventsCommand) -> Result<()> {
     let EventsCommand::Tail {
-        nats_url,
+        tail: args,
         from_start,
-        limit,
-        output,
     } = command;
     let deliver = deliver_policy(from_start, None)?;
     let filter = subject::EVENTS_ALL.to_owned();
     tail(
-        &nats_url,
+        &args,
         subject::EVENTS_STREAM,
         filter,
         deliver,
-        limit,
         |message, sequence| {
             match EventEnvelope::from_json(&message.payload) {
-                Ok(envelope) => println!("{}", render(sequence, &envelope, output)?),
+                Ok(envelope) => println!("{}", render(sequence, &envelope, args.output)?),
                 Err(e) => eprintln!("wasmbed: event {sequence} does not decode: {e}"),
             }
             Ok(())

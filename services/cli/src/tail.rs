@@ -4,7 +4,35 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use clap::{Args, ValueEnum};
 use futures::StreamExt;
+
+/// What every `tail` subcommand takes.
+#[derive(Args)]
+pub struct TailArgs {
+    /// The NATS server.
+    #[arg(
+        long = "nats",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// How to print each message.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// How `tail` prints.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    /// One readable line per message.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Where in the stream to start.
 pub fn deliver_policy(from_start: bool, since: Option<&str>) -> Result<DeliverPolicy> {
@@ -48,15 +76,15 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 }
 
 /// Calls `print` for every message of `stream` matching `filter`, from `deliver`, until
-/// `limit` messages were printed (or forever).
+/// `args.limit` messages were printed (or forever).
 pub async fn tail(
-    nats_url: &str,
+    args: &TailArgs,
     stream: &str,
     filter: String,
     deliver: DeliverPolicy,
-    limit: Option<usize>,
     mut print: impl FnMut(&jetstream::Message, u64) -> Result<()>,
 ) -> Result<()> {
+    let (nats_url, limit) = (&args.nats_url, args.limit);
     let client = async_nats::connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;

@@ -1,11 +1,11 @@
 //! `wasmbed telemetry tail`: telemetry history and live messages from the telemetry stream.
 
 use anyhow::Result;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::subject::{self, header};
 
-use crate::tail::{deliver_policy, tail};
+use crate::tail::{Output, TailArgs, deliver_policy, tail};
 
 #[derive(Subcommand)]
 pub enum TelemetryCommand {
@@ -13,52 +13,31 @@ pub enum TelemetryCommand {
     Tail {
         /// Only this device.
         device: Option<DeviceId>,
-        /// The NATS server.
-        #[arg(
-            long = "nats",
-            env = "NATS_URL",
-            default_value = "nats://127.0.0.1:4222"
-        )]
-        nats_url: String,
+        #[command(flatten)]
+        tail: TailArgs,
         /// Start this long ago (`30s`, `10m`, `2h`, `1d`), from the telemetry stream's history.
         #[arg(long)]
         since: Option<String>,
-        /// Stop after this many messages.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// How to print each message.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Output {
-    /// One readable line per message.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 pub async fn run(command: TelemetryCommand) -> Result<()> {
     let TelemetryCommand::Tail {
         device,
-        nats_url,
+        tail: args,
         since,
-        limit,
-        output,
     } = command;
+    let output = args.output;
     let filter = match &device {
         Some(device) => subject::telemetry_of_device(device),
         None => subject::TELEMETRY_ALL.to_owned(),
     };
     let deliver = deliver_policy(false, since.as_deref())?;
     tail(
-        &nats_url,
+        &args,
         subject::TELEMETRY_STREAM,
         filter,
         deliver,
-        limit,
         |message, sequence| {
             let get = |name: &str| {
                 message

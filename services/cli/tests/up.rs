@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::{AggregateId, DeviceId};
-use wasmbed_test_support::workspace_root;
+use wasmbed_test_support::{http_get, workspace_root};
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 
@@ -51,18 +51,6 @@ async fn up(state: &Path, devices: usize) -> (Child, Vec<String>) {
     .await
     .expect("up came up in time");
     (child, printed)
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    response
 }
 
 fn field(printed: &[String], name: &str) -> String {
@@ -120,13 +108,14 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
 
     // The fleet's metrics count both devices online (liveness is checked every second).
     let fleet = field(&printed, "fleet:");
-    let addr = fleet
+    let addr: std::net::SocketAddr = fleet
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
-        .to_owned();
+        .parse()
+        .unwrap();
     let mut online = String::new();
     for _ in 0..100 {
-        online = http_get(&addr, "/metrics").await;
+        online = http_get(addr, "/metrics").await.1;
         if online.lines().any(|l| l == "wasmbed_devices_online 2") {
             break;
         }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use chrono::Utc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -18,7 +17,7 @@ use wasmbed_schemas::event::Event;
 use wasmbed_schemas::subject::{self, header};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
 use wasmbed_telemetry::{TelemetryConfig, TelemetryError};
-use wasmbed_test_support::NatsServer;
+use wasmbed_test_support::{NatsServer, http_get};
 
 struct Running {
     stop: oneshot::Sender<()>,
@@ -50,7 +49,7 @@ async fn start(server: &NatsServer) -> Running {
     // A TCP connect succeeds as soon as the listener is bound (by this test); an HTTP answer
     // means the service got as far as serving.
     for _ in 0..200 {
-        if get(http, "/health").await.starts_with("HTTP/1.0 200") {
+        if http_get(http, "/health").await.0 == 200 {
             return Running { stop, task, http };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -187,25 +186,10 @@ async fn restarting_the_service_neither_repeats_nor_loses_a_transition() {
     service.stop().await;
 }
 
-/// `GET path` over HTTP/1.0: the whole response, or empty when nothing answers.
-async fn get(http: SocketAddr, path: &str) -> String {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else {
-        return String::new();
-    };
-    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    response
-}
-
 async fn scrape(http: SocketAddr) -> String {
-    let response = get(http, "/metrics").await;
-    assert!(
-        response.split_whitespace().nth(1) == Some("200"),
-        "{response}"
-    );
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// Parses the text format strictly enough for a test: `# HELP`/`# TYPE` lines and

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
@@ -25,6 +26,7 @@ use wasmbed_schemas::frame::codec::{DecodeError, decode};
 use wasmbed_schemas::{AggregateId, DeviceId, GatewayId, Sha256};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 use wasmbed_test_support::NatsServer;
+pub use wasmbed_test_support::http_get;
 
 pub const T: Duration = Duration::from_secs(10);
 
@@ -198,29 +200,6 @@ impl System {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// A minimal HTTP/1.0 GET: (status, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn wasmbed_gateway_fingerprint(der: &[u8]) -> Sha256 {
