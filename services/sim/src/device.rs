@@ -63,19 +63,23 @@ pub struct DeviceStatus {
     pub last_error: Option<String>,
 }
 
+/// Fresh bytes from the OS random source. Without one there is no safe identity or nonce, so
+/// this stops the program rather than hand out predictable bytes.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        panic!("the OS random source failed ({e}); refusing to make predictable keys or nonces");
+    }
+    bytes
+}
+
 /// A fresh random Ed25519 key.
 pub fn random_key() -> SigningKey {
-    let mut seed = [0u8; 32];
-    // The OS random source does not fail on the platforms we run on; a zero seed would only
-    // make keys collide in a test, never panic.
-    let _ = getrandom::fill(&mut seed);
-    SigningKey::from_bytes(&seed)
+    SigningKey::from_bytes(&random_bytes())
 }
 
 fn random_u32() -> u32 {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    u32::from_le_bytes(bytes)
+    u32::from_le_bytes(random_bytes())
 }
 
 enum Command {
@@ -251,12 +255,10 @@ async fn session(
         }
     };
     let (mut reader, mut writer) = tokio::io::split(tls);
-    let mut nonce = [0u8; 32];
-    let _ = getrandom::fill(&mut nonce);
     let mut session = Session::new(
         config.session.clone(),
         key.clone(),
-        Nonce(nonce),
+        Nonce(random_bytes()),
         fingerprint,
         now_ms(),
     );

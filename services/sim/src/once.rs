@@ -54,9 +54,13 @@ pub async fn authenticate(
     timeout: Duration,
 ) -> Result<Authenticated, AuthenticateError> {
     let (mut stream, fingerprint) = connector.connect(addr, source, timeout).await?;
-    let mut nonce = [0u8; 32];
-    let _ = getrandom::fill(&mut nonce);
-    let mut session = Session::new(config, key, Nonce(nonce), fingerprint, 0);
+    let mut session = Session::new(
+        config,
+        key,
+        Nonce(crate::device::random_bytes()),
+        fingerprint,
+        0,
+    );
     let handshake = async {
         let mut buf = [0u8; 2048];
         loop {
