@@ -235,11 +235,12 @@ impl<'a, 'b> ser::Serializer for &'b mut Serializer<'a> {
 }
 
 macro_rules! compound {
-    ($($trait:ident :: $method:ident),+) => {$(
+    ($($trait:ident :: $method:ident $(($name:ty))?),+) => {$(
         impl<'a, 'b> ser::$trait for &'b mut Serializer<'a> {
             type Ok = ();
             type Error = Error;
-            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+            // Struct fields are written by position: their names are not on the wire.
+            fn $method<T: Serialize + ?Sized>(&mut self, $(_: $name,)? value: &T) -> Result<(), Error> {
                 value.serialize(&mut **self)
             }
             fn end(self) -> Result<(), Error> {
@@ -253,7 +254,9 @@ compound!(
     SerializeSeq::serialize_element,
     SerializeTuple::serialize_element,
     SerializeTupleStruct::serialize_field,
-    SerializeTupleVariant::serialize_field
+    SerializeTupleVariant::serialize_field,
+    SerializeStruct::serialize_field(&'static str),
+    SerializeStructVariant::serialize_field(&'static str)
 );
 
 impl<'a, 'b> ser::SerializeMap for &'b mut Serializer<'a> {
@@ -263,36 +266,6 @@ impl<'a, 'b> ser::SerializeMap for &'b mut Serializer<'a> {
         key.serialize(&mut **self)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl<'a, 'b> ser::SerializeStruct for &'b mut Serializer<'a> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl<'a, 'b> ser::SerializeStructVariant for &'b mut Serializer<'a> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
         value.serialize(&mut **self)
     }
     fn end(self) -> Result<(), Error> {
@@ -462,21 +435,13 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                 visitor.visit_borrowed_bytes(self.take(len)?)
             }
             0x90..=0x9f => self.seq(usize::from(marker & 0x0f), visitor),
-            0xdc => {
-                let len = self.length(2)?;
-                self.seq(len, visitor)
-            }
-            0xdd => {
-                let len = self.length(4)?;
+            0xdc | 0xdd => {
+                let len = self.length(if marker == 0xdc { 2 } else { 4 })?;
                 self.seq(len, visitor)
             }
             0x80..=0x8f => self.map(usize::from(marker & 0x0f), visitor),
-            0xde => {
-                let len = self.length(2)?;
-                self.map(len, visitor)
-            }
-            0xdf => {
-                let len = self.length(4)?;
+            0xde | 0xdf => {
+                let len = self.length(if marker == 0xde { 2 } else { 4 })?;
                 self.map(len, visitor)
             }
             other => Err(Error::UnexpectedMarker(other)),

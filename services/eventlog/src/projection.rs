@@ -65,11 +65,6 @@ impl EventLog {
 }
 
 impl Projection {
-    /// Events not yet delivered to this projection.
-    pub async fn pending(&mut self) -> Result<u64, ProjectionError> {
-        Ok(self.consumer.info().await.map_err(nats)?.num_pending)
-    }
-
     /// Feeds every event, in log order, to `handler` until `shutdown` completes.
     ///
     /// An event is acknowledged only after the handler returns `Ok`. When the handler fails,

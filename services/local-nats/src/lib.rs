@@ -99,11 +99,6 @@ impl NatsProcess {
         self.child.as_ref().map(Child::id)
     }
 
-    /// How it was started.
-    pub fn config(&self) -> &NatsProcessConfig {
-        &self.config
-    }
-
     /// Kills the server with SIGKILL: nothing is flushed, on purpose (crash tests).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
