@@ -55,3 +55,25 @@ pub struct LatestTelemetry {
     /// When the telemetry stream stored it.
     pub received_at: DateTime<Utc>,
 }
+
+/// One application on one device as last reported, in the KV bucket `wasmbed-deployments`
+/// under `<app>.<device>`: the deployer's read model for dashboards and the api.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentStatus {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The version the device runs (or last ran).
+    pub version: u32,
+    /// Where it is, as the device reported it.
+    pub state: crate::frame::AppState,
+    /// Fuel consumed since it started.
+    pub fuel_used: u64,
+    /// Linear memory, 64 KiB pages.
+    pub memory_pages: u32,
+    /// Why it failed, when it did.
+    pub detail: Option<String>,
+    /// When the device reported this.
+    pub reported_at: DateTime<Utc>,
+}

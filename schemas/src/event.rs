@@ -149,18 +149,32 @@ events! {
     DeviceBackOnline => |e| AggregateId::Device(e.device_id.clone()),
     /// A device was retired; it may no longer connect.
     DeviceDecommissioned => |e| AggregateId::Device(e.device_id.clone()),
+    /// A device told what it is (MCU, RAM for apps, host API version).
+    DeviceDescribed => |e| AggregateId::Device(e.device_id.clone()),
     /// An application was created.
     ApplicationCreated => |e| AggregateId::Application(e.app_id.clone()),
     /// A module version of an application was stored.
     ModuleUploaded => |e| AggregateId::Application(e.app_id.clone()),
+    /// A module was refused by validation; nothing was sent to any device.
+    ModuleRejected => |e| AggregateId::Application(e.app_id.clone()),
+    /// An application version should run on its target.
+    ApplicationDeployRequested => |e| AggregateId::Application(e.app_id.clone()),
+    /// An application should stop on every device.
+    ApplicationStopRequested => |e| AggregateId::Application(e.app_id.clone()),
     /// An application version should run on a device.
     DeploymentRequested => |e| deployment(&e.app_id, &e.device_id),
+    /// The version does not fit the device; refused before any byte was sent.
+    DeploymentRefused => |e| deployment(&e.app_id, &e.device_id),
+    /// Module bytes started flowing to the device.
+    DeploymentTransferStarted => |e| deployment(&e.app_id, &e.device_id),
     /// The module reached the device and its digest matched.
     DeploymentDelivered => |e| deployment(&e.app_id, &e.device_id),
     /// The application runs on the device.
     DeploymentRunning => |e| deployment(&e.app_id, &e.device_id),
     /// The application failed on (or could not be delivered to) the device.
     DeploymentFailed => |e| deployment(&e.app_id, &e.device_id),
+    /// The application should stop on the device.
+    DeploymentStopRequested => |e| deployment(&e.app_id, &e.device_id),
     /// The application was stopped on the device.
     DeploymentStopped => |e| deployment(&e.app_id, &e.device_id),
     /// An application was deleted.
@@ -280,6 +294,21 @@ pub struct DeviceDecommissioned {
     pub reason: String,
 }
 
+/// A device told what it is, in the `DeviceInfo` frame of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceDescribed {
+    /// The device.
+    pub device_id: DeviceId,
+    /// MCU type as named in the catalogue.
+    pub mcu: String,
+    /// Firmware name and version.
+    pub firmware: String,
+    /// RAM available to applications, bytes.
+    pub app_ram_bytes: u32,
+    /// Version of the `wasmbed` host API its runtime offers.
+    pub host_api_version: u16,
+}
+
 /// Which devices an application runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
@@ -320,9 +349,60 @@ pub struct ModuleUploaded {
     pub size_bytes: u64,
 }
 
+/// A module was refused by validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModuleRejected {
+    /// The application it was meant for.
+    pub app_id: AppId,
+    /// The module's SHA-256.
+    pub sha256: Sha256,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// An application version should run on every device of its target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplicationDeployRequested {
+    /// The application.
+    pub app_id: AppId,
+    /// The version.
+    pub version: u32,
+}
+
+/// An application should stop on every device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplicationStopRequested {
+    /// The application.
+    pub app_id: AppId,
+}
+
 /// An application version should run on a device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeploymentRequested {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The version.
+    pub version: u32,
+}
+
+/// The version does not fit the device; nothing was sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentRefused {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The version.
+    pub version: u32,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// Module bytes started flowing to the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentTransferStarted {
     /// The application.
     pub app_id: AppId,
     /// The device.
@@ -364,6 +444,15 @@ pub struct DeploymentFailed {
     pub version: u32,
     /// Why (validation refusal, trap, fuel exhausted, digest mismatch, …).
     pub reason: String,
+}
+
+/// The application should stop on the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentStopRequested {
+    /// The application.
+    pub app_id: AppId,
+    /// The device.
+    pub device_id: DeviceId,
 }
 
 /// The application was stopped on the device.

@@ -4,7 +4,7 @@
 //! they drift from the types and rewrites them when run with `WASMBED_BLESS=1`.
 
 use crate::command::{CommandError, command_schemas};
-use crate::device_message::{DeviceLogLine, HeartbeatReport, LatestTelemetry};
+use crate::device_message::{DeploymentStatus, DeviceLogLine, HeartbeatReport, LatestTelemetry};
 use crate::event::EventEnvelope;
 
 /// Every schema, as `(path under schemas/json, schema)`.
@@ -30,6 +30,10 @@ pub fn all() -> Vec<(String, schemars::Schema)> {
     out.push((
         "latest-telemetry.json".to_owned(),
         schemars::schema_for!(LatestTelemetry),
+    ));
+    out.push((
+        "deployment-status.json".to_owned(),
+        schemars::schema_for!(DeploymentStatus),
     ));
     command_schemas(&mut out);
     out

@@ -6,6 +6,7 @@ extern crate alloc;
 pub mod aggregate;
 pub mod bytes;
 pub mod frame;
+pub mod host_api;
 pub mod ids;
 pub mod subject;
 

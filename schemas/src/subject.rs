@@ -36,6 +36,8 @@ pub const TELEMETRY_ALL: &str = "wasmbed.telemetry.>";
 pub const TELEMETRY_LATEST_BUCKET: &str = "wasmbed-telemetry-latest";
 /// The object store holding WASM modules, keyed by SHA-256.
 pub const MODULES_OBJECT_STORE: &str = "wasmbed-modules";
+/// KV bucket: each application on each device as last reported (`<app>.<device>`).
+pub const DEPLOYMENTS_BUCKET: &str = "wasmbed-deployments";
 
 /// The subject of one aggregate's events.
 pub fn event(aggregate: &AggregateId) -> String {

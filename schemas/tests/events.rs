@@ -122,6 +122,44 @@ fn every_event() -> Vec<Event> {
         }
         .into(),
         ApplicationDeleted { app_id: app() }.into(),
+        DeviceDescribed {
+            device_id: dev(),
+            mcu: "Mps2An385".into(),
+            firmware: "wasmbed-firmware 0.1.0".into(),
+            app_ram_bytes: 262_144,
+            host_api_version: 1,
+        }
+        .into(),
+        ModuleRejected {
+            app_id: app(),
+            sha256: Sha256([5; 32]),
+            reason: "imports wasmbed.fork, which the device runtime does not offer".into(),
+        }
+        .into(),
+        ApplicationDeployRequested {
+            app_id: app(),
+            version: 2,
+        }
+        .into(),
+        ApplicationStopRequested { app_id: app() }.into(),
+        DeploymentRefused {
+            app_id: app(),
+            device_id: dev(),
+            version: 1,
+            reason: "needs 4 pages, the device has 2".into(),
+        }
+        .into(),
+        DeploymentTransferStarted {
+            app_id: app(),
+            device_id: dev(),
+            version: 1,
+        }
+        .into(),
+        DeploymentStopRequested {
+            app_id: app(),
+            device_id: dev(),
+        }
+        .into(),
         GatewayStarted {
             gateway_id: gw(),
             endpoint: "127.0.0.1:8081".into(),

@@ -7,15 +7,23 @@
 //! memory.
 //!
 //! [`Backoff`] is the reconnect policy: exponential, capped, with jitter.
+//!
+//! [`Agent`] is what runs applications: it receives modules ([`transfer`]), verifies them, and
+//! runs them in wasmi under fuel and memory limits ([`runtime`]), with the `wasmbed` host API
+//! of [`wasmbed_schemas::host_api`].
 
 #![no_std]
 
 extern crate alloc;
 
+mod agent;
 mod backoff;
+pub mod runtime;
 mod session;
 mod signer;
+pub mod transfer;
 
+pub use agent::{Agent, AgentConfig};
 pub use backoff::Backoff;
 pub use session::{CloseReason, SendError, Session, SessionConfig, SessionEvent};
 pub use signer::Signer;

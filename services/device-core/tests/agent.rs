@@ -1,0 +1,478 @@
+//! The application agent driven in memory: module transfer, the runtime, the host API.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use sha2::Digest;
+use wasmbed_device_core::{Agent, AgentConfig};
+use wasmbed_example_apps::{COUNTER, SENSOR, SPIN};
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::frame::*;
+use wasmbed_schemas::host_api::{self, ValType};
+use wasmbed_schemas::{AppId, DeviceId, Sha256};
+
+fn agent() -> Agent {
+    let mut agent = Agent::new(AgentConfig {
+        mcu: "Sim".into(),
+        firmware: "test".into(),
+        app_ram_bytes: 256 * 1024,
+        max_module_len: 256 * 1024,
+        status_interval_ms: 60_000,
+    });
+    agent.on_established(&DeviceId::new("dev-1").unwrap());
+    agent
+}
+
+fn app(name: &str) -> AppId {
+    AppId::new(name).unwrap()
+}
+
+fn sha(bytes: &[u8]) -> Sha256 {
+    Sha256(sha2::Sha256::digest(bytes).into())
+}
+
+fn limits() -> Limits {
+    Limits {
+        fuel_per_invocation: 200_000,
+        max_memory_pages: 2,
+        tick_interval_ms: 100,
+    }
+}
+
+/// Sends a whole module in chunks of `chunk` bytes, then commits; returns the agent's replies.
+fn transfer(agent: &mut Agent, id: &AppId, module: &[u8], chunk: usize) -> Vec<Frame> {
+    agent.handle_frame(
+        Frame::ModuleBegin(ModuleBegin {
+            app_id: id.clone(),
+            version: 1,
+            sha256: sha(module),
+            total_len: module.len() as u32,
+            offset: 0,
+        }),
+        0,
+    );
+    for (i, piece) in module.chunks(chunk).enumerate() {
+        agent.handle_frame(
+            Frame::ModuleChunk(ModuleChunk {
+                app_id: id.clone(),
+                offset: (i * chunk) as u32,
+                data: piece.to_vec(),
+            }),
+            0,
+        );
+    }
+    agent.handle_frame(
+        Frame::ModuleCommit(ModuleCommit {
+            app_id: id.clone(),
+            sha256: sha(module),
+        }),
+        0,
+    );
+    agent.take_frames()
+}
+
+fn deploy(agent: &mut Agent, id: &AppId, module: &[u8], config: &[u8], now: u64) -> Vec<Frame> {
+    agent.handle_frame(
+        Frame::Deploy(Deploy {
+            app_id: id.clone(),
+            version: 1,
+            sha256: sha(module),
+            limits: limits(),
+            config: Blob(config.to_vec()),
+        }),
+        now,
+    );
+    agent.take_frames()
+}
+
+fn install(agent: &mut Agent, name: &str, module: &[u8]) -> Vec<Frame> {
+    let id = app(name);
+    let acks = transfer(agent, &id, module, 1024);
+    assert!(
+        matches!(
+            acks.last(),
+            Some(Frame::ModuleAck(ModuleAck { verified: true, .. }))
+        ),
+        "{acks:?}"
+    );
+    deploy(agent, &id, module, b"kitchen", 0)
+}
+
+fn telemetry(frames: &[Frame]) -> Vec<&Telemetry> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Telemetry(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn status_of<'a>(frames: &'a [Frame], id: &AppId) -> Option<&'a AppStatus> {
+    frames.iter().rev().find_map(|f| match f {
+        Frame::AppStatus(s) if s.app_id == *id => Some(s),
+        _ => None,
+    })
+}
+
+#[test]
+fn established_reports_what_the_device_is() {
+    let mut agent = agent();
+    let frames = agent.take_frames();
+    assert!(matches!(
+        &frames[..],
+        [Frame::DeviceInfo(DeviceInfo {
+            app_ram_bytes: 262_144,
+            host_api_version: host_api::VERSION,
+            ..
+        })]
+    ));
+}
+
+#[test]
+fn the_sensor_app_logs_and_publishes_with_its_device_id_and_config() {
+    let mut agent = agent();
+    agent.take_frames();
+    let started = install(&mut agent, "sensor", SENSOR);
+    assert!(started.iter().any(
+        |f| matches!(f, Frame::Log(Log { message, app_id: Some(a), .. }) if message == "sensor started" && a.as_str() == "sensor")
+    ));
+    assert_eq!(
+        status_of(&started, &app("sensor")).unwrap().state,
+        AppState::Running
+    );
+
+    let mut sent = Vec::new();
+    for now in [0, 100, 200] {
+        agent.poll(now);
+        sent.extend(agent.take_frames());
+    }
+    let readings = telemetry(&sent);
+    assert_eq!(readings.len(), 3, "one reading per tick: {sent:?}");
+    assert_eq!(
+        readings.iter().map(|t| t.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let json: serde_json::Value = serde_json::from_slice(&readings[0].payload).unwrap();
+    assert_eq!(readings[0].topic, "temperature");
+    assert_eq!(json["device"], "dev-1");
+    assert_eq!(json["room"], "kitchen");
+    assert_eq!(json["n"], 1);
+    let celsius = json["millicelsius"].as_u64().unwrap();
+    assert!((20_000..24_000).contains(&celsius), "{celsius}");
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_fuel_and_the_other_app_keeps_running() {
+    let mut agent = agent();
+    agent.take_frames();
+    install(&mut agent, "counter", COUNTER);
+    let spin_start = install(&mut agent, "spin", SPIN);
+    assert_eq!(
+        status_of(&spin_start, &app("spin")).unwrap().state,
+        AppState::Running
+    );
+
+    agent.poll(0);
+    let first = agent.take_frames();
+    let failed = status_of(&first, &app("spin")).unwrap();
+    assert_eq!(failed.state, AppState::Failed);
+    let detail = failed.detail.clone().unwrap();
+    assert!(detail.contains("fuel exhausted"), "{detail}");
+    assert!(
+        failed.fuel_used >= limits().fuel_per_invocation,
+        "init and the whole tick budget"
+    );
+    assert!(!agent.is_running(&app("spin")));
+
+    for now in [100, 200, 300] {
+        agent.poll(now);
+    }
+    let later = agent.take_frames();
+    let counts: Vec<_> = telemetry(&later)
+        .iter()
+        .map(|t| t.payload.clone())
+        .collect();
+    assert_eq!(counts, [b"2".to_vec(), b"3".to_vec(), b"4".to_vec()]);
+    assert!(agent.is_running(&app("counter")));
+}
+
+#[test]
+fn a_transfer_cut_midway_resumes_from_the_bytes_held() {
+    let mut agent = agent();
+    agent.take_frames();
+    let id = app("sensor");
+    let begin = |offset| {
+        Frame::ModuleBegin(ModuleBegin {
+            app_id: id.clone(),
+            version: 1,
+            sha256: sha(SENSOR),
+            total_len: SENSOR.len() as u32,
+            offset,
+        })
+    };
+    agent.handle_frame(begin(0), 0);
+    agent.handle_frame(
+        Frame::ModuleChunk(ModuleChunk {
+            app_id: id.clone(),
+            offset: 0,
+            data: SENSOR[..1000].to_vec(),
+        }),
+        0,
+    );
+    agent.take_frames();
+    // The connection drops; the sender starts over with a new Begin.
+    agent.handle_frame(begin(0), 0);
+    let replies = agent.take_frames();
+    assert!(matches!(
+        &replies[..],
+        [Frame::ModuleAck(ModuleAck {
+            next_offset: 1000,
+            verified: false,
+            ..
+        })]
+    ));
+    agent.handle_frame(
+        Frame::ModuleChunk(ModuleChunk {
+            app_id: id.clone(),
+            offset: 1000,
+            data: SENSOR[1000..].to_vec(),
+        }),
+        0,
+    );
+    agent.handle_frame(
+        Frame::ModuleCommit(ModuleCommit {
+            app_id: id.clone(),
+            sha256: sha(SENSOR),
+        }),
+        0,
+    );
+    let done = agent.take_frames();
+    assert!(matches!(
+        done.last(),
+        Some(Frame::ModuleAck(ModuleAck { verified: true, .. }))
+    ));
+    let started = deploy(&mut agent, &id, SENSOR, b"", 0);
+    assert_eq!(status_of(&started, &id).unwrap().state, AppState::Running);
+}
+
+#[test]
+fn a_corrupted_chunk_is_detected_and_the_module_never_runs() {
+    let mut agent = agent();
+    agent.take_frames();
+    let id = app("sensor");
+    let mut corrupted = SENSOR.to_vec();
+    corrupted[100] ^= 0xff;
+    // The digest announced is the real module's; one byte arrives flipped.
+    agent.handle_frame(
+        Frame::ModuleBegin(ModuleBegin {
+            app_id: id.clone(),
+            version: 1,
+            sha256: sha(SENSOR),
+            total_len: SENSOR.len() as u32,
+            offset: 0,
+        }),
+        0,
+    );
+    agent.handle_frame(
+        Frame::ModuleChunk(ModuleChunk {
+            app_id: id.clone(),
+            offset: 0,
+            data: corrupted,
+        }),
+        0,
+    );
+    agent.handle_frame(
+        Frame::ModuleCommit(ModuleCommit {
+            app_id: id.clone(),
+            sha256: sha(SENSOR),
+        }),
+        0,
+    );
+    let replies = agent.take_frames();
+    assert!(
+        replies.iter().any(|f| matches!(
+            f,
+            Frame::Error(ErrorFrame {
+                code: FrameErrorCode::DigestMismatch,
+                ..
+            })
+        )),
+        "{replies:?}"
+    );
+    assert!(matches!(
+        replies.last(),
+        Some(Frame::ModuleAck(ModuleAck {
+            next_offset: 0,
+            verified: false,
+            ..
+        }))
+    ));
+    let deployed = deploy(&mut agent, &id, SENSOR, b"", 0);
+    assert!(
+        matches!(
+            &deployed[..],
+            [Frame::Error(ErrorFrame {
+                code: FrameErrorCode::UnknownApp,
+                ..
+            })]
+        ),
+        "{deployed:?}"
+    );
+    assert!(!agent.is_running(&id));
+}
+
+#[test]
+fn deploy_is_idempotent_and_stop_stops() {
+    let mut agent = agent();
+    agent.take_frames();
+    install(&mut agent, "counter", COUNTER);
+    agent.poll(0);
+    agent.take_frames();
+    let again = deploy(&mut agent, &app("counter"), COUNTER, b"", 50);
+    assert_eq!(again.len(), 1, "only a status, no restart: {again:?}");
+    agent.poll(100);
+    let counts: Vec<_> = telemetry(&agent.take_frames())
+        .iter()
+        .map(|t| t.seq)
+        .collect();
+    assert_eq!(counts, [2], "the counter kept its state");
+
+    agent.handle_frame(
+        Frame::Stop(Stop {
+            app_id: app("counter"),
+        }),
+        150,
+    );
+    let stopped = agent.take_frames();
+    assert_eq!(
+        status_of(&stopped, &app("counter")).unwrap().state,
+        AppState::Stopped
+    );
+    agent.poll(1000);
+    assert!(telemetry(&agent.take_frames()).is_empty());
+}
+
+fn wat_type(t: ValType) -> &'static str {
+    match t {
+        ValType::I32 => "i32",
+        ValType::I64 => "i64",
+    }
+}
+
+/// A module importing every documented host function with its documented signature.
+fn module_importing_the_whole_host_api() -> Vec<u8> {
+    let mut imports = String::new();
+    for f in host_api::FUNCTIONS {
+        let params: Vec<_> = f.params.iter().map(|t| wat_type(*t)).collect();
+        let results: Vec<_> = f.results.iter().map(|t| wat_type(*t)).collect();
+        imports.push_str(&format!(
+            "(import \"{}\" \"{}\" (func (param {}) (result {})))\n",
+            host_api::MODULE,
+            f.name,
+            params.join(" "),
+            results.join(" ")
+        ));
+    }
+    wat::parse_str(format!(
+        "(module {imports} (memory (export \"memory\") 1) (func (export \"tick\")))"
+    ))
+    .unwrap()
+}
+
+fn start_module(module: &[u8]) -> Vec<Frame> {
+    let mut agent = agent();
+    agent.take_frames();
+    let id = app("probe");
+    transfer(&mut agent, &id, module, 4096);
+    deploy(&mut agent, &id, module, b"", 0)
+}
+
+#[test]
+fn the_runtime_links_exactly_the_documented_host_api() {
+    let started = start_module(&module_importing_the_whole_host_api());
+    assert_eq!(
+        status_of(&started, &app("probe")).unwrap().state,
+        AppState::Running,
+        "{started:?}"
+    );
+
+    let unknown = wat::parse_str(
+        r#"(module (import "wasmbed" "fork" (func)) (memory (export "memory") 1) (func (export "tick")))"#,
+    )
+    .unwrap();
+    let refused = start_module(&unknown);
+    let status = status_of(&refused, &app("probe")).unwrap();
+    assert_eq!(status.state, AppState::Failed);
+    assert!(
+        status.detail.as_deref().unwrap().contains("fork"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn memory_beyond_the_limit_is_refused_or_not_granted() {
+    let too_big =
+        wat::parse_str(r#"(module (memory (export "memory") 4) (func (export "tick")))"#).unwrap();
+    let refused = start_module(&too_big);
+    assert_eq!(
+        status_of(&refused, &app("probe")).unwrap().state,
+        AppState::Failed
+    );
+
+    // Growing past the limit fails inside the app (memory.grow gives -1); it is not a trap.
+    let grower = wat::parse_str(
+        r#"(module
+            (import "wasmbed" "publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 0) "grow")
+            (func (export "tick")
+              (i32.store (i32.const 8) (memory.grow (i32.const 8)))
+              (drop (call $publish (i32.const 0) (i32.const 4) (i32.const 8) (i32.const 4)))))"#,
+    )
+    .unwrap();
+    let mut agent = agent();
+    agent.take_frames();
+    let id = app("probe");
+    transfer(&mut agent, &id, &grower, 4096);
+    deploy(&mut agent, &id, &grower, b"", 0);
+    agent.poll(0);
+    let frames = agent.take_frames();
+    let t = telemetry(&frames);
+    assert_eq!(t[0].payload, (-1i32).to_le_bytes(), "grow refused");
+    assert!(agent.is_running(&id));
+}
+
+#[test]
+fn bad_pointers_get_error_codes_not_traps() {
+    let bad = wat::parse_str(
+        r#"(module
+            (import "wasmbed" "publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+            (import "wasmbed" "log" (func $log (param i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (func (export "tick")
+              (i32.store (i32.const 0) (call $publish (i32.const 65530) (i32.const 64) (i32.const 0) (i32.const 0)))
+              (i32.store (i32.const 4) (call $log (i32.const 2) (i32.const 0) (i32.const 100000)))
+              (drop (call $publish (i32.const 16) (i32.const 0) (i32.const 0) (i32.const 8)))))"#,
+    )
+    .unwrap();
+    let mut agent = agent();
+    agent.take_frames();
+    let id = app("probe");
+    transfer(&mut agent, &id, &bad, 4096);
+    deploy(&mut agent, &id, &bad, b"", 0);
+    agent.poll(0);
+    let frames = agent.take_frames();
+    let t = telemetry(&frames);
+    assert_eq!(t.len(), 1, "{frames:?}");
+    let mut codes = t[0].payload.clone();
+    let log_code = codes.split_off(4);
+    assert_eq!(
+        i32::from_le_bytes(codes.try_into().unwrap()),
+        host_api::ERR_BOUNDS
+    );
+    assert_eq!(
+        i32::from_le_bytes(log_code.try_into().unwrap()),
+        host_api::ERR_TOO_LARGE
+    );
+    assert!(agent.is_running(&id));
+}
