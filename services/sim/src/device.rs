@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
-use wasmbed_device_core::{Backoff, CloseReason, Session, SessionConfig, SessionEvent, Signer};
+use wasmbed_device_core::{
+    Agent, AgentConfig, Backoff, CloseReason, Session, SessionConfig, SessionEvent, Signer,
+};
 use wasmbed_schemas::frame::Frame;
 use wasmbed_schemas::{DeviceId, Nonce, PublicKey};
 
@@ -32,6 +34,19 @@ pub struct SimConfig {
     /// Local addresses to connect from, one picked at random per connection (empty: the
     /// system's choice).
     pub source_ips: Vec<IpAddr>,
+    /// What the device reports about itself and how much its app runtime accepts.
+    pub agent: AgentConfig,
+}
+
+/// The simulated device's profile: a roomy Cortex-M-class budget.
+pub fn default_agent_config() -> AgentConfig {
+    AgentConfig {
+        mcu: "Simulated".into(),
+        firmware: concat!("wasmbed-sim ", env!("CARGO_PKG_VERSION")).into(),
+        app_ram_bytes: 512 * 1024,
+        max_module_len: 512 * 1024,
+        status_interval_ms: 10_000,
+    }
 }
 
 impl SimConfig {
@@ -44,6 +59,7 @@ impl SimConfig {
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             source_ips: Vec::new(),
+            agent: default_agent_config(),
         }
     }
 }
@@ -180,6 +196,8 @@ async fn run(
         config.backoff_max.as_millis() as u64,
     );
     let epoch = Instant::now();
+    // The agent outlives sessions: a cut transfer resumes, running apps stay loaded.
+    let mut agent = Agent::new(config.agent.clone());
     for attempt in 0usize.. {
         let Some(addr) = config.gateways.get(attempt % config.gateways.len().max(1)) else {
             return;
@@ -191,6 +209,7 @@ async fn run(
             *addr,
             epoch,
             &mut backoff,
+            &mut agent,
             &status,
             &mut commands,
             &inbox,
@@ -235,6 +254,7 @@ async fn session(
     addr: SocketAddr,
     epoch: Instant,
     backoff: &mut Backoff,
+    agent: &mut Agent,
     status: &watch::Sender<DeviceStatus>,
     commands: &mut mpsc::Receiver<Command>,
     inbox: &mpsc::Sender<Frame>,
@@ -264,6 +284,10 @@ async fn session(
     );
     let mut buf = vec![0u8; 4096];
     loop {
+        for frame in agent.take_frames() {
+            // Dropped while not established, as a device without a link would.
+            let _ = session.send(&frame);
+        }
         let out = session.take_outbound();
         if !out.is_empty() && write(&mut writer, &out).await.is_err() {
             status.send_modify(|s| {
@@ -276,6 +300,7 @@ async fn session(
             match event {
                 SessionEvent::Established { device_id } => {
                     backoff.reset();
+                    agent.on_established(&device_id);
                     status.send_modify(|s| {
                         s.device_id = Some(device_id);
                         s.connected = true;
@@ -283,6 +308,7 @@ async fn session(
                     });
                 }
                 SessionEvent::Frame(frame) => {
+                    agent.handle_frame(frame.clone(), now_ms());
                     let _ = inbox.try_send(frame);
                 }
                 SessionEvent::Closed(reason) => {
@@ -301,11 +327,11 @@ async fn session(
                 }
             }
         }
-        let wake = session
-            .poll_timeout()
-            .map_or(Instant::now() + Duration::from_secs(3600), |at| {
-                epoch + Duration::from_millis(at)
-            });
+        let mut wake_ms = session.poll_timeout().unwrap_or(now_ms() + 3_600_000);
+        if session.is_established() {
+            wake_ms = wake_ms.min(agent.next_wake());
+        }
+        let wake = epoch + Duration::from_millis(wake_ms);
         tokio::select! {
             read = reader.read(&mut buf) => match read {
                 Ok(n) if n > 0 => session.handle_input(&buf[..n], now_ms()),
@@ -317,7 +343,13 @@ async fn session(
                     return Ended::Retry(None);
                 }
             },
-            () = tokio::time::sleep_until(wake) => session.handle_timeout(now_ms()),
+            () = tokio::time::sleep_until(wake) => {
+                let now = now_ms();
+                session.handle_timeout(now);
+                if session.is_established() {
+                    agent.poll(now);
+                }
+            }
             command = commands.recv() => match command {
                 Some(Command::Send(frame)) => {
                     let _ = session.send(&frame);

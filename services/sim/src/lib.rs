@@ -9,5 +9,5 @@ mod device;
 mod once;
 
 pub use connector::{ConnectError, Connector};
-pub use device::{DeviceStatus, SimConfig, SimDevice, random_key};
+pub use device::{DeviceStatus, SimConfig, SimDevice, default_agent_config, random_key};
 pub use once::{AuthenticateError, Authenticated, authenticate};

@@ -1,1 +1,305 @@
-//! End-to-end tests live in `tests/`; this crate has no library code.
+//! A whole system for end-to-end tests: a real nats-server, enrollment, a gateway on real TLS,
+//! the deployer, and simulated devices — every service in this process, talking only over NATS.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // a test fixture: failing is failing
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wasmbed_bus::{CallError, call};
+use wasmbed_deployer::DeployerConfig;
+use wasmbed_device_core::Signer;
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_gateway::{GatewayConfig, Listeners};
+use wasmbed_schemas::command::{DeployApplication, GetCaCertificate, RegisterDevice};
+use wasmbed_schemas::event::Event;
+use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
+use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
+use wasmbed_test_support::{NatsServer, http_get};
+
+/// How long any single wait in these tests may take.
+pub const T: Duration = Duration::from_secs(20);
+
+/// A service task that can be stopped cleanly or killed.
+pub struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        Self {
+            stop,
+            task: tokio::spawn(run(stopped)),
+        }
+    }
+
+    /// Asks it to stop and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+
+    /// Drops it mid-flight: no goodbye, nothing flushed.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Everything but the devices.
+pub struct System {
+    /// The server.
+    pub nats: NatsServer,
+    /// A client for the test itself.
+    pub client: async_nats::Client,
+    /// The event log.
+    pub log: EventLog,
+    /// Where devices dial.
+    pub gateway_addr: SocketAddr,
+    /// The CA devices verify the gateway against.
+    pub ca_pem: String,
+    /// The gateway.
+    pub gateway: Option<Running>,
+    /// The deployer.
+    pub deployer: Option<Running>,
+    _enrollment: Running,
+    _ca_dir: tempfile::TempDir,
+}
+
+/// The deployer settings tests use: quick retries.
+pub fn deployer_config() -> DeployerConfig {
+    DeployerConfig {
+        step_timeout: Duration::from_millis(1500),
+        ..DeployerConfig::default()
+    }
+}
+
+impl System {
+    /// Starts nats-server, enrollment, a gateway and the deployer.
+    pub async fn start() -> Self {
+        let nats = NatsServer::start().await.unwrap();
+        let client = nats.client().await.unwrap();
+        let ca_dir = tempfile::tempdir().unwrap();
+        let enrollment = Running::spawn({
+            let client = client.clone();
+            let config = wasmbed_enrollment::EnrollmentConfig::new(ca_dir.path().to_path_buf());
+            |stopped| async move {
+                let _ = wasmbed_enrollment::run(client, config, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            }
+        });
+        let mut ca_pem = None;
+        for _ in 0..200 {
+            if let Ok(ca) = call(&client, &GetCaCertificate {}, Duration::from_millis(200)).await {
+                ca_pem = Some(ca.certificate_pem);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = EventLog::open(client.clone(), &LogOptions::default())
+            .await
+            .unwrap();
+        let mut system = Self {
+            nats,
+            client,
+            log,
+            gateway_addr: "127.0.0.1:0".parse().unwrap(),
+            ca_pem: ca_pem.expect("enrollment came up"),
+            gateway: None,
+            deployer: None,
+            _enrollment: enrollment,
+            _ca_dir: ca_dir,
+        };
+        system.start_gateway().await;
+        system.start_deployer().await;
+        system
+    }
+
+    /// Starts the gateway (again) on the same address.
+    pub async fn start_gateway(&mut self) {
+        let port = self.gateway_addr.port();
+        let tls = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.gateway_addr = tls.local_addr().unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let mut config = GatewayConfig::new(GatewayId::new("gw-e2e").unwrap());
+        config.heartbeat_interval = Duration::from_millis(500);
+        let client = self.client.clone();
+        self.gateway = Some(Running::spawn(|stopped| async move {
+            let _ = wasmbed_gateway::run(client, config, Listeners { tls, http }, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        }));
+        let deadline = tokio::time::Instant::now() + T;
+        while http_get(http_addr, "/ready").await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway never ready"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts a deployer and waits until it answers commands.
+    pub async fn start_deployer(&mut self) {
+        let client = self.client.clone();
+        self.deployer = Some(Running::spawn(|stopped| async move {
+            let _ = wasmbed_deployer::run(client, deployer_config(), async move {
+                let _ = stopped.await;
+            })
+            .await;
+        }));
+        let probe = DeployApplication {
+            app_id: AppId::new("readiness-probe").unwrap(),
+        };
+        let deadline = tokio::time::Instant::now() + T;
+        // An answer, even "not found", means it is serving.
+        while let Err(CallError::Transport { .. }) =
+            call(&self.client, &probe, Duration::from_millis(200)).await
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "deployer never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A device client connector trusting this system's CA.
+    pub fn connector(&self) -> Connector {
+        Connector::new(&self.ca_pem, "localhost").unwrap()
+    }
+
+    /// Registers a fresh key as `name` with `labels`; returns the id and the key.
+    pub async fn register(&self, name: &str, labels: &[(&str, &str)]) -> (DeviceId, SigningKey) {
+        let key = random_key();
+        let device_id = DeviceId::new(name).unwrap();
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        call(
+            &self.client,
+            &RegisterDevice {
+                device_id: device_id.clone(),
+                public_key: key.public_key(),
+                mcu: None,
+                labels,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        (device_id, key)
+    }
+
+    /// A simulated device with `key`, dialling this system's gateway.
+    pub fn sim(&self, key: SigningKey) -> SimDevice {
+        let mut config = SimConfig::new(vec![self.gateway_addr]);
+        config.backoff_base = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(500);
+        SimDevice::spawn(self.connector(), Arc::new(config), key)
+    }
+
+    /// Registers `name` and starts its simulated device: connected, and described (so the
+    /// deployer knows its RAM).
+    pub async fn device(&self, name: &str, labels: &[(&str, &str)]) -> (DeviceId, SimDevice) {
+        let (id, key) = self.register(name, labels).await;
+        let mut sim = self.sim(key);
+        sim.wait_for(|s| s.connected, T).await.unwrap();
+        self.wait_events(&AggregateId::Device(id.clone()), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::DeviceDescribed(_)))
+        })
+        .await;
+        (id, sim)
+    }
+
+    /// The events of one aggregate.
+    pub async fn events(&self, aggregate: &AggregateId) -> Vec<Event> {
+        self.log
+            .read(aggregate)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.envelope.event)
+            .collect()
+    }
+
+    /// Waits until an aggregate's history satisfies `condition`.
+    pub async fn wait_events(
+        &self,
+        aggregate: &AggregateId,
+        condition: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let events = self.events(aggregate).await;
+            if condition(&events) {
+                return events;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "events of {aggregate:?} never matched: {:#?}",
+                names(&events)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The deployment aggregate of `app` on `device`.
+pub fn deployment(app: &AppId, device: &DeviceId) -> AggregateId {
+    AggregateId::Deployment {
+        app: app.clone(),
+        device: device.clone(),
+    }
+}
+
+/// Event type names, for assertions that read like the log.
+pub fn names(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(Event::type_name).collect()
+}
+
+/// `module` grown to at least `len` bytes with a custom section (ignored by the runtime), so
+/// transfers of realistic sizes can be measured with a tiny app.
+pub fn padded(module: &[u8], len: usize) -> Vec<u8> {
+    let mut out = module.to_vec();
+    let name = b"wasmbed-padding";
+    let payload = len.saturating_sub(module.len() + name.len() + 8).max(1);
+    let mut body = Vec::new();
+    leb128(&mut body, name.len());
+    body.extend_from_slice(name);
+    body.resize(body.len() + payload, 0xa5);
+    out.push(0);
+    leb128(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn leb128(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}

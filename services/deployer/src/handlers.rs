@@ -1,0 +1,342 @@
+//! One handler per deployer command. Each validates, then records application events with a
+//! concurrency check on the application's version; a retry of a command that already took
+//! effect answers with the same result instead of recording it twice.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+use wasmbed_bus::Router;
+use wasmbed_eventlog::{AppendError, ExpectedVersion};
+use wasmbed_schemas::AggregateId;
+use wasmbed_schemas::command::*;
+use wasmbed_schemas::event::{
+    ApplicationCreated, ApplicationDeleted, ApplicationDeployRequested, ApplicationStopRequested,
+    Event, ModuleRejected, ModuleUploaded,
+};
+use wasmbed_schemas::frame::{Limits, MODULE_CHUNK_LEN};
+use wasmbed_schemas::{AppId, Sha256};
+
+use crate::fleet::{AppView, Desired};
+use crate::modules::ModuleError;
+use crate::{Deployer, validate};
+
+type State = Arc<Deployer>;
+
+/// Configuration bytes travel in one `Deploy` frame, so they must stay well under a frame.
+pub const MAX_CONFIG_LEN: usize = MODULE_CHUNK_LEN / 2;
+
+pub(crate) fn router() -> Router<Deployer> {
+    Router::new(crate::SERVICE)
+        .route(create_application)
+        .route(deploy_application)
+        .route(update_application)
+        .route(stop_application)
+        .route(delete_application)
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> CommandError {
+    CommandError {
+        code,
+        message: message.into(),
+    }
+}
+
+fn append_error(e: AppendError) -> CommandError {
+    match e {
+        AppendError::Conflict { .. } => refuse(
+            ErrorCode::Conflict,
+            "the application changed concurrently; retry",
+        ),
+        other => refuse(ErrorCode::Unavailable, format!("event log: {other}")),
+    }
+}
+
+fn module_error(e: ModuleError) -> CommandError {
+    match e {
+        ModuleError::NotFound(_) => refuse(ErrorCode::NotFound, format!("module_sha256: {e}")),
+        ModuleError::TooLarge(_) | ModuleError::DigestMismatch { .. } => {
+            refuse(ErrorCode::Refused, e.to_string())
+        }
+        other => refuse(ErrorCode::Unavailable, other.to_string()),
+    }
+}
+
+fn check_limits(limits: &Limits) -> Result<(), CommandError> {
+    if limits.fuel_per_invocation == 0 {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            "limits.fuel_per_invocation must be at least 1",
+        ));
+    }
+    if limits.max_memory_pages == 0 || limits.max_memory_pages > 65_536 {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            "limits.max_memory_pages must be between 1 and 65536",
+        ));
+    }
+    if limits.tick_interval_ms < 10 {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            "limits.tick_interval_ms must be at least 10",
+        ));
+    }
+    Ok(())
+}
+
+fn app_version(state: &Deployer, app: &AppId) -> u64 {
+    state
+        .fleet()
+        .version(&AggregateId::Application(app.clone()))
+}
+
+fn live_app(state: &Deployer, id: &AppId) -> Result<AppView, CommandError> {
+    match state.fleet().apps.get(id) {
+        Some(app) if !app.deleted => Ok(app.clone()),
+        Some(_) => Err(refuse(
+            ErrorCode::NotFound,
+            format!("app_id: application {id} was deleted"),
+        )),
+        None => Err(refuse(
+            ErrorCode::NotFound,
+            format!("app_id: no application {id}"),
+        )),
+    }
+}
+
+/// Loads and validates a module; a refusal is recorded as `ModuleRejected` and answered.
+async fn checked_module(
+    state: &Deployer,
+    app: &AppId,
+    sha: &Sha256,
+    limits: &Limits,
+) -> Result<u64, CommandError> {
+    let bytes = state.modules.get(sha).await.map_err(module_error)?;
+    if let Err(reason) = validate(&bytes, limits) {
+        info!(%app, %sha, %reason, "module rejected");
+        let event = ModuleRejected {
+            app_id: app.clone(),
+            sha256: *sha,
+            reason: reason.clone(),
+        };
+        if let Err(e) = state.record(ExpectedVersion::Any, event.into()).await {
+            warn!(error = %e, "rejection not recorded");
+        }
+        return Err(refuse(
+            ErrorCode::Refused,
+            format!("module_sha256: {reason}"),
+        ));
+    }
+    Ok(bytes.len() as u64)
+}
+
+async fn create_application(state: State, c: CreateApplication) -> Result<Accepted, CommandError> {
+    check_limits(&c.limits)?;
+    if c.name.trim().is_empty() {
+        return Err(refuse(ErrorCode::InvalidRequest, "name must not be empty"));
+    }
+    if c.config.0.len() > MAX_CONFIG_LEN {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "config is {} bytes; at most {MAX_CONFIG_LEN}",
+                c.config.0.len()
+            ),
+        ));
+    }
+    let existing = state.fleet().apps.get(&c.app_id).cloned();
+    let needs_creation = match existing {
+        None => true,
+        Some(app) if app.deleted => {
+            return Err(refuse(
+                ErrorCode::AlreadyExists,
+                format!("app_id: {} was deleted; ids are not reused", c.app_id),
+            ));
+        }
+        Some(app) => {
+            let same = app.name == c.name
+                && app.target == c.target
+                && app.config == c.config
+                && app.limits == c.limits;
+            match app.modules.get(&1) {
+                Some(m) if same && m.sha256 == c.module_sha256 => {
+                    return Ok(Accepted {
+                        sequence: app_version(&state, &c.app_id),
+                    });
+                }
+                // Created, but the module event did not make it: finish the job.
+                None if same => false,
+                _ => {
+                    return Err(refuse(
+                        ErrorCode::AlreadyExists,
+                        format!("app_id: {} exists with other settings", c.app_id),
+                    ));
+                }
+            }
+        }
+    };
+    let size_bytes = checked_module(&state, &c.app_id, &c.module_sha256, &c.limits).await?;
+    let mut expected = ExpectedVersion::Exactly(app_version(&state, &c.app_id));
+    if needs_creation {
+        let created = ApplicationCreated {
+            app_id: c.app_id.clone(),
+            name: c.name,
+            target: c.target,
+            config: c.config,
+            limits: c.limits,
+        };
+        let seq = state
+            .record(expected, created.into())
+            .await
+            .map_err(append_error)?;
+        expected = ExpectedVersion::Exactly(seq);
+    }
+    let uploaded = ModuleUploaded {
+        app_id: c.app_id,
+        version: 1,
+        sha256: c.module_sha256,
+        size_bytes,
+    };
+    let sequence = state
+        .record(expected, uploaded.into())
+        .await
+        .map_err(append_error)?;
+    Ok(Accepted { sequence })
+}
+
+async fn deploy_application(state: State, c: DeployApplication) -> Result<Accepted, CommandError> {
+    let app = live_app(&state, &c.app_id)?;
+    let Some((latest, _)) = app.latest() else {
+        return Err(refuse(
+            ErrorCode::Refused,
+            format!("app_id: {} has no module yet", c.app_id),
+        ));
+    };
+    if app.desired == Desired::Running(latest) {
+        return Ok(Accepted {
+            sequence: app_version(&state, &c.app_id),
+        });
+    }
+    record_app_event(
+        &state,
+        &c.app_id,
+        ApplicationDeployRequested {
+            app_id: c.app_id.clone(),
+            version: latest,
+        }
+        .into(),
+    )
+    .await
+}
+
+async fn update_application(state: State, c: UpdateApplication) -> Result<Accepted, CommandError> {
+    let app = live_app(&state, &c.app_id)?;
+    let latest = app.latest();
+    if latest.is_some_and(|(_, m)| m.sha256 == c.module_sha256) {
+        return Ok(Accepted {
+            sequence: app_version(&state, &c.app_id),
+        });
+    }
+    let size_bytes = checked_module(&state, &c.app_id, &c.module_sha256, &app.limits).await?;
+    let version = latest.map_or(1, |(v, _)| v + 1);
+    let sequence = record_app_event(
+        &state,
+        &c.app_id,
+        ModuleUploaded {
+            app_id: c.app_id.clone(),
+            version,
+            sha256: c.module_sha256,
+            size_bytes,
+        }
+        .into(),
+    )
+    .await?;
+    if !matches!(app.desired, Desired::Running(_)) {
+        return Ok(sequence);
+    }
+    record_app_event(
+        &state,
+        &c.app_id,
+        ApplicationDeployRequested {
+            app_id: c.app_id.clone(),
+            version,
+        }
+        .into(),
+    )
+    .await
+}
+
+async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, CommandError> {
+    let app = live_app(&state, &c.app_id)?;
+    if app.desired == Desired::Stopped {
+        return Ok(Accepted {
+            sequence: app_version(&state, &c.app_id),
+        });
+    }
+    record_app_event(
+        &state,
+        &c.app_id,
+        ApplicationStopRequested {
+            app_id: c.app_id.clone(),
+        }
+        .into(),
+    )
+    .await
+}
+
+async fn delete_application(state: State, c: DeleteApplication) -> Result<Accepted, CommandError> {
+    let app = match state.fleet().apps.get(&c.app_id).cloned() {
+        Some(app) if app.deleted => {
+            return Ok(Accepted {
+                sequence: app_version(&state, &c.app_id),
+            });
+        }
+        Some(app) => app,
+        None => {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("app_id: no application {}", c.app_id),
+            ));
+        }
+    };
+    let sequence = record_app_event(
+        &state,
+        &c.app_id,
+        ApplicationDeleted {
+            app_id: c.app_id.clone(),
+        }
+        .into(),
+    )
+    .await?
+    .sequence;
+    // Modules no live application uses any more leave the store; devices that still run the
+    // app are told to stop, which needs no module.
+    let unused: Vec<Sha256> = {
+        let fleet = state.fleet();
+        app.modules
+            .values()
+            .map(|m| m.sha256)
+            .filter(|sha| {
+                !fleet
+                    .apps
+                    .values()
+                    .any(|other| !other.deleted && other.modules.values().any(|m| m.sha256 == *sha))
+            })
+            .collect()
+    };
+    for sha in unused {
+        if let Err(e) = state.modules.delete(&sha).await {
+            warn!(%sha, error = %e, "unused module not removed");
+        }
+    }
+    Ok(Accepted { sequence })
+}
+
+async fn record_app_event(
+    state: &Deployer,
+    app: &AppId,
+    event: Event,
+) -> Result<Accepted, CommandError> {
+    let expected = ExpectedVersion::Exactly(app_version(state, app));
+    let sequence = state.record(expected, event).await.map_err(append_error)?;
+    Ok(Accepted { sequence })
+}

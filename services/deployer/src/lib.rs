@@ -1,0 +1,187 @@
+//! The deployer: applications (WASM modules) to devices.
+//!
+//! - Commands on `wasmbed.cmd.v1.deployer.*` create, deploy, update, stop and delete
+//!   applications; each is validated and recorded as application events.
+//! - A reconciler compares what should run (application events) with what the log says each
+//!   device has (deployment events) and closes the gap: it records `DeploymentRequested` (or
+//!   `DeploymentRefused` when the app does not fit the device), streams the module in chunks
+//!   over the device's downlink, and records `Delivered`, `Running`, `Failed`, `Stopped` from
+//!   what the device reports on its uplink.
+//! - Its view is rebuilt from the log at start; in-flight transfers are not persisted because
+//!   the device says how far it got, so a restart neither loses nor repeats a delivery.
+
+mod fleet;
+mod handlers;
+mod modules;
+mod reconciler;
+mod validate;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use wasmbed_eventlog::{AppendError, EventLog, ExpectedVersion, LogOptions, StoredEvent};
+use wasmbed_schemas::AggregateKind;
+use wasmbed_schemas::event::{Event, EventEnvelope};
+use wasmbed_schemas::subject::{self, Service};
+
+pub use fleet::{AppView, DeploymentView, Desired, DeviceView, Fleet, Phase};
+pub use modules::{MAX_MODULE_LEN, ModuleError, ModuleStore, digest, upload_module};
+pub use validate::{ModuleFacts, validate};
+
+/// The service this crate answers for.
+pub const SERVICE: Service = Service::Deployer;
+
+/// Settings of the deployer.
+#[derive(Debug, Clone)]
+pub struct DeployerConfig {
+    /// RAM budget for apps on a device that has not reported its own.
+    pub default_app_ram_bytes: u32,
+    /// How long a step (transfer, deploy, stop) may go without an answer before it is sent
+    /// again; doubled on each retry, up to a minute.
+    pub step_timeout: Duration,
+    /// Deliveries of one version to one device that may fail (digest mismatch) before the
+    /// deployment is recorded as failed.
+    pub max_delivery_attempts: u32,
+    /// Replicas of the streams this service creates.
+    pub replicas: usize,
+}
+
+impl Default for DeployerConfig {
+    fn default() -> Self {
+        Self {
+            default_app_ram_bytes: 256 * 1024,
+            step_timeout: Duration::from_secs(5),
+            max_delivery_attempts: 3,
+            replicas: 1,
+        }
+    }
+}
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployerError {
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] wasmbed_eventlog::SetupError),
+    /// Reading history failed.
+    #[error(transparent)]
+    Read(#[from] wasmbed_eventlog::ReadError),
+    /// The module store could not be opened.
+    #[error(transparent)]
+    Modules(#[from] ModuleError),
+    /// The read model could not be opened.
+    #[error(transparent)]
+    ReadModel(#[from] wasmbed_eventlog::ReadModelError),
+    /// Subscribing failed.
+    #[error("subscribing: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// State shared by the command handlers and the reconciler.
+pub(crate) struct Deployer {
+    pub(crate) log: EventLog,
+    pub(crate) modules: ModuleStore,
+    pub(crate) fleet: Mutex<Fleet>,
+    pub(crate) touched: mpsc::UnboundedSender<fleet::Touched>,
+    pub(crate) config: DeployerConfig,
+}
+
+impl Deployer {
+    pub(crate) fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
+        self.fleet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends `event` and applies it at once, so the next decision sees it even before the
+    /// log follower does; tells the reconciler what changed.
+    pub(crate) async fn record(
+        &self,
+        expected: ExpectedVersion,
+        event: Event,
+    ) -> Result<u64, AppendError> {
+        let envelope = EventEnvelope::new(event);
+        let appended = self.log.append(expected, &envelope).await?;
+        let touched = self.fleet().apply(&StoredEvent {
+            sequence: appended.sequence,
+            envelope,
+        });
+        let _ = self.touched.send(touched);
+        Ok(appended.sequence)
+    }
+}
+
+/// The aggregates the deployer's view is folded from.
+fn followed_subjects() -> Vec<String> {
+    [
+        AggregateKind::Device,
+        AggregateKind::Application,
+        AggregateKind::Deployment,
+    ]
+    .into_iter()
+    .map(subject::events_of_kind)
+    .collect()
+}
+
+/// Runs the service until `shutdown` completes: catches up on history, then answers commands
+/// and reconciles.
+pub async fn run(
+    client: async_nats::Client,
+    config: DeployerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DeployerError> {
+    let log = EventLog::open(
+        client.clone(),
+        &LogOptions {
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let modules = ModuleStore::open(log.jetstream()).await?;
+    let statuses = log
+        .read_model::<wasmbed_schemas::device_message::DeploymentStatus>(
+            subject::DEPLOYMENTS_BUCKET,
+        )
+        .await?;
+
+    let mut follow = log.follow(followed_subjects()).await?;
+    let mut fleet = Fleet::default();
+    for _ in 0..follow.pending_at_start {
+        match follow.next().await {
+            Some(Ok((event, _))) => {
+                fleet.apply(&event);
+            }
+            Some(Err(e)) => warn!(error = %e, "event skipped"),
+            None => break,
+        }
+    }
+    info!(
+        devices = fleet.devices.len(),
+        apps = fleet.apps.len(),
+        deployments = fleet.deployments.len(),
+        "history loaded"
+    );
+
+    let (touched_tx, touched_rx) = mpsc::unbounded_channel();
+    let state = Arc::new(Deployer {
+        log,
+        modules,
+        fleet: Mutex::new(fleet),
+        touched: touched_tx,
+        config,
+    });
+    let uplink = client
+        .queue_subscribe(subject::DEVICE_UPLINK_ALL, "deployer".to_owned())
+        .await?;
+    let reconciler = reconciler::Reconciler::new(state.clone(), client.clone(), statuses);
+    let reconciling = tokio::spawn(reconciler.run(follow, uplink, touched_rx));
+    let served = wasmbed_bus::serve(client, handlers::router(), state, shutdown).await;
+    reconciling.abort();
+    served?;
+    info!("deployer stopped");
+    Ok(())
+}
