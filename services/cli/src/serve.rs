@@ -19,6 +19,17 @@ pub enum ServeCommand {
     Gateway(GatewayArgs),
     /// The telemetry service: device liveness and the fleet's metrics.
     Telemetry(TelemetryArgs),
+    /// The deployer: applications (WASM modules) to devices.
+    Deployer(DeployerArgs),
+}
+
+#[derive(Args)]
+pub struct DeployerArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// RAM budget for apps, in KiB, on devices that have not reported their own.
+    #[arg(long, env = "WASMBED_DEFAULT_APP_RAM_KIB", default_value_t = 256)]
+    default_app_ram_kib: u32,
 }
 
 /// Where the bus is.
@@ -144,6 +155,15 @@ pub async fn run(command: ServeCommand) -> Result<()> {
                 .await
                 .with_context(|| format!("binding {}", args.http_listen))?;
             wasmbed_telemetry::run(client, config, http, ctrl_c()).await?;
+        }
+        ServeCommand::Deployer(args) => {
+            let client = connect(&args.nats, "deployer").await?;
+            let config = wasmbed_deployer::DeployerConfig {
+                default_app_ram_bytes: args.default_app_ram_kib.saturating_mul(1024),
+                replicas: args.nats.replicas,
+                ..Default::default()
+            };
+            wasmbed_deployer::run(client, config, ctrl_c()).await?;
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `wasmbed up`: the embedded default on one machine — a local nats-server, every service built
-//! so far (enrollment, a gateway, telemetry) in (each on its own NATS connection, talking only over the bus), and simulated
-//! devices that enroll and connect.
+//! so far (enrollment, a gateway, telemetry, the deployer) in this process, each on its own
+//! NATS connection and talking only over the bus, and simulated devices that enroll, connect
+//! and run an example app.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +17,13 @@ use wasmbed_enrollment::EnrollmentConfig;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_gateway::{GatewayConfig, Listeners};
 use wasmbed_local_nats::{NatsProcess, NatsProcessConfig, find_binary, free_port};
-use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
-use wasmbed_schemas::{DeviceId, GatewayId, PublicKey};
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::command::{
+    CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice,
+};
+use wasmbed_schemas::event::Target;
+use wasmbed_schemas::frame::Limits;
+use wasmbed_schemas::{AppId, DeviceId, GatewayId, PublicKey};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 
 /// Prints a line; a closed stdout (`wasmbed up | head`) must not take the system down.
@@ -51,6 +57,9 @@ pub struct UpArgs {
     /// How many simulated devices to run.
     #[arg(long, env = "WASMBED_DEVICES", default_value_t = 3)]
     devices: usize,
+    /// The example app to deploy to every device (`sensor`, `counter`), or `none`.
+    #[arg(long, env = "WASMBED_EXAMPLE_APP", default_value = "sensor")]
+    example_app: String,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -109,6 +118,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         until_stopped(stopping.clone()),
     ));
 
+    let deployer = tokio::spawn(wasmbed_deployer::run(
+        connect("deployer").await?,
+        wasmbed_deployer::DeployerConfig::default(),
+        until_stopped(stopping.clone()),
+    ));
+
     let connector = Connector::new(&ca, "localhost")?;
     let sim_config = Arc::new(SimConfig::new(vec![gateway_addr]));
     let mut devices = Vec::new();
@@ -132,6 +147,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     }
 
+    let app_line = deploy_example(&client, &args.example_app).await?;
+
     say!("wasmbed is up");
     say!("  nats:    {}", nats.url());
     say!("  gateway: {gateway_addr} (TLS 1.3)  http://{http_addr}/metrics");
@@ -145,6 +162,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    say!("  apps:    {app_line}");
     say!("  state:   {}", state.display());
     say!(
         "Watch the log: wasmbed events tail --from-start --nats {}",
@@ -158,12 +176,75 @@ pub async fn run(args: UpArgs) -> Result<()> {
         device.stop().await;
     }
     let _ = stop.send(true);
-    let (gateway, enrollment, telemetry) = (gateway.await, enrollment.await, telemetry.await);
+    let (gateway, enrollment, telemetry, deployer) = (
+        gateway.await,
+        enrollment.await,
+        telemetry.await,
+        deployer.await,
+    );
     nats.stop(Duration::from_secs(10)).await;
     gateway.context("gateway task")??;
     enrollment.context("enrollment task")??;
     telemetry.context("telemetry task")??;
+    deployer.context("deployer task")??;
     Ok(())
+}
+
+/// Deploys one of the built-in example apps to every device (idempotent across restarts);
+/// returns a line for the banner.
+async fn deploy_example(client: &async_nats::Client, name: &str) -> Result<String> {
+    if name == "none" {
+        return Ok("none deployed (--example-app none)".to_owned());
+    }
+    let Some((_, module)) = wasmbed_example_apps::ALL
+        .iter()
+        .find(|(n, _)| *n == name && *n != "spin")
+    else {
+        bail!("--example-app {name:?}: choose sensor, counter or none");
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let sha = wasmbed_deployer::upload_module(&js, module).await?;
+    let app_id = AppId::new(name)?;
+    // The deployer may still be catching up on the log: retry until it answers.
+    let create = CreateApplication {
+        app_id: app_id.clone(),
+        name: format!("example: {name}"),
+        module_sha256: sha,
+        target: Target::All,
+        config: Blob(b"embedded".to_vec()),
+        limits: Limits {
+            fuel_per_invocation: 1_000_000,
+            max_memory_pages: 2,
+            tick_interval_ms: 1000,
+        },
+    };
+    let mut answered = None;
+    for _ in 0..100 {
+        match call(client, &create, Duration::from_millis(500)).await {
+            Err(wasmbed_bus::CallError::Transport { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => {
+                answered = Some(other);
+                break;
+            }
+        }
+    }
+    answered
+        .context("the deployer did not answer within 60 s")?
+        .with_context(|| format!("creating the {name} app"))?;
+    call(
+        client,
+        &DeployApplication {
+            app_id: app_id.clone(),
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .with_context(|| format!("deploying the {name} app"))?;
+    Ok(format!(
+        "{app_id} deployed to every device; watch it: wasmbed telemetry tail"
+    ))
 }
 
 async fn start_nats(state: &Path, port: u16) -> Result<NatsProcess> {

@@ -98,12 +98,32 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
         let kinds: Vec<&str> = events
             .iter()
             .map(|e| e.envelope.event.type_name())
+            .filter(|k| *k != "DeviceDescribed")
             .collect();
         assert_eq!(
             kinds,
             ["DeviceRegistered", "DeviceEnrolled", "DeviceConnected"],
             "{id}"
         );
+    }
+
+    // The example app runs on both devices.
+    assert!(field(&printed, "apps:").starts_with("sensor deployed to every device"));
+    for id in ["sim-1", "sim-2"] {
+        let deployment = AggregateId::Deployment {
+            app: wasmbed_schemas::AppId::new("sensor").unwrap(),
+            device: DeviceId::new(id).unwrap(),
+        };
+        let mut last = None;
+        for _ in 0..200 {
+            let events = log.read(&deployment).await.unwrap();
+            last = events.last().map(|e| e.envelope.event.type_name());
+            if last == Some("DeploymentRunning") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(last, Some("DeploymentRunning"), "{id}");
     }
 
     // The fleet's metrics count both devices online (liveness is checked every second).

@@ -16,18 +16,6 @@ pub struct ModuleFacts {
     pub max_pages: Option<u64>,
 }
 
-impl ModuleFacts {
-    /// The most memory this module can use on a device under `limits`, in bytes.
-    pub fn reserved_bytes(&self, limits: &Limits) -> u64 {
-        let pages = self
-            .max_pages
-            .map_or(u64::from(limits.max_memory_pages), |max| {
-                max.min(u64::from(limits.max_memory_pages))
-            });
-        pages * 64 * 1024
-    }
-}
-
 fn same_type(ours: ValType, theirs: WasmValType) -> bool {
     matches!(
         (ours, theirs),
