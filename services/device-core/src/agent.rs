@@ -110,6 +110,11 @@ impl Agent {
             .map_or(self.next_status_ms, |due| due.min(self.next_status_ms))
     }
 
+    /// Whether frames are waiting to be sent.
+    pub fn has_frames(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// Frames to send, oldest first.
     pub fn take_frames(&mut self) -> Vec<Frame> {
         core::mem::take(&mut self.outbox)

@@ -327,6 +327,10 @@ async fn session(
                 }
             }
         }
+        if agent.has_frames() && session.is_established() {
+            // What the agent answered goes out now, not with the next heartbeat.
+            continue;
+        }
         let mut wake_ms = session.poll_timeout().unwrap_or(now_ms() + 3_600_000);
         if session.is_established() {
             wake_ms = wake_ms.min(agent.next_wake());

@@ -23,6 +23,8 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
 use wasmbed_test_support::{NatsServer, http_get};
 
+pub mod rollout;
+
 /// How long any single wait in these tests may take.
 pub const T: Duration = Duration::from_secs(20);
 
@@ -279,17 +281,28 @@ pub fn names(events: &[Event]) -> Vec<&'static str> {
 /// `module` grown to at least `len` bytes with a custom section (ignored by the runtime), so
 /// transfers of realistic sizes can be measured with a tiny app.
 pub fn padded(module: &[u8], len: usize) -> Vec<u8> {
-    let mut out = module.to_vec();
-    let name = b"wasmbed-padding";
-    let payload = len.saturating_sub(module.len() + name.len() + 8).max(1);
-    let mut body = Vec::new();
-    leb128(&mut body, name.len());
-    body.extend_from_slice(name);
-    body.resize(body.len() + payload, 0xa5);
-    out.push(0);
-    leb128(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+    let build = |payload: usize| {
+        let name = b"wasmbed-padding";
+        let mut body = Vec::new();
+        leb128(&mut body, name.len());
+        body.extend_from_slice(name);
+        body.resize(body.len() + payload, 0xa5);
+        let mut out = module.to_vec();
+        out.push(0);
+        leb128(&mut out, body.len());
+        out.extend_from_slice(&body);
+        out
+    };
+    // The section length's own encoding grows with the payload: settle in a few steps.
+    let mut payload = 1;
+    for _ in 0..4 {
+        let size = build(payload).len();
+        if size == len || (size > len && payload == 1) {
+            break;
+        }
+        payload = (payload + len).saturating_sub(size).max(1);
+    }
+    build(payload)
 }
 
 fn leb128(out: &mut Vec<u8>, mut n: usize) {

@@ -542,3 +542,27 @@ async fn a_cut_transfer_resumes_and_a_corrupted_one_never_runs() {
     );
     sim.stop().await;
 }
+
+#[test]
+fn padding_reaches_the_size_asked_for_and_stays_valid() {
+    let module = padded(SENSOR, 64 * 1024);
+    assert_eq!(module.len(), 64 * 1024);
+    wasmbed_deployer::validate(&module, &limits()).unwrap();
+}
+
+/// The rollout benchmark's quick mode, for CI: fewer devices, the same path. It checks that
+/// every device ends up running; the figure is printed, not asserted (timing belongs to the
+/// benchmark).
+#[tokio::test]
+async fn quick_rollout_to_fifty_devices() {
+    let system = System::start().await;
+    let r = wasmbed_e2e::rollout::rollout(&system, 50, 64 * 1024, T).await;
+    assert_eq!(r.latencies.len(), 50);
+    println!(
+        "rollout of {} KiB to {} devices: all running after {:.2?} (p50 {:.2?})",
+        r.module_len / 1024,
+        r.devices,
+        r.all_running,
+        r.quantile(0.5)
+    );
+}

@@ -290,6 +290,10 @@ impl Reconciler {
             let results = self.state.log.append_pipelined(appends, 256).await;
             for (envelope, result) in envelopes.into_iter().zip(results) {
                 match result {
+                    // Only deployments have this service as their one writer. A device
+                    // event applied ahead of the follower would make the view skip the
+                    // other services' earlier events on that device (versions only grow).
+                    Ok(_) if !matches!(envelope.aggregate, AggregateId::Deployment { .. }) => {}
                     Ok(appended) => {
                         let t = self.state.fleet().apply(&StoredEvent {
                             sequence: appended.sequence,

@@ -1,0 +1,69 @@
+//! Rollout benchmark: deploy a 64 KiB module to N simulated devices and time until every one
+//! reports it running (`DeploymentRunning` in the log).
+//!
+//! `cargo bench -p wasmbed-e2e --bench deploy` runs 1,000 devices; `WASMBED_BENCH_DEVICES=N`
+//! sets another count. Everything (gateway, enrollment, deployer, the devices' TLS clients and
+//! their wasmi runtimes) shares this machine's cores with one nats-server, so the figure is an
+//! upper bound for a deployment where devices are separate machines.
+
+#![allow(clippy::unwrap_used)] // a benchmark: failing is failing
+
+use std::time::Duration;
+
+use wasmbed_e2e::System;
+use wasmbed_e2e::rollout::rollout;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMBED_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let devices = env("WASMBED_BENCH_DEVICES", 1000) as usize;
+    let timeout = Duration::from_secs(env("WASMBED_BENCH_TIMEOUT_SECS", 300));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let system = System::start().await;
+        let r = rollout(&system, devices, 64 * 1024, timeout).await;
+        println!(
+            "rollout of a {} KiB module to {} simulated devices",
+            r.module_len / 1024,
+            r.devices
+        );
+        println!(
+            "  setup: registered in {:.2?}, connected in {:.2?}",
+            r.registered, r.connected
+        );
+        println!(
+            "  all running after {:.2?}  (first {:.2?}, p50 {:.2?}, p99 {:.2?})",
+            r.all_running,
+            r.latencies[0],
+            r.quantile(0.50),
+            r.quantile(0.99)
+        );
+        let megabytes = (r.devices * r.module_len) as f64 / 1e6;
+        let secs = r.all_running.as_secs_f64();
+        println!(
+            "  {:.0} devices/s, {megabytes:.1} MB of module bytes delivered, {:.1} MB/s",
+            r.devices as f64 / secs,
+            megabytes / secs
+        );
+        let target = if r.devices <= 1000 {
+            "< 2 s for 1,000"
+        } else {
+            "< 15 s for 10,000"
+        };
+        println!("  target: {target}");
+    });
+}
