@@ -124,6 +124,11 @@ impl Receiver {
     /// the transfer really is.
     pub fn chunk(&mut self, chunk: ModuleChunk) -> TransferReply {
         let app = chunk.app_id;
+        if !self.partial.contains_key(&app) && self.ready.contains_key(&app) {
+            // A late copy of a transfer that already completed (the sender retried): nothing
+            // to add and nothing to say.
+            return TransferReply::default();
+        }
         let Some(partial) = self.partial.get_mut(&app) else {
             return TransferReply {
                 ack: None,

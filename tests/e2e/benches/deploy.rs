@@ -34,7 +34,8 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let system = System::start().await;
+        // The production settings, not the tests' quick retries.
+        let system = System::start_with(wasmbed_deployer::DeployerConfig::default()).await;
         let r = rollout(&system, devices, 64 * 1024, timeout).await;
         println!(
             "rollout of a {} KiB module to {} simulated devices",

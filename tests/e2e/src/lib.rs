@@ -75,6 +75,7 @@ pub struct System {
     pub gateway: Option<Running>,
     /// The deployer.
     pub deployer: Option<Running>,
+    deployer_config: DeployerConfig,
     _enrollment: Running,
     _ca_dir: tempfile::TempDir,
 }
@@ -88,8 +89,13 @@ pub fn deployer_config() -> DeployerConfig {
 }
 
 impl System {
-    /// Starts nats-server, enrollment, a gateway and the deployer.
+    /// Starts nats-server, enrollment, a gateway and the deployer (with quick retries).
     pub async fn start() -> Self {
+        Self::start_with(deployer_config()).await
+    }
+
+    /// The same with the deployer configured by `deployer`.
+    pub async fn start_with(deployer: DeployerConfig) -> Self {
         let nats = NatsServer::start().await.unwrap();
         let client = nats.client().await.unwrap();
         let ca_dir = tempfile::tempdir().unwrap();
@@ -122,6 +128,7 @@ impl System {
             ca_pem: ca_pem.expect("enrollment came up"),
             gateway: None,
             deployer: None,
+            deployer_config: deployer,
             _enrollment: enrollment,
             _ca_dir: ca_dir,
         };
@@ -159,8 +166,9 @@ impl System {
     /// Starts a deployer and waits until it answers commands.
     pub async fn start_deployer(&mut self) {
         let client = self.client.clone();
+        let config = self.deployer_config.clone();
         self.deployer = Some(Running::spawn(|stopped| async move {
-            let _ = wasmbed_deployer::run(client, deployer_config(), async move {
+            let _ = wasmbed_deployer::run(client, config, async move {
                 let _ = stopped.await;
             })
             .await;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 use wasmbed_eventlog::{ExpectedVersion, ReadModel};
 use wasmbed_schemas::device_message::DeploymentStatus;
 use wasmbed_schemas::event::{
@@ -241,7 +241,7 @@ impl Reconciler {
                 self.links.remove(&pair);
             }
             _ => {
-                warn!(%device, app = %pair.0, code = ?error.code, message = %error.message, "device error; retrying");
+                debug!(%device, app = %pair.0, code = ?error.code, message = %error.message, "device error; retrying");
                 self.links.insert(
                     pair.clone(),
                     Link {
