@@ -476,3 +476,22 @@ fn bad_pointers_get_error_codes_not_traps() {
     );
     assert!(agent.is_running(&id));
 }
+
+#[test]
+fn late_chunks_of_a_finished_transfer_are_dropped_quietly() {
+    let mut agent = agent();
+    agent.take_frames();
+    let id = app("counter");
+    transfer(&mut agent, &id, COUNTER, 1024);
+    agent.handle_frame(
+        Frame::ModuleChunk(ModuleChunk {
+            app_id: id.clone(),
+            offset: 1024,
+            data: COUNTER[1024..2048].to_vec(),
+        }),
+        0,
+    );
+    assert!(agent.take_frames().is_empty());
+    let started = deploy(&mut agent, &id, COUNTER, b"", 0);
+    assert_eq!(status_of(&started, &id).unwrap().state, AppState::Running);
+}
