@@ -222,11 +222,20 @@ async fn downlink_frames_reach_the_device_and_uplink_frames_reach_the_bus() {
         detail: None,
     });
     device.send(status.clone()).await;
-    let message = tokio::time::timeout(T, uplink.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(decode(&message.payload).unwrap().0, status);
+    // The device's own agent speaks too (its DeviceInfo, its answer to the Stop): every
+    // uplink message is one whole frame, and ours arrives among them.
+    let found = tokio::time::timeout(T, async {
+        loop {
+            let message = uplink.next().await.unwrap();
+            let (frame, used) = decode(&message.payload).unwrap();
+            assert_eq!(used, message.payload.len());
+            if frame == status {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the app status never reached the bus");
     device.stop().await;
     gateway.stop().await;
 }
