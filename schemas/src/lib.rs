@@ -18,6 +18,8 @@ pub mod device_message;
 pub mod event;
 #[cfg(feature = "std")]
 pub mod json_schema;
+#[cfg(feature = "std")]
+pub mod rest;
 
 pub use aggregate::{AggregateId, AggregateKind};
 pub use bytes::{Nonce, PublicKey, Sha256, Signature};

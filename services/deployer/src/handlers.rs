@@ -17,8 +17,8 @@ use wasmbed_schemas::frame::{Limits, MODULE_CHUNK_LEN};
 use wasmbed_schemas::{AppId, Sha256};
 
 use crate::fleet::{AppView, Desired};
-use crate::modules::ModuleError;
 use crate::{Deployer, validate};
+use wasmbed_eventlog::modules::ModuleError;
 
 type State = Arc<Deployer>;
 

@@ -12,7 +12,6 @@
 
 mod fleet;
 mod handlers;
-mod modules;
 mod reconciler;
 mod validate;
 
@@ -28,8 +27,10 @@ use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
 
 pub use fleet::{AppView, DeploymentView, Desired, DeviceView, Fleet, Phase};
-pub use modules::{MAX_MODULE_LEN, ModuleError, ModuleStore, digest, upload_module};
 pub use validate::{ModuleFacts, validate};
+pub use wasmbed_eventlog::modules::{
+    MAX_MODULE_LEN, ModuleError, ModuleStore, digest, upload_module,
+};
 
 /// The service this crate answers for.
 pub const SERVICE: Service = Service::Deployer;

@@ -103,7 +103,7 @@ async fn decommission_device(
     state: State,
     c: DecommissionDevice,
 ) -> Result<Accepted, CommandError> {
-    let version = match state.registry().get(&c.device_id) {
+    match state.registry().get(&c.device_id) {
         None => {
             return Err(refuse(
                 ErrorCode::NotFound,
@@ -115,13 +115,16 @@ async fn decommission_device(
                 sequence: d.version,
             });
         }
-        Some(d) => d.version,
-    };
+        Some(_) => {}
+    }
     let event = DeviceDecommissioned {
         device_id: c.device_id.clone(),
         reason: c.reason,
     };
-    match record(&state, ExpectedVersion::Exactly(version), event.into()).await {
+    // Other services append to the device too (connections, liveness), so the device's
+    // version is not this service's to expect; a decommission commutes with those, and a
+    // second one changes nothing.
+    match record(&state, ExpectedVersion::Any, event.into()).await {
         Ok(sequence) => Ok(Accepted { sequence }),
         Err(AppendError::Conflict { .. }) => Err(refuse(
             ErrorCode::Conflict,

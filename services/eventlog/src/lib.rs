@@ -11,10 +11,13 @@
 //!   where it stopped.
 //! - [`EventLog::read_model`]: a KV bucket of JSON values for projections to write and readers
 //!   to read.
+//! - [`modules`]: WASM modules in the object store, named by their SHA-256 and verified on
+//!   every read.
 //! - [`definitions`]: the streams and stores from `nats/`, created idempotently at start.
 
 mod append;
 pub mod definitions;
+pub mod modules;
 mod projection;
 mod read_model;
 mod replay;

@@ -60,18 +60,39 @@ impl EventLog {
     /// Every event of one aggregate, oldest first.
     #[instrument(skip(self))]
     pub async fn read(&self, aggregate: &AggregateId) -> Result<Vec<StoredEvent>, ReadError> {
+        self.page(Some(subject::event(aggregate)), 0, usize::MAX)
+            .await
+    }
+
+    /// Up to `limit` events after stream sequence `after` (0: from the start), oldest first,
+    /// matching the subject pattern `filter` (all events when `None`). For paging through the
+    /// log: pass the last sequence of one page as `after` of the next.
+    #[instrument(skip(self))]
+    pub async fn page(
+        &self,
+        filter: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, ReadError> {
+        let deliver_policy = match after {
+            0 => DeliverPolicy::All,
+            after => DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+        };
         let consumer = self
             .stream
             .create_consumer(pull::OrderedConfig {
-                filter_subject: subject::event(aggregate),
-                deliver_policy: DeliverPolicy::All,
+                filter_subject: filter.unwrap_or_default(),
+                deliver_policy,
                 ..Default::default()
             })
             .await
             .map_err(nats)?;
         let mut remaining = consumer.cached_info().num_pending;
-        let mut events = Vec::with_capacity(usize::try_from(remaining).unwrap_or(0).min(1024));
-        if remaining == 0 {
+        let mut events =
+            Vec::with_capacity(usize::try_from(remaining).unwrap_or(0).min(limit).min(1024));
+        if remaining == 0 || limit == 0 {
             return Ok(events);
         }
         let mut messages = consumer.messages().await.map_err(nats)?;
@@ -84,7 +105,7 @@ impl EventLog {
                 StoredEvent::decode(sequence, &message.payload)
                     .map_err(|source| ReadError::Decode { sequence, source })?,
             );
-            if remaining == 0 {
+            if remaining == 0 || events.len() >= limit {
                 break;
             }
         }

@@ -455,3 +455,29 @@ async fn follow_reads_history_then_live_events_in_order() {
         .unwrap();
     assert_eq!(live.sequence, appended.sequence);
 }
+
+#[tokio::test]
+async fn pages_walk_the_log_in_order_with_an_optional_filter() {
+    let server = NatsServer::start().await.unwrap();
+    let log = open(&server).await;
+    for n in 1..=5 {
+        log.append(ExpectedVersion::NONE, &registered(n))
+            .await
+            .unwrap();
+    }
+    let first = log.page(None, 0, 2).await.unwrap();
+    assert_eq!(first.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2]);
+    let second = log.page(None, 2, 2).await.unwrap();
+    assert_eq!(
+        second.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    let rest = log.page(None, 4, 100).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.sequence).collect::<Vec<_>>(), [5]);
+    assert!(log.page(None, 5, 100).await.unwrap().is_empty());
+
+    let one = subject::event(&AggregateId::Device(device(3)));
+    let filtered = log.page(Some(one), 0, 100).await.unwrap();
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].sequence, 3);
+}

@@ -1,0 +1,217 @@
+//! The REST facade's bodies (`services/api`): what `GET` returns and what `POST` takes beyond
+//! the bus commands it forwards. JSON, camelCase-free snake_case like the rest of the bus.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::{Blob, PublicKey, Sha256};
+use crate::command::CommandError;
+use crate::event::{EventEnvelope, Target};
+use crate::frame::Limits;
+use crate::ids::{AppId, DeviceId, GatewayId};
+
+/// Where a device is, as the log tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Registered, never connected.
+    Registered,
+    /// It has a session and is heard from.
+    Online,
+    /// Its session ended.
+    Disconnected,
+    /// It missed its heartbeats.
+    Offline,
+    /// Retired.
+    Decommissioned,
+}
+
+/// Where one application is on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentPhase {
+    /// Requested; nothing sent yet.
+    Requested,
+    /// Does not fit the device.
+    Refused,
+    /// Module bytes are flowing.
+    Transferring,
+    /// The device holds the verified module.
+    Delivered,
+    /// Running.
+    Running,
+    /// Failed on the device or in delivery.
+    Failed,
+    /// Asked to stop.
+    Stopping,
+    /// Stopped.
+    Stopped,
+}
+
+/// One application on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploymentView {
+    /// The application version concerned.
+    pub version: u32,
+    /// Where it is.
+    pub phase: DeploymentPhase,
+    /// Why it failed or was refused.
+    pub reason: Option<String>,
+    /// When the phase last changed.
+    pub since: DateTime<Utc>,
+}
+
+/// A device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceView {
+    /// Its id.
+    pub device_id: DeviceId,
+    /// Its public key.
+    pub public_key: Option<PublicKey>,
+    /// MCU type.
+    pub mcu: Option<String>,
+    /// Labels for targeting.
+    pub labels: BTreeMap<String, String>,
+    /// Where it is.
+    pub state: DeviceState,
+    /// The gateway of its session, while it has one.
+    pub gateway_id: Option<GatewayId>,
+    /// RAM for applications, as it reported.
+    pub app_ram_bytes: Option<u32>,
+    /// Firmware, as it reported.
+    pub firmware: Option<String>,
+    /// When its state last changed.
+    pub since: Option<DateTime<Utc>>,
+    /// Its applications.
+    pub apps: BTreeMap<AppId, DeploymentView>,
+}
+
+/// One module version of an application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModuleVersionView {
+    /// The version.
+    pub version: u32,
+    /// Its digest.
+    pub sha256: Sha256,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// What an application should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DesiredState {
+    /// Created, never deployed.
+    Idle,
+    /// This version should run on the target.
+    Running {
+        /// The version.
+        version: u32,
+    },
+    /// It should run nowhere.
+    Stopped,
+    /// Deleted.
+    Deleted,
+}
+
+/// An application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplicationView {
+    /// Its id.
+    pub app_id: AppId,
+    /// Display name.
+    pub name: String,
+    /// Where it runs.
+    pub target: Target,
+    /// Limits on each device.
+    pub limits: Limits,
+    /// Module versions, oldest first.
+    pub versions: Vec<ModuleVersionView>,
+    /// What it should be doing.
+    pub desired: DesiredState,
+    /// The last module refusal, if any.
+    pub rejected: Option<String>,
+    /// Per device.
+    pub devices: BTreeMap<DeviceId, DeploymentView>,
+}
+
+/// A gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GatewayView {
+    /// Its id.
+    pub gateway_id: GatewayId,
+    /// Where devices dial.
+    pub endpoint: Option<String>,
+    /// Its certificate's digest.
+    pub certificate_sha256: Option<Sha256>,
+    /// Serving now.
+    pub running: bool,
+    /// Devices with a session on it now.
+    pub devices: Vec<DeviceId>,
+}
+
+/// The metadata part of `POST /api/v1/applications` (multipart: `metadata` JSON and `module`
+/// bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApplication {
+    /// The id to know it by.
+    pub app_id: AppId,
+    /// Display name (the id when absent).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where it runs.
+    pub target: Target,
+    /// Configuration bytes (hex).
+    #[serde(default)]
+    pub config: Blob,
+    /// Limits (defaults: 1,000,000 fuel per call, 2 pages, a tick per second).
+    #[serde(default)]
+    pub limits: Option<Limits>,
+}
+
+/// `DELETE /api/v1/devices/{id}`: why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Decommission {
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A write the api forwarded and the log recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Recorded {
+    /// Stream sequence of the event that records it.
+    pub sequence: u64,
+    /// The module's digest, for writes that uploaded one.
+    pub sha256: Option<Sha256>,
+}
+
+/// One event of `GET /api/v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoggedEvent {
+    /// Its position in the log.
+    pub sequence: u64,
+    /// The event.
+    pub envelope: EventEnvelope,
+}
+
+/// A page of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventPage {
+    /// Oldest first.
+    pub events: Vec<LoggedEvent>,
+    /// Pass as `after` for the next page (the last sequence here, or the `after` asked for).
+    pub next_after: u64,
+}
+
+/// Every error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: CommandError,
+}

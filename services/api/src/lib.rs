@@ -1,0 +1,211 @@
+//! The REST facade (axum): writes become commands on the bus, reads come from a view projected
+//! from the event log. It never calls a service directly.
+//!
+//! Routes (all but `/health` need `Authorization: Bearer <token>`; read-only tokens may only
+//! `GET`):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | liveness |
+//! | `GET /metrics` | fleet gauges (devices, online, applications, apps running) |
+//! | `GET, POST /api/v1/devices` | list; register (`RegisterDevice` JSON) |
+//! | `GET, DELETE /api/v1/devices/{id}` | show; decommission (`{"reason"}` optional) |
+//! | `GET, POST /api/v1/applications` | list; create (multipart `metadata` JSON + `module`) |
+//! | `GET, DELETE /api/v1/applications/{id}` | show; delete |
+//! | `POST /api/v1/applications/{id}/deploy`, `/stop` | roll out; stop everywhere |
+//! | `POST /api/v1/applications/{id}/update` | new version (multipart `module`) |
+//! | `GET /api/v1/gateways` | gateways and the devices they hold |
+//! | `GET /api/v1/events?after=&limit=&kind=&id=` | the log, paged |
+
+mod auth;
+mod error;
+mod routes;
+mod view;
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span, warn};
+use wasmbed_eventlog::{EventLog, LogOptions};
+
+pub use auth::{Access, Token};
+pub use error::ApiError;
+pub use routes::DEFAULT_LIMITS;
+pub use view::View;
+
+/// Settings of the api.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The accepted bearer tokens.
+    pub tokens: Vec<Token>,
+    /// Replicas of the streams this service creates.
+    pub replicas: usize,
+}
+
+/// Why the api could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiStartError {
+    /// No token configured: every route would be closed.
+    #[error("no api token configured")]
+    NoTokens,
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] wasmbed_eventlog::SetupError),
+    /// Reading the log failed.
+    #[error(transparent)]
+    Read(#[from] wasmbed_eventlog::ReadError),
+    /// Serving HTTP failed.
+    #[error("serving http: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Shared by the routes.
+pub(crate) struct Api {
+    pub(crate) client: async_nats::Client,
+    pub(crate) log: EventLog,
+    view: RwLock<View>,
+    folded: watch::Sender<u64>,
+}
+
+impl Api {
+    pub(crate) fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits (briefly) until the view holds the event at `sequence`, so a client reads its own
+    /// write. A slow follower only delays the answer; it never fails the write.
+    pub(crate) async fn wait_for(&self, sequence: u64) {
+        let mut folded = self.folded.subscribe();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), folded.wait_for(|s| *s >= sequence)).await;
+    }
+}
+
+/// The router, over `api`.
+fn router(api: Arc<Api>, tokens: Arc<Vec<Token>>) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(routes::metrics))
+        .route(
+            "/api/v1/devices",
+            get(routes::list_devices).post(routes::register_device),
+        )
+        .route(
+            "/api/v1/devices/{id}",
+            get(routes::show_device).delete(routes::decommission_device),
+        )
+        .route(
+            "/api/v1/applications",
+            get(routes::list_apps).post(routes::create_app),
+        )
+        .route(
+            "/api/v1/applications/{id}",
+            get(routes::show_app).delete(routes::delete_app),
+        )
+        .route("/api/v1/applications/{id}/deploy", post(routes::deploy_app))
+        .route("/api/v1/applications/{id}/update", post(routes::update_app))
+        .route("/api/v1/applications/{id}/stop", post(routes::stop_app))
+        .route("/api/v1/gateways", get(routes::list_gateways))
+        .route("/api/v1/events", get(routes::events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .merge(protected)
+        // A module (1 MiB at most) plus its metadata.
+        .layer(DefaultBodyLimit::max(
+            wasmbed_eventlog::modules::MAX_MODULE_LEN + 64 * 1024,
+        ))
+        .layer(axum::middleware::from_fn(trace))
+        .with_state(api)
+}
+
+/// A span per request.
+async fn trace(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let span = info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        token = tracing::field::Empty
+    );
+    next.run(request).instrument(span).await
+}
+
+/// Runs the api on `listener` until `shutdown` completes: catches up on the log first, then
+/// serves while following it.
+pub async fn run(
+    client: async_nats::Client,
+    config: ApiConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiStartError> {
+    if config.tokens.is_empty() {
+        return Err(ApiStartError::NoTokens);
+    }
+    let log = EventLog::open(
+        client.clone(),
+        &LogOptions {
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let mut follow = log.follow(Vec::new()).await?;
+    let mut view = View::default();
+    for _ in 0..follow.pending_at_start {
+        match follow.next().await {
+            Some(Ok((event, _))) => view.apply(&event),
+            Some(Err(e)) => warn!(error = %e, "event skipped"),
+            None => break,
+        }
+    }
+    info!(
+        devices = view.devices.len(),
+        apps = view.apps.len(),
+        "view loaded"
+    );
+    let (folded, _) = watch::channel(view.sequence);
+    let api = Arc::new(Api {
+        client,
+        log,
+        view: RwLock::new(view),
+        folded,
+    });
+    let follower_api = api.clone();
+    let follower = tokio::spawn(async move {
+        while let Some(next) = follow.next().await {
+            match next {
+                Ok((event, _)) => {
+                    let sequence = event.sequence;
+                    follower_api
+                        .view
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .apply(&event);
+                    follower_api.folded.send_replace(sequence);
+                }
+                Err(e) => warn!(error = %e, "event skipped"),
+            }
+        }
+    });
+    let tokens = Arc::new(config.tokens);
+    let served = axum::serve(listener, router(api, tokens))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    follower.abort();
+    served?;
+    info!("api stopped");
+    Ok(())
+}

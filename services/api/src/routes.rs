@@ -1,0 +1,386 @@
+//! The routes. Writes become commands on the bus (request/reply; a refusal keeps its code as an
+//! HTTP status); reads come from the [`View`](crate::view::View) projected from the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use wasmbed_bus::call;
+use wasmbed_eventlog::modules::{MAX_MODULE_LEN, upload_module};
+use wasmbed_schemas::command::{
+    Command, CreateApplication, DecommissionDevice, DeleteApplication, DeployApplication,
+    RegisterDevice, StopApplication, UpdateApplication,
+};
+use wasmbed_schemas::frame::Limits;
+use wasmbed_schemas::rest::{
+    ApplicationView, Decommission, DeviceView, EventPage, GatewayView, LoggedEvent, NewApplication,
+    Recorded,
+};
+use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
+
+use crate::Api;
+use crate::error::ApiError;
+
+type S = State<Arc<Api>>;
+
+/// How long a command may take before the api answers 503.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn send<C: Command>(api: &Api, command: &C) -> Result<C::Reply, ApiError> {
+    Ok(call(&api.client, command, COMMAND_TIMEOUT).await?)
+}
+
+fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    json.map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))
+}
+
+fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(raw).map_err(|e| ApiError::BadRequest(format!("device id {raw:?}: {e}")))
+}
+
+fn app_id(raw: &str) -> Result<AppId, ApiError> {
+    AppId::new(raw).map_err(|e| ApiError::BadRequest(format!("application id {raw:?}: {e}")))
+}
+
+pub(crate) async fn list_devices(State(api): S) -> Json<Vec<DeviceView>> {
+    Json(api.view().devices.values().cloned().collect())
+}
+
+pub(crate) async fn show_device(
+    State(api): S,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let id = device_id(&id)?;
+    api.view()
+        .devices
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))
+}
+
+pub(crate) async fn register_device(
+    State(api): S,
+    json: Result<Json<RegisterDevice>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let command = body(json)?;
+    let accepted = send(&api, &command).await?;
+    api.wait_for(accepted.sequence).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(Recorded {
+            sequence: accepted.sequence,
+            sha256: None,
+        }),
+    ))
+}
+
+pub(crate) async fn decommission_device(
+    State(api): S,
+    Path(id): Path<String>,
+    json: Option<Json<Decommission>>,
+) -> Result<Json<Recorded>, ApiError> {
+    let reason = json
+        .and_then(|Json(d)| d.reason)
+        .unwrap_or_else(|| "decommissioned through the api".to_owned());
+    let command = DecommissionDevice {
+        device_id: device_id(&id)?,
+        reason,
+    };
+    let accepted = send(&api, &command).await?;
+    api.wait_for(accepted.sequence).await;
+    Ok(Json(Recorded {
+        sequence: accepted.sequence,
+        sha256: None,
+    }))
+}
+
+pub(crate) async fn list_apps(State(api): S) -> Json<Vec<ApplicationView>> {
+    Json(api.view().apps.values().cloned().collect())
+}
+
+pub(crate) async fn show_app(
+    State(api): S,
+    Path(id): Path<String>,
+) -> Result<Json<ApplicationView>, ApiError> {
+    let id = app_id(&id)?;
+    api.view()
+        .apps
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no application {id}")))
+}
+
+/// The parts of a multipart upload: `metadata` (JSON) and `module` (bytes).
+struct Upload {
+    metadata: Option<Vec<u8>>,
+    module: Option<Vec<u8>>,
+}
+
+async fn read_upload(mut multipart: Multipart) -> Result<Upload, ApiError> {
+    let mut upload = Upload {
+        metadata: None,
+        module: None,
+    };
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::BadRequest(format!("multipart body: {}", e.body_text()))
+    };
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field.bytes().await.map_err(bad)?;
+        match name.as_str() {
+            "metadata" => upload.metadata = Some(bytes.to_vec()),
+            "module" => {
+                if bytes.len() > MAX_MODULE_LEN {
+                    return Err(ApiError::BadRequest(format!(
+                        "module: {} bytes; at most {MAX_MODULE_LEN}",
+                        bytes.len()
+                    )));
+                }
+                upload.module = Some(bytes.to_vec());
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown multipart field {other:?}; expected metadata and module"
+                )));
+            }
+        }
+    }
+    Ok(upload)
+}
+
+async fn store_module(
+    api: &Api,
+    module: Option<Vec<u8>>,
+) -> Result<wasmbed_schemas::Sha256, ApiError> {
+    let module = module.ok_or_else(|| ApiError::BadRequest("module: missing".to_owned()))?;
+    upload_module(api.log.jetstream(), &module)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
+}
+
+/// Limits for apps created without any.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    fuel_per_invocation: 1_000_000,
+    max_memory_pages: 2,
+    tick_interval_ms: 1000,
+};
+
+pub(crate) async fn create_app(
+    State(api): S,
+    multipart: Multipart,
+) -> Result<impl IntoResponse, ApiError> {
+    let upload = read_upload(multipart).await?;
+    let metadata = upload
+        .metadata
+        .ok_or_else(|| ApiError::BadRequest("metadata: missing".to_owned()))?;
+    let new: NewApplication = serde_json::from_slice(&metadata)
+        .map_err(|e| ApiError::BadRequest(format!("metadata: {e}")))?;
+    let sha256 = store_module(&api, upload.module).await?;
+    let command = CreateApplication {
+        name: new.name.unwrap_or_else(|| new.app_id.to_string()),
+        app_id: new.app_id,
+        module_sha256: sha256,
+        target: new.target,
+        config: new.config,
+        limits: new.limits.unwrap_or(DEFAULT_LIMITS),
+    };
+    let accepted = send(&api, &command).await?;
+    api.wait_for(accepted.sequence).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(Recorded {
+            sequence: accepted.sequence,
+            sha256: Some(sha256),
+        }),
+    ))
+}
+
+pub(crate) async fn update_app(
+    State(api): S,
+    Path(id): Path<String>,
+    multipart: Multipart,
+) -> Result<Json<Recorded>, ApiError> {
+    let app_id = app_id(&id)?;
+    let upload = read_upload(multipart).await?;
+    let sha256 = store_module(&api, upload.module).await?;
+    let accepted = send(
+        &api,
+        &UpdateApplication {
+            app_id,
+            module_sha256: sha256,
+        },
+    )
+    .await?;
+    api.wait_for(accepted.sequence).await;
+    Ok(Json(Recorded {
+        sequence: accepted.sequence,
+        sha256: Some(sha256),
+    }))
+}
+
+async fn app_command<C: Command<Reply = wasmbed_schemas::command::Accepted>>(
+    api: &Api,
+    command: C,
+) -> Result<Json<Recorded>, ApiError> {
+    let accepted = send(api, &command).await?;
+    api.wait_for(accepted.sequence).await;
+    Ok(Json(Recorded {
+        sequence: accepted.sequence,
+        sha256: None,
+    }))
+}
+
+pub(crate) async fn deploy_app(
+    State(api): S,
+    Path(id): Path<String>,
+) -> Result<Json<Recorded>, ApiError> {
+    app_command(
+        &api,
+        DeployApplication {
+            app_id: app_id(&id)?,
+        },
+    )
+    .await
+}
+
+pub(crate) async fn stop_app(
+    State(api): S,
+    Path(id): Path<String>,
+) -> Result<Json<Recorded>, ApiError> {
+    app_command(
+        &api,
+        StopApplication {
+            app_id: app_id(&id)?,
+        },
+    )
+    .await
+}
+
+pub(crate) async fn delete_app(
+    State(api): S,
+    Path(id): Path<String>,
+) -> Result<Json<Recorded>, ApiError> {
+    app_command(
+        &api,
+        DeleteApplication {
+            app_id: app_id(&id)?,
+        },
+    )
+    .await
+}
+
+pub(crate) async fn list_gateways(State(api): S) -> Json<Vec<GatewayView>> {
+    Json(api.view().gateways())
+}
+
+/// `GET /api/v1/events` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventQuery {
+    /// Events after this sequence (0: from the start).
+    #[serde(default)]
+    after: u64,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Only this aggregate kind (`device`, `application`, `deployment`, `gateway`, `emulator`).
+    kind: Option<String>,
+    /// Only this aggregate id within `kind` (`app.device` for a deployment).
+    id: Option<String>,
+    /// The token, for clients that cannot set headers.
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+fn kind_of(raw: &str) -> Result<AggregateKind, ApiError> {
+    serde_json::from_value(serde_json::Value::String(raw.to_owned())).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "kind {raw:?}: one of device, application, deployment, gateway, emulator"
+        ))
+    })
+}
+
+pub(crate) async fn events(
+    State(api): S,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EventPage>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadRequest("limit: between 1 and 1000".to_owned()));
+    }
+    let filter = match (q.kind.as_deref(), q.id.as_deref()) {
+        (None, None) => None,
+        (Some(kind), None) => Some(subject::events_of_kind(kind_of(kind)?)),
+        (Some(kind), Some(id)) => {
+            let kind = kind_of(kind)?;
+            let valid = id.split('.').all(|t| DeviceId::new(t).is_ok())
+                && id.split('.').count()
+                    == if kind == AggregateKind::Deployment {
+                        2
+                    } else {
+                        1
+                    };
+            if !valid {
+                return Err(ApiError::BadRequest(format!(
+                    "id {id:?} is not an id of {kind:?}"
+                )));
+            }
+            Some(format!(
+                "{}.{id}",
+                subject::events_of_kind(kind).trim_end_matches(".>")
+            ))
+        }
+        (None, Some(_)) => return Err(ApiError::BadRequest("id: needs kind".to_owned())),
+    };
+    let events = api
+        .log
+        .page(filter, q.after, limit)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next_after = events.last().map_or(q.after, |e| e.sequence);
+    Ok(Json(EventPage {
+        events: events
+            .into_iter()
+            .map(|e| LoggedEvent {
+                sequence: e.sequence,
+                envelope: e.envelope,
+            })
+            .collect(),
+        next_after,
+    }))
+}
+
+pub(crate) async fn metrics(State(api): S) -> impl IntoResponse {
+    let view = api.view();
+    let text = format!(
+        "# HELP wasmbed_devices Devices known to the fleet.\n\
+         # TYPE wasmbed_devices gauge\n\
+         wasmbed_devices {}\n\
+         # HELP wasmbed_devices_online Devices online now.\n\
+         # TYPE wasmbed_devices_online gauge\n\
+         wasmbed_devices_online {}\n\
+         # HELP wasmbed_applications Applications (not deleted).\n\
+         # TYPE wasmbed_applications gauge\n\
+         wasmbed_applications {}\n\
+         # HELP wasmbed_apps_running Applications running, counted per device.\n\
+         # TYPE wasmbed_apps_running gauge\n\
+         wasmbed_apps_running {}\n\
+         # HELP wasmbed_api_log_sequence The last event the api's view has folded in.\n\
+         # TYPE wasmbed_api_log_sequence gauge\n\
+         wasmbed_api_log_sequence {}\n",
+        view.devices.len(),
+        view.online(),
+        view.apps.len(),
+        view.running(),
+        view.sequence
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}

@@ -1,0 +1,307 @@
+//! The api's read model: devices, applications and gateways folded from the event log, kept in
+//! memory and current by following the log. Reads never ask a service.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use wasmbed_eventlog::StoredEvent;
+use wasmbed_schemas::event::Event;
+use wasmbed_schemas::rest::{
+    ApplicationView, DeploymentPhase, DeploymentView, DesiredState, DeviceState, DeviceView,
+    GatewayView, ModuleVersionView,
+};
+use wasmbed_schemas::{AppId, DeviceId, GatewayId};
+
+/// Everything the api serves reads from.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Devices by id.
+    pub devices: BTreeMap<DeviceId, DeviceView>,
+    /// Applications by id (deleted ones are dropped).
+    pub apps: BTreeMap<AppId, ApplicationView>,
+    /// Gateways by id.
+    pub gateways: BTreeMap<GatewayId, GatewayView>,
+    /// The last sequence folded in.
+    pub sequence: u64,
+}
+
+fn new_device(id: &DeviceId) -> DeviceView {
+    DeviceView {
+        device_id: id.clone(),
+        public_key: None,
+        mcu: None,
+        labels: BTreeMap::new(),
+        state: DeviceState::Registered,
+        gateway_id: None,
+        app_ram_bytes: None,
+        firmware: None,
+        since: None,
+        apps: BTreeMap::new(),
+    }
+}
+
+impl View {
+    /// Folds one event in; older or repeated events change nothing.
+    pub fn apply(&mut self, stored: &StoredEvent) {
+        if stored.sequence <= self.sequence {
+            return;
+        }
+        self.sequence = stored.sequence;
+        let at = stored.envelope.time;
+        match &stored.envelope.event {
+            Event::DeviceRegistered(e) => {
+                let d = self.device(&e.device_id, at);
+                d.public_key = Some(e.public_key);
+                d.mcu.clone_from(&e.mcu);
+                d.labels.clone_from(&e.labels);
+            }
+            Event::DeviceEnrolled(e) => {
+                self.device(&e.device_id, at).public_key = Some(e.public_key);
+            }
+            Event::DeviceConnected(e) => {
+                let d = self.device(&e.device_id, at);
+                d.state = DeviceState::Online;
+                d.gateway_id = Some(e.gateway_id.clone());
+            }
+            Event::DeviceDisconnected(e) => {
+                let d = self.device(&e.device_id, at);
+                // A newer session may already hold the device.
+                if d.gateway_id.as_ref() == Some(&e.gateway_id) && d.state == DeviceState::Online {
+                    d.state = DeviceState::Disconnected;
+                    d.gateway_id = None;
+                }
+            }
+            Event::DeviceWentOffline(e) => {
+                let d = self.device(&e.device_id, at);
+                if d.state != DeviceState::Decommissioned {
+                    d.state = DeviceState::Offline;
+                }
+            }
+            Event::DeviceBackOnline(e) => {
+                let d = self.device(&e.device_id, at);
+                if d.state != DeviceState::Decommissioned {
+                    d.state = DeviceState::Online;
+                }
+            }
+            Event::DeviceDecommissioned(e) => {
+                let d = self.device(&e.device_id, at);
+                d.state = DeviceState::Decommissioned;
+                d.gateway_id = None;
+            }
+            Event::DeviceDescribed(e) => {
+                let d = self.device(&e.device_id, at);
+                d.app_ram_bytes = Some(e.app_ram_bytes);
+                d.firmware = Some(e.firmware.clone());
+                d.mcu.get_or_insert_with(|| e.mcu.clone());
+            }
+            Event::ApplicationCreated(e) => {
+                self.apps.insert(
+                    e.app_id.clone(),
+                    ApplicationView {
+                        app_id: e.app_id.clone(),
+                        name: e.name.clone(),
+                        target: e.target.clone(),
+                        limits: e.limits,
+                        versions: Vec::new(),
+                        desired: DesiredState::Idle,
+                        rejected: None,
+                        devices: BTreeMap::new(),
+                    },
+                );
+            }
+            Event::ModuleUploaded(e) => {
+                if let Some(app) = self.apps.get_mut(&e.app_id) {
+                    app.versions.push(ModuleVersionView {
+                        version: e.version,
+                        sha256: e.sha256,
+                        size_bytes: e.size_bytes,
+                    });
+                }
+            }
+            Event::ModuleRejected(e) => {
+                if let Some(app) = self.apps.get_mut(&e.app_id) {
+                    app.rejected = Some(e.reason.clone());
+                }
+            }
+            Event::ApplicationDeployRequested(e) => {
+                if let Some(app) = self.apps.get_mut(&e.app_id) {
+                    app.desired = DesiredState::Running { version: e.version };
+                }
+            }
+            Event::ApplicationStopRequested(e) => {
+                if let Some(app) = self.apps.get_mut(&e.app_id) {
+                    app.desired = DesiredState::Stopped;
+                }
+            }
+            Event::ApplicationDeleted(e) => {
+                self.apps.remove(&e.app_id);
+                for device in self.devices.values_mut() {
+                    device.apps.remove(&e.app_id);
+                }
+            }
+            Event::DeploymentRequested(e) => {
+                self.deployment(
+                    &e.app_id,
+                    &e.device_id,
+                    e.version,
+                    DeploymentPhase::Requested,
+                    None,
+                    at,
+                );
+            }
+            Event::DeploymentRefused(e) => self.deployment(
+                &e.app_id,
+                &e.device_id,
+                e.version,
+                DeploymentPhase::Refused,
+                Some(e.reason.clone()),
+                at,
+            ),
+            Event::DeploymentTransferStarted(e) => self.deployment(
+                &e.app_id,
+                &e.device_id,
+                e.version,
+                DeploymentPhase::Transferring,
+                None,
+                at,
+            ),
+            Event::DeploymentDelivered(e) => self.deployment(
+                &e.app_id,
+                &e.device_id,
+                e.version,
+                DeploymentPhase::Delivered,
+                None,
+                at,
+            ),
+            Event::DeploymentRunning(e) => self.deployment(
+                &e.app_id,
+                &e.device_id,
+                e.version,
+                DeploymentPhase::Running,
+                None,
+                at,
+            ),
+            Event::DeploymentFailed(e) => self.deployment(
+                &e.app_id,
+                &e.device_id,
+                e.version,
+                DeploymentPhase::Failed,
+                Some(e.reason.clone()),
+                at,
+            ),
+            Event::DeploymentStopRequested(e) => {
+                self.phase(&e.app_id, &e.device_id, DeploymentPhase::Stopping, at);
+            }
+            Event::DeploymentStopped(e) => {
+                self.phase(&e.app_id, &e.device_id, DeploymentPhase::Stopped, at);
+            }
+            Event::GatewayStarted(e) => {
+                let g = self.gateway(&e.gateway_id);
+                g.endpoint = Some(e.endpoint.clone());
+                g.certificate_sha256 = Some(e.certificate_sha256);
+                g.running = true;
+            }
+            Event::GatewayStopped(e) => self.gateway(&e.gateway_id).running = false,
+            _ => {}
+        }
+    }
+
+    fn device(&mut self, id: &DeviceId, at: DateTime<Utc>) -> &mut DeviceView {
+        let device = self
+            .devices
+            .entry(id.clone())
+            .or_insert_with(|| new_device(id));
+        device.since = Some(at);
+        device
+    }
+
+    fn gateway(&mut self, id: &GatewayId) -> &mut GatewayView {
+        self.gateways
+            .entry(id.clone())
+            .or_insert_with(|| GatewayView {
+                gateway_id: id.clone(),
+                endpoint: None,
+                certificate_sha256: None,
+                running: false,
+                devices: Vec::new(),
+            })
+    }
+
+    fn deployment(
+        &mut self,
+        app: &AppId,
+        device: &DeviceId,
+        version: u32,
+        phase: DeploymentPhase,
+        reason: Option<String>,
+        since: DateTime<Utc>,
+    ) {
+        let view = DeploymentView {
+            version,
+            phase,
+            reason,
+            since,
+        };
+        if let Some(a) = self.apps.get_mut(app) {
+            a.devices.insert(device.clone(), view.clone());
+        }
+        if let Some(d) = self.devices.get_mut(device) {
+            d.apps.insert(app.clone(), view);
+        }
+    }
+
+    fn phase(&mut self, app: &AppId, device: &DeviceId, phase: DeploymentPhase, at: DateTime<Utc>) {
+        let change = |d: &mut DeploymentView| {
+            d.phase = phase;
+            d.since = at;
+        };
+        if let Some(d) = self
+            .apps
+            .get_mut(app)
+            .and_then(|a| a.devices.get_mut(device))
+        {
+            change(d);
+        }
+        if let Some(d) = self
+            .devices
+            .get_mut(device)
+            .and_then(|d| d.apps.get_mut(app))
+        {
+            change(d);
+        }
+    }
+
+    /// Gateways with the devices they hold now.
+    pub fn gateways(&self) -> Vec<GatewayView> {
+        self.gateways
+            .values()
+            .map(|g| {
+                let mut g = g.clone();
+                g.devices = self
+                    .devices
+                    .values()
+                    .filter(|d| d.gateway_id.as_ref() == Some(&g.gateway_id))
+                    .map(|d| d.device_id.clone())
+                    .collect();
+                g
+            })
+            .collect()
+    }
+
+    /// Devices online now.
+    pub fn online(&self) -> usize {
+        self.devices
+            .values()
+            .filter(|d| d.state == DeviceState::Online)
+            .count()
+    }
+
+    /// (application, device) pairs running now.
+    pub fn running(&self) -> usize {
+        self.apps
+            .values()
+            .flat_map(|a| a.devices.values())
+            .filter(|d| d.phase == DeploymentPhase::Running)
+            .count()
+    }
+}

@@ -1,0 +1,424 @@
+//! The REST facade against a running system: real nats-server, enrollment, gateway, deployer,
+//! simulated devices over real TLS running real WASM.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use wasmbed_api::{Access, ApiConfig, Token};
+use wasmbed_e2e::{System, T};
+use wasmbed_sim::random_key;
+use wasmbed_test_support::{http_get, http_request};
+
+const ADMIN: &str = "admin-secret";
+const VIEWER: &str = "viewer-secret";
+
+async fn start_api(system: &System) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ApiConfig {
+        tokens: vec![
+            Token {
+                name: "admin".into(),
+                secret: ADMIN.into(),
+                access: Access::ReadWrite,
+            },
+            Token {
+                name: "dashboard".into(),
+                secret: VIEWER.into(),
+                access: Access::ReadOnly,
+            },
+        ],
+        replicas: 1,
+    };
+    tokio::spawn(wasmbed_api::run(
+        system.client.clone(),
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    let deadline = tokio::time::Instant::now() + T;
+    while http_get(addr, "/health").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "api never healthy");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    addr
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let auth = bearer(ADMIN);
+    let (status, body) = http_request(addr, "GET", path, &[("Authorization", &auth)], &[]).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+async fn send_json(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let auth = bearer(ADMIN);
+    let bytes = serde_json::to_vec(body).unwrap();
+    let (status, body) = http_request(
+        addr,
+        method,
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &bytes,
+    )
+    .await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+const BOUNDARY: &str = "wasmbed-test-boundary";
+
+fn multipart(parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+async fn post_multipart(addr: SocketAddr, path: &str, parts: &[(&str, &[u8])]) -> (u16, Value) {
+    let auth = bearer(ADMIN);
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let (status, body) = http_request(
+        addr,
+        "POST",
+        path,
+        &[("Authorization", &auth), ("Content-Type", &content_type)],
+        &multipart(parts),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+async fn wait_json(addr: SocketAddr, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (_, body) = get(addr, path).await;
+        if ok(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never matched: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_route_but_health_needs_a_token_and_read_only_tokens_cannot_write() {
+    let system = System::start().await;
+    let api = start_api(&system).await;
+    assert_eq!(http_get(api, "/health").await.0, 200);
+    for path in [
+        "/metrics",
+        "/api/v1/devices",
+        "/api/v1/applications",
+        "/api/v1/gateways",
+        "/api/v1/events",
+    ] {
+        assert_eq!(http_get(api, path).await.0, 401, "{path} without a token");
+        let wrong = bearer("nope");
+        let (status, body) =
+            http_request(api, "GET", path, &[("Authorization", &wrong)], &[]).await;
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let viewer = bearer(VIEWER);
+        assert_eq!(
+            http_request(api, "GET", path, &[("Authorization", &viewer)], &[])
+                .await
+                .0,
+            200,
+            "{path}"
+        );
+    }
+    // Read-only tokens read (also as a query parameter, for EventSource) but never write.
+    assert_eq!(
+        http_get(api, &format!("/api/v1/devices?token={VIEWER}"))
+            .await
+            .0,
+        200
+    );
+    let viewer = bearer(VIEWER);
+    for (method, path) in [
+        ("POST", "/api/v1/devices"),
+        ("DELETE", "/api/v1/devices/dev-1"),
+        ("POST", "/api/v1/applications"),
+        ("POST", "/api/v1/applications/x/deploy"),
+        ("POST", "/api/v1/applications/x/stop"),
+        ("POST", "/api/v1/applications/x/update"),
+        ("DELETE", "/api/v1/applications/x"),
+    ] {
+        let (status, _) =
+            http_request(api, method, path, &[("Authorization", &viewer)], b"{}").await;
+        assert_eq!(status, 403, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn devices_are_registered_listed_shown_and_decommissioned() {
+    let system = System::start().await;
+    let api = start_api(&system).await;
+    let key = random_key();
+    let public_key: String = key
+        .verifying_key()
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let register = json!({
+        "device_id": "dev-1", "public_key": public_key, "mcu": "Mps2An385",
+        "labels": {"room": "lab"}
+    });
+    let (status, body) = send_json(api, "POST", "/api/v1/devices", &register).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body["sequence"].as_u64().unwrap() > 0);
+    // Read your write: the list already has it.
+    let (_, list) = get(api, "/api/v1/devices").await;
+    assert_eq!(list[0]["device_id"], "dev-1");
+    assert_eq!(list[0]["state"], "registered");
+    assert_eq!(list[0]["labels"]["room"], "lab");
+
+    // The device connects: the api shows it online, on the gateway.
+    let mut sim = system.sim(key);
+    sim.wait_for(|s| s.connected, T).await.unwrap();
+    let shown = wait_json(api, "/api/v1/devices/dev-1", |d| d["state"] == "online").await;
+    assert_eq!(shown["gateway_id"], "gw-e2e");
+    let gateways = wait_json(api, "/api/v1/gateways", |g| g[0]["devices"][0] == "dev-1").await;
+    assert_eq!(gateways[0]["running"], true);
+
+    // Bad input: the message names what is wrong.
+    let (status, body) = send_json(
+        api,
+        "POST",
+        "/api/v1/devices",
+        &json!({"device_id": "dev-2"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("public_key"),
+        "{body}"
+    );
+    let (status, body) = send_json(
+        api,
+        "POST",
+        "/api/v1/devices",
+        &json!({"device_id": "Not_An_Id", "public_key": public_key}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = get(api, "/api/v1/devices/NOT_AN_ID").await;
+    assert_eq!(status, 400);
+    let (status, _) = get(api, "/api/v1/devices/nobody").await;
+    assert_eq!(status, 404);
+    let other = json!({"device_id": "dev-1", "public_key": "11".repeat(32)});
+    let (status, body) = send_json(api, "POST", "/api/v1/devices", &other).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "already_exists");
+
+    let (status, body) = send_json(
+        api,
+        "DELETE",
+        "/api/v1/devices/dev-1",
+        &json!({"reason": "retired"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, shown) = get(api, "/api/v1/devices/dev-1").await;
+    assert_eq!(shown["state"], "decommissioned");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn applications_go_through_their_whole_life_over_rest() {
+    let system = System::start().await;
+    let api = start_api(&system).await;
+    let (device, sim) = system.device("dev-1", &[]).await;
+    let metadata = json!({
+        "app_id": "climate",
+        "target": {"kind": "devices", "value": [device.as_str()]},
+        "config": "6c6162"
+    });
+    let metadata = serde_json::to_vec(&metadata).unwrap();
+    let (status, body) = post_multipart(
+        api,
+        "/api/v1/applications",
+        &[
+            ("metadata", &metadata),
+            ("module", wasmbed_example_apps::SENSOR),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["sha256"].as_str().unwrap().len(), 64);
+    let (status, body) = send_json(
+        api,
+        "POST",
+        "/api/v1/applications/climate/deploy",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let app = wait_json(api, "/api/v1/applications/climate", |a| {
+        a["devices"]["dev-1"]["phase"] == "running"
+    })
+    .await;
+    assert_eq!(app["desired"], json!({"state": "running", "version": 1}));
+    assert_eq!(app["limits"]["max_memory_pages"], 2);
+    let (_, shown) = get(api, "/api/v1/devices/dev-1").await;
+    assert_eq!(shown["apps"]["climate"]["phase"], "running");
+    let metrics = wait_json(api, "/metrics", |m| {
+        m.as_str()
+            .is_some_and(|t| t.lines().any(|l| l == "wasmbed_apps_running 1"))
+    })
+    .await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "wasmbed_devices_online 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "wasmbed_applications 1"),
+        "{metrics}"
+    );
+
+    // Update, stop, delete.
+    let (status, body) = post_multipart(
+        api,
+        "/api/v1/applications/climate/update",
+        &[("module", wasmbed_example_apps::COUNTER)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_json(api, "/api/v1/applications/climate", |a| {
+        a["devices"]["dev-1"]["phase"] == "running" && a["devices"]["dev-1"]["version"] == 2
+    })
+    .await;
+    let (status, _) = send_json(api, "POST", "/api/v1/applications/climate/stop", &json!({})).await;
+    assert_eq!(status, 200);
+    wait_json(api, "/api/v1/applications/climate", |a| {
+        a["devices"]["dev-1"]["phase"] == "stopped"
+    })
+    .await;
+    let (status, _) = send_json(api, "DELETE", "/api/v1/applications/climate", &json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(get(api, "/api/v1/applications/climate").await.0, 404);
+
+    // Refusals keep their meaning as statuses, with the reason.
+    let forking = b"\0asm\x01\0\0\0";
+    let meta = serde_json::to_vec(&json!({"app_id": "bad", "target": {"kind": "all"}})).unwrap();
+    let (status, body) = post_multipart(
+        api,
+        "/api/v1/applications",
+        &[("metadata", &meta), ("module", forking)],
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("tick"),
+        "{body}"
+    );
+    let (status, body) = post_multipart(api, "/api/v1/applications", &[("metadata", &meta)]).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str().unwrap()),
+        (400, "module: missing")
+    );
+    let unknown =
+        serde_json::to_vec(&json!({"app_id": "x", "target": {"kind": "all"}, "colour": 1}))
+            .unwrap();
+    let (status, body) = post_multipart(
+        api,
+        "/api/v1/applications",
+        &[
+            ("metadata", &unknown),
+            ("module", wasmbed_example_apps::SENSOR),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{body}"
+    );
+    let (status, _) = send_json(
+        api,
+        "POST",
+        "/api/v1/applications/nothing/deploy",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_log_is_paged_and_filtered() {
+    let system = System::start().await;
+    let api = start_api(&system).await;
+    let (_, sim) = system.device("dev-1", &[]).await;
+    let (status, first) = get(api, "/api/v1/events?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["events"].as_array().unwrap().len(), 2);
+    let after = first["next_after"].as_u64().unwrap();
+    assert_eq!(after, first["events"][1]["sequence"].as_u64().unwrap());
+    let (_, second) = get(api, &format!("/api/v1/events?after={after}&limit=2")).await;
+    assert!(second["events"][0]["sequence"].as_u64().unwrap() > after);
+
+    let (_, device) = get(api, "/api/v1/events?kind=device&id=dev-1").await;
+    let types: Vec<&str> = device["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["envelope"]["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &types[..3],
+        ["DeviceRegistered", "DeviceEnrolled", "DeviceConnected"]
+    );
+    for bad in [
+        "/api/v1/events?limit=0",
+        "/api/v1/events?kind=planet",
+        "/api/v1/events?id=dev-1",
+        "/api/v1/events?kind=deployment&id=dev-1",
+        "/api/v1/events?after=minus",
+    ] {
+        let (status, body) = get(api, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    sim.stop().await;
+}
