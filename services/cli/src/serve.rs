@@ -21,6 +21,44 @@ pub enum ServeCommand {
     Telemetry(TelemetryArgs),
     /// The deployer: applications (WASM modules) to devices.
     Deployer(DeployerArgs),
+    /// The REST api.
+    Api(ApiArgs),
+}
+
+#[derive(Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Where the api listens.
+    #[arg(long, env = "WASMBED_API_LISTEN", default_value = "127.0.0.1:3001")]
+    listen: SocketAddr,
+    /// A read-write token, as NAME=SECRET (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "token",
+        env = "WASMBED_API_TOKENS",
+        value_delimiter = ',',
+        required = true
+    )]
+    tokens: Vec<String>,
+    /// A read-only token, as NAME=SECRET (repeatable).
+    #[arg(
+        long = "read-token",
+        env = "WASMBED_API_READ_TOKENS",
+        value_delimiter = ','
+    )]
+    read_tokens: Vec<String>,
+}
+
+fn token(spec: &str, access: wasmbed_api::Access) -> Result<wasmbed_api::Token> {
+    let (name, secret) = spec
+        .split_once('=')
+        .filter(|(n, s)| !n.is_empty() && s.len() >= 16)
+        .context("a token is NAME=SECRET, the secret at least 16 characters")?;
+    Ok(wasmbed_api::Token {
+        name: name.to_owned(),
+        secret: secret.to_owned(),
+        access,
+    })
 }
 
 #[derive(Args)]
@@ -164,6 +202,24 @@ pub async fn run(command: ServeCommand) -> Result<()> {
                 ..Default::default()
             };
             wasmbed_deployer::run(client, config, ctrl_c()).await?;
+        }
+        ServeCommand::Api(args) => {
+            let mut tokens = Vec::new();
+            for spec in &args.tokens {
+                tokens.push(token(spec, wasmbed_api::Access::ReadWrite)?);
+            }
+            for spec in &args.read_tokens {
+                tokens.push(token(spec, wasmbed_api::Access::ReadOnly)?);
+            }
+            let client = connect(&args.nats, "api").await?;
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            let config = wasmbed_api::ApiConfig {
+                tokens,
+                replicas: args.nats.replicas,
+            };
+            wasmbed_api::run(client, config, listener, ctrl_c()).await?;
         }
     }
     Ok(())

@@ -54,6 +54,9 @@ pub struct UpArgs {
     /// The telemetry service's HTTP port (health, fleet metrics) on 127.0.0.1; 0 picks a free one.
     #[arg(long, env = "WASMBED_TELEMETRY_HTTP_PORT", default_value_t = 8082)]
     telemetry_http_port: u16,
+    /// The api's port on 127.0.0.1; 0 picks a free one.
+    #[arg(long, env = "WASMBED_API_PORT", default_value_t = 3001)]
+    api_port: u16,
     /// How many simulated devices to run.
     #[arg(long, env = "WASMBED_DEVICES", default_value_t = 3)]
     devices: usize,
@@ -124,6 +127,25 @@ pub async fn run(args: UpArgs) -> Result<()> {
         until_stopped(stopping.clone()),
     ));
 
+    let api_listener = TcpListener::bind(("127.0.0.1", args.api_port))
+        .await
+        .with_context(|| format!("binding the api to 127.0.0.1:{}", args.api_port))?;
+    let api_addr = api_listener.local_addr()?;
+    let api_token = api_token(&state)?;
+    let api = tokio::spawn(wasmbed_api::run(
+        connect("api").await?,
+        wasmbed_api::ApiConfig {
+            tokens: vec![wasmbed_api::Token {
+                name: "up".into(),
+                secret: api_token.clone(),
+                access: wasmbed_api::Access::ReadWrite,
+            }],
+            replicas: 1,
+        },
+        api_listener,
+        until_stopped(stopping.clone()),
+    ));
+
     let connector = Connector::new(&ca, "localhost")?;
     let sim_config = Arc::new(SimConfig::new(vec![gateway_addr]));
     let mut devices = Vec::new();
@@ -154,6 +176,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     say!("  gateway: {gateway_addr} (TLS 1.3)  http://{http_addr}/metrics");
     say!("  fleet:   http://{telemetry_addr}/metrics");
     say!(
+        "  api:     http://{api_addr}  (token in {})",
+        state.join("api-token").display()
+    );
+    say!("  token:   {api_token}");
+    say!(
         "  devices: {connected} of {} simulated devices connected ({})",
         devices.len(),
         devices
@@ -176,18 +203,39 @@ pub async fn run(args: UpArgs) -> Result<()> {
         device.stop().await;
     }
     let _ = stop.send(true);
-    let (gateway, enrollment, telemetry, deployer) = (
+    let (gateway, enrollment, telemetry, deployer, api) = (
         gateway.await,
         enrollment.await,
         telemetry.await,
         deployer.await,
+        api.await,
     );
     nats.stop(Duration::from_secs(10)).await;
     gateway.context("gateway task")??;
     enrollment.context("enrollment task")??;
     telemetry.context("telemetry task")??;
     deployer.context("deployer task")??;
+    api.context("api task")??;
     Ok(())
+}
+
+/// The api token of this state directory: made once, kept (0600) so scripts and a second `up`
+/// use the same one.
+fn api_token(state: &Path) -> Result<String> {
+    let path = state.join("api-token");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim();
+        if !token.is_empty() {
+            return Ok(token.to_owned());
+        }
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(token)
 }
 
 /// Deploys one of the built-in example apps to every device (idempotent across restarts);

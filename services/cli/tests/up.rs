@@ -28,6 +28,10 @@ async fn up(state: &Path, devices: usize) -> (Child, Vec<String>) {
             "0",
             "--gateway-http-port",
             "0",
+            "--telemetry-http-port",
+            "0",
+            "--api-port",
+            "0",
         ])
         .args(["--devices", &devices.to_string()])
         .env("WASMBED_STATE_DIR", state)
@@ -125,6 +129,33 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
         }
         assert_eq!(last, Some("DeploymentRunning"), "{id}");
     }
+
+    // The api answers with the printed token, and shows the fleet.
+    let api: std::net::SocketAddr = field(&printed, "api:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let token = field(&printed, "token:");
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("api-token")).unwrap(),
+        token
+    );
+    let auth = format!("Bearer {token}");
+    let (status, body) = wasmbed_test_support::http_request(
+        api,
+        "GET",
+        "/api/v1/devices",
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(devices.as_array().unwrap().len(), 2, "{devices}");
+    assert_eq!(http_get(api, "/api/v1/devices").await.0, 401);
 
     // The fleet's metrics count both devices online (liveness is checked every second).
     let fleet = field(&printed, "fleet:");
