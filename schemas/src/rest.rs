@@ -215,3 +215,20 @@ pub struct ErrorBody {
     /// What went wrong.
     pub error: CommandError,
 }
+
+/// One telemetry message on `GET /api/v1/stream/telemetry/{device}` (Server-Sent Events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TelemetryMessage {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The application.
+    pub app_id: AppId,
+    /// The application's sequence number.
+    pub seq: Option<u32>,
+    /// The application's topic.
+    pub topic: Option<String>,
+    /// The payload as text, when it is UTF-8.
+    pub text: Option<String>,
+    /// The payload (hex).
+    pub payload: Blob,
+}

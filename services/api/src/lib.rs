@@ -16,10 +16,14 @@
 //! | `POST /api/v1/applications/{id}/update` | new version (multipart `module`) |
 //! | `GET /api/v1/gateways` | gateways and the devices they hold |
 //! | `GET /api/v1/events?after=&limit=&kind=&id=` | the log, paged |
+//! | `GET /api/v1/stream/events?after=` | the log, live (SSE; `id` = sequence) |
+//! | `GET /api/v1/stream/telemetry/{id}` | one device's telemetry, live (SSE) |
+//! | `GET /api/v1/stream/console/{id}` | one device's UART and log lines, live (SSE) |
 
 mod auth;
 mod error;
 mod routes;
+mod streams;
 mod view;
 
 use std::future::Future;
@@ -115,6 +119,9 @@ fn router(api: Arc<Api>, tokens: Arc<Vec<Token>>) -> Router {
         .route("/api/v1/applications/{id}/stop", post(routes::stop_app))
         .route("/api/v1/gateways", get(routes::list_gateways))
         .route("/api/v1/events", get(routes::events))
+        .route("/api/v1/stream/events", get(streams::events))
+        .route("/api/v1/stream/telemetry/{id}", get(streams::telemetry))
+        .route("/api/v1/stream/console/{id}", get(streams::console))
         .route_layer(axum::middleware::from_fn_with_state(
             tokens,
             auth::require_token,

@@ -422,3 +422,104 @@ async fn the_log_is_paged_and_filtered() {
     }
     sim.stop().await;
 }
+
+/// Reads a Server-Sent Events response line by line until `want` is seen in a `data:` line
+/// that follows an `event: {event}` line; returns that data.
+async fn sse_until(addr: SocketAddr, path: String, event: &'static str, want: &'static str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let mut current = String::new();
+    let found = tokio::time::timeout(T, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(name) = line.strip_prefix("event: ") {
+                current = name.to_owned();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                if current == event && data.contains(want) {
+                    return data.to_owned();
+                }
+            }
+        }
+        panic!("stream ended before {event} with {want}");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {event} with {want} on {path}"))
+}
+
+#[tokio::test]
+async fn live_streams_carry_events_telemetry_and_console_lines() {
+    let system = System::start().await;
+    let api = start_api(&system).await;
+    // The log, live, with a read-only token in the query (as EventSource sends it).
+    let events = tokio::spawn(sse_until(
+        api,
+        format!("/api/v1/stream/events?token={VIEWER}"),
+        "DeviceConnected",
+        "\"dev-1\"",
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (device, sim) = system.device("dev-1", &[]).await;
+    let data = events.await.unwrap();
+    let logged: Value = serde_json::from_str(&data).unwrap();
+    assert!(logged["sequence"].as_u64().unwrap() > 0);
+
+    let telemetry = tokio::spawn(sse_until(
+        api,
+        format!("/api/v1/stream/telemetry/{device}?token={VIEWER}"),
+        "telemetry",
+        "temperature",
+    ));
+    let console = tokio::spawn(sse_until(
+        api,
+        format!("/api/v1/stream/console/{device}?token={VIEWER}"),
+        "log",
+        "sensor started",
+    ));
+    let uart = tokio::spawn(sse_until(
+        api,
+        format!("/api/v1/stream/console/{device}?token={VIEWER}"),
+        "uart",
+        "booted",
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metadata =
+        serde_json::to_vec(&json!({"app_id": "sensor", "target": {"kind": "all"}})).unwrap();
+    let (status, body) = post_multipart(
+        api,
+        "/api/v1/applications",
+        &[
+            ("metadata", &metadata),
+            ("module", wasmbed_example_apps::SENSOR),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    send_json(
+        api,
+        "POST",
+        "/api/v1/applications/sensor/deploy",
+        &json!({}),
+    )
+    .await;
+    system
+        .client
+        .publish(
+            wasmbed_schemas::subject::emulator_uart(&device),
+            "booted\r\n".into(),
+        )
+        .await
+        .unwrap();
+    let reading: Value = serde_json::from_str(&telemetry.await.unwrap()).unwrap();
+    assert_eq!(reading["app_id"], "sensor");
+    assert_eq!(reading["topic"], "temperature");
+    let text: Value = serde_json::from_str(reading["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text["device"], "dev-1");
+    let log: Value = serde_json::from_str(&console.await.unwrap()).unwrap();
+    assert_eq!(log["app_id"], "sensor");
+    assert_eq!(uart.await.unwrap(), "booted");
+    assert_eq!(http_get(api, "/api/v1/stream/events").await.0, 401);
+    sim.stop().await;
+}

@@ -142,11 +142,27 @@ pub struct Follow {
 impl EventLog {
     /// Follows the events matching `filter_subjects` (all when empty) from the first one on.
     pub async fn follow(&self, filter_subjects: Vec<String>) -> Result<Follow, ReadError> {
+        self.follow_after(filter_subjects, 0).await
+    }
+
+    /// Follows the matching events after stream sequence `after` (0: from the first), then
+    /// live: for resuming a live view where a client left it.
+    pub async fn follow_after(
+        &self,
+        filter_subjects: Vec<String>,
+        after: u64,
+    ) -> Result<Follow, ReadError> {
+        let deliver_policy = match after {
+            0 => DeliverPolicy::All,
+            after => DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+        };
         let consumer = self
             .stream
             .create_consumer(pull::OrderedConfig {
                 filter_subjects,
-                deliver_policy: DeliverPolicy::All,
+                deliver_policy,
                 ..Default::default()
             })
             .await
