@@ -19,9 +19,11 @@
 //! | `GET /api/v1/stream/events?after=` | the log, live (SSE; `id` = sequence) |
 //! | `GET /api/v1/stream/telemetry/{id}` | one device's telemetry, live (SSE) |
 //! | `GET /api/v1/stream/console/{id}` | one device's UART and log lines, live (SSE) |
+//! | `GET /api/openapi.json` | the OpenAPI document, built from the same table as the router |
 
 mod auth;
 mod error;
+mod openapi;
 mod routes;
 mod streams;
 mod view;
@@ -32,7 +34,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
@@ -96,36 +98,9 @@ impl Api {
 
 /// The router, over `api`.
 fn router(api: Arc<Api>, tokens: Arc<Vec<Token>>) -> Router {
-    let protected = Router::new()
-        .route("/metrics", get(routes::metrics))
-        .route(
-            "/api/v1/devices",
-            get(routes::list_devices).post(routes::register_device),
-        )
-        .route(
-            "/api/v1/devices/{id}",
-            get(routes::show_device).delete(routes::decommission_device),
-        )
-        .route(
-            "/api/v1/applications",
-            get(routes::list_apps).post(routes::create_app),
-        )
-        .route(
-            "/api/v1/applications/{id}",
-            get(routes::show_app).delete(routes::delete_app),
-        )
-        .route("/api/v1/applications/{id}/deploy", post(routes::deploy_app))
-        .route("/api/v1/applications/{id}/update", post(routes::update_app))
-        .route("/api/v1/applications/{id}/stop", post(routes::stop_app))
-        .route("/api/v1/gateways", get(routes::list_gateways))
-        .route("/api/v1/events", get(routes::events))
-        .route("/api/v1/stream/events", get(streams::events))
-        .route("/api/v1/stream/telemetry/{id}", get(streams::telemetry))
-        .route("/api/v1/stream/console/{id}", get(streams::console))
-        .route_layer(axum::middleware::from_fn_with_state(
-            tokens,
-            auth::require_token,
-        ));
+    let protected = openapi::router(openapi::routes()).route_layer(
+        axum::middleware::from_fn_with_state(tokens, auth::require_token),
+    );
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .merge(protected)
