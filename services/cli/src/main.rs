@@ -1,5 +1,8 @@
-//! `wasmbed`: run the system (`up`) and look at it (`events tail`).
+//! `wasmbed`: run the system (`up`), drive it (`device`, `app`) and look at it (`events tail`,
+//! `telemetry tail`).
 
+mod app;
+mod device;
 mod events;
 mod serve;
 mod tail;
@@ -22,6 +25,12 @@ struct Cli {
 enum Command {
     /// Run the embedded default: a local nats-server with the event log, and the services.
     Up(up::UpArgs),
+    /// Devices: register, list, show.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Applications: deploy (upload, roll out, wait), list, stop, delete.
+    #[command(subcommand)]
+    App(app::AppCommand),
     /// Read the event log.
     #[command(subcommand)]
     Events(events::EventsCommand),
@@ -45,6 +54,8 @@ async fn main() {
     let result: Result<()> = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Events(command) => events::run(command).await,
+        Command::Device(command) => device::run(command).await,
+        Command::App(command) => app::run(command).await,
         Command::Serve(command) => serve::run(command).await,
         Command::Telemetry(command) => telemetry::run(command).await,
     };

@@ -1,0 +1,313 @@
+//! `wasmbed app deploy|list|stop|delete`: applications, over the bus. `deploy` uploads the
+//! module, creates or updates the application, rolls it out and shows progress until every
+//! target device runs it, or says why not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use wasmbed_bus::call;
+use wasmbed_eventlog::modules::upload_module;
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::command::{
+    CreateApplication, DeleteApplication, DeployApplication, StopApplication, UpdateApplication,
+};
+use wasmbed_schemas::event::{Event, Target};
+use wasmbed_schemas::frame::Limits;
+use wasmbed_schemas::rest::{DesiredState, DeviceState};
+use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
+
+use crate::device::{Bus, fleet, humantime_secs};
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Upload a module, create or update the application, deploy it and wait until it runs.
+    Deploy {
+        #[command(flatten)]
+        bus: Bus,
+        /// The WASM module.
+        file: PathBuf,
+        /// Where: `all`, device ids (`dev-1,dev-2`), or labels (`label:room=lab,floor=2`).
+        #[arg(long)]
+        to: String,
+        /// The application id (default: the file name without `.wasm`).
+        #[arg(long)]
+        app_id: Option<AppId>,
+        /// Configuration text the app reads through the host API.
+        #[arg(long, default_value = "")]
+        config: String,
+        /// Fuel per call of an export.
+        #[arg(long, default_value_t = 1_000_000)]
+        fuel: u64,
+        /// Memory limit in 64 KiB pages.
+        #[arg(long, default_value_t = 2)]
+        pages: u32,
+        /// Milliseconds between ticks.
+        #[arg(long, default_value_t = 1000)]
+        tick_ms: u32,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime_secs)]
+        wait: Duration,
+    },
+    /// Every application and where it runs.
+    List {
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Stop an application on every device.
+    Stop {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+    },
+    /// Stop and delete an application.
+    Delete {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+    },
+}
+
+fn target(to: &str) -> Result<Target> {
+    if to == "all" {
+        return Ok(Target::All);
+    }
+    if let Some(labels) = to.strip_prefix("label:") {
+        let labels: BTreeMap<String, String> = labels
+            .split(',')
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .with_context(|| format!("--to label:{labels}: {kv:?} is not KEY=VALUE"))
+            })
+            .collect::<Result<_>>()?;
+        return Ok(Target::Labels(labels));
+    }
+    let ids = to
+        .split(',')
+        .map(|id| DeviceId::new(id).with_context(|| format!("--to: {id:?} is not a device id")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Target::Devices(ids))
+}
+
+pub async fn run(command: AppCommand) -> Result<()> {
+    match command {
+        AppCommand::Deploy {
+            bus,
+            file,
+            to,
+            app_id,
+            config,
+            fuel,
+            pages,
+            tick_ms,
+            wait,
+        } => {
+            let target = target(&to)?;
+            let module =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let app_id = match app_id {
+                Some(id) => id,
+                None => {
+                    let stem = file
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or_default();
+                    AppId::new(stem.to_lowercase().replace('_', "-"))
+                        .with_context(|| format!("{stem:?} is no app id; pass --app-id"))?
+                }
+            };
+            let limits = Limits {
+                fuel_per_invocation: fuel,
+                max_memory_pages: pages,
+                tick_interval_ms: tick_ms,
+            };
+            deploy(&bus, module, app_id, target, config, limits, wait).await
+        }
+        AppCommand::List { bus } => {
+            let view = fleet(&bus.connect().await?).await?;
+            println!("{:<24} {:<10} {:<9} DEVICES", "APP", "DESIRED", "VERSIONS");
+            for app in view.apps.values() {
+                let desired = match app.desired {
+                    DesiredState::Running { version } => format!("v{version}"),
+                    other => format!("{other:?}").to_lowercase(),
+                };
+                let devices: Vec<String> = app
+                    .devices
+                    .iter()
+                    .map(|(d, dep)| format!("{d}:{:?}", dep.phase).to_lowercase())
+                    .collect();
+                println!(
+                    "{:<24} {:<10} {:<9} {}",
+                    app.app_id,
+                    desired,
+                    app.versions.len(),
+                    devices.join(",")
+                );
+            }
+            Ok(())
+        }
+        AppCommand::Stop { bus, app_id } => {
+            let client = bus.connect().await?;
+            call(
+                &client,
+                &StopApplication {
+                    app_id: app_id.clone(),
+                },
+                bus.timeout,
+            )
+            .await?;
+            println!("stopping {app_id} everywhere");
+            Ok(())
+        }
+        AppCommand::Delete { bus, app_id } => {
+            let client = bus.connect().await?;
+            call(
+                &client,
+                &DeleteApplication {
+                    app_id: app_id.clone(),
+                },
+                bus.timeout,
+            )
+            .await?;
+            println!("deleted {app_id}");
+            Ok(())
+        }
+    }
+}
+
+async fn deploy(
+    bus: &Bus,
+    module: Vec<u8>,
+    app_id: AppId,
+    target: Target,
+    config: String,
+    limits: Limits,
+    wait: Duration,
+) -> Result<()> {
+    let client = bus.connect().await?;
+    let log = EventLog::open(client.clone(), &LogOptions::default())
+        .await
+        .context("opening the event log")?;
+    let sha = upload_module(log.jetstream(), &module).await?;
+    let before = fleet(&client).await?;
+    match before.apps.get(&app_id) {
+        None => {
+            let create = CreateApplication {
+                app_id: app_id.clone(),
+                name: app_id.to_string(),
+                module_sha256: sha,
+                target: target.clone(),
+                config: Blob(config.into_bytes()),
+                limits,
+            };
+            call(&client, &create, bus.timeout).await?;
+        }
+        Some(app) if app.versions.last().is_some_and(|v| v.sha256 == sha) => {}
+        Some(_) => {
+            let update = UpdateApplication {
+                app_id: app_id.clone(),
+                module_sha256: sha,
+            };
+            call(&client, &update, bus.timeout).await?;
+        }
+    }
+    call(
+        &client,
+        &DeployApplication {
+            app_id: app_id.clone(),
+        },
+        bus.timeout,
+    )
+    .await?;
+
+    let view = fleet(&client).await?;
+    let app = view.apps.get(&app_id).context("the application vanished")?;
+    let version = app.versions.last().map_or(1, |v| v.version);
+    let targets: BTreeSet<DeviceId> = view
+        .devices
+        .values()
+        .filter(|d| d.state != DeviceState::Decommissioned)
+        .filter(|d| match &app.target {
+            Target::All => true,
+            Target::Devices(ids) => ids.contains(&d.device_id),
+            Target::Labels(wanted) => wanted.iter().all(|(k, v)| d.labels.get(k) == Some(v)),
+        })
+        .map(|d| d.device_id.clone())
+        .collect();
+    if targets.is_empty() {
+        bail!("{app_id} v{version}: no device matches the target");
+    }
+    println!("{app_id} v{version} ({sha}) → {} devices", targets.len());
+    progress(&log, &app_id, version, &targets, wait).await
+}
+
+/// Follows the app's deployment events until every target runs `version`.
+async fn progress(
+    log: &EventLog,
+    app: &AppId,
+    version: u32,
+    targets: &BTreeSet<DeviceId>,
+    wait: Duration,
+) -> Result<()> {
+    let filter = format!(
+        "{}.{app}.*",
+        subject::events_of_kind(AggregateKind::Deployment).trim_end_matches(".>")
+    );
+    let mut follow = log.follow(vec![filter]).await?;
+    let mut phase: BTreeMap<DeviceId, &'static str> =
+        targets.iter().map(|d| (d.clone(), "waiting")).collect();
+    let tty = std::io::stdout().is_terminal();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let running = phase.values().filter(|p| **p == "running").count();
+        if tty {
+            print!("\r  {running}/{} running", targets.len());
+            let _ = std::io::stdout().flush();
+        }
+        if running == targets.len() {
+            println!(
+                "{}all {} devices run {app} v{version}",
+                if tty { "\n" } else { "" },
+                targets.len()
+            );
+            return Ok(());
+        }
+        let next = tokio::time::timeout_at(deadline, follow.next()).await;
+        let Ok(Some(next)) = next else {
+            let waiting: Vec<String> = phase
+                .iter()
+                .filter(|(_, p)| **p != "running")
+                .map(|(d, p)| format!("{d} ({p})"))
+                .collect();
+            bail!(
+                "{running}/{} running after {wait:?}; still waiting: {}",
+                targets.len(),
+                waiting.join(", ")
+            );
+        };
+        let (stored, _) = next?;
+        let (device, this, new_phase, reason) = match &stored.envelope.event {
+            Event::DeploymentRequested(e) => (&e.device_id, e.version, "requested", None),
+            Event::DeploymentTransferStarted(e) => (&e.device_id, e.version, "transferring", None),
+            Event::DeploymentDelivered(e) => (&e.device_id, e.version, "delivered", None),
+            Event::DeploymentRunning(e) => (&e.device_id, e.version, "running", None),
+            Event::DeploymentFailed(e) => (&e.device_id, e.version, "failed", Some(&e.reason)),
+            Event::DeploymentRefused(e) => (&e.device_id, e.version, "refused", Some(&e.reason)),
+            _ => continue,
+        };
+        if this != version || !targets.contains(device) {
+            continue;
+        }
+        if let Some(reason) = reason {
+            bail!("{device}: {new_phase}: {reason}");
+        }
+        phase.insert(device.clone(), new_phase);
+    }
+}
