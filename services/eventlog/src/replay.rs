@@ -52,6 +52,16 @@ pub enum ReadError {
     },
 }
 
+/// Delivery from the event after stream sequence `after` (0: from the first).
+fn after_sequence(after: u64) -> DeliverPolicy {
+    match after {
+        0 => DeliverPolicy::All,
+        after => DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        },
+    }
+}
+
 fn nats(e: impl std::fmt::Display) -> ReadError {
     ReadError::Nats(e.to_string())
 }
@@ -74,17 +84,11 @@ impl EventLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, ReadError> {
-        let deliver_policy = match after {
-            0 => DeliverPolicy::All,
-            after => DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-        };
         let consumer = self
             .stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: filter.unwrap_or_default(),
-                deliver_policy,
+                deliver_policy: after_sequence(after),
                 ..Default::default()
             })
             .await
@@ -152,17 +156,11 @@ impl EventLog {
         filter_subjects: Vec<String>,
         after: u64,
     ) -> Result<Follow, ReadError> {
-        let deliver_policy = match after {
-            0 => DeliverPolicy::All,
-            after => DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-        };
         let consumer = self
             .stream
             .create_consumer(pull::OrderedConfig {
                 filter_subjects,
-                deliver_policy,
+                deliver_policy: after_sequence(after),
                 ..Default::default()
             })
             .await
