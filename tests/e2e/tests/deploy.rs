@@ -13,6 +13,7 @@ use wasmbed_e2e::{System, T, deployment, names, padded};
 use wasmbed_example_apps::{COUNTER, SENSOR, SPIN};
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::*;
+use wasmbed_schemas::device_message::DeploymentStatus;
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::frame::codec::{decode, encode_to_vec};
 use wasmbed_schemas::frame::*;
@@ -267,6 +268,32 @@ async fn an_infinite_loop_fails_by_fuel_while_the_device_and_its_other_app_carry
     );
     let counter_events = system.events(&deployment(&counter, &device)).await;
     assert_eq!(names(&counter_events).last(), Some(&"DeploymentRunning"));
+
+    // The statuses the device reported are in the read model for dashboards.
+    let statuses = system
+        .log
+        .read_model::<DeploymentStatus>(subject::DEPLOYMENTS_BUCKET)
+        .await
+        .unwrap();
+    let spun = statuses
+        .get(&format!("spin.{device}"))
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(spun.state, AppState::Failed);
+    assert!(spun.detail.unwrap().contains("fuel exhausted"));
+    assert!(spun.fuel_used >= limits().fuel_per_invocation);
+    let counted = statuses
+        .get(&format!("counter.{device}"))
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        (counted.state, counted.version, counted.memory_pages),
+        (AppState::Running, 1, 1)
+    );
     sim.wait_for(|s| s.connected, T).await.unwrap();
     sim.stop().await;
 }
