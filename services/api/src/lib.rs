@@ -1,7 +1,9 @@
 //! The REST facade (axum): writes become commands on the bus, reads come from a view projected
 //! from the event log. It never calls a service directly.
 //!
-//! Routes (all but `/health` need `Authorization: Bearer <token>`; read-only tokens may only
+//! The dashboard is served at `/` (a static page; what it shows comes from the routes below).
+//!
+//! Routes (all but `/health` and `/` need `Authorization: Bearer <token>`; read-only tokens may only
 //! `GET`):
 //!
 //! | route | what |
@@ -103,6 +105,8 @@ fn router(api: Arc<Api>, tokens: Arc<Vec<Token>>) -> Router {
     );
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
+        // The dashboard is a static page; everything it shows needs the token.
+        .route("/", get(dashboard))
         .merge(protected)
         // A module (1 MiB at most) plus its metadata.
         .layer(DefaultBodyLimit::max(
@@ -110,6 +114,12 @@ fn router(api: Arc<Api>, tokens: Arc<Vec<Token>>) -> Router {
         ))
         .layer(axum::middleware::from_fn(trace))
         .with_state(api)
+}
+
+/// The dashboard: one page, no build step; it reads the api with the token from its URL
+/// fragment (`/#token=…`) or its token field.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../dashboard/index.html"))
 }
 
 /// A span per request.

@@ -282,6 +282,10 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         entry[r.method.as_str().to_lowercase()] = operation;
     }
     paths.insert(
+        "/".to_owned(),
+        json!({"get": {"summary": "The dashboard (HTML; the token goes in the URL fragment)", "responses": {"200": {"description": "the page"}}}}),
+    );
+    paths.insert(
         "/health".to_owned(),
         json!({"get": {"summary": "Liveness (no token)", "responses": {"200": {"description": "ok"}}}}),
     );

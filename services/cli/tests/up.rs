@@ -156,6 +156,11 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
     let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(devices.as_array().unwrap().len(), 2, "{devices}");
     assert_eq!(http_get(api, "/api/v1/devices").await.0, 401);
+    assert_eq!(
+        field(&printed, "dashboard:"),
+        format!("http://{api}/#token={token}")
+    );
+    assert_eq!(http_get(api, "/").await.0, 200);
 
     // The fleet's metrics count both devices online (liveness is checked every second).
     let fleet = field(&printed, "fleet:");

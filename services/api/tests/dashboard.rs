@@ -1,0 +1,316 @@
+//! The dashboard in a real browser: headless Chromium (installed by `scripts/setup`) opens it
+//! on a running system, driven over the DevTools protocol. It must show the device in the
+//! topology, then show an application's state change live (the page is already open when the
+//! app is deployed), and the run leaves a screenshot in `target/screenshots/dashboard.png`.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use wasmbed_api::{Access, ApiConfig, Token};
+use wasmbed_e2e::{System, T};
+use wasmbed_test_support::{http_get, http_request, workspace_root};
+
+const ADMIN: &str = "dashboard-test-secret";
+
+async fn start_api(system: &System) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ApiConfig {
+        tokens: vec![Token {
+            name: "test".into(),
+            secret: ADMIN.into(),
+            access: Access::ReadWrite,
+        }],
+        replicas: 1,
+    };
+    tokio::spawn(wasmbed_api::run(
+        system.client.clone(),
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    while http_get(addr, "/health").await.0 != 200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    addr
+}
+
+/// Headless Chromium with the DevTools protocol on a port it picks itself.
+struct Browser {
+    child: tokio::process::Child,
+    _profile: tempfile::TempDir,
+    port: u16,
+}
+
+impl Browser {
+    async fn launch(url: &str) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let child = tokio::process::Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium is installed (scripts/setup installs it)");
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = tokio::time::Instant::now() + T;
+        let port = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.parse().ok()))
+            {
+                break port;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromium did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Self {
+            child,
+            _profile: profile,
+            port,
+        }
+    }
+
+    /// The DevTools WebSocket of the page.
+    async fn page(&self) -> Page {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let deadline = tokio::time::Instant::now() + T;
+        let url = loop {
+            let body = devtools_list(addr).await;
+            let pages: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if let Some(url) = pages.as_array().and_then(|p| {
+                p.iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
+            }) {
+                break url;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no page in chromium"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Page { socket, next_id: 1 }
+    }
+}
+
+/// `GET /json/list` of the DevTools HTTP endpoint, which speaks only HTTP/1.1 and keeps the
+/// connection open: read the headers, then exactly Content-Length bytes.
+async fn devtools_list(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    // The WebSocket URLs it answers with use this host.
+    let request = format!("GET /json/list HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return body.to_owned();
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return String::new(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.unwrap_or_default()
+}
+
+struct Page {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+}
+
+impl Page {
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"id": id, "method": method, "params": params});
+        self.socket
+            .send(Message::Text(request.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let message = tokio::time::timeout(T, self.socket.next())
+                .await
+                .expect("DevTools answered")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(text) = message {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value["id"] == id {
+                    return value["result"].clone();
+                }
+            }
+        }
+    }
+
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        result["result"]["value"].clone()
+    }
+
+    /// Waits until `expression` evaluates to `want` in the page.
+    async fn wait_for(&mut self, expression: &str, want: &str) {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let got = self.eval(expression).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{expression} is {got}, never {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn multipart(boundary: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
+    let system = System::start().await;
+    let api = start_api(&system).await;
+    let (_, sim) = system.device("dev-1", &[]).await;
+    let (status, page_html) = http_get(api, "/").await;
+    assert_eq!(status, 200);
+    assert!(page_html.contains("<title>Wasmbed</title>"));
+
+    let browser = Browser::launch(&format!("http://{api}/#token={ADMIN}")).await;
+    let mut page = browser.page().await;
+    page.wait_for(
+        r#"document.querySelector('#topology circle[data-device="dev-1"]')?.getAttribute('data-state') ?? 'absent'"#,
+        "online",
+    )
+    .await;
+    page.wait_for(
+        r#"document.querySelector('#topology rect[data-gateway="gw-e2e"]') ? 'yes' : 'no'"#,
+        "yes",
+    )
+    .await;
+    page.wait_for("document.getElementById('stat-online').textContent", "1")
+        .await;
+
+    // The page is open; the app is created and deployed now, through the api.
+    let metadata =
+        serde_json::to_vec(&json!({"app_id": "sensor", "target": {"kind": "all"}})).unwrap();
+    let body = multipart(
+        "b0undary",
+        &[
+            ("metadata", &metadata),
+            ("module", wasmbed_example_apps::SENSOR),
+        ],
+    );
+    let auth = format!("Bearer {ADMIN}");
+    let (status, answer) = http_request(
+        api,
+        "POST",
+        "/api/v1/applications",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "multipart/form-data; boundary=b0undary"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, _) = http_request(
+        api,
+        "POST",
+        "/api/v1/applications/sensor/deploy",
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    page.wait_for(
+        r#"document.querySelector('#apps tr[data-app="sensor"] [data-device="dev-1"]')?.dataset.phase ?? 'absent'"#,
+        "running",
+    )
+    .await;
+    page.wait_for("document.getElementById('stat-running').textContent", "1")
+        .await;
+    let timeline = page
+        .eval("document.getElementById('events').textContent")
+        .await;
+    assert!(
+        timeline.as_str().unwrap().contains("DeploymentRunning"),
+        "{timeline}"
+    );
+
+    let shot = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let dir: PathBuf = workspace_root().join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("dashboard.png"), &png).unwrap();
+    println!("screenshot: {}", dir.join("dashboard.png").display());
+    drop(page);
+    let mut child = browser.child;
+    let _ = child.kill().await;
+    sim.stop().await;
+}
