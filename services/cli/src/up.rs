@@ -180,6 +180,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         state.join("api-token").display()
     );
     say!("  token:   {api_token}");
+    say!("  dashboard: http://{api_addr}/#token={api_token}");
     say!(
         "  devices: {connected} of {} simulated devices connected ({})",
         devices.len(),
