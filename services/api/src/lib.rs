@@ -80,6 +80,7 @@ pub(crate) struct Api {
     pub(crate) log: EventLog,
     view: RwLock<View>,
     folded: watch::Sender<u64>,
+    lists: std::sync::Mutex<std::collections::HashMap<&'static str, (u64, bytes::Bytes)>>,
 }
 
 impl Api {
@@ -87,6 +88,28 @@ impl Api {
         self.view
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The JSON of a whole list, serialized once per version of the view: reads between two
+    /// events share the same bytes.
+    pub(crate) fn cached_list(
+        &self,
+        name: &'static str,
+        render: impl FnOnce(&View) -> serde_json::Result<Vec<u8>>,
+    ) -> serde_json::Result<bytes::Bytes> {
+        let view = self.view();
+        let mut lists = self
+            .lists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((sequence, bytes)) = lists.get(name) {
+            if *sequence == view.sequence {
+                return Ok(bytes.clone());
+            }
+        }
+        let bytes = bytes::Bytes::from(render(&view)?);
+        lists.insert(name, (view.sequence, bytes.clone()));
+        Ok(bytes)
     }
 
     /// Waits (briefly) until the view holds the event at `sequence`, so a client reads its own
@@ -174,6 +197,7 @@ pub async fn run(
         log,
         view: RwLock::new(view),
         folded,
+        lists: std::sync::Mutex::default(),
     });
     let follower_api = api.clone();
     let follower = tokio::spawn(async move {

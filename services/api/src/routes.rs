@@ -48,8 +48,22 @@ fn app_id(raw: &str) -> Result<AppId, ApiError> {
     AppId::new(raw).map_err(|e| ApiError::BadRequest(format!("application id {raw:?}: {e}")))
 }
 
-pub(crate) async fn list_devices(State(api): S) -> Json<Vec<DeviceView>> {
-    Json(api.view().devices.values().cloned().collect())
+/// A cached list as a JSON response.
+fn json_list(
+    api: &Api,
+    name: &'static str,
+    render: impl FnOnce(&crate::View) -> serde_json::Result<Vec<u8>>,
+) -> Result<axum::response::Response, ApiError> {
+    let bytes = api
+        .cached_list(name, render)
+        .map_err(|e| ApiError::Unavailable(format!("encoding: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+pub(crate) async fn list_devices(State(api): S) -> Result<impl IntoResponse, ApiError> {
+    json_list(&api, "devices", |view| {
+        serde_json::to_vec(&view.devices.values().collect::<Vec<&DeviceView>>())
+    })
 }
 
 pub(crate) async fn show_device(
@@ -101,8 +115,10 @@ pub(crate) async fn decommission_device(
     }))
 }
 
-pub(crate) async fn list_apps(State(api): S) -> Json<Vec<ApplicationView>> {
-    Json(api.view().apps.values().cloned().collect())
+pub(crate) async fn list_apps(State(api): S) -> Result<impl IntoResponse, ApiError> {
+    json_list(&api, "applications", |view| {
+        serde_json::to_vec(&view.apps.values().collect::<Vec<&ApplicationView>>())
+    })
 }
 
 pub(crate) async fn show_app(

@@ -531,11 +531,20 @@ async fn live_streams_carry_events_telemetry_and_console_lines() {
 
 /// The status line of a request, without waiting for the body (streams never end).
 async fn status_of(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    status_with(addr, method, path, Some(ADMIN)).await
+}
+
+async fn status_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 0\r\n\r\n"
-    );
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
@@ -583,6 +592,13 @@ async fn the_openapi_document_describes_exactly_the_routes_served() {
             "{method} {path}: {text}"
         );
         assert_ne!(status, 0, "{method} {path}");
+        // And every one but the page and the health check wants a token.
+        if path != "/" && path != "/health" {
+            let (status, _) = status_with(api, method, &concrete, None).await;
+            assert_eq!(status, 401, "{method} {path} without a token");
+            let (status, _) = status_with(api, method, &concrete, Some("wrong")).await;
+            assert_eq!(status, 401, "{method} {path} with a wrong token");
+        }
     }
     // And a route that is not documented is not served.
     assert_eq!(status_of(api, "PUT", "/api/v1/devices").await.0, 405);
