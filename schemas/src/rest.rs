@@ -85,6 +85,8 @@ pub struct DeviceView {
     pub firmware: Option<String>,
     /// When its state last changed.
     pub since: Option<DateTime<Utc>>,
+    /// Its last heartbeat, as the telemetry service saved it (about once a second).
+    pub last_heard: Option<DateTime<Utc>>,
     /// Its applications.
     pub apps: BTreeMap<AppId, DeploymentView>,
 }

@@ -36,6 +36,9 @@ pub const TELEMETRY_ALL: &str = "wasmbed.telemetry.>";
 pub const TELEMETRY_LATEST_BUCKET: &str = "wasmbed-telemetry-latest";
 /// The object store holding WASM modules, keyed by SHA-256.
 pub const MODULES_OBJECT_STORE: &str = "wasmbed-modules";
+/// KV bucket: when each device was last heard (key: device id; value: JSON time), kept by the
+/// telemetry service.
+pub const LIVENESS_BUCKET: &str = "wasmbed-liveness";
 /// KV bucket: each application on each device as last reported (`<app>.<device>`).
 pub const DEPLOYMENTS_BUCKET: &str = "wasmbed-deployments";
 

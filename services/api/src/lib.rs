@@ -69,6 +69,9 @@ pub enum ApiStartError {
     /// Reading the log failed.
     #[error(transparent)]
     Read(#[from] wasmbed_eventlog::ReadError),
+    /// The liveness read model could not be watched.
+    #[error(transparent)]
+    ReadModel(#[from] wasmbed_eventlog::ReadModelError),
     /// Serving HTTP failed.
     #[error("serving http: {0}")]
     Http(#[from] std::io::Error),
@@ -102,13 +105,13 @@ impl Api {
             .lists
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((sequence, bytes)) = lists.get(name) {
-            if *sequence == view.sequence {
+        if let Some((revision, bytes)) = lists.get(name) {
+            if *revision == view.revision {
                 return Ok(bytes.clone());
             }
         }
         let bytes = bytes::Bytes::from(render(&view)?);
-        lists.insert(name, (view.sequence, bytes.clone()));
+        lists.insert(name, (view.revision, bytes.clone()));
         Ok(bytes)
     }
 
@@ -157,6 +160,29 @@ async fn trace(
         token = tracing::field::Empty
     );
     next.run(request).instrument(span).await
+}
+
+/// Folds the telemetry service's last-heard times into the view as they are saved.
+async fn spawn_heartbeat_watch(
+    api: &Arc<Api>,
+) -> Result<tokio::task::JoinHandle<()>, ApiStartError> {
+    use futures::StreamExt;
+    let model = api
+        .log
+        .read_model::<chrono::DateTime<chrono::Utc>>(wasmbed_schemas::subject::LIVENESS_BUCKET)
+        .await?;
+    let mut changes = Box::pin(model.watch().await?);
+    let api = api.clone();
+    Ok(tokio::spawn(async move {
+        while let Some((key, at)) = changes.next().await {
+            if let Ok(device) = wasmbed_schemas::DeviceId::new(key) {
+                api.view
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .heard(&device, at);
+            }
+        }
+    }))
 }
 
 /// Runs the api on `listener` until `shutdown` completes: catches up on the log first, then
@@ -216,11 +242,13 @@ pub async fn run(
             }
         }
     });
+    let heard = spawn_heartbeat_watch(&api).await?;
     let tokens = Arc::new(config.tokens);
     let served = axum::serve(listener, router(api, tokens))
         .with_graceful_shutdown(shutdown)
         .await;
     follower.abort();
+    heard.abort();
     served?;
     info!("api stopped");
     Ok(())

@@ -23,6 +23,8 @@ pub struct View {
     pub gateways: BTreeMap<GatewayId, GatewayView>,
     /// The last sequence folded in.
     pub sequence: u64,
+    /// Changes with every change of anything above (events and heartbeats alike).
+    pub revision: u64,
 }
 
 fn new_device(id: &DeviceId) -> DeviceView {
@@ -36,6 +38,7 @@ fn new_device(id: &DeviceId) -> DeviceView {
         app_ram_bytes: None,
         firmware: None,
         since: None,
+        last_heard: None,
         apps: BTreeMap::new(),
     }
 }
@@ -47,6 +50,7 @@ impl View {
             return;
         }
         self.sequence = stored.sequence;
+        self.revision += 1;
         let at = stored.envelope.time;
         match &stored.envelope.event {
             Event::DeviceRegistered(e) => {
@@ -268,6 +272,16 @@ impl View {
             .and_then(|d| d.apps.get_mut(app))
         {
             change(d);
+        }
+    }
+
+    /// Records when a device was last heard (from the liveness read model).
+    pub fn heard(&mut self, device: &DeviceId, at: Option<DateTime<Utc>>) {
+        if let Some(d) = self.devices.get_mut(device) {
+            if d.last_heard != at {
+                d.last_heard = at;
+                self.revision += 1;
+            }
         }
     }
 

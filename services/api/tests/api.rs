@@ -210,7 +210,10 @@ async fn devices_are_registered_listed_shown_and_decommissioned() {
     // The device connects: the api shows it online, on the gateway.
     let mut sim = system.sim(key);
     sim.wait_for(|s| s.connected, T).await.unwrap();
-    let shown = wait_json(api, "/api/v1/devices/dev-1", |d| d["state"] == "online").await;
+    let shown = wait_json(api, "/api/v1/devices/dev-1", |d| {
+        d["state"] == "online" && d["last_heard"].is_string()
+    })
+    .await;
     assert_eq!(shown["gateway_id"], "gw-e2e");
     let gateways = wait_json(api, "/api/v1/gateways", |g| g[0]["devices"][0] == "dev-1").await;
     assert_eq!(gateways[0]["running"], true);

@@ -65,7 +65,7 @@ impl Browser {
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(profile.path().join("stderr.log")).unwrap())
             .kill_on_drop(true)
             .spawn()
             .expect("chromium is installed (scripts/setup installs it)");
@@ -78,10 +78,15 @@ impl Browser {
             {
                 break port;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromium did not start"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let log =
+                    std::fs::read_to_string(profile.path().join("stderr.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "chromium did not start; its last lines:\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         Self {
@@ -250,6 +255,11 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
     .await;
     page.wait_for("document.getElementById('stat-online').textContent", "1")
         .await;
+    page.wait_for(
+        r#"document.querySelector('#devices tr[data-device="dev-1"] td.heard')?.dataset.heard ? 'heard' : 'not yet'"#,
+        "heard",
+    )
+    .await;
 
     // The page is open; the app is created and deployed now, through the api.
     let metadata =

@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -84,6 +84,26 @@ impl EventLog {
 }
 
 impl<T: Serialize + DeserializeOwned> ReadModel<T> {
+    /// Every key's current value, then each change as it happens (`None`: deleted). Values
+    /// that do not decode are skipped; the stream ends when the connection does.
+    pub async fn watch(
+        &self,
+    ) -> Result<impl Stream<Item = (String, Option<T>)> + Send + 'static, ReadModelError>
+    where
+        T: Send + 'static,
+    {
+        let watch = self.store.watch_with_history(">").await.map_err(nats)?;
+        Ok(watch.filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            match entry.operation {
+                kv::Operation::Put => serde_json::from_slice(&entry.value)
+                    .ok()
+                    .map(|value| (entry.key, Some(value))),
+                kv::Operation::Delete | kv::Operation::Purge => Some((entry.key, None)),
+            }
+        }))
+    }
+
     /// The value under `key`, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, ReadModelError> {
         let Some(entry) = self.store.entry(key).await.map_err(nats)? else {

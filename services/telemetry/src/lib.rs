@@ -31,7 +31,7 @@ pub use liveness::{Liveness, Transition};
 use crate::metrics::Stats;
 
 /// The KV bucket of last-seen times.
-pub const LIVENESS_BUCKET: &str = "wasmbed-liveness";
+pub const LIVENESS_BUCKET: &str = wasmbed_schemas::subject::LIVENESS_BUCKET;
 
 /// Settings of the telemetry service.
 #[derive(Debug, Clone)]

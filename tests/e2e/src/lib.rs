@@ -1,5 +1,5 @@
 //! A whole system for end-to-end tests: a real nats-server, enrollment, a gateway on real TLS,
-//! the deployer, and simulated devices — every service in this process, talking only over NATS.
+//! the deployer, the telemetry service, and simulated devices — every service in this process, talking only over NATS.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // a test fixture: failing is failing
 
@@ -75,6 +75,8 @@ pub struct System {
     pub gateway: Option<Running>,
     /// The deployer.
     pub deployer: Option<Running>,
+    /// The telemetry service.
+    pub telemetry: Option<Running>,
     deployer_config: DeployerConfig,
     _enrollment: Running,
     _ca_dir: tempfile::TempDir,
@@ -128,13 +130,42 @@ impl System {
             ca_pem: ca_pem.expect("enrollment came up"),
             gateway: None,
             deployer: None,
+            telemetry: None,
             deployer_config: deployer,
             _enrollment: enrollment,
             _ca_dir: ca_dir,
         };
         system.start_gateway().await;
         system.start_deployer().await;
+        system.start_telemetry().await;
         system
+    }
+
+    /// Starts the telemetry service (liveness with the gateway's 500 ms heartbeats).
+    async fn start_telemetry(&mut self) {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = http.local_addr().unwrap();
+        let client = self.client.clone();
+        let config = wasmbed_telemetry::TelemetryConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            missed_heartbeats: 3,
+            sweep_interval: Duration::from_millis(100),
+            replicas: 1,
+        };
+        self.telemetry = Some(Running::spawn(|stopped| async move {
+            let _ = wasmbed_telemetry::run(client, config, http, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        }));
+        let deadline = tokio::time::Instant::now() + T;
+        while http_get(addr, "/health").await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "telemetry never healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Starts the gateway (again) on the same address.
