@@ -20,7 +20,6 @@ use wasmbed_device_core::Signer;
 use wasmbed_e2e::System;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::command::RegisterDevice;
-use wasmbed_test_support::http_get;
 
 const TOKEN: &str = "bench-token-0123456789";
 const CONNECTIONS: usize = 16;
@@ -171,9 +170,7 @@ fn main() {
             listener,
             std::future::pending(),
         ));
-        while http_get(addr, "/health").await.0 != 200 {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wasmbed_e2e::wait_ok(addr, "/health").await;
         // Warm up, then measure each route at the same rate.
         measure(addr, "/api/v1/devices", rate / 4, Duration::from_secs(1)).await;
         let duration = Duration::from_secs(5);

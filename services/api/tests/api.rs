@@ -40,11 +40,7 @@ async fn start_api(system: &System) -> SocketAddr {
         listener,
         std::future::pending(),
     ));
-    let deadline = tokio::time::Instant::now() + T;
-    while http_get(addr, "/health").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "api never healthy");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wasmbed_e2e::wait_ok(addr, "/health").await;
     addr
 }
 

@@ -37,9 +37,7 @@ async fn start_api(system: &System) -> SocketAddr {
         listener,
         std::future::pending(),
     ));
-    while http_get(addr, "/health").await.0 != 200 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wasmbed_e2e::wait_ok(addr, "/health").await;
     addr
 }
 

@@ -158,14 +158,7 @@ impl System {
             })
             .await;
         }));
-        let deadline = tokio::time::Instant::now() + T;
-        while http_get(addr, "/health").await.0 != 200 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "telemetry never healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_ok(addr, "/health").await;
     }
 
     /// Starts the gateway (again) on the same address.
@@ -184,14 +177,7 @@ impl System {
             })
             .await;
         }));
-        let deadline = tokio::time::Instant::now() + T;
-        while http_get(http_addr, "/ready").await.0 != 200 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway never ready"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_ok(http_addr, "/ready").await;
     }
 
     /// Starts a deployer and waits until it answers commands.
@@ -301,6 +287,18 @@ impl System {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Waits until `GET path` answers 200 (a status, not a TCP connect, is readiness).
+pub async fn wait_ok(addr: SocketAddr, path: &str) {
+    let deadline = tokio::time::Instant::now() + T;
+    while http_get(addr, path).await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr}{path} never answered 200"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
