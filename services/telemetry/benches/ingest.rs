@@ -126,11 +126,23 @@ async fn main() {
     publish_all(&client, count, &service_device).await;
     while counted(http).await < count as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the service did not catch up: {} of {count} counted",
-            counted(http).await
-        );
+        if started.elapsed() >= Duration::from_secs(120) {
+            // Say whether the service fell behind or the stream never got the messages
+            // (core publishes are not acknowledged; the server may drop some under load).
+            let js = async_nats::jetstream::new(client.clone());
+            let stored = match js.get_stream(subject::TELEMETRY_STREAM).await {
+                Ok(mut stream) => stream
+                    .info()
+                    .await
+                    .map(|i| i.state.messages.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                Err(e) => e.to_string(),
+            };
+            panic!(
+                "the service did not catch up: {} of {count} counted; the telemetry stream holds {stored} messages",
+                counted(http).await
+            );
+        }
     }
     let service_rate = count as f64 / started.elapsed().as_secs_f64();
     let _ = stop.send(());

@@ -58,7 +58,9 @@ impl NatsServer {
                 monitor_port: free_port()?,
                 store_dir: dir.path().join("store"),
                 log_file: dir.path().join(format!("nats-server-{attempt}.log")),
-                config_file: None,
+                // The project's own server settings, so tests and benchmarks see what
+                // `wasmbed up` runs (flags override its ports and store).
+                config_file: Some(workspace_root().join("nats/nats-server.conf")),
                 ready_timeout: Duration::from_secs(10),
             })
             .await;
