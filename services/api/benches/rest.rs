@@ -12,14 +12,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-use wasmbed_api::{Access, ApiConfig, Token};
+use wasmbed_api::Access;
 use wasmbed_bus::call;
 use wasmbed_device_core::Signer;
 use wasmbed_e2e::System;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::command::RegisterDevice;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{start_api, token};
 
 const TOKEN: &str = "bench-token-0123456789";
 const CONNECTIONS: usize = 16;
@@ -159,18 +163,7 @@ fn main() {
             .await
             .unwrap();
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(wasmbed_api::run(
-            system.client.clone(),
-            ApiConfig {
-                tokens: vec![Token { name: "bench".into(), secret: TOKEN.into(), access: Access::ReadOnly }],
-                replicas: 1,
-            },
-            listener,
-            std::future::pending(),
-        ));
-        wasmbed_e2e::wait_ok(addr, "/health").await;
+        let addr = start_api(&system, vec![token("bench", TOKEN, Access::ReadOnly)]).await;
         // Warm up, then measure each route at the same rate.
         measure(addr, "/api/v1/devices", rate / 4, Duration::from_secs(1)).await;
         let duration = Duration::from_secs(5);

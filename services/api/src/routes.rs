@@ -107,12 +107,7 @@ pub(crate) async fn decommission_device(
         device_id: device_id(&id)?,
         reason,
     };
-    let accepted = send(&api, &command).await?;
-    api.wait_for(accepted.sequence).await;
-    Ok(Json(Recorded {
-        sequence: accepted.sequence,
-        sha256: None,
-    }))
+    forward(&api, command).await
 }
 
 pub(crate) async fn list_apps(State(api): S) -> Result<impl IntoResponse, ApiError> {
@@ -242,7 +237,8 @@ pub(crate) async fn update_app(
     }))
 }
 
-async fn app_command<C: Command<Reply = wasmbed_schemas::command::Accepted>>(
+/// Sends a command whose result is an event, and answers once the view holds that event.
+async fn forward<C: Command<Reply = wasmbed_schemas::command::Accepted>>(
     api: &Api,
     command: C,
 ) -> Result<Json<Recorded>, ApiError> {
@@ -258,7 +254,7 @@ pub(crate) async fn deploy_app(
     State(api): S,
     Path(id): Path<String>,
 ) -> Result<Json<Recorded>, ApiError> {
-    app_command(
+    forward(
         &api,
         DeployApplication {
             app_id: app_id(&id)?,
@@ -271,7 +267,7 @@ pub(crate) async fn stop_app(
     State(api): S,
     Path(id): Path<String>,
 ) -> Result<Json<Recorded>, ApiError> {
-    app_command(
+    forward(
         &api,
         StopApplication {
             app_id: app_id(&id)?,
@@ -284,7 +280,7 @@ pub(crate) async fn delete_app(
     State(api): S,
     Path(id): Path<String>,
 ) -> Result<Json<Recorded>, ApiError> {
-    app_command(
+    forward(
         &api,
         DeleteApplication {
             app_id: app_id(&id)?,

@@ -7,42 +7,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use wasmbed_api::{Access, ApiConfig, Token};
+use wasmbed_api::Access;
+
+mod support;
+use support::{start_api, token};
 use wasmbed_e2e::{System, T};
 use wasmbed_sim::random_key;
 use wasmbed_test_support::{http_get, http_request};
 
 const ADMIN: &str = "admin-secret";
 const VIEWER: &str = "viewer-secret";
-
-async fn start_api(system: &System) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = ApiConfig {
-        tokens: vec![
-            Token {
-                name: "admin".into(),
-                secret: ADMIN.into(),
-                access: Access::ReadWrite,
-            },
-            Token {
-                name: "dashboard".into(),
-                secret: VIEWER.into(),
-                access: Access::ReadOnly,
-            },
-        ],
-        replicas: 1,
-    };
-    tokio::spawn(wasmbed_api::run(
-        system.client.clone(),
-        config,
-        listener,
-        std::future::pending(),
-    ));
-    wasmbed_e2e::wait_ok(addr, "/health").await;
-    addr
-}
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -131,7 +105,14 @@ async fn wait_json(addr: SocketAddr, path: &str, ok: impl Fn(&Value) -> bool) ->
 #[tokio::test]
 async fn every_route_but_health_needs_a_token_and_read_only_tokens_cannot_write() {
     let system = System::start().await;
-    let api = start_api(&system).await;
+    let api = start_api(
+        &system,
+        vec![
+            token("admin", ADMIN, Access::ReadWrite),
+            token("dashboard", VIEWER, Access::ReadOnly),
+        ],
+    )
+    .await;
     assert_eq!(http_get(api, "/health").await.0, 200);
     for path in [
         "/metrics",
@@ -182,7 +163,14 @@ async fn every_route_but_health_needs_a_token_and_read_only_tokens_cannot_write(
 #[tokio::test]
 async fn devices_are_registered_listed_shown_and_decommissioned() {
     let system = System::start().await;
-    let api = start_api(&system).await;
+    let api = start_api(
+        &system,
+        vec![
+            token("admin", ADMIN, Access::ReadWrite),
+            token("dashboard", VIEWER, Access::ReadOnly),
+        ],
+    )
+    .await;
     let key = random_key();
     let public_key: String = key
         .verifying_key()
@@ -263,7 +251,14 @@ async fn devices_are_registered_listed_shown_and_decommissioned() {
 #[tokio::test]
 async fn applications_go_through_their_whole_life_over_rest() {
     let system = System::start().await;
-    let api = start_api(&system).await;
+    let api = start_api(
+        &system,
+        vec![
+            token("admin", ADMIN, Access::ReadWrite),
+            token("dashboard", VIEWER, Access::ReadOnly),
+        ],
+    )
+    .await;
     let (device, sim) = system.device("dev-1", &[]).await;
     let metadata = json!({
         "app_id": "climate",
@@ -388,7 +383,14 @@ async fn applications_go_through_their_whole_life_over_rest() {
 #[tokio::test]
 async fn the_log_is_paged_and_filtered() {
     let system = System::start().await;
-    let api = start_api(&system).await;
+    let api = start_api(
+        &system,
+        vec![
+            token("admin", ADMIN, Access::ReadWrite),
+            token("dashboard", VIEWER, Access::ReadOnly),
+        ],
+    )
+    .await;
     let (_, sim) = system.device("dev-1", &[]).await;
     let (status, first) = get(api, "/api/v1/events?limit=2").await;
     assert_eq!(status, 200, "{first}");
@@ -456,7 +458,14 @@ async fn sse_until(
 #[tokio::test]
 async fn live_streams_carry_events_telemetry_and_console_lines() {
     let system = System::start().await;
-    let api = start_api(&system).await;
+    let api = start_api(
+        &system,
+        vec![
+            token("admin", ADMIN, Access::ReadWrite),
+            token("dashboard", VIEWER, Access::ReadOnly),
+        ],
+    )
+    .await;
     // The log, live, with a read-only token in the query (as EventSource sends it).
     let events = tokio::spawn(sse_until(
         api,
@@ -568,7 +577,14 @@ async fn status_with(
 #[tokio::test]
 async fn the_openapi_document_describes_exactly_the_routes_served() {
     let system = System::start().await;
-    let api = start_api(&system).await;
+    let api = start_api(
+        &system,
+        vec![
+            token("admin", ADMIN, Access::ReadWrite),
+            token("dashboard", VIEWER, Access::ReadOnly),
+        ],
+    )
+    .await;
     let (status, doc) = get(api, "/api/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");

@@ -12,34 +12,15 @@ use std::time::Duration;
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use wasmbed_api::{Access, ApiConfig, Token};
+use wasmbed_api::Access;
+
+mod support;
+use support::{start_api, token};
 use wasmbed_e2e::{System, T};
 use wasmbed_test_support::{http_get, http_request, workspace_root};
 
 const ADMIN: &str = "dashboard-test-secret";
-
-async fn start_api(system: &System) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = ApiConfig {
-        tokens: vec![Token {
-            name: "test".into(),
-            secret: ADMIN.into(),
-            access: Access::ReadWrite,
-        }],
-        replicas: 1,
-    };
-    tokio::spawn(wasmbed_api::run(
-        system.client.clone(),
-        config,
-        listener,
-        std::future::pending(),
-    ));
-    wasmbed_e2e::wait_ok(addr, "/health").await;
-    addr
-}
 
 /// Headless Chromium with the DevTools protocol on a port it picks itself.
 struct Browser {
@@ -233,7 +214,7 @@ fn multipart(boundary: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
 #[tokio::test]
 async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
     let system = System::start().await;
-    let api = start_api(&system).await;
+    let api = start_api(&system, vec![token("test", ADMIN, Access::ReadWrite)]).await;
     let (_, sim) = system.device("dev-1", &[]).await;
     let (status, page_html) = http_get(api, "/").await;
     assert_eq!(status, 200);

@@ -196,9 +196,33 @@ async fn deploy(
         .await
         .context("opening the event log")?;
     let sha = upload_module(log.jetstream(), &module).await?;
-    let before = fleet(&client).await?;
-    match before.apps.get(&app_id) {
-        None => {
+    // One read of the fleet decides everything: create or update, the version that results,
+    // and the devices it must reach (refused before anything is sent when there are none).
+    let fleet = fleet(&client).await?;
+    let existing = fleet.apps.get(&app_id);
+    let latest = existing.and_then(|app| app.versions.last());
+    let version = match latest {
+        None => 1,
+        Some(v) if v.sha256 == sha => v.version,
+        Some(v) => v.version + 1,
+    };
+    let app_target = existing.map_or(&target, |app| &app.target);
+    let targets: BTreeSet<DeviceId> = fleet
+        .devices
+        .values()
+        .filter(|d| d.state != DeviceState::Decommissioned)
+        .filter(|d| match app_target {
+            Target::All => true,
+            Target::Devices(ids) => ids.contains(&d.device_id),
+            Target::Labels(wanted) => wanted.iter().all(|(k, v)| d.labels.get(k) == Some(v)),
+        })
+        .map(|d| d.device_id.clone())
+        .collect();
+    if targets.is_empty() {
+        bail!("{app_id} v{version}: no device matches the target");
+    }
+    match (existing, latest) {
+        (None, _) => {
             let create = CreateApplication {
                 app_id: app_id.clone(),
                 name: app_id.to_string(),
@@ -209,8 +233,8 @@ async fn deploy(
             };
             call(&client, &create, bus.timeout).await?;
         }
-        Some(app) if app.versions.last().is_some_and(|v| v.sha256 == sha) => {}
-        Some(_) => {
+        (Some(_), Some(v)) if v.sha256 == sha => {}
+        (Some(_), _) => {
             let update = UpdateApplication {
                 app_id: app_id.clone(),
                 module_sha256: sha,
@@ -226,24 +250,6 @@ async fn deploy(
         bus.timeout,
     )
     .await?;
-
-    let view = fleet(&client).await?;
-    let app = view.apps.get(&app_id).context("the application vanished")?;
-    let version = app.versions.last().map_or(1, |v| v.version);
-    let targets: BTreeSet<DeviceId> = view
-        .devices
-        .values()
-        .filter(|d| d.state != DeviceState::Decommissioned)
-        .filter(|d| match &app.target {
-            Target::All => true,
-            Target::Devices(ids) => ids.contains(&d.device_id),
-            Target::Labels(wanted) => wanted.iter().all(|(k, v)| d.labels.get(k) == Some(v)),
-        })
-        .map(|d| d.device_id.clone())
-        .collect();
-    if targets.is_empty() {
-        bail!("{app_id} v{version}: no device matches the target");
-    }
     println!("{app_id} v{version} ({sha}) → {} devices", targets.len());
     progress(&log, &app_id, version, &targets, wait).await
 }

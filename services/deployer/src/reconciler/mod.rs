@@ -101,23 +101,21 @@ pub(crate) struct Reconciler {
     state: Arc<Deployer>,
     client: async_nats::Client,
     statuses: mpsc::Sender<DeploymentStatus>,
-    status_model: Option<ReadModel<DeploymentStatus>>,
     links: HashMap<Pair, Link>,
     dirty: HashSet<Pair>,
 }
 
 impl Reconciler {
+    /// A reconciler; starts the writer of the status read model (needs a runtime).
     pub(crate) fn new(
         state: Arc<Deployer>,
         client: async_nats::Client,
         status_model: ReadModel<DeploymentStatus>,
     ) -> Self {
-        let (statuses, _) = mpsc::channel(1);
         Self {
             state,
             client,
-            statuses,
-            status_model: Some(status_model),
+            statuses: spawn_status_writer(status_model),
             links: HashMap::new(),
             dirty: HashSet::new(),
         }
@@ -129,9 +127,6 @@ impl Reconciler {
         mut uplink: async_nats::Subscriber,
         mut touched: mpsc::UnboundedReceiver<Touched>,
     ) {
-        if let Some(model) = self.status_model.take() {
-            self.statuses = spawn_status_writer(model);
-        }
         let everything: Vec<Pair> = {
             let fleet = self.state.fleet();
             fleet

@@ -1,0 +1,34 @@
+//! The api on a free port over a running [`System`], for tests and the benchmark.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use wasmbed_api::{Access, ApiConfig, Token};
+use wasmbed_e2e::System;
+
+/// A token named `name`.
+pub fn token(name: &str, secret: &str, access: Access) -> Token {
+    Token {
+        name: name.into(),
+        secret: secret.into(),
+        access,
+    }
+}
+
+/// Starts the api with `tokens` and waits until it is healthy.
+pub async fn start_api(system: &System, tokens: Vec<Token>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ApiConfig {
+        tokens,
+        replicas: 1,
+    };
+    tokio::spawn(wasmbed_api::run(
+        system.client.clone(),
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    wasmbed_e2e::wait_ok(addr, "/health").await;
+    addr
+}
