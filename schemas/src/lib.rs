@@ -8,6 +8,7 @@ pub mod bytes;
 pub mod frame;
 pub mod host_api;
 pub mod ids;
+pub mod provisioning;
 pub mod subject;
 
 #[cfg(feature = "std")]

@@ -17,8 +17,12 @@ use wasmbed_deployer::DeployerConfig;
 use wasmbed_device_core::Signer;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_gateway::{GatewayConfig, Listeners};
-use wasmbed_schemas::command::{DeployApplication, GetCaCertificate, RegisterDevice};
-use wasmbed_schemas::event::Event;
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::command::{
+    CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice,
+};
+use wasmbed_schemas::event::{Event, Target};
+use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
 use wasmbed_test_support::{NatsServer, http_get};
@@ -204,6 +208,40 @@ impl System {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Uploads `module` and creates application `app` for `target` (config `lab`).
+    pub async fn create_app(&self, app: &AppId, module: &[u8], target: Target, limits: Limits) {
+        let sha = wasmbed_deployer::upload_module(self.log.jetstream(), module)
+            .await
+            .unwrap();
+        call(
+            &self.client,
+            &CreateApplication {
+                app_id: app.clone(),
+                name: app.to_string(),
+                module_sha256: sha,
+                target,
+                config: Blob(b"lab".to_vec()),
+                limits,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Deploys application `app` to its target.
+    pub async fn deploy_app(&self, app: &AppId) {
+        call(
+            &self.client,
+            &DeployApplication {
+                app_id: app.clone(),
+            },
+            T,
+        )
+        .await
+        .unwrap();
     }
 
     /// A device client connector trusting this system's CA.

@@ -28,36 +28,6 @@ fn limits() -> Limits {
     }
 }
 
-async fn create(system: &System, app: &AppId, module: &[u8], target: Target, limits: Limits) {
-    let sha = upload_module(system.log.jetstream(), module).await.unwrap();
-    call(
-        &system.client,
-        &CreateApplication {
-            app_id: app.clone(),
-            name: app.to_string(),
-            module_sha256: sha,
-            target,
-            config: Blob(b"lab".to_vec()),
-            limits,
-        },
-        T,
-    )
-    .await
-    .unwrap();
-}
-
-async fn deploy(system: &System, app: &AppId) {
-    call(
-        &system.client,
-        &DeployApplication {
-            app_id: app.clone(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-}
-
 /// Telemetry topics seen per device during `window`.
 async fn topics_during(
     sub: &mut async_nats::Subscriber,
@@ -110,15 +80,15 @@ async fn deploy_update_stop_and_delete_across_three_devices() {
         .await
         .unwrap();
     let app = AppId::new("climate").unwrap();
-    create(
-        &system,
-        &app,
-        SENSOR,
-        Target::Labels([("room".into(), "lab".into())].into()),
-        limits(),
-    )
-    .await;
-    deploy(&system, &app).await;
+    system
+        .create_app(
+            &app,
+            SENSOR,
+            Target::Labels([("room".into(), "lab".into())].into()),
+            limits(),
+        )
+        .await;
+    system.deploy_app(&app).await;
 
     wait_topic(&mut telemetry, &devices, "temperature").await;
     for device in &devices {
@@ -237,11 +207,13 @@ async fn an_infinite_loop_fails_by_fuel_while_the_device_and_its_other_app_carry
     let counter = AppId::new("counter").unwrap();
     let spin = AppId::new("spin").unwrap();
     let target = Target::Devices(vec![device.clone()]);
-    create(&system, &counter, COUNTER, target.clone(), limits()).await;
-    create(&system, &spin, SPIN, target, limits()).await;
-    deploy(&system, &counter).await;
+    system
+        .create_app(&counter, COUNTER, target.clone(), limits())
+        .await;
+    system.create_app(&spin, SPIN, target, limits()).await;
+    system.deploy_app(&counter).await;
     wait_topic(&mut telemetry, std::slice::from_ref(&device), "count").await;
-    deploy(&system, &spin).await;
+    system.deploy_app(&spin).await;
 
     let events = system
         .wait_events(&deployment(&spin, &device), |e| {
@@ -363,8 +335,8 @@ async fn modules_that_cannot_run_are_refused_before_any_byte_is_sent() {
         max_memory_pages: 64,
         ..limits()
     };
-    create(&system, &greedy, SENSOR, target, big).await;
-    deploy(&system, &greedy).await;
+    system.create_app(&greedy, SENSOR, target, big).await;
+    system.deploy_app(&greedy).await;
     let events = system
         .wait_events(&deployment(&greedy, &device), |e| !e.is_empty())
         .await;
@@ -389,15 +361,15 @@ async fn an_offline_device_gets_its_app_when_it_comes_back() {
     let system = System::start().await;
     let (device, key) = system.register("late-1", &[]).await;
     let app = AppId::new("counter").unwrap();
-    create(
-        &system,
-        &app,
-        COUNTER,
-        Target::Devices(vec![device.clone()]),
-        limits(),
-    )
-    .await;
-    deploy(&system, &app).await;
+    system
+        .create_app(
+            &app,
+            COUNTER,
+            Target::Devices(vec![device.clone()]),
+            limits(),
+        )
+        .await;
+    system.deploy_app(&app).await;
     system
         .wait_events(&deployment(&app, &device), |e| !e.is_empty())
         .await;
@@ -421,8 +393,10 @@ async fn a_restarted_deployer_neither_repeats_nor_loses_a_delivery() {
     let (a, sim_a) = system.device("dev-a", &[]).await;
     let (b, sim_b) = system.device("dev-b", &[]).await;
     let app = AppId::new("counter").unwrap();
-    create(&system, &app, COUNTER, Target::All, limits()).await;
-    deploy(&system, &app).await;
+    system
+        .create_app(&app, COUNTER, Target::All, limits())
+        .await;
+    system.deploy_app(&app).await;
     for d in [&a, &b] {
         system.wait_events(&deployment(&app, d), running(1)).await;
     }
@@ -543,15 +517,15 @@ async fn a_cut_transfer_resumes_and_a_corrupted_one_never_runs() {
         .subscribe(downlink_subject.clone())
         .await
         .unwrap();
-    create(
-        &system,
-        &app,
-        &module,
-        Target::Devices(vec![device.clone()]),
-        limits(),
-    )
-    .await;
-    deploy(&system, &app).await;
+    system
+        .create_app(
+            &app,
+            &module,
+            Target::Devices(vec![device.clone()]),
+            limits(),
+        )
+        .await;
+    system.deploy_app(&app).await;
     system
         .wait_events(&deployment(&app, &device), running(1))
         .await;

@@ -1,0 +1,333 @@
+//! The device: find a gateway, verify it, prove the identity, and run what it deploys.
+//!
+//! The protocol itself is `wasmbed-device-core`'s ([`Session`], [`Agent`]), shared with the
+//! host simulator; this module only moves its bytes over smoltcp + embedded-tls and logs
+//! what happens.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use ed25519_dalek::SigningKey;
+use embedded_io::Write as _;
+use embedded_tls::blocking::TlsConnection;
+use embedded_tls::{TlsConfig, TlsContext};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use smoltcp::wire::Ipv4Address;
+use wasmbed_device_core::{
+    Agent, AgentConfig, Backoff, CloseReason, Session, SessionConfig, SessionEvent,
+};
+use wasmbed_schemas::frame::{AppState, Frame};
+use wasmbed_schemas::provisioning::Provisioning;
+use wasmbed_schemas::{Nonce, PublicKey, Sha256};
+
+use crate::board::lan9118::Lan9118;
+use crate::board::{clock, mps2};
+use crate::net::{Net, TcpStream, idle};
+use crate::tls::{GatewayVerifier, Provider, READ_BUFFER, Suite, WRITE_BUFFER};
+use crate::{HEAP, log};
+
+/// What the firmware calls itself in `Hello` and `DeviceInfo`.
+pub const FIRMWARE: &str = concat!("wasmbed-firmware ", env!("CARGO_PKG_VERSION"));
+/// Heap the device offers to applications' linear memories.
+const APP_RAM_BYTES: u32 = 1024 * 1024;
+/// The largest module it accepts.
+const MAX_MODULE_LEN: u32 = 512 * 1024;
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Runs the device forever.
+pub fn run(provisioning: Provisioning, nic: Lan9118) -> ! {
+    clock::set_unix_base(provisioning.provisioned_at);
+    let mut seed = provisioning.entropy;
+    for (byte, extra) in seed.iter_mut().zip(clock::jitter().to_le_bytes()) {
+        *byte ^= extra;
+    }
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let key = SigningKey::from_bytes(&provisioning.device_secret);
+    log!(
+        "identity: device {} public key {}",
+        if provisioning.device_id.is_empty() {
+            "(unnamed)"
+        } else {
+            &provisioning.device_id
+        },
+        PublicKey(key.verifying_key().to_bytes())
+    );
+    let gateways = gateway_addresses(&provisioning.endpoints);
+    if gateways.is_empty() {
+        log!("provisioning: no usable gateway endpoint (IPv4 host:port needed); halting");
+        halt();
+    }
+    let net = RefCell::new(Net::new(nic, rng.next_u64()));
+    let mac = net.borrow().mac();
+    log!(
+        "net: lan9118 mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, waiting for dhcp",
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
+    );
+    let mut agent = Agent::new(AgentConfig {
+        mcu: String::from(mps2::INFO.mcu),
+        firmware: String::from(FIRMWARE),
+        app_ram_bytes: APP_RAM_BYTES,
+        max_module_len: MAX_MODULE_LEN,
+        status_interval_ms: 5_000,
+    });
+    let session_config = SessionConfig {
+        firmware: String::from(FIRMWARE),
+        enrollment_token: provisioning.enrollment_token.clone(),
+        ..SessionConfig::default()
+    };
+    let mut read_buffer = vec![0u8; READ_BUFFER];
+    let mut write_buffer = vec![0u8; WRITE_BUFFER];
+    let mut backoff = Backoff::new(200, 10_000);
+    let mut reporter = Reporter::default();
+    for attempt in 0usize.. {
+        wait_for_address(&net);
+        let (ip, port) = gateways[attempt % gateways.len()];
+        let connection = Connection {
+            net: &net,
+            ca_der: &provisioning.ca_der,
+            server_name: &provisioning.server_name,
+            session_config: &session_config,
+            key: &key,
+        };
+        let ended = connection.run(
+            ip,
+            port,
+            &mut rng,
+            &mut agent,
+            &mut backoff,
+            &mut reporter,
+            (&mut read_buffer, &mut write_buffer),
+        );
+        net.borrow_mut().abort();
+        let delay = match ended {
+            Some(asked) => asked,
+            None => backoff.next_delay_ms(rng.next_u32()),
+        };
+        let stats = net.borrow().nic_stats();
+        log!(
+            "gateway: reconnecting in {delay} ms (frames received {}, dropped {}, sent {})",
+            stats.received,
+            stats.dropped,
+            stats.sent
+        );
+        sleep(&net, delay);
+    }
+    halt()
+}
+
+fn gateway_addresses(endpoints: &[String]) -> Vec<(Ipv4Address, u16)> {
+    endpoints
+        .iter()
+        .filter_map(|endpoint| {
+            let parsed = endpoint.rsplit_once(':').and_then(|(host, port)| {
+                Some((host.parse::<Ipv4Address>().ok()?, port.parse::<u16>().ok()?))
+            });
+            if parsed.is_none() {
+                log!("provisioning: endpoint {endpoint:?} is not ipv4:port; skipped");
+            }
+            parsed
+        })
+        .collect()
+}
+
+fn wait_for_address(net: &RefCell<Net>) {
+    while net.borrow().address().is_none() {
+        if !net.borrow_mut().poll() {
+            idle();
+        }
+    }
+}
+
+fn sleep(net: &RefCell<Net>, ms: u64) {
+    let until = clock::now_ms() + ms;
+    while clock::now_ms() < until {
+        if !net.borrow_mut().poll() {
+            idle();
+        }
+    }
+}
+
+fn halt() -> ! {
+    loop {
+        idle();
+    }
+}
+
+/// Logs app state changes once each, and the heap's high-water mark with them.
+#[derive(Default)]
+struct Reporter {
+    last: Vec<(String, u32, AppState)>,
+}
+
+impl Reporter {
+    fn frame(&mut self, frame: &Frame) {
+        let Frame::AppStatus(status) = frame else {
+            return;
+        };
+        let key = (
+            String::from(status.app_id.as_str()),
+            status.version,
+            status.state,
+        );
+        if self.last.contains(&key) {
+            return;
+        }
+        self.last
+            .retain(|(app, _, _)| app != status.app_id.as_str());
+        self.last.push(key);
+        let state = match status.state {
+            AppState::Running => "started",
+            AppState::Failed => "trapped",
+            AppState::Stopped => "stopped",
+            _ => "changed",
+        };
+        log!(
+            "app: {} v{} {} ({} pages, fuel {}){}{} | heap used {} peak {}",
+            status.app_id,
+            status.version,
+            state,
+            status.memory_pages,
+            status.fuel_used,
+            if status.detail.is_some() { ": " } else { "" },
+            status.detail.as_deref().unwrap_or(""),
+            HEAP.used(),
+            HEAP.peak()
+        );
+    }
+}
+
+/// One connection to one gateway.
+struct Connection<'a> {
+    net: &'a RefCell<Net>,
+    ca_der: &'a [u8],
+    server_name: &'a str,
+    session_config: &'a SessionConfig,
+    key: &'a SigningKey,
+}
+
+impl Connection<'_> {
+    /// Runs a session; returns the delay the gateway asked for, if it did.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        ip: Ipv4Address,
+        port: u16,
+        rng: &mut ChaCha20Rng,
+        agent: &mut Agent,
+        backoff: &mut Backoff,
+        reporter: &mut Reporter,
+        (read_buffer, write_buffer): (&mut [u8], &mut [u8]),
+    ) -> Option<u64> {
+        let started = clock::now_ms();
+        log!("gateway: connecting to {ip}:{port}");
+        if let Err(e) = self.net.borrow_mut().connect(ip, port, CONNECT_TIMEOUT_MS) {
+            log!("gateway: tcp connect failed: {e:?}");
+            return None;
+        }
+        let mut tls: TlsConnection<'_, TcpStream<'_>, Suite> =
+            TlsConnection::new(TcpStream::new(self.net), read_buffer, write_buffer);
+        let mut verifier = GatewayVerifier::new(self.ca_der);
+        let config = TlsConfig::new().with_server_name(self.server_name);
+        let opened = tls.open(TlsContext::new(
+            &config,
+            Provider {
+                rng: &mut *rng,
+                verifier: &mut verifier,
+            },
+        ));
+        let fingerprint = match (opened, verifier.fingerprint()) {
+            (Ok(()), Some(fingerprint)) => fingerprint,
+            (Err(e), _) => {
+                log!("tls: handshake failed, gateway not trusted or unreachable: {e:?}");
+                return None;
+            }
+            (Ok(()), None) => {
+                log!("tls: handshake completed without a verified certificate; refused");
+                return None;
+            }
+        };
+        log!(
+            "tls: gateway verified ({}) in {} ms",
+            self.server_name,
+            clock::now_ms() - started
+        );
+        let mut nonce = [0u8; 32];
+        rng.fill_bytes(&mut nonce);
+        let mut session = Session::new(
+            self.session_config.clone(),
+            self.key.clone(),
+            Nonce(nonce),
+            Sha256(fingerprint),
+            clock::now_ms(),
+        );
+        loop {
+            let now = clock::now_ms();
+            for frame in agent.take_frames() {
+                reporter.frame(&frame);
+                // Dropped while not established, as on a lost link.
+                let _ = session.send(&frame);
+            }
+            let out = session.take_outbound();
+            if !out.is_empty() && (tls.write_all(&out).is_err() || tls.flush().is_err()) {
+                log!("gateway: connection lost while writing");
+                return None;
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    SessionEvent::Established { device_id } => {
+                        backoff.reset();
+                        log!(
+                            "enrolled: session established as {device_id} in {} ms since boot",
+                            now
+                        );
+                        agent.on_established(&device_id);
+                    }
+                    SessionEvent::Frame(frame) => agent.handle_frame(frame, now),
+                    SessionEvent::Closed(reason) => {
+                        log!("gateway: session closed: {reason:?}");
+                        return match reason {
+                            CloseReason::GoAway(go_away) => {
+                                Some(u64::from(go_away.reconnect_after_ms))
+                            }
+                            _ => None,
+                        };
+                    }
+                }
+            }
+            if agent.has_frames() && session.is_established() {
+                continue;
+            }
+            let pending = self.net.borrow_mut().pending();
+            if pending > 0 {
+                // One whole record: the read blocks only until the rest of it arrives.
+                match tls.read_buffered() {
+                    Ok(mut record) => session.handle_input(record.pop_all(), clock::now_ms()),
+                    Err(e) => {
+                        log!("gateway: connection lost while reading: {e:?}");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            if !self.net.borrow_mut().is_open() {
+                log!("gateway: connection closed by the gateway");
+                return None;
+            }
+            session.handle_timeout(now);
+            if session.is_established() {
+                agent.poll(now);
+            }
+            if !self.net.borrow_mut().poll() && !agent.has_frames() {
+                idle();
+            }
+        }
+    }
+}
