@@ -190,7 +190,7 @@ impl Reporter {
             _ => "changed",
         };
         log!(
-            "app: {} v{} {} ({} pages, fuel {}){}{} | heap used {} peak {}",
+            "app: {} v{} {} ({} pages, fuel {}){}{} | heap used {} peak {}, stack peak {}",
             status.app_id,
             status.version,
             state,
@@ -199,7 +199,8 @@ impl Reporter {
             if status.detail.is_some() { ": " } else { "" },
             status.detail.as_deref().unwrap_or(""),
             HEAP.used(),
-            HEAP.peak()
+            HEAP.peak(),
+            crate::stack::high_water()
         );
     }
 }

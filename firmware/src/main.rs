@@ -4,7 +4,7 @@
 //!
 //! Module map: `board` (UART, clock, NIC; one module per board family), `net` (smoltcp, DHCP,
 //! the TCP stream), `tls` (embedded-tls with the gateway check), `device` (the loop around
-//! `wasmbed-device-core`), `heap`, `log`.
+//! `wasmbed-device-core`), `heap`, `stack` (high-water marks), `log`.
 
 #![no_std]
 #![no_main]
@@ -17,6 +17,7 @@ mod device;
 mod heap;
 mod log;
 mod net;
+mod stack;
 mod tls;
 
 use cortex_m_rt::entry;
@@ -34,6 +35,7 @@ unsafe extern "C" {
 
 #[entry]
 fn main() -> ! {
+    stack::paint();
     let Some(core) = cortex_m::Peripherals::take() else {
         panic!("core peripherals taken twice");
     };

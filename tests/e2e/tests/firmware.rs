@@ -4,81 +4,92 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
 use futures::{FutureExt, StreamExt};
+use wasmbed_e2e::emulated::qemu_config;
 use wasmbed_e2e::{System, T, deployment};
 use wasmbed_example_apps::{SENSOR, SPIN};
-use wasmbed_renode_manager::firmware::{self, Board};
-use wasmbed_renode_manager::pem;
-use wasmbed_renode_manager::qemu::{QemuConfig, QemuDevice, guest_endpoint};
+use wasmbed_renode_manager::firmware::Board;
+use wasmbed_renode_manager::qemu::QemuDevice;
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::frame::Limits;
-use wasmbed_schemas::provisioning::Provisioning;
 use wasmbed_schemas::subject::header;
-use wasmbed_schemas::{AppId, DeviceId};
-use wasmbed_test_support::workspace_root;
+use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 
 /// Boot to enrolled is well under a second here; QEMU start-up and a loaded CI box get slack.
 const BOOT: Duration = Duration::from_secs(30);
 
-fn qemu_config(board: Board) -> QemuConfig {
-    QemuConfig {
-        qemu: "qemu-system-arm".into(),
-        board,
-        image: firmware::build(&workspace_root(), board).unwrap(),
+#[tokio::test]
+async fn both_emulated_boards_boot_verify_the_gateway_and_enroll() {
+    let system = System::start().await;
+    for (board, name, mcu) in [
+        (Board::Mps2An385, "qemu-an385", "Mps2An385"),
+        (Board::Mps2An386, "qemu-an386", "Mps2An386"),
+    ] {
+        let (device, qemu) = system.start_qemu(board, name).await;
+        let enrolled = qemu.wait_for_line("enrolled:", BOOT).await;
+        let lines = qemu.lines();
+        eprintln!("UART of {device}:\n{}", lines.join("\n"));
+        assert!(enrolled.is_ok(), "never enrolled");
+        for expected in [
+            &format!("boot: wasmbed-firmware 0.1.0 on {mcu}"),
+            "dhcp: lease 10.0.2.",
+            "tls: gateway verified (localhost)",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(expected)),
+                "no {expected:?} in\n{}",
+                lines.join("\n")
+            );
+        }
+        // The gateway heard it too: connected, and described as the board it is.
+        let events = system
+            .wait_events(&AggregateId::Device(device.clone()), |events| {
+                events
+                    .iter()
+                    .any(|e| matches!(e, Event::DeviceDescribed(_)))
+            })
+            .await;
+        let described = events.iter().find_map(|e| match e {
+            Event::DeviceDescribed(d) => Some(d),
+            _ => None,
+        });
+        assert_eq!(described.unwrap().mcu, mcu);
+        qemu.stop().await;
     }
-}
-
-fn provisioning(system: &System, key: &SigningKey, device: &str, ca_der: Vec<u8>) -> Provisioning {
-    Provisioning {
-        endpoints: vec![guest_endpoint(system.gateway_addr)],
-        device_secret: key.to_bytes(),
-        entropy: rand_seed(),
-        provisioned_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-        server_name: "localhost".into(),
-        device_id: device.into(),
-        ca_der,
-        enrollment_token: None,
-    }
-}
-
-fn rand_seed() -> [u8; 32] {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).unwrap();
-    seed
 }
 
 #[tokio::test]
-async fn an_emulated_board_boots_verifies_the_gateway_and_enrolls() {
+async fn a_gateway_whose_certificate_another_ca_signed_is_refused_by_the_firmware() {
     let system = System::start().await;
-    let (device, key) = system.register("qemu-1", &[]).await;
-    let ca_der = pem::certificate_der(&system.ca_pem).unwrap();
+    let (device, key) = system.register("qemu-wrong-ca", &[]).await;
+    // The board trusts a CA of its own; the gateway's certificate comes from the system's.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let other_ca = params.self_signed(&other_key).unwrap();
     let qemu = QemuDevice::start(
         &qemu_config(Board::Mps2An385),
-        &provisioning(&system, &key, device.as_str(), ca_der),
+        &system.provisioning(&key, &device, Some(other_ca.der().to_vec())),
     )
     .await
     .unwrap();
-    let enrolled = qemu.wait_for_line("enrolled:", BOOT).await;
-    let lines = qemu.lines();
-    eprintln!("UART of {device}:\n{}", lines.join("\n"));
-    assert!(enrolled.is_ok(), "never enrolled");
-    for expected in [
-        "boot: wasmbed-firmware",
-        "dhcp: lease 10.0.2.",
-        "tls: gateway verified",
-    ] {
-        assert!(
-            lines.iter().any(|l| l.contains(expected)),
-            "no {expected:?} in\n{}",
-            lines.join("\n")
-        );
-    }
+    let uart = || qemu.lines().join("\n");
+    // It refuses, backs off and tries again: twice refused, never enrolled.
+    qemu.wait_for_nth_line("tls: handshake failed", 2, BOOT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
+    eprintln!("UART of {device}:\n{}", uart());
+    assert!(!uart().contains("enrolled:"), "{}", uart());
+    assert!(!uart().contains("tls: gateway verified"), "{}", uart());
+    let events = system.events(&AggregateId::Device(device.clone())).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::DeviceConnected(_))),
+        "{events:?}"
+    );
     qemu.stop().await;
 }
 
@@ -108,14 +119,7 @@ async fn telemetry_from(sub: &mut async_nats::Subscriber, device: &DeviceId) -> 
 #[tokio::test]
 async fn the_emulated_board_runs_apps_traps_a_loop_and_comes_back_after_a_gateway_restart() {
     let mut system = System::start().await;
-    let (device, key) = system.register("qemu-2", &[]).await;
-    let ca_der = pem::certificate_der(&system.ca_pem).unwrap();
-    let qemu = QemuDevice::start(
-        &qemu_config(Board::Mps2An385),
-        &provisioning(&system, &key, device.as_str(), ca_der),
-    )
-    .await
-    .unwrap();
+    let (device, qemu) = system.start_qemu(Board::Mps2An385, "qemu-2").await;
     let uart = || qemu.lines().join("\n");
     qemu.wait_for_line("enrolled:", BOOT)
         .await
