@@ -3,6 +3,7 @@
 
 mod app;
 mod device;
+mod emulated;
 mod events;
 mod serve;
 mod tail;

@@ -60,6 +60,17 @@ pub struct UpArgs {
     /// How many simulated devices to run.
     #[arg(long, env = "WASMBED_DEVICES", default_value_t = 3)]
     devices: usize,
+    /// How many emulated boards to boot (QEMU mps2-an385 running the device firmware); skipped
+    /// with a note when QEMU or the firmware image is missing.
+    #[arg(long, env = "WASMBED_EMULATED", default_value_t = 1)]
+    emulated: usize,
+    /// The firmware image the emulated boards boot (`scripts/firmware` builds it).
+    #[arg(
+        long,
+        env = "WASMBED_FIRMWARE",
+        default_value = "firmware/target/thumbv7m-none-eabi/release/wasmbed-firmware"
+    )]
+    firmware: PathBuf,
     /// The example app to deploy to every device (`sensor`, `counter`), or `none`.
     #[arg(long, env = "WASMBED_EXAMPLE_APP", default_value = "sensor")]
     example_app: String,
@@ -152,7 +163,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     for n in 1..=args.devices {
         let id = DeviceId::new(format!("sim-{n}"))?;
         let key = device_key(&state, &id)?;
-        register(&client, &id, &key).await?;
+        register(&client, &id, &key, "simulated").await?;
         devices.push((
             id,
             SimDevice::spawn(connector.clone(), sim_config.clone(), key),
@@ -168,6 +179,18 @@ pub async fn run(args: UpArgs) -> Result<()> {
             Err(status) => tracing::warn!(device = %id, ?status, "device did not connect"),
         }
     }
+
+    let (boards, boards_line) = crate::emulated::start(
+        &client,
+        crate::emulated::BoardsRequest {
+            count: args.emulated,
+            image: args.firmware.clone(),
+            gateway: gateway_addr,
+            ca_pem: &ca,
+            state: &state,
+        },
+    )
+    .await?;
 
     let app_line = deploy_example(&client, &args.example_app).await?;
 
@@ -190,6 +213,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    say!("  emulated: {boards_line}");
     say!("  apps:    {app_line}");
     say!("  state:   {}", state.display());
     say!(
@@ -202,6 +226,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     say!("stopping");
     for (_, device) in devices {
         device.stop().await;
+    }
+    for (_, board) in boards {
+        board.stop().await;
     }
     let _ = stop.send(true);
     let (gateway, enrollment, telemetry, deployer, api) = (
@@ -327,7 +354,7 @@ async fn wait_for_ca(client: &async_nats::Client) -> Result<String> {
 }
 
 /// The device's key, kept in the state directory so it is the same device after a restart.
-fn device_key(state: &Path, id: &DeviceId) -> Result<SigningKey> {
+pub(crate) fn device_key(state: &Path, id: &DeviceId) -> Result<SigningKey> {
     let dir = state.join("devices");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{id}.seed"));
@@ -342,13 +369,18 @@ fn device_key(state: &Path, id: &DeviceId) -> Result<SigningKey> {
     Ok(key)
 }
 
-async fn register(client: &async_nats::Client, id: &DeviceId, key: &SigningKey) -> Result<()> {
+pub(crate) async fn register(
+    client: &async_nats::Client,
+    id: &DeviceId,
+    key: &SigningKey,
+    mcu: &str,
+) -> Result<()> {
     call(
         client,
         &RegisterDevice {
             device_id: id.clone(),
             public_key: PublicKey(key.verifying_key().to_bytes()),
-            mcu: Some("simulated".into()),
+            mcu: Some(mcu.into()),
             labels: Default::default(),
         },
         Duration::from_secs(5),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_renode_manager::firmware::{self, Board};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::{AggregateId, DeviceId};
 use wasmbed_test_support::{http_get, workspace_root};
@@ -17,8 +18,13 @@ use wasmbed_test_support::{http_get, workspace_root};
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 
 /// Starts `wasmbed up` on free ports; returns it and the lines it printed up to "Ctrl-C".
-async fn up(state: &Path, devices: usize) -> (Child, Vec<String>) {
+async fn up(state: &Path, devices: usize, emulated: usize) -> (Child, Vec<String>) {
     let nats_server = wasmbed_local_nats::find_binary(&workspace_root()).unwrap();
+    let firmware = if emulated > 0 {
+        firmware::build(&workspace_root(), Board::Mps2An385).unwrap()
+    } else {
+        "none".into()
+    };
     let mut child = Command::new(WASMBED)
         .args([
             "up",
@@ -34,6 +40,8 @@ async fn up(state: &Path, devices: usize) -> (Child, Vec<String>) {
             "0",
         ])
         .args(["--devices", &devices.to_string()])
+        .args(["--emulated", &emulated.to_string(), "--firmware"])
+        .arg(&firmware)
         .env("WASMBED_STATE_DIR", state)
         .env("WASMBED_NATS_SERVER", &nats_server)
         .stdout(Stdio::piped())
@@ -83,10 +91,14 @@ async fn ctrl_c(mut child: Child) {
 #[tokio::test]
 async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
     let state = tempfile::tempdir().unwrap();
-    let (child, printed) = up(state.path(), 2).await;
+    let (child, printed) = up(state.path(), 2, 1).await;
     let url = field(&printed, "nats:");
     assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
     assert!(field(&printed, "devices:").starts_with("2 of 2 simulated devices connected"));
+    assert_eq!(
+        field(&printed, "emulated:"),
+        "1 of 1 QEMU mps2-an385 boards enrolled (qemu-1)"
+    );
 
     let log = EventLog::open(
         async_nats::connect(&url).await.unwrap(),
@@ -111,9 +123,9 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
         );
     }
 
-    // The example app runs on both devices.
+    // The example app runs on every device, the firmware in QEMU included.
     assert!(field(&printed, "apps:").starts_with("sensor deployed to every device"));
-    for id in ["sim-1", "sim-2"] {
+    for id in ["sim-1", "sim-2", "qemu-1"] {
         let deployment = AggregateId::Deployment {
             app: wasmbed_schemas::AppId::new("sensor").unwrap(),
             device: DeviceId::new(id).unwrap(),
@@ -154,7 +166,7 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
     .await;
     assert_eq!(status, 200, "{body}");
     let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(devices.as_array().unwrap().len(), 2, "{devices}");
+    assert_eq!(devices.as_array().unwrap().len(), 3, "{devices}");
     assert_eq!(http_get(api, "/api/v1/devices").await.0, 401);
     assert_eq!(
         field(&printed, "dashboard:"),
@@ -172,13 +184,13 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
     let mut online = String::new();
     for _ in 0..100 {
         online = http_get(addr, "/metrics").await.1;
-        if online.lines().any(|l| l == "wasmbed_devices_online 2") {
+        if online.lines().any(|l| l == "wasmbed_devices_online 3") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        online.lines().any(|l| l == "wasmbed_devices_online 2"),
+        online.lines().any(|l| l == "wasmbed_devices_online 3"),
         "{online}"
     );
 
@@ -225,7 +237,7 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
     );
 
     // Again on the same state: the same devices (keys kept) and the same CA come back.
-    let (child, printed) = up(state.path(), 2).await;
+    let (child, printed) = up(state.path(), 2, 0).await;
     assert!(field(&printed, "devices:").starts_with("2 of 2"));
     let url = field(&printed, "nats:");
     let log = EventLog::open(

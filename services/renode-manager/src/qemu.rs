@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use wasmbed_schemas::provisioning::{self, Provisioning, ProvisioningError};
 
 use crate::firmware::Board;
@@ -64,10 +64,10 @@ pub fn guest_endpoint(addr: SocketAddr) -> String {
     }
 }
 
-#[derive(Default)]
 struct Uart {
     lines: Mutex<Vec<String>>,
     changed: Notify,
+    live: broadcast::Sender<String>,
 }
 
 /// A running emulated device.
@@ -109,7 +109,11 @@ impl QemuDevice {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| QemuError::Spawn(config.qemu.display().to_string(), e))?;
-        let uart = Arc::new(Uart::default());
+        let uart = Arc::new(Uart {
+            lines: Mutex::default(),
+            changed: Notify::new(),
+            live: broadcast::channel(256).0,
+        });
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(collect(BufReader::new(stdout), uart.clone(), ""));
         }
@@ -130,6 +134,11 @@ impl QemuDevice {
             .lock()
             .map(|l| l.clone())
             .unwrap_or_default()
+    }
+
+    /// UART lines from now on, as they come (a slow reader loses the oldest).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.uart.live.subscribe()
     }
 
     /// Waits for a UART line containing `needle` (or returns one already seen).
@@ -185,6 +194,7 @@ async fn collect<R: tokio::io::AsyncRead + Unpin>(
     while let Ok(Some(line)) = lines.next_line().await {
         let line = format!("{prefix}{}", line.trim_end_matches('\r'));
         tracing::debug!(target: "uart", "{line}");
+        let _ = uart.live.send(line.clone());
         if let Ok(mut all) = uart.lines.lock() {
             all.push(line);
         }
