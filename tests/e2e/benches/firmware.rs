@@ -11,14 +11,13 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wasmbed_e2e::System;
 use wasmbed_e2e::emulated::qemu_config;
+use wasmbed_e2e::{System, test_limits};
 use wasmbed_example_apps::SENSOR;
 use wasmbed_renode_manager::firmware::Board;
 use wasmbed_renode_manager::qemu::QemuDevice;
 use wasmbed_schemas::AppId;
 use wasmbed_schemas::event::Target;
-use wasmbed_schemas::frame::Limits;
 
 const APP_PAGE: u64 = 64 * 1024;
 
@@ -102,13 +101,13 @@ fn main() {
 /// Deploys the sensor app to the board and reads its RAM figures from the UART.
 async fn ram(system: &System, qemu: &QemuDevice, device: &wasmbed_schemas::DeviceId) {
     let app = AppId::new(format!("ram-{device}")).unwrap();
-    let limits = Limits {
-        fuel_per_invocation: 100_000,
-        max_memory_pages: 2,
-        tick_interval_ms: 100,
-    };
     system
-        .create_app(&app, SENSOR, Target::Devices(vec![device.clone()]), limits)
+        .create_app(
+            &app,
+            SENSOR,
+            Target::Devices(vec![device.clone()]),
+            test_limits(),
+        )
         .await;
     system.deploy_app(&app).await;
     let line = qemu

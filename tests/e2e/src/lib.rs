@@ -88,6 +88,15 @@ pub struct System {
 }
 
 /// The deployer settings tests use: quick retries.
+/// Limits for the example apps in tests: 100k fuel per call, 2 pages, a tick every 100 ms.
+pub fn test_limits() -> Limits {
+    Limits {
+        fuel_per_invocation: 100_000,
+        max_memory_pages: 2,
+        tick_interval_ms: 100,
+    }
+}
+
 pub fn deployer_config() -> DeployerConfig {
     DeployerConfig {
         step_timeout: Duration::from_millis(1500),
@@ -230,6 +239,19 @@ impl System {
         )
         .await
         .unwrap();
+    }
+
+    /// Waits until `app` failed on `device`; returns why.
+    pub async fn wait_failed(&self, app: &AppId, device: &DeviceId) -> String {
+        let events = self
+            .wait_events(&deployment(app, device), |e| {
+                matches!(e.last(), Some(Event::DeploymentFailed(_)))
+            })
+            .await;
+        match events.last() {
+            Some(Event::DeploymentFailed(failed)) => failed.reason.clone(),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Deploys application `app` to its target.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use wasmbed_bus::call;
 use wasmbed_deployer::upload_module;
-use wasmbed_e2e::{System, T, deployment, names, padded};
+use wasmbed_e2e::{System, T, deployment, names, padded, test_limits};
 use wasmbed_example_apps::{COUNTER, SENSOR, SPIN};
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::*;
@@ -19,14 +19,6 @@ use wasmbed_schemas::frame::codec::{decode, encode_to_vec};
 use wasmbed_schemas::frame::*;
 use wasmbed_schemas::subject::{self, header};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
-
-fn limits() -> Limits {
-    Limits {
-        fuel_per_invocation: 100_000,
-        max_memory_pages: 2,
-        tick_interval_ms: 100,
-    }
-}
 
 /// Telemetry topics seen per device during `window`.
 async fn topics_during(
@@ -85,7 +77,7 @@ async fn deploy_update_stop_and_delete_across_three_devices() {
             &app,
             SENSOR,
             Target::Labels([("room".into(), "lab".into())].into()),
-            limits(),
+            test_limits(),
         )
         .await;
     system.deploy_app(&app).await;
@@ -208,26 +200,15 @@ async fn an_infinite_loop_fails_by_fuel_while_the_device_and_its_other_app_carry
     let spin = AppId::new("spin").unwrap();
     let target = Target::Devices(vec![device.clone()]);
     system
-        .create_app(&counter, COUNTER, target.clone(), limits())
+        .create_app(&counter, COUNTER, target.clone(), test_limits())
         .await;
-    system.create_app(&spin, SPIN, target, limits()).await;
+    system.create_app(&spin, SPIN, target, test_limits()).await;
     system.deploy_app(&counter).await;
     wait_topic(&mut telemetry, std::slice::from_ref(&device), "count").await;
     system.deploy_app(&spin).await;
 
-    let events = system
-        .wait_events(&deployment(&spin, &device), |e| {
-            matches!(e.last(), Some(Event::DeploymentFailed(_)))
-        })
-        .await;
-    let Some(Event::DeploymentFailed(failed)) = events.last() else {
-        unreachable!()
-    };
-    assert!(
-        failed.reason.contains("fuel exhausted"),
-        "{}",
-        failed.reason
-    );
+    let reason = system.wait_failed(&spin, &device).await;
+    assert!(reason.contains("fuel exhausted"), "{reason}");
 
     // The device kept its session and the healthy app keeps publishing.
     assert!(sim.status().connected);
@@ -255,7 +236,7 @@ async fn an_infinite_loop_fails_by_fuel_while_the_device_and_its_other_app_carry
         .value;
     assert_eq!(spun.state, AppState::Failed);
     assert!(spun.detail.unwrap().contains("fuel exhausted"));
-    assert!(spun.fuel_used >= limits().fuel_per_invocation);
+    assert!(spun.fuel_used >= test_limits().fuel_per_invocation);
     let counted = statuses
         .get(&format!("counter.{device}"))
         .await
@@ -293,7 +274,7 @@ async fn modules_that_cannot_run_are_refused_before_any_byte_is_sent() {
             module_sha256: sha,
             target: target.clone(),
             config: Blob::default(),
-            limits: limits(),
+            limits: test_limits(),
         },
         T,
     )
@@ -316,7 +297,7 @@ async fn modules_that_cannot_run_are_refused_before_any_byte_is_sent() {
             module_sha256: sha,
             target: target.clone(),
             config: Blob::default(),
-            limits: limits(),
+            limits: test_limits(),
         },
         T,
     )
@@ -333,7 +314,7 @@ async fn modules_that_cannot_run_are_refused_before_any_byte_is_sent() {
     let greedy = AppId::new("greedy").unwrap();
     let big = Limits {
         max_memory_pages: 64,
-        ..limits()
+        ..test_limits()
     };
     system.create_app(&greedy, SENSOR, target, big).await;
     system.deploy_app(&greedy).await;
@@ -366,7 +347,7 @@ async fn an_offline_device_gets_its_app_when_it_comes_back() {
             &app,
             COUNTER,
             Target::Devices(vec![device.clone()]),
-            limits(),
+            test_limits(),
         )
         .await;
     system.deploy_app(&app).await;
@@ -394,7 +375,7 @@ async fn a_restarted_deployer_neither_repeats_nor_loses_a_delivery() {
     let (b, sim_b) = system.device("dev-b", &[]).await;
     let app = AppId::new("counter").unwrap();
     system
-        .create_app(&app, COUNTER, Target::All, limits())
+        .create_app(&app, COUNTER, Target::All, test_limits())
         .await;
     system.deploy_app(&app).await;
     for d in [&a, &b] {
@@ -522,7 +503,7 @@ async fn a_cut_transfer_resumes_and_a_corrupted_one_never_runs() {
             &app,
             &module,
             Target::Devices(vec![device.clone()]),
-            limits(),
+            test_limits(),
         )
         .await;
     system.deploy_app(&app).await;
@@ -548,7 +529,7 @@ async fn a_cut_transfer_resumes_and_a_corrupted_one_never_runs() {
 fn padding_reaches_the_size_asked_for_and_stays_valid() {
     let module = padded(SENSOR, 64 * 1024);
     assert_eq!(module.len(), 64 * 1024);
-    wasmbed_deployer::validate(&module, &limits()).unwrap();
+    wasmbed_deployer::validate(&module, &test_limits()).unwrap();
 }
 
 /// The rollout benchmark's quick mode, for CI: fewer devices, the same path. It checks that

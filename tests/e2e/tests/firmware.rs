@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use wasmbed_e2e::emulated::qemu_config;
-use wasmbed_e2e::{System, T, deployment};
+use wasmbed_e2e::{System, T, deployment, test_limits};
 use wasmbed_example_apps::{SENSOR, SPIN};
 use wasmbed_renode_manager::firmware::Board;
 use wasmbed_renode_manager::qemu::QemuDevice;
 use wasmbed_schemas::event::{Event, Target};
-use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::subject::header;
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 
@@ -93,14 +92,6 @@ async fn a_gateway_whose_certificate_another_ca_signed_is_refused_by_the_firmwar
     qemu.stop().await;
 }
 
-fn limits() -> Limits {
-    Limits {
-        fuel_per_invocation: 100_000,
-        max_memory_pages: 2,
-        tick_interval_ms: 100,
-    }
-}
-
 /// Waits for a telemetry message from `device` on `wasmbed.telemetry.>`.
 async fn telemetry_from(sub: &mut async_nats::Subscriber, device: &DeviceId) -> String {
     let deadline = tokio::time::Instant::now() + T;
@@ -135,9 +126,9 @@ async fn the_emulated_board_runs_apps_traps_a_loop_and_comes_back_after_a_gatewa
     let spin = AppId::new("spin").unwrap();
     let target = Target::Devices(vec![device.clone()]);
     system
-        .create_app(&sensor, SENSOR, target.clone(), limits())
+        .create_app(&sensor, SENSOR, target.clone(), test_limits())
         .await;
-    system.create_app(&spin, SPIN, target, limits()).await;
+    system.create_app(&spin, SPIN, target, test_limits()).await;
     system.deploy_app(&sensor).await;
     let subject = telemetry_from(&mut telemetry, &device).await;
     assert!(
@@ -155,19 +146,8 @@ async fn the_emulated_board_runs_apps_traps_a_loop_and_comes_back_after_a_gatewa
 
     // The infinite loop runs out of fuel on the device; the device stays in its session.
     system.deploy_app(&spin).await;
-    let events = system
-        .wait_events(&deployment(&spin, &device), |e| {
-            matches!(e.last(), Some(Event::DeploymentFailed(_)))
-        })
-        .await;
-    let Some(Event::DeploymentFailed(failed)) = events.last() else {
-        unreachable!()
-    };
-    assert!(
-        failed.reason.contains("fuel exhausted"),
-        "{}",
-        failed.reason
-    );
+    let reason = system.wait_failed(&spin, &device).await;
+    assert!(reason.contains("fuel exhausted"), "{reason}");
     let trapped = qemu.wait_for_line("app: spin v1 trapped", T).await.unwrap();
     assert!(trapped.contains("fuel exhausted"), "{trapped}");
     // Still the first session, and the sensor still publishes.
