@@ -3,14 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Result;
 use wasmbed_renode_manager::firmware::Board;
-use wasmbed_renode_manager::pem;
-use wasmbed_renode_manager::qemu::{QemuConfig, QemuDevice, guest_endpoint};
+use wasmbed_renode_manager::provision;
+use wasmbed_renode_manager::qemu::{QemuConfig, QemuDevice};
 use wasmbed_schemas::DeviceId;
-use wasmbed_schemas::provisioning::Provisioning;
 use wasmbed_schemas::subject;
 
 /// What `up` was asked to boot.
@@ -49,24 +48,17 @@ pub async fn start(
         board: Board::Mps2An385,
         image: request.image.clone(),
     };
-    let ca_der = pem::certificate_der(request.ca_pem)?;
     let mut boards = Vec::new();
     for n in 1..=request.count {
         let id = DeviceId::new(format!("qemu-{n}"))?;
         let key = crate::up::device_key(request.state, &id)?;
         crate::up::register(client, &id, &key, "Mps2An385").await?;
-        let mut entropy = [0u8; 32];
-        getrandom::fill(&mut entropy).map_err(|e| anyhow::anyhow!("the OS random source: {e}"))?;
-        let provisioning = Provisioning {
-            endpoints: vec![guest_endpoint(request.gateway)],
-            device_secret: key.to_bytes(),
-            entropy,
-            provisioned_at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
-            server_name: "localhost".into(),
-            device_id: id.to_string(),
-            ca_der: ca_der.clone(),
-            enrollment_token: None,
-        };
+        let provisioning = provision::for_local_gateway(
+            request.gateway,
+            key.to_bytes(),
+            id.as_str(),
+            request.ca_pem,
+        )?;
         let qemu = match QemuDevice::start(&config, &provisioning).await {
             Ok(qemu) => qemu,
             Err(e) => return Ok((boards, format!("none: {e}"))),

@@ -7,4 +7,5 @@
 
 pub mod firmware;
 pub mod pem;
+pub mod provision;
 pub mod qemu;

@@ -21,6 +21,9 @@ use crate::firmware::Board;
 /// The host's loopback as the guest sees it on QEMU's user-mode network.
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
 
+/// UART lines kept per device for `lines` and `wait_for_line`.
+const KEPT_LINES: usize = 4096;
+
 /// How a device is started.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
@@ -127,7 +130,7 @@ impl QemuDevice {
         })
     }
 
-    /// Every UART line so far.
+    /// The UART lines so far (the most recent few thousand).
     pub fn lines(&self) -> Vec<String> {
         self.uart
             .lines
@@ -196,6 +199,10 @@ async fn collect<R: tokio::io::AsyncRead + Unpin>(
         tracing::debug!(target: "uart", "{line}");
         let _ = uart.live.send(line.clone());
         if let Ok(mut all) = uart.lines.lock() {
+            // A board runs for days under `up`: keep the recent past, not all of it.
+            if all.len() >= KEPT_LINES {
+                all.drain(..KEPT_LINES / 2);
+            }
             all.push(line);
         }
         uart.changed.notify_waiters();

@@ -1,11 +1,9 @@
 //! Emulated boards in the fixture: the real firmware in QEMU, provisioned for this system.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ed25519_dalek::SigningKey;
 use wasmbed_renode_manager::firmware::{self, Board};
-use wasmbed_renode_manager::pem;
-use wasmbed_renode_manager::qemu::{QemuConfig, QemuDevice, guest_endpoint};
+use wasmbed_renode_manager::provision;
+use wasmbed_renode_manager::qemu::{QemuConfig, QemuDevice};
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::provisioning::Provisioning;
 use wasmbed_test_support::workspace_root;
@@ -30,21 +28,17 @@ impl System {
         device: &DeviceId,
         ca_der: Option<Vec<u8>>,
     ) -> Provisioning {
-        let mut entropy = [0u8; 32];
-        getrandom::fill(&mut entropy).unwrap();
-        Provisioning {
-            endpoints: vec![guest_endpoint(self.gateway_addr)],
-            device_secret: key.to_bytes(),
-            entropy,
-            provisioned_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-            server_name: "localhost".into(),
-            device_id: device.to_string(),
-            ca_der: ca_der.unwrap_or_else(|| pem::certificate_der(&self.ca_pem).unwrap()),
-            enrollment_token: None,
+        let mut block = provision::for_local_gateway(
+            self.gateway_addr,
+            key.to_bytes(),
+            device.as_str(),
+            &self.ca_pem,
+        )
+        .unwrap();
+        if let Some(ca_der) = ca_der {
+            block.ca_der = ca_der;
         }
+        block
     }
 
     /// Registers `name` and boots its board in QEMU (not yet waiting for anything).
