@@ -33,6 +33,13 @@ impl Board {
     pub fn feature(self) -> &'static str {
         self.qemu_machine()
     }
+
+    /// The board whose firmware feature is `feature`.
+    pub fn from_feature(feature: &str) -> Option<Self> {
+        [Board::Mps2An385, Board::Mps2An386]
+            .into_iter()
+            .find(|b| b.feature() == feature)
+    }
 }
 
 /// Why an image could not be had.

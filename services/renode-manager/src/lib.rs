@@ -1,11 +1,14 @@
-//! The emulated fleet.
+//! The emulated fleet: starts, watches and stops emulated devices on command from the bus.
 //!
-//! Today: the QEMU backend ([`qemu`]), which boots the device firmware on an mps2 board with
-//! its provisioning block preloaded, and [`firmware`], which finds (and if need be builds)
-//! the firmware images. The service around them (commands on the bus, lifecycle events, the
-//! Renode-in-Docker backend, the MCU catalogue) is the renode-manager issue's.
+//! - [`catalogue`]: the MCU types (`renode/catalogue.toml`) and which of them can run the
+//!   firmware under which emulator.
+//! - [`qemu`]: one `qemu-system-arm` per device, the provisioning block preloaded.
+//! - [`resc`]: Renode scripts from the family templates in `renode/templates/`.
+//! - [`firmware`], [`pem`], [`provision`]: the images and the provisioning block.
 
+pub mod catalogue;
 pub mod firmware;
 pub mod pem;
 pub mod provision;
 pub mod qemu;
+pub mod resc;
