@@ -187,6 +187,8 @@ events! {
     EmulatorStarted => |e| AggregateId::Emulator(e.device_id.clone()),
     /// A device emulator exited.
     EmulatorExited => |e| AggregateId::Emulator(e.device_id.clone()),
+    /// A request to start a device emulator was refused.
+    EmulatorStartRefused => |e| AggregateId::Emulator(e.device_id.clone()),
 }
 
 fn deployment(app: &AppId, device: &DeviceId) -> AggregateId {
@@ -498,6 +500,25 @@ pub struct EmulatorStarted {
     pub backend: String,
     /// MCU type from the catalogue.
     pub mcu: String,
+    /// What runs it: the process id, container id or simulator task.
+    #[serde(default)]
+    pub instance: String,
+    /// Starts of this emulator since the start command (1 for the first, more after restarts).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// Why an emulator ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// It was asked to stop (a stop or restart command, or shutdown).
+    Stopped,
+    /// It ended by itself with exit code 0.
+    #[default]
+    Exited,
+    /// It ended by itself with a failure: a non-zero code, a signal, or a lost container.
+    Crashed,
 }
 
 /// A device emulator exited.
@@ -509,4 +530,23 @@ pub struct EmulatorExited {
     pub exit_code: Option<i32>,
     /// The last UART lines before it exited.
     pub last_uart_lines: Vec<String>,
+    /// Why it ended.
+    #[serde(default)]
+    pub reason: ExitReason,
+    /// When the restart policy will start it again, if it will.
+    #[serde(default)]
+    pub restart_in_ms: Option<u64>,
+}
+
+/// A request to start a device emulator was refused; nothing runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmulatorStartRefused {
+    /// The device.
+    pub device_id: DeviceId,
+    /// MCU type asked for.
+    pub mcu: String,
+    /// The backend that was to run it.
+    pub backend: String,
+    /// Why, for people (the catalogue's reason, or the emulator host's error).
+    pub reason: String,
 }

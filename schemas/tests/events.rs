@@ -171,12 +171,23 @@ fn every_event() -> Vec<Event> {
             device_id: dev(),
             backend: "qemu".into(),
             mcu: "Mps2An385".into(),
+            instance: "pid 42".into(),
+            attempt: 1,
         }
         .into(),
         EmulatorExited {
             device_id: dev(),
             exit_code: Some(1),
             last_uart_lines: vec!["panic".into()],
+            reason: ExitReason::Crashed,
+            restart_in_ms: Some(500),
+        }
+        .into(),
+        EmulatorStartRefused {
+            device_id: dev(),
+            mcu: "Esp32DevkitC".into(),
+            backend: "qemu".into(),
+            reason: "not a Cortex-M".into(),
         }
         .into(),
     ]

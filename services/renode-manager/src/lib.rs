@@ -6,9 +6,18 @@
 //! - [`resc`]: Renode scripts from the family templates in `renode/templates/`.
 //! - [`firmware`], [`pem`], [`provision`]: the images and the provisioning block.
 
+pub mod backend;
 pub mod catalogue;
+pub mod docker;
+pub mod emulator;
 pub mod firmware;
+pub mod keys;
 pub mod pem;
 pub mod provision;
 pub mod qemu;
 pub mod resc;
+mod service;
+mod supervisor;
+pub mod uart;
+
+pub use service::{ManagerConfig, ManagerError, RestartMode, RestartPolicy, SERVICE, run};

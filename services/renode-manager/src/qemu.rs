@@ -5,24 +5,21 @@
 //! LAN9118 on QEMU's user-mode network: the guest gets an address by DHCP and reaches the
 //! host's loopback as `10.0.2.2`. The UART is the process's stdout, kept as lines.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use wasmbed_schemas::provisioning::{self, Provisioning, ProvisioningError};
 
+use crate::emulator::{Control, Emulator, Exit};
 use crate::firmware::Board;
+use crate::uart::{LineTimeout, UartLog};
 
 /// The host's loopback as the guest sees it on QEMU's user-mode network.
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
-
-/// UART lines kept per device for `lines` and `wait_for_line`.
-const KEPT_LINES: usize = 4096;
 
 /// How a device is started.
 #[derive(Debug, Clone)]
@@ -49,34 +46,14 @@ pub enum QemuError {
     #[error("writing the provisioning block: {0}")]
     Io(#[source] std::io::Error),
     /// The awaited UART line did not come.
-    #[error("no UART line containing {needle:?} within {timeout:?}")]
-    Timeout {
-        /// What was awaited.
-        needle: String,
-        /// How long.
-        timeout: Duration,
-    },
-}
-
-/// The endpoint a guest dials for a gateway listening on the host at `addr`.
-pub fn guest_endpoint(addr: SocketAddr) -> String {
-    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
-        format!("{HOST_FROM_GUEST}:{}", addr.port())
-    } else {
-        addr.to_string()
-    }
-}
-
-struct Uart {
-    lines: Mutex<Vec<String>>,
-    changed: Notify,
-    live: broadcast::Sender<String>,
+    #[error(transparent)]
+    Timeout(#[from] LineTimeout),
 }
 
 /// A running emulated device.
 pub struct QemuDevice {
     child: Child,
-    uart: Arc<Uart>,
+    uart: Arc<UartLog>,
     _block: tempfile::NamedTempFile,
 }
 
@@ -112,16 +89,14 @@ impl QemuDevice {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| QemuError::Spawn(config.qemu.display().to_string(), e))?;
-        let uart = Arc::new(Uart {
-            lines: Mutex::default(),
-            changed: Notify::new(),
-            live: broadcast::channel(256).0,
-        });
+        let uart = Arc::new(UartLog::default());
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(collect(BufReader::new(stdout), uart.clone(), ""));
+            let uart = uart.clone();
+            tokio::spawn(async move { uart.collect(stdout, "").await });
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect(BufReader::new(stderr), uart.clone(), "qemu: "));
+            let uart = uart.clone();
+            tokio::spawn(async move { uart.collect(stderr, "qemu: ").await });
         }
         Ok(Self {
             child,
@@ -132,16 +107,17 @@ impl QemuDevice {
 
     /// The UART lines so far (the most recent few thousand).
     pub fn lines(&self) -> Vec<String> {
-        self.uart
-            .lines
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        self.uart.lines()
     }
 
     /// UART lines from now on, as they come (a slow reader loses the oldest).
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.uart.live.subscribe()
+        self.uart.subscribe()
+    }
+
+    /// The device's UART.
+    pub fn uart(&self) -> Arc<UartLog> {
+        self.uart.clone()
     }
 
     /// Waits for a UART line containing `needle` (or returns one already seen).
@@ -160,51 +136,58 @@ impl QemuDevice {
         n: usize,
         timeout: Duration,
     ) -> Result<String, QemuError> {
-        let search = async {
-            loop {
-                let changed = self.uart.changed.notified();
-                if let Some(line) = self
-                    .lines()
-                    .into_iter()
-                    .filter(|l| l.contains(needle))
-                    .nth(n.saturating_sub(1))
-                {
-                    return line;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(timeout, search)
-            .await
-            .map_err(|_| QemuError::Timeout {
-                needle: needle.to_owned(),
-                timeout,
-            })
+        Ok(self.uart.wait_for_nth_line(needle, n, timeout).await?)
+    }
+
+    /// The emulator's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits until the emulator process ends.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
     }
 
     /// Stops the emulator.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Runs the device as an [`Emulator`]: the process is watched, killed on request, and its
+    /// end reported.
+    pub fn into_emulator(mut self) -> Emulator {
+        let instance = self
+            .pid()
+            .map_or_else(|| "qemu".to_owned(), |pid| format!("pid {pid}"));
+        let (emulator, control) = Emulator::new(self.uart.clone(), instance);
+        tokio::spawn(async move {
+            let Control { stop, exit } = control;
+            let ended = tokio::select! {
+                status = self.child.wait() => exit_of(status, false),
+                _ = stop => {
+                    let _ = self.child.start_kill();
+                    exit_of(self.child.wait().await, true)
+                }
+            };
+            let _ = exit.send(Some(ended));
+        });
+        emulator
+    }
 }
 
-async fn collect<R: tokio::io::AsyncRead + Unpin>(
-    reader: BufReader<R>,
-    uart: Arc<Uart>,
-    prefix: &str,
-) {
-    let mut lines = reader.lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line = format!("{prefix}{}", line.trim_end_matches('\r'));
-        tracing::debug!(target: "uart", "{line}");
-        let _ = uart.live.send(line.clone());
-        if let Ok(mut all) = uart.lines.lock() {
-            // A board runs for days under `up`: keep the recent past, not all of it.
-            if all.len() >= KEPT_LINES {
-                all.drain(..KEPT_LINES / 2);
-            }
-            all.push(line);
-        }
-        uart.changed.notify_waiters();
+fn exit_of(status: std::io::Result<std::process::ExitStatus>, requested: bool) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => Exit {
+            code: status.code(),
+            requested,
+            note: status.signal().map(|s| format!("killed by signal {s}")),
+        },
+        Err(e) => Exit {
+            code: None,
+            requested,
+            note: Some(format!("waiting for qemu: {e}")),
+        },
     }
 }

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! Golden tests: the generated `.resc` of every Renode-capable board, byte for byte against
-//! `renode/golden/<MCU>.resc`. `WASMBED_UPDATE_GOLDEN=1 cargo test -p wasmbed-renode-manager
+//! `renode/golden/<MCU>.resc`. `WASMBED_BLESS=1 cargo test -p wasmbed-renode-manager
 //! --test resc` rewrites them after a deliberate change (review the diff).
 
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ fn golden_dir() -> PathBuf {
 #[test]
 fn every_renode_board_renders_its_golden_script() {
     let catalogue = Catalogue::bundled().unwrap();
-    let update = std::env::var_os("WASMBED_UPDATE_GOLDEN").is_some();
+    let update = std::env::var_os("WASMBED_BLESS").is_some();
     let mut rendered = 0;
     for mcu in catalogue.iter() {
         if mcu.renode().is_err() {
@@ -46,12 +46,8 @@ fn every_renode_board_renders_its_golden_script() {
         if update {
             std::fs::write(&path, &script).unwrap();
         }
-        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (WASMBED_UPDATE_GOLDEN=1 writes it)",
-                path.display()
-            )
-        });
+        let golden = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (WASMBED_BLESS=1 writes it)", path.display()));
         assert_eq!(
             script, golden,
             "{} drifted from its golden script",

@@ -1,0 +1,402 @@
+//! The container backend: one container per device through the Docker Engine API (bollard).
+//!
+//! In production the image is Renode's and the command runs the generated `.resc`; the tests
+//! give it a locally built image with QEMU and a QEMU command line. Either way the manager
+//! writes the device's files (the `.resc` for Renode, the provisioning block for both) into
+//! `<work_dir>/<device>/`, mounts that read-only at [`DEVICE_MOUNT`] and the firmware images
+//! read-only at [`FIRMWARE_MOUNT`], streams the container's output as the UART, waits for it
+//! to end, and stops and removes it on request.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use tracing::warn;
+
+use crate::backend::Launch;
+use crate::catalogue::{Mcu, Unsupported};
+use crate::emulator::{Control, Emulator, Exit};
+use crate::provision::{self, ProvisionError};
+use crate::resc::{self, RescError};
+use crate::uart::UartLog;
+
+/// Where the device's own files are mounted in the container.
+pub const DEVICE_MOUNT: &str = "/wasmbed/device";
+/// Where the firmware images are mounted in the container.
+pub const FIRMWARE_MOUNT: &str = "/wasmbed/firmware";
+/// The label every emulator container carries (its value is the device id).
+pub const DEVICE_LABEL: &str = "io.wasmbed.device";
+
+/// Which emulator the image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEmulator {
+    /// Renode, driven by the generated `.resc`.
+    Renode,
+    /// QEMU, given the image and the block on its command line.
+    Qemu,
+}
+
+/// The container backend's settings.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The engine's socket (`unix:///var/run/docker.sock`).
+    pub docker_host: String,
+    /// The emulator image (never pulled: it must be present on the engine).
+    pub image: String,
+    /// The command; `{device}`, `{script}`, `{block}`, `{firmware}` and `{machine}` are
+    /// replaced by the device id, the `.resc`, the block, the ELF (paths in the container) and
+    /// the QEMU machine.
+    pub command: Vec<String>,
+    /// What the image runs.
+    pub emulator: ContainerEmulator,
+    /// The host directory of the firmware images (`firmware/target`).
+    pub firmware_dir: PathBuf,
+    /// A host directory for the devices' files.
+    pub work_dir: PathBuf,
+    /// The container network (`host` reaches a gateway on the host's loopback).
+    pub network_mode: String,
+    /// Container names are this prefix plus the device id.
+    pub name_prefix: String,
+}
+
+impl ContainerConfig {
+    /// Renode in Docker, as in production: `renode --disable-xwt --console -e "include @script"`.
+    pub fn renode(
+        docker_host: String,
+        image: String,
+        firmware_dir: PathBuf,
+        work_dir: PathBuf,
+    ) -> Self {
+        Self {
+            docker_host,
+            image,
+            command: [
+                "renode",
+                "--disable-xwt",
+                "--console",
+                "-e",
+                "include @{script}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            emulator: ContainerEmulator::Renode,
+            firmware_dir,
+            work_dir,
+            network_mode: "host".into(),
+            name_prefix: "wasmbed-emulator-".into(),
+        }
+    }
+
+    /// QEMU in a container: the same backend with QEMU's command line.
+    pub fn qemu(
+        docker_host: String,
+        image: String,
+        firmware_dir: PathBuf,
+        work_dir: PathBuf,
+    ) -> Self {
+        Self {
+            command: [
+                "qemu-system-arm",
+                "-M",
+                "{machine}",
+                "-nographic",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+                "-kernel",
+                "{firmware}",
+                "-nic",
+                "user,model=lan9118",
+                "-device",
+                "loader,file={block},addr=0x20001000,force-raw=on",
+            ]
+            .map(String::from)
+            .to_vec(),
+            emulator: ContainerEmulator::Qemu,
+            ..Self::renode(docker_host, image, firmware_dir, work_dir)
+        }
+    }
+}
+
+/// Why the container backend could not start a device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContainerError {
+    /// The engine refused or could not be reached.
+    #[error("docker engine at {host}: {source}")]
+    Engine {
+        /// The socket.
+        host: String,
+        /// What it said.
+        source: bollard::errors::Error,
+    },
+    /// The device's files could not be written.
+    #[error("writing {path}: {source}")]
+    Files {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The script could not be made.
+    #[error(transparent)]
+    Script(#[from] RescError),
+    /// The block could not be made.
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    /// The board cannot run here.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+}
+
+/// Runs devices as containers.
+pub struct ContainerBackend {
+    config: ContainerConfig,
+}
+
+impl ContainerBackend {
+    /// A backend with `config`; the engine is first contacted on the first start.
+    pub fn new(config: ContainerConfig) -> Self {
+        Self { config }
+    }
+
+    /// Its name in events.
+    pub fn name(&self) -> &'static str {
+        match self.config.emulator {
+            ContainerEmulator::Renode => "renode-docker",
+            ContainerEmulator::Qemu => "qemu-docker",
+        }
+    }
+
+    /// Whether it can run `mcu`.
+    pub fn check(&self, mcu: &Mcu) -> Result<(), Unsupported> {
+        mcu.firmware()?;
+        match self.config.emulator {
+            ContainerEmulator::Renode => mcu.renode().map(drop),
+            ContainerEmulator::Qemu => mcu.qemu().map(drop),
+        }
+    }
+
+    fn engine(&self) -> Result<Docker, ContainerError> {
+        Docker::connect_with_unix(&self.config.docker_host, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|source| self.engine_error(source))
+    }
+
+    fn engine_error(&self, source: bollard::errors::Error) -> ContainerError {
+        ContainerError::Engine {
+            host: self.config.docker_host.clone(),
+            source,
+        }
+    }
+
+    /// Writes the device's files, creates and starts its container, and follows it.
+    pub async fn start(&self, launch: &Launch<'_>) -> Result<Emulator, ContainerError> {
+        let board = launch.mcu.firmware()?;
+        let firmware = format!(
+            "{FIRMWARE_MOUNT}/{}/release/wasmbed-firmware",
+            board.target()
+        );
+        let block = provision::block(
+            // QEMU's user network and Renode's TAP both reach the host as 10.0.2.2 when the
+            // container shares the host's network.
+            provision::guest_endpoints(launch.gateways),
+            launch.secret,
+            launch.device.as_str(),
+            launch.ca_pem,
+            launch.server_name,
+        )?;
+        let dir = self.config.work_dir.join(launch.device.as_str());
+        write(
+            &dir,
+            "provisioning.bin",
+            &block.encode().map_err(RescError::from)?,
+        )?;
+        if self.config.emulator == ContainerEmulator::Renode {
+            let script = resc::render(launch.mcu, launch.device.as_str(), &firmware, &block)?;
+            write(&dir, "device.resc", script.as_bytes())?;
+        }
+        let machine = launch.mcu.qemu_machine.clone().unwrap_or_default();
+        let command = self
+            .config
+            .command
+            .iter()
+            .map(|arg| {
+                arg.replace("{device}", launch.device.as_str())
+                    .replace("{script}", &format!("{DEVICE_MOUNT}/device.resc"))
+                    .replace("{block}", &format!("{DEVICE_MOUNT}/provisioning.bin"))
+                    .replace("{firmware}", &firmware)
+                    .replace("{machine}", &machine)
+            })
+            .collect();
+
+        let docker = self.engine()?;
+        let name = format!("{}{}", self.config.name_prefix, launch.device);
+        // A container left behind by an earlier run of the manager would block the name.
+        let _ = docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await;
+        let body = ContainerCreateBody {
+            image: Some(self.config.image.clone()),
+            cmd: Some(command),
+            labels: Some(HashMap::from([(
+                DEVICE_LABEL.to_owned(),
+                launch.device.to_string(),
+            )])),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            host_config: Some(HostConfig {
+                binds: Some(vec![
+                    format!("{}:{FIRMWARE_MOUNT}:ro", self.config.firmware_dir.display()),
+                    format!("{}:{DEVICE_MOUNT}:ro", dir.display()),
+                ]),
+                network_mode: Some(self.config.network_mode.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        if let Err(e) = docker.start_container(&created.id, None).await {
+            let _ = docker
+                .remove_container(
+                    &created.id,
+                    Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+                )
+                .await;
+            return Err(self.engine_error(e));
+        }
+        let uart = Arc::new(UartLog::default());
+        let short: String = created.id.chars().take(12).collect();
+        let (emulator, control) = Emulator::new(uart.clone(), format!("container {short}"));
+        tokio::spawn(follow(docker, created.id, uart, control));
+        Ok(emulator)
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ContainerError> {
+    let path = dir.join(name);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, bytes))
+        .map_err(|source| ContainerError::Files {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Streams the container's output into `uart`, waits for its end or a stop request, and
+/// removes it.
+async fn follow(docker: Docker, id: String, uart: Arc<UartLog>, control: Control) {
+    let Control { stop, exit } = control;
+    let logs = docker.logs(
+        &id,
+        Some(
+            LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .build(),
+        ),
+    );
+    let streaming = tokio::spawn(stream_lines(logs, uart));
+    let mut waiting = docker.wait_container(
+        &id,
+        Some(
+            WaitContainerOptionsBuilder::new()
+                .condition("not-running")
+                .build(),
+        ),
+    );
+    let ended = tokio::select! {
+        end = waiting.next() => exit_of(end, false),
+        _ = stop => {
+            if let Err(e) = docker
+                .stop_container(&id, Some(StopContainerOptionsBuilder::new().t(5).build()))
+                .await
+            {
+                warn!(container = %id, error = %e, "stopping the container");
+            }
+            let mut waiting = docker.wait_container(
+                &id,
+                Some(WaitContainerOptionsBuilder::new().condition("not-running").build()),
+            );
+            exit_of(waiting.next().await, true)
+        }
+    };
+    // The last lines are in before the end is reported.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), streaming).await;
+    if let Err(e) = docker
+        .remove_container(
+            &id,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await
+    {
+        warn!(container = %id, error = %e, "removing the container");
+    }
+    let _ = exit.send(Some(ended));
+}
+
+async fn stream_lines<S>(mut logs: S, uart: Arc<UartLog>)
+where
+    S: futures::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>>
+        + Unpin,
+{
+    let mut partial = Vec::new();
+    while let Some(Ok(chunk)) = logs.next().await {
+        partial.extend_from_slice(&chunk.into_bytes());
+        while let Some(at) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=at).collect();
+            let text = String::from_utf8_lossy(&line);
+            uart.push(text.trim_end_matches(['\r', '\n']).to_owned());
+        }
+    }
+    if !partial.is_empty() {
+        uart.push(String::from_utf8_lossy(&partial).into_owned());
+    }
+}
+
+fn exit_of(
+    end: Option<Result<bollard::models::ContainerWaitResponse, bollard::errors::Error>>,
+    requested: bool,
+) -> Exit {
+    match end {
+        Some(Ok(response)) => Exit {
+            code: i32::try_from(response.status_code).ok(),
+            requested,
+            note: None,
+        },
+        // bollard reports a non-zero exit code as an error.
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { error, code })) => Exit {
+            code: i32::try_from(code).ok(),
+            requested,
+            note: (!error.is_empty()).then_some(error),
+        },
+        Some(Err(e)) => Exit {
+            code: None,
+            requested,
+            note: Some(format!("lost the container: {e}")),
+        },
+        None => Exit {
+            code: None,
+            requested,
+            note: Some("the engine closed the wait".into()),
+        },
+    }
+}

@@ -1,0 +1,439 @@
+//! The renode-manager service: commands on `wasmbed.cmd.v1.renode-manager.*` start, stop and
+//! restart a device's emulator; lifecycle events go to the log; UART lines go to
+//! `wasmbed.emulator.v1.uart.<device>`.
+//!
+//! The gateways devices dial come from the log (`GatewayStarted`/`GatewayStopped`); the CA
+//! comes from enrollment over the bus; each device's identity is registered with enrollment
+//! over the bus before its first boot. Nothing is asked of another service but by command.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, info, info_span, warn};
+use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions};
+use wasmbed_schemas::command::{
+    Accepted, CommandError, ErrorCode, GetCaCertificate, RegisterDevice, RestartEmulator,
+    StartEmulator, StopEmulator,
+};
+use wasmbed_schemas::event::{Event, EventEnvelope};
+use wasmbed_schemas::subject::{self, Service};
+use wasmbed_schemas::{AggregateKind, DeviceId, GatewayId, PublicKey};
+
+use crate::backend::{Backend, Launch};
+use crate::catalogue::{Catalogue, Mcu};
+use crate::keys::KeyStore;
+use crate::supervisor::{self, Supervised};
+
+/// The service this crate answers for.
+pub const SERVICE: Service = Service::RenodeManager;
+
+/// When an emulator that ended by itself is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartMode {
+    /// Never.
+    Never,
+    /// When it failed (non-zero exit, signal, lost container).
+    OnFailure,
+    /// Whenever it ended without being asked to.
+    Always,
+}
+
+/// The restart policy.
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    /// When.
+    pub mode: RestartMode,
+    /// The first delay; doubled on each restart in a row.
+    pub backoff_base: Duration,
+    /// The longest delay.
+    pub backoff_max: Duration,
+    /// A run at least this long resets the back-off.
+    pub stable_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::OnFailure,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before restart number `attempt` (1-based) in a row.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+/// Settings of the renode-manager.
+#[derive(Clone)]
+pub struct ManagerConfig {
+    /// What runs the devices.
+    pub backend: Backend,
+    /// The MCU types.
+    pub catalogue: Catalogue,
+    /// Where device secrets are kept.
+    pub key_dir: PathBuf,
+    /// The name the gateways' certificates carry.
+    pub server_name: String,
+    /// Restarts of emulators that end by themselves.
+    pub restart: RestartPolicy,
+    /// Replicas of the streams this service creates.
+    pub replicas: usize,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Log(#[from] wasmbed_eventlog::SetupError),
+    /// Reading history failed.
+    #[error(transparent)]
+    Read(#[from] wasmbed_eventlog::ReadError),
+    /// Subscribing failed.
+    #[error("subscribing: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// State shared by the handlers and the supervisors.
+pub(crate) struct Manager {
+    pub(crate) client: async_nats::Client,
+    pub(crate) log: EventLog,
+    pub(crate) config: ManagerConfig,
+    keys: KeyStore,
+    gateways: Mutex<BTreeMap<GatewayId, String>>,
+    pub(crate) running: Mutex<HashMap<DeviceId, Supervised>>,
+    ca_pem: tokio::sync::OnceCell<String>,
+    /// Serialises starts so two commands for one device cannot both launch it.
+    starting: tokio::sync::Mutex<()>,
+}
+
+pub(crate) fn refuse(code: ErrorCode, message: impl Into<String>) -> CommandError {
+    CommandError {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Manager {
+    pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Supervised>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn gateway_endpoints(&self) -> Vec<String> {
+        let gateways = self
+            .gateways
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut endpoints: Vec<String> = gateways.values().cloned().collect();
+        endpoints.dedup();
+        endpoints
+    }
+
+    fn apply(&self, event: &Event) {
+        let mut gateways = self
+            .gateways
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Event::GatewayStarted(e) => {
+                gateways.insert(e.gateway_id.clone(), e.endpoint.clone());
+            }
+            Event::GatewayStopped(e) => {
+                gateways.remove(&e.gateway_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends an event of `device`'s emulator; returns its sequence.
+    pub(crate) async fn record(&self, event: Event) -> Result<u64, CommandError> {
+        self.log
+            .append(ExpectedVersion::Any, &EventEnvelope::new(event))
+            .await
+            .map(|a| a.sequence)
+            .map_err(|e| refuse(ErrorCode::Unavailable, format!("recording the event: {e}")))
+    }
+
+    async fn refused(&self, device: &DeviceId, mcu: &str, error: CommandError) -> CommandError {
+        let event = wasmbed_schemas::event::EmulatorStartRefused {
+            device_id: device.clone(),
+            mcu: mcu.to_owned(),
+            backend: self.config.backend.name().to_owned(),
+            reason: error.message.clone(),
+        };
+        if let Err(e) = self.record(event.into()).await {
+            warn!(error = %e, "the refusal was not recorded");
+        }
+        error
+    }
+
+    async fn ca_pem(&self) -> Result<String, CommandError> {
+        self.ca_pem
+            .get_or_try_init(|| async {
+                wasmbed_bus::call(&self.client, &GetCaCertificate {}, Duration::from_secs(5))
+                    .await
+                    .map(|ca| ca.certificate_pem)
+                    .map_err(|e| {
+                        refuse(
+                            ErrorCode::Unavailable,
+                            format!("the CA from enrollment: {e}"),
+                        )
+                    })
+            })
+            .await
+            .cloned()
+    }
+
+    /// Everything a start of `device` as `mcu` needs but the backend: its secret (registered
+    /// with enrollment), the CA and the gateways.
+    pub(crate) async fn prepare(
+        &self,
+        device: &DeviceId,
+        mcu: &Mcu,
+    ) -> Result<Prepared, CommandError> {
+        let secret = self
+            .keys
+            .secret(device)
+            .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+        let public_key = PublicKey(SigningKey::from_bytes(&secret).verifying_key().to_bytes());
+        wasmbed_bus::call(
+            &self.client,
+            &RegisterDevice {
+                device_id: device.clone(),
+                public_key,
+                mcu: Some(mcu.name.clone()),
+                labels: BTreeMap::from([(
+                    "emulated".to_owned(),
+                    self.config.backend.name().to_owned(),
+                )]),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| match e {
+            wasmbed_bus::CallError::Refused(e) => {
+                refuse(e.code, format!("registering {device}: {}", e.message))
+            }
+            other => refuse(
+                ErrorCode::Unavailable,
+                format!("registering {device}: {other}"),
+            ),
+        })?;
+        let ca_pem = self.ca_pem().await?;
+        let gateways = self.gateway_endpoints();
+        if gateways.is_empty() {
+            return Err(refuse(
+                ErrorCode::Unavailable,
+                "no gateway has announced itself yet; start one first",
+            ));
+        }
+        Ok(Prepared {
+            secret,
+            gateways,
+            ca_pem,
+        })
+    }
+}
+
+/// What [`Manager::prepare`] gathered.
+pub(crate) struct Prepared {
+    pub(crate) secret: [u8; 32],
+    pub(crate) gateways: Vec<String>,
+    pub(crate) ca_pem: String,
+}
+
+impl Prepared {
+    pub(crate) fn launch<'a>(
+        &'a self,
+        manager: &'a Manager,
+        device: &'a DeviceId,
+        mcu: &'a Mcu,
+    ) -> Launch<'a> {
+        Launch {
+            device,
+            mcu,
+            secret: self.secret,
+            gateways: &self.gateways,
+            ca_pem: &self.ca_pem,
+            server_name: &manager.config.server_name,
+        }
+    }
+}
+
+async fn start(state: Arc<Manager>, c: StartEmulator) -> Result<Accepted, CommandError> {
+    let _one_at_a_time = state.starting.lock().await;
+    let mcu = match state.config.catalogue.get(&c.mcu) {
+        Ok(mcu) => mcu.clone(),
+        Err(e) => {
+            return Err(state
+                .refused(
+                    &c.device_id,
+                    &c.mcu,
+                    refuse(ErrorCode::InvalidRequest, e.to_string()),
+                )
+                .await);
+        }
+    };
+    if let Err(e) = state.config.backend.check(&mcu) {
+        return Err(state
+            .refused(
+                &c.device_id,
+                &c.mcu,
+                refuse(ErrorCode::Refused, e.to_string()),
+            )
+            .await);
+    }
+    if let Some(running) = state.running().get(&c.device_id) {
+        return if running.mcu == mcu.name {
+            Ok(Accepted {
+                sequence: running.started_sequence(),
+            })
+        } else {
+            Err(refuse(
+                ErrorCode::Conflict,
+                format!(
+                    "{} already runs as {}; stop it first",
+                    c.device_id, running.mcu
+                ),
+            ))
+        };
+    }
+    let prepared = match state.prepare(&c.device_id, &mcu).await {
+        Ok(p) => p,
+        Err(e) => return Err(state.refused(&c.device_id, &c.mcu, e).await),
+    };
+    let emulator = match state
+        .config
+        .backend
+        .start(&prepared.launch(&state, &c.device_id, &mcu))
+        .await
+    {
+        Ok(emulator) => emulator,
+        Err(e) => {
+            return Err(state
+                .refused(
+                    &c.device_id,
+                    &c.mcu,
+                    refuse(ErrorCode::Unavailable, e.to_string()),
+                )
+                .await);
+        }
+    };
+    let sequence = supervisor::supervise(state.clone(), c.device_id, mcu, emulator).await?;
+    Ok(Accepted { sequence })
+}
+
+async fn stop(state: Arc<Manager>, c: StopEmulator) -> Result<Accepted, CommandError> {
+    let control = state.running().get(&c.device_id).map(|s| s.control.clone());
+    let Some(control) = control else {
+        return Err(refuse(
+            ErrorCode::NotFound,
+            format!("no emulator runs for {}", c.device_id),
+        ));
+    };
+    supervisor::ask(&control, supervisor::Request::Stop).await
+}
+
+async fn restart(state: Arc<Manager>, c: RestartEmulator) -> Result<Accepted, CommandError> {
+    let control = state.running().get(&c.device_id).map(|s| s.control.clone());
+    let Some(control) = control else {
+        return Err(refuse(
+            ErrorCode::NotFound,
+            format!("no emulator runs for {}", c.device_id),
+        ));
+    };
+    supervisor::ask(&control, supervisor::Request::Restart).await
+}
+
+/// Runs the service until `shutdown` completes; then stops every emulator it started.
+pub async fn run(
+    client: async_nats::Client,
+    config: ManagerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ManagerError> {
+    let log = EventLog::open(
+        client.clone(),
+        &LogOptions {
+            replicas: config.replicas,
+        },
+    )
+    .await?;
+    let mut follow = log
+        .follow(vec![subject::events_of_kind(AggregateKind::Gateway)])
+        .await?;
+    let state = Arc::new(Manager {
+        client: client.clone(),
+        log,
+        keys: KeyStore::new(config.key_dir.clone()),
+        config,
+        gateways: Mutex::default(),
+        running: Mutex::default(),
+        ca_pem: tokio::sync::OnceCell::new(),
+        starting: tokio::sync::Mutex::new(()),
+    });
+    for _ in 0..follow.pending_at_start {
+        match follow.next().await {
+            Some(Ok((event, _))) => state.apply(&event.envelope.event),
+            Some(Err(e)) => warn!(error = %e, "event skipped"),
+            None => break,
+        }
+    }
+    info!(
+        backend = state.config.backend.name(),
+        gateways = state.gateway_endpoints().len(),
+        "renode-manager ready"
+    );
+    let following = {
+        let state = state.clone();
+        tokio::spawn(
+            async move {
+                while let Some(next) = follow.next().await {
+                    match next {
+                        Ok((event, _)) => state.apply(&event.envelope.event),
+                        Err(e) => warn!(error = %e, "event skipped"),
+                    }
+                }
+            }
+            .instrument(info_span!("gateways")),
+        )
+    };
+    let router = wasmbed_bus::Router::new(SERVICE)
+        .route::<StartEmulator, _, _>(start)
+        .route::<StopEmulator, _, _>(stop)
+        .route::<RestartEmulator, _, _>(restart);
+    let served = wasmbed_bus::serve(client, router, state.clone(), shutdown).await;
+    following.abort();
+    let controls: Vec<_> = state
+        .running()
+        .values()
+        .map(|s| s.control.clone())
+        .collect();
+    for control in controls {
+        let _ = supervisor::ask(&control, supervisor::Request::Stop).await;
+    }
+    served?;
+    info!("renode-manager stopped");
+    Ok(())
+}
+
+/// Sends `request` and waits for the supervisor's answer.
+pub(crate) type Reply = oneshot::Sender<Result<Accepted, CommandError>>;
+/// A supervisor's inbox.
+pub(crate) type Inbox = mpsc::Sender<(supervisor::Request, Reply)>;
