@@ -162,6 +162,8 @@ impl QemuDevice {
             .map_or_else(|| "qemu".to_owned(), |pid| format!("pid {pid}"));
         let (emulator, control) = Emulator::new(self.uart.clone(), instance);
         tokio::spawn(async move {
+            // QEMU reads the block file at reset: it lives as long as the process.
+            let _block = &self._block;
             let Control { stop, exit } = control;
             let ended = tokio::select! {
                 status = self.child.wait() => exit_of(status, false),

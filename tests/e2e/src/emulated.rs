@@ -51,3 +51,50 @@ impl System {
         (device, qemu)
     }
 }
+
+/// A renode-manager service running in the fixture.
+pub struct Manager {
+    /// The service.
+    pub service: crate::Running,
+    _keys: tempfile::TempDir,
+}
+
+impl System {
+    /// Runs the renode-manager with `backend` and a quick restart policy.
+    pub fn start_manager(&self, backend: wasmbed_renode_manager::backend::Backend) -> Manager {
+        use std::time::Duration;
+        use wasmbed_renode_manager::{ManagerConfig, RestartPolicy};
+        let keys = tempfile::tempdir().unwrap();
+        let config = ManagerConfig {
+            backend,
+            catalogue: wasmbed_renode_manager::catalogue::Catalogue::bundled().unwrap(),
+            key_dir: keys.path().to_path_buf(),
+            server_name: "localhost".into(),
+            restart: RestartPolicy {
+                backoff_base: Duration::from_millis(200),
+                ..RestartPolicy::default()
+            },
+            replicas: 1,
+        };
+        let client = self.client.clone();
+        let service = crate::Running::spawn(|stopped| async move {
+            let _ = wasmbed_renode_manager::run(client, config, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Manager {
+            service,
+            _keys: keys,
+        }
+    }
+}
+
+/// The QEMU backend over this checkout's firmware images (the mps2-an385 image built first).
+pub fn qemu_backend() -> wasmbed_renode_manager::backend::Backend {
+    firmware::build(&workspace_root(), Board::Mps2An385).unwrap();
+    wasmbed_renode_manager::backend::Backend::Qemu(wasmbed_renode_manager::backend::QemuBackend {
+        qemu: "qemu-system-arm".into(),
+        firmware_root: workspace_root(),
+    })
+}

@@ -40,7 +40,7 @@ pub struct Running {
 }
 
 impl Running {
-    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    pub(crate) fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
     {

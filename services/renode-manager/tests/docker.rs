@@ -1,0 +1,371 @@
+#![allow(clippy::unwrap_used)]
+//! The container backend against a scripted Docker Engine API server: bollard's real client
+//! over a Unix socket, answered with the Engine API's shapes (create, start, multiplexed log
+//! stream, wait, stop, remove, and its error bodies). No Docker engine runs on these machines.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use tokio::sync::watch;
+use wasmbed_renode_manager::backend::Launch;
+use wasmbed_renode_manager::catalogue::Catalogue;
+use wasmbed_renode_manager::docker::{ContainerBackend, ContainerConfig, ContainerError};
+use wasmbed_renode_manager::resc;
+use wasmbed_schemas::DeviceId;
+use wasmbed_schemas::provisioning::Provisioning;
+
+const ID: &str = "4f1c2a9be3d04c5e8f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a";
+
+/// What the scripted engine saw and how its container ends.
+#[derive(Default)]
+struct Engine {
+    requests: Mutex<Vec<String>>,
+    created: Mutex<Option<serde_json::Value>>,
+    /// Set to the exit code when the container ends (stopped, or crashed by the test).
+    ended: Mutex<Option<watch::Sender<Option<i64>>>>,
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// One frame of Docker's multiplexed stream: stream 1 (stdout), big-endian length.
+fn frame(text: &str) -> Bytes {
+    let mut out = vec![1, 0, 0, 0];
+    out.extend_from_slice(&u32::try_from(text.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    Bytes::from(out)
+}
+
+async fn answer(engine: Arc<Engine>, method: Method, uri: Uri, body: Bytes) -> Response {
+    // Paths may carry an API version (/v1.xx/containers/...); the engine answers both.
+    let path = uri.path().trim_start_matches('/');
+    let path = match path.split_once('/') {
+        Some((version, rest)) if version.starts_with("v1.") => rest,
+        _ => path,
+    }
+    .to_owned();
+    engine
+        .requests
+        .lock()
+        .unwrap()
+        .push(format!("{method} /{path}"));
+    let ended = engine
+        .ended
+        .lock()
+        .unwrap()
+        .get_or_insert_with(|| watch::channel(None).0)
+        .clone();
+    let parts: Vec<&str> = path.split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("DELETE", ["containers", name]) if *name != ID => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "message": format!("No such container: {name}") }),
+        ),
+        ("DELETE", ["containers", _]) => StatusCode::NO_CONTENT.into_response(),
+        ("POST", ["containers", "create"]) => {
+            let created: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if created["Image"] == "missing:latest" {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({ "message": "No such image: missing:latest" }),
+                );
+            }
+            *engine.created.lock().unwrap() = Some(created);
+            json(
+                StatusCode::CREATED,
+                serde_json::json!({ "Id": ID, "Warnings": [] }),
+            )
+        }
+        ("POST", ["containers", _, "start"]) => StatusCode::NO_CONTENT.into_response(),
+        ("POST", ["containers", _, "stop"]) => {
+            ended.send_replace(Some(143));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        ("GET", ["containers", _, "logs"]) => {
+            // A line split over two frames, then two lines in one, then silence until the end.
+            let mut until_end = ended.subscribe();
+            let chunks = futures::stream::iter(vec![
+                Ok::<_, std::io::Error>(frame("boot: wasmbed fir")),
+                Ok(frame("mware\r\nenrolled: board-1\ndhcp: lease 10.0.2.15\n")),
+            ])
+            .chain(futures::stream::once(async move {
+                let _ = until_end.wait_for(Option::is_some).await;
+                Ok(frame("app stopped\n"))
+            }));
+            Response::builder()
+                .header("content-type", "application/vnd.docker.multiplexed-stream")
+                .body(Body::from_stream(chunks))
+                .unwrap()
+        }
+        ("POST", ["containers", _, "wait"]) => {
+            let mut until_end = ended.subscribe();
+            let code = *until_end.wait_for(Option::is_some).await.unwrap();
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "StatusCode": code.unwrap(), "Error": null }),
+            )
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "message": format!("page not found: {method} /{path}") }),
+        ),
+    }
+}
+
+async fn scripted_engine(dir: &Path) -> (String, Arc<Engine>) {
+    let socket = dir.join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let engine = Arc::new(Engine::default());
+    let app = axum::Router::new().fallback({
+        let engine = engine.clone();
+        move |method: Method, uri: Uri, body: Bytes| answer(engine.clone(), method, uri, body)
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("unix://{}", socket.display()), engine)
+}
+
+/// A catalogue in which the MPS2 board also has a Renode platform, so the Renode path runs
+/// end to end against the scripted engine (the bundled catalogue has no board that both
+/// Renode models and the firmware supports).
+fn catalogue() -> Catalogue {
+    let bundled = Catalogue::bundled().unwrap();
+    assert!(bundled.get("Mps2An385").unwrap().renode().is_err());
+    let toml = wasmbed_renode_manager::catalogue::BUNDLED.replace(
+        "qemu_machine = \"mps2-an385\"",
+        "qemu_machine = \"mps2-an385\"\nrenode_platform = \"platforms/boards/mps2-an385.repl\"\nrenode_family = \"stm32\"\nethernet = \"sysbus.ethernet\"",
+    );
+    Catalogue::parse(&toml).unwrap()
+}
+
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMAoGCCqGSM49BAMC\n-----END CERTIFICATE-----\n";
+
+fn launch<'a>(
+    device: &'a DeviceId,
+    catalogue: &'a Catalogue,
+    gateways: &'a [String],
+) -> Launch<'a> {
+    Launch {
+        device,
+        mcu: catalogue.get("Mps2An385").unwrap(),
+        secret: [5; 32],
+        gateways,
+        ca_pem: CA,
+        server_name: "localhost",
+    }
+}
+
+#[tokio::test]
+async fn renode_in_a_container_is_created_started_streamed_stopped_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, engine) = scripted_engine(dir.path()).await;
+    let firmware = dir.path().join("firmware");
+    let work = dir.path().join("work");
+    let backend = ContainerBackend::new(ContainerConfig::renode(
+        host,
+        "wasmbed/renode:test".into(),
+        firmware.clone(),
+        work.clone(),
+    ));
+    assert_eq!(backend.name(), "renode-docker");
+    let (catalogue, device) = (catalogue(), DeviceId::new("board-1").unwrap());
+    let gateways = ["127.0.0.1:8081".to_owned()];
+    let mut emulator = backend
+        .start(&launch(&device, &catalogue, &gateways))
+        .await
+        .unwrap();
+    assert_eq!(emulator.instance(), format!("container {}", &ID[..12]));
+
+    // The create request: image, command running the generated script, both mounts read-only.
+    let created = engine.created.lock().unwrap().clone().unwrap();
+    assert_eq!(created["Image"], "wasmbed/renode:test");
+    assert_eq!(
+        created["Cmd"],
+        serde_json::json!([
+            "renode",
+            "--disable-xwt",
+            "--console",
+            "-e",
+            "include @/wasmbed/device/device.resc"
+        ])
+    );
+    let binds = created["HostConfig"]["Binds"].as_array().unwrap();
+    assert!(binds.contains(&format!("{}:/wasmbed/firmware:ro", firmware.display()).into()));
+    assert!(
+        binds.contains(&format!("{}:/wasmbed/device:ro", work.join("board-1").display()).into())
+    );
+    assert_eq!(created["HostConfig"]["NetworkMode"], "host");
+    assert_eq!(created["Labels"]["io.wasmbed.device"], "board-1");
+
+    // The generated script in the mounted directory: the ELF from the firmware mount, and the
+    // words at 0x20001000 decode to the guest's view of the gateway.
+    let script = std::fs::read_to_string(work.join("board-1/device.resc")).unwrap();
+    assert!(
+        script.contains(
+            "sysbus LoadELF @/wasmbed/firmware/thumbv7m-none-eabi/release/wasmbed-firmware"
+        )
+    );
+    assert!(script.contains("machine LoadPlatformDescription @platforms/boards/mps2-an385.repl"));
+    let block = Provisioning::decode(&resc::written_block(&script)).unwrap();
+    assert_eq!(block.endpoints, ["10.0.2.2:8081"]);
+    assert_eq!(block.device_id, "board-1");
+    let raw = std::fs::read(work.join("board-1/provisioning.bin")).unwrap();
+    assert_eq!(
+        Provisioning::decode(&raw).unwrap().endpoints,
+        block.endpoints
+    );
+
+    // The log stream arrives as UART lines, reassembled across frames.
+    let uart = emulator.uart().clone();
+    uart.wait_for_nth_line("enrolled: board-1", 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        uart.lines()[..3],
+        [
+            "boot: wasmbed firmware",
+            "enrolled: board-1",
+            "dhcp: lease 10.0.2.15"
+        ]
+    );
+
+    let exit = emulator.stop().await;
+    assert!(exit.requested && exit.code == Some(143), "{exit:?}");
+    assert!(uart.lines().contains(&"app stopped".to_owned()));
+    let requests = engine.requests.lock().unwrap().clone();
+    let expected = [
+        "DELETE /containers/wasmbed-emulator-board-1".to_owned(),
+        "POST /containers/create".to_owned(),
+        format!("POST /containers/{ID}/start"),
+        format!("POST /containers/{ID}/stop"),
+        format!("DELETE /containers/{ID}"),
+    ];
+    let mut at = 0;
+    for request in &requests {
+        if at < expected.len() && *request == expected[at] {
+            at += 1;
+        }
+    }
+    assert_eq!(
+        at,
+        expected.len(),
+        "in order: {expected:#?}\nsaw: {requests:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_container_that_dies_is_reported_failed_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, engine) = scripted_engine(dir.path()).await;
+    let backend = ContainerBackend::new(ContainerConfig::qemu(
+        host,
+        "wasmbed/qemu:test".into(),
+        dir.path().join("firmware"),
+        dir.path().join("work"),
+    ));
+    assert_eq!(backend.name(), "qemu-docker");
+    let (catalogue, device) = (
+        Catalogue::bundled().unwrap(),
+        DeviceId::new("board-2").unwrap(),
+    );
+    let gateways = ["127.0.0.1:8081".to_owned()];
+    let mut emulator = backend
+        .start(&launch(&device, &catalogue, &gateways))
+        .await
+        .unwrap();
+    let created = engine.created.lock().unwrap().clone().unwrap();
+    let command: Vec<String> = serde_json::from_value(created["Cmd"].clone()).unwrap();
+    assert!(
+        command.windows(2).any(|w| w == ["-M", "mps2-an385"]),
+        "{command:?}"
+    );
+    assert!(
+        command
+            .contains(&"/wasmbed/firmware/thumbv7m-none-eabi/release/wasmbed-firmware".to_owned())
+    );
+    assert!(command.contains(
+        &"loader,file=/wasmbed/device/provisioning.bin,addr=0x20001000,force-raw=on".to_owned()
+    ));
+    assert!(!dir.path().join("work/board-2/device.resc").exists());
+
+    // The container dies by itself (segfault): a failed exit, and the container removed.
+    let ended = engine.ended.lock().unwrap().clone().unwrap();
+    ended.send_replace(Some(139));
+    let exit = tokio::time::timeout(Duration::from_secs(5), emulator.exited())
+        .await
+        .unwrap();
+    assert_eq!(exit.code, Some(139));
+    assert!(exit.failed());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        engine
+            .requests
+            .lock()
+            .unwrap()
+            .contains(&format!("DELETE /containers/{ID}"))
+    );
+}
+
+#[tokio::test]
+async fn engine_errors_are_clear_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, _engine) = scripted_engine(dir.path()).await;
+    let catalogue = Catalogue::bundled().unwrap();
+    let device = DeviceId::new("board-3").unwrap();
+    let gateways = ["127.0.0.1:8081".to_owned()];
+    let missing_image = ContainerBackend::new(ContainerConfig::qemu(
+        host,
+        "missing:latest".into(),
+        dir.path().join("firmware"),
+        dir.path().join("work"),
+    ));
+    let Err(error) = missing_image
+        .start(&launch(&device, &catalogue, &gateways))
+        .await
+    else {
+        panic!("a missing image started");
+    };
+    assert!(matches!(error, ContainerError::Engine { .. }));
+    assert!(
+        error.to_string().contains("No such image: missing:latest"),
+        "{error}"
+    );
+
+    let no_engine = ContainerBackend::new(ContainerConfig::qemu(
+        format!("unix://{}", dir.path().join("absent.sock").display()),
+        "wasmbed/qemu:test".into(),
+        dir.path().join("firmware"),
+        dir.path().join("work"),
+    ));
+    let Err(error) = no_engine
+        .start(&launch(&device, &catalogue, &gateways))
+        .await
+    else {
+        panic!("started without an engine");
+    };
+    assert!(error.to_string().contains("absent.sock"), "{error}");
+    // The Renode flavour refuses boards Renode does not model, before any engine call.
+    let renode = ContainerBackend::new(ContainerConfig::renode(
+        "unix:///nowhere".into(),
+        "r".into(),
+        dir.path().into(),
+        dir.path().into(),
+    ));
+    let reason = renode
+        .check(catalogue.get("Mps2An385").unwrap())
+        .unwrap_err();
+    assert!(
+        reason.to_string().contains("Renode has no model"),
+        "{reason}"
+    );
+}

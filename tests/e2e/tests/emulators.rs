@@ -1,0 +1,279 @@
+#![allow(clippy::unwrap_used)]
+//! The renode-manager against a real system: commands on the bus start, restart and stop
+//! emulated devices; the log records their lifecycle; their UART is on the bus.
+//!
+//! The QEMU test boots the real firmware (mps2-an385) in QEMU and kills it from outside.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use wasmbed_bus::{CallError, call};
+use wasmbed_e2e::emulated::qemu_backend;
+use wasmbed_e2e::{System, T, names};
+use wasmbed_renode_manager::backend::{Backend, QemuBackend};
+use wasmbed_schemas::command::{
+    Accepted, CommandError, ErrorCode, RestartEmulator, StartEmulator, StopEmulator,
+};
+use wasmbed_schemas::event::{Event, ExitReason};
+use wasmbed_schemas::{AggregateId, DeviceId, subject};
+
+/// Sends the start command once the manager answers.
+async fn start(system: &System, device: &DeviceId, mcu: &str) -> Result<Accepted, CommandError> {
+    let command = StartEmulator {
+        device_id: device.clone(),
+        mcu: mcu.into(),
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match call(&system.client, &command, Duration::from_secs(15)).await {
+            Ok(accepted) => return Ok(accepted),
+            Err(CallError::Refused(e)) => return Err(e),
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "no answer: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn stop(system: &System, device: &DeviceId) -> Result<Accepted, CallError> {
+    let command = StopEmulator {
+        device_id: device.clone(),
+    };
+    call(&system.client, &command, Duration::from_secs(15)).await
+}
+
+/// Waits for the `n`-th UART line on the bus containing `needle`.
+async fn uart_line(uart: &mut async_nats::Subscriber, needle: &str, mut n: usize) -> String {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(message) = uart.next().await {
+            let line = String::from_utf8_lossy(&message.payload).into_owned();
+            seen.push(line.clone());
+            if line.contains(needle) {
+                n -= 1;
+                if n == 0 {
+                    return line;
+                }
+            }
+        }
+        panic!("the UART subscription ended");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no UART line {needle:?} on the bus; saw {seen:#?}"))
+}
+
+fn started(events: &[Event]) -> Vec<&wasmbed_schemas::event::EmulatorStarted> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::EmulatorStarted(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exited(events: &[Event]) -> Vec<&wasmbed_schemas::event::EmulatorExited> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::EmulatorExited(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pid_of(instance: &str) -> u32 {
+    instance
+        .strip_prefix("pid ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a process instance: {instance}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
+    let system = System::start().await;
+    let _manager = system.start_manager(qemu_backend());
+    let device = DeviceId::new("qemu-m1").unwrap();
+    let mut uart = system
+        .client
+        .subscribe(subject::emulator_uart(&device))
+        .await
+        .unwrap();
+    let emulator = AggregateId::Emulator(device.clone());
+
+    start(&system, &device, "Mps2An385").await.unwrap();
+    let line = uart_line(&mut uart, "enrolled:", 1).await;
+    assert!(line.contains("qemu-m1"), "{line}");
+    system
+        .wait_events(&AggregateId::Device(device.clone()), |e| {
+            e.iter().any(|e| matches!(e, Event::DeviceConnected(_)))
+        })
+        .await;
+    let events = system.events(&emulator).await;
+    let first = started(&events)[0].clone();
+    assert_eq!(
+        (first.backend.as_str(), first.mcu.as_str(), first.attempt),
+        ("qemu", "Mps2An385", 1)
+    );
+    // Starting it again is answered with the same start.
+    start(&system, &device, "Mps2An385").await.unwrap();
+    assert_eq!(started(&system.events(&emulator).await).len(), 1);
+
+    // Killed from outside: an exit (crashed), then a restart per the policy.
+    let pid = pid_of(&first.instance);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let events = system
+        .wait_events(&emulator, |e| started(e).len() == 2)
+        .await;
+    let crash = exited(&events)[0];
+    assert_eq!(crash.reason, ExitReason::Crashed, "{crash:?}");
+    assert!(crash.restart_in_ms.is_some());
+    assert!(
+        crash
+            .last_uart_lines
+            .iter()
+            .any(|l| l.contains("enrolled:")),
+        "{:?}",
+        crash.last_uart_lines
+    );
+    let second = started(&events)[1].clone();
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.instance, first.instance);
+    uart_line(&mut uart, "enrolled:", 1).await;
+
+    // Stopped on command: the process is gone and the log says so.
+    stop(&system, &device).await.unwrap();
+    let events = system.events(&emulator).await;
+    assert_eq!(
+        names(&events),
+        [
+            "EmulatorStarted",
+            "EmulatorExited",
+            "EmulatorStarted",
+            "EmulatorExited"
+        ]
+    );
+    assert_eq!(exited(&events)[1].reason, ExitReason::Stopped);
+    assert_eq!(exited(&events)[1].restart_in_ms, None);
+    let pid = pid_of(&second.instance);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu {pid} still runs"
+    );
+    let again = stop(&system, &device).await.unwrap_err();
+    assert!(matches!(again, CallError::Refused(e) if e.code == ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
+    let system = System::start().await;
+    let nowhere = tempfile::tempdir().unwrap();
+    let _manager = system.start_manager(Backend::Qemu(QemuBackend {
+        qemu: "qemu-system-arm".into(),
+        firmware_root: nowhere.path().to_path_buf(),
+    }));
+    let device = DeviceId::new("odd-1").unwrap();
+    let cases = [
+        ("Esp32DevkitC", ErrorCode::Refused, "not a Cortex-M"),
+        (
+            "Nrf52840DK",
+            ErrorCode::Refused,
+            "no Ethernet (network: ble)",
+        ),
+        (
+            "Stm32Vldiscovery",
+            ErrorCode::Refused,
+            "no Ethernet (network: none)",
+        ),
+        ("Stm32F746gDisco", ErrorCode::Refused, "no board module"),
+        ("Mps2An505", ErrorCode::Refused, "no board module"),
+        (
+            "Pdp11",
+            ErrorCode::InvalidRequest,
+            "not in the MCU catalogue",
+        ),
+        // Runnable, but this checkout has no image under the configured root.
+        ("Mps2An386", ErrorCode::Unavailable, "no firmware image"),
+    ];
+    for (mcu, code, reason) in cases {
+        let refused = start(&system, &device, mcu).await.unwrap_err();
+        assert_eq!(refused.code, code, "{mcu}: {refused:?}");
+        assert!(
+            refused.message.contains(reason),
+            "{mcu}: {}",
+            refused.message
+        );
+    }
+    let events = system.events(&AggregateId::Emulator(device)).await;
+    let reasons: Vec<(&str, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::EmulatorStartRefused(r) => Some((r.mcu.as_str(), r.reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), cases.len(), "{reasons:?}");
+    assert!(reasons[0].1.contains("Xtensa"), "{reasons:?}");
+    assert!(started(&events).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sim_backend_runs_restarts_and_stops_simulated_devices() {
+    let system = System::start().await;
+    let _manager = system.start_manager(Backend::Sim);
+    let device = DeviceId::new("sim-m1").unwrap();
+    let mut uart = system
+        .client
+        .subscribe(subject::emulator_uart(&device))
+        .await
+        .unwrap();
+    start(&system, &device, "Nrf52840DK").await.unwrap();
+    uart_line(&mut uart, "enrolled: sim-m1", 1).await;
+    let described = system
+        .wait_events(&AggregateId::Device(device.clone()), |e| {
+            e.iter().any(|e| matches!(e, Event::DeviceDescribed(_)))
+        })
+        .await;
+    let mcu = described.iter().find_map(|e| match e {
+        Event::DeviceDescribed(d) => Some(d.mcu.clone()),
+        _ => None,
+    });
+    assert_eq!(mcu.as_deref(), Some("Nrf52840DK"));
+    // Another type while it runs is a conflict.
+    let conflict = start(&system, &device, "Mps2An385").await.unwrap_err();
+    assert_eq!(conflict.code, ErrorCode::Conflict);
+
+    call(
+        &system.client,
+        &RestartEmulator {
+            device_id: device.clone(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    uart_line(&mut uart, "enrolled: sim-m1", 1).await;
+    stop(&system, &device).await.unwrap();
+    let events = system.events(&AggregateId::Emulator(device.clone())).await;
+    assert_eq!(
+        names(&events),
+        [
+            "EmulatorStarted",
+            "EmulatorExited",
+            "EmulatorStarted",
+            "EmulatorExited"
+        ]
+    );
+    assert!(
+        exited(&events)
+            .iter()
+            .all(|e| e.reason == ExitReason::Stopped)
+    );
+    assert_eq!(started(&events)[1].attempt, 2);
+    assert_eq!(started(&events)[0].backend, "sim");
+}
