@@ -4,6 +4,7 @@
 mod app;
 mod device;
 mod emulated;
+mod emulator;
 mod events;
 mod serve;
 mod tail;
@@ -32,6 +33,9 @@ enum Command {
     /// Applications: deploy (upload, roll out, wait), list, stop, delete.
     #[command(subcommand)]
     App(app::AppCommand),
+    /// Emulated devices: start, stop, restart, list.
+    #[command(subcommand)]
+    Emulator(emulator::EmulatorCommand),
     /// Read the event log.
     #[command(subcommand)]
     Events(events::EventsCommand),
@@ -55,6 +59,7 @@ async fn main() {
     let result: Result<()> = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Events(command) => events::run(command).await,
+        Command::Emulator(command) => emulator::run(command).await,
         Command::Device(command) => device::run(command).await,
         Command::App(command) => app::run(command).await,
         Command::Serve(command) => serve::run(command).await,

@@ -23,6 +23,74 @@ pub enum ServeCommand {
     Deployer(DeployerArgs),
     /// The REST api.
     Api(ApiArgs),
+    /// The renode-manager: starts and stops emulated devices on command.
+    RenodeManager(ManagerArgs),
+}
+
+/// Which backend runs the emulated devices.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BackendKind {
+    /// `qemu-system-arm` processes on this host.
+    Qemu,
+    /// Renode containers through the Docker Engine API.
+    RenodeDocker,
+    /// QEMU containers through the Docker Engine API.
+    QemuDocker,
+    /// Host-simulated devices.
+    Sim,
+}
+
+#[derive(Args)]
+pub struct ManagerArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// What runs the devices.
+    #[arg(
+        long,
+        env = "WASMBED_EMULATOR_BACKEND",
+        value_enum,
+        default_value = "qemu"
+    )]
+    backend: BackendKind,
+    /// The firmware images directory (`firmware/target`).
+    #[arg(long, env = "WASMBED_FIRMWARE_DIR", default_value = "firmware/target")]
+    firmware: PathBuf,
+    /// The QEMU binary (qemu backend).
+    #[arg(long, env = "WASMBED_QEMU", default_value = "qemu-system-arm")]
+    qemu: PathBuf,
+    /// The Docker Engine socket (container backends).
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    docker_host: String,
+    /// The emulator image (container backends; never pulled).
+    #[arg(
+        long,
+        env = "WASMBED_EMULATOR_IMAGE",
+        default_value = "antmicro/renode:latest"
+    )]
+    image: String,
+    /// Where the devices' generated files are written (container backends).
+    #[arg(
+        long,
+        env = "WASMBED_EMULATOR_WORK_DIR",
+        default_value = ".state/emulators"
+    )]
+    work_dir: PathBuf,
+    /// Where device secrets are kept.
+    #[arg(long, env = "WASMBED_DEVICE_KEYS", default_value = ".state/devices")]
+    key_dir: PathBuf,
+    /// An MCU catalogue file to use instead of the built-in `renode/catalogue.toml`.
+    #[arg(long, env = "WASMBED_MCU_CATALOGUE")]
+    catalogue: Option<PathBuf>,
+    /// The name on the gateways' certificates.
+    #[arg(long, env = "WASMBED_GATEWAY_SERVER_NAME", default_value = "localhost")]
+    server_name: String,
+    /// Restart emulators that end by themselves: never, on-failure, always.
+    #[arg(long, env = "WASMBED_EMULATOR_RESTART", default_value = "on-failure")]
+    restart: String,
 }
 
 #[derive(Args)]
@@ -221,8 +289,56 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             };
             wasmbed_api::run(client, config, listener, ctrl_c()).await?;
         }
+        ServeCommand::RenodeManager(args) => {
+            let client = connect(&args.nats, "renode-manager").await?;
+            let config = manager_config(args)?;
+            wasmbed_renode_manager::run(client, config, ctrl_c()).await?;
+        }
     }
     Ok(())
+}
+
+fn manager_config(args: ManagerArgs) -> Result<wasmbed_renode_manager::ManagerConfig> {
+    use wasmbed_renode_manager::backend::{Backend, QemuBackend};
+    use wasmbed_renode_manager::docker::{ContainerBackend, ContainerConfig};
+    let container = |config: fn(String, String, PathBuf, PathBuf) -> ContainerConfig| {
+        Backend::Container(std::sync::Arc::new(ContainerBackend::new(config(
+            args.docker_host.clone(),
+            args.image.clone(),
+            args.firmware.clone(),
+            args.work_dir.clone(),
+        ))))
+    };
+    let backend = match args.backend {
+        BackendKind::Qemu => Backend::Qemu(QemuBackend {
+            qemu: args.qemu.clone(),
+            images: args.firmware.clone(),
+        }),
+        BackendKind::RenodeDocker => container(ContainerConfig::renode),
+        BackendKind::QemuDocker => container(ContainerConfig::qemu),
+        BackendKind::Sim => Backend::Sim,
+    };
+    let catalogue = match &args.catalogue {
+        Some(path) => wasmbed_renode_manager::catalogue::Catalogue::load(path)?,
+        None => wasmbed_renode_manager::catalogue::Catalogue::bundled()?,
+    };
+    let mode = match args.restart.as_str() {
+        "never" => wasmbed_renode_manager::RestartMode::Never,
+        "on-failure" => wasmbed_renode_manager::RestartMode::OnFailure,
+        "always" => wasmbed_renode_manager::RestartMode::Always,
+        other => anyhow::bail!("--restart {other:?}: choose never, on-failure or always"),
+    };
+    Ok(wasmbed_renode_manager::ManagerConfig {
+        backend,
+        catalogue,
+        key_dir: args.key_dir,
+        server_name: args.server_name,
+        restart: wasmbed_renode_manager::RestartPolicy {
+            mode,
+            ..Default::default()
+        },
+        replicas: args.nats.replicas,
+    })
 }
 
 /// A connection that keeps retrying, so a service may start before NATS.

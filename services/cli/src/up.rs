@@ -60,17 +60,16 @@ pub struct UpArgs {
     /// How many simulated devices to run.
     #[arg(long, env = "WASMBED_DEVICES", default_value_t = 3)]
     devices: usize,
-    /// How many emulated boards to boot (QEMU mps2-an385 running the device firmware); skipped
-    /// with a note when QEMU or the firmware image is missing.
+    /// How many emulated boards the renode-manager boots (QEMU mps2-an385 running the device
+    /// firmware; simulated when QEMU or the firmware image is missing).
     #[arg(long, env = "WASMBED_EMULATED", default_value_t = 1)]
     emulated: usize,
-    /// The firmware image the emulated boards boot (`scripts/firmware` builds it).
-    #[arg(
-        long,
-        env = "WASMBED_FIRMWARE",
-        default_value = "firmware/target/thumbv7m-none-eabi/release/wasmbed-firmware"
-    )]
+    /// The firmware images directory (`scripts/firmware` builds the images into it).
+    #[arg(long, env = "WASMBED_FIRMWARE_DIR", default_value = "firmware/target")]
     firmware: PathBuf,
+    /// The QEMU binary.
+    #[arg(long, env = "WASMBED_QEMU", default_value = "qemu-system-arm")]
+    qemu: String,
     /// The example app to deploy to every device (`sensor`, `counter`), or `none`.
     #[arg(long, env = "WASMBED_EXAMPLE_APP", default_value = "sensor")]
     example_app: String,
@@ -180,17 +179,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     }
 
-    let (boards, boards_line) = crate::emulated::start(
-        &client,
-        crate::emulated::BoardsRequest {
-            count: args.emulated,
-            image: args.firmware.clone(),
-            gateway: gateway_addr,
-            ca_pem: &ca,
-            state: &state,
-        },
-    )
-    .await?;
+    let (manager_config, emulator_kind) =
+        crate::emulated::manager_config(&state, args.firmware.clone(), &args.qemu)?;
+    let board_prefix = match manager_config.backend {
+        wasmbed_renode_manager::backend::Backend::Qemu(_) => "qemu",
+        _ => "emu",
+    };
+    let manager = tokio::spawn(wasmbed_renode_manager::run(
+        connect("renode-manager").await?,
+        manager_config,
+        until_stopped(stopping.clone()),
+    ));
+    let boards_line =
+        crate::emulated::start(&client, args.emulated, board_prefix, &emulator_kind).await?;
 
     let app_line = deploy_example(&client, &args.example_app).await?;
 
@@ -227,10 +228,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     for (_, device) in devices {
         device.stop().await;
     }
-    for (_, board) in boards {
-        board.stop().await;
-    }
     let _ = stop.send(true);
+    // The manager stops its boards before it returns; the gateway must outlive their goodbyes.
+    let manager = manager.await;
     let (gateway, enrollment, telemetry, deployer, api) = (
         gateway.await,
         enrollment.await,
@@ -244,6 +244,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     telemetry.context("telemetry task")??;
     deployer.context("deployer task")??;
     api.context("api task")??;
+    manager.context("renode-manager task")??;
     Ok(())
 }
 

@@ -20,11 +20,10 @@ const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 /// Starts `wasmbed up` on free ports; returns it and the lines it printed up to "Ctrl-C".
 async fn up(state: &Path, devices: usize, emulated: usize) -> (Child, Vec<String>) {
     let nats_server = wasmbed_local_nats::find_binary(&workspace_root()).unwrap();
-    let firmware = if emulated > 0 {
-        firmware::build(&workspace_root(), Board::Mps2An385).unwrap()
-    } else {
-        "none".into()
-    };
+    if emulated > 0 {
+        firmware::build(&workspace_root(), Board::Mps2An385).unwrap();
+    }
+    let firmware = workspace_root().join("firmware/target");
     let mut child = Command::new(WASMBED)
         .args([
             "up",
@@ -230,6 +229,30 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
         serde_json::from_value(line["envelope"].clone()).unwrap();
     assert_eq!(envelope.event.type_name(), first);
 
+    // The emulators, through the CLI: a board the firmware cannot run is refused in one line;
+    // the list shows the QEMU board running.
+    let refused = cli(
+        &url,
+        &["emulator", "start", "odd-1", "--mcu", "Esp32DevkitC"],
+    )
+    .await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a Cortex-M"), "{stderr}");
+    let list = cli(&url, &["emulator", "list"]).await;
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    let qemu = list
+        .lines()
+        .find(|l| l.starts_with("qemu-1 "))
+        .unwrap_or_default();
+    assert!(qemu.contains("running  Mps2An385 on qemu (pid "), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("odd-1 ") && l.contains("refused")),
+        "{list}"
+    );
+
     ctrl_c(child).await;
     assert!(
         async_nats::connect(&url).await.is_err(),
@@ -255,6 +278,17 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
         .filter(|e| matches!(e.envelope.event, Event::DeviceConnected(_)))
         .count();
     assert_eq!(connects, 2);
+    // The first run's board was stopped with it, and the log says so.
+    let board = log
+        .read(&AggregateId::Emulator(DeviceId::new("qemu-1").unwrap()))
+        .await
+        .unwrap();
+    match board.last().map(|e| &e.envelope.event) {
+        Some(Event::EmulatorExited(exit)) => {
+            assert_eq!(exit.reason, wasmbed_schemas::event::ExitReason::Stopped);
+        }
+        other => panic!("qemu-1 did not end stopped: {other:?}"),
+    }
     assert!(
         !events
             .iter()
@@ -263,6 +297,20 @@ async fn up_runs_the_system_with_devices_that_enroll_and_stops_cleanly() {
         "registered once"
     );
     ctrl_c(child).await;
+}
+
+/// Runs `wasmbed ARGS` against the system at `url`.
+async fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(WASMBED)
+            .args(args)
+            .env("NATS_URL", url)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 #[tokio::test]

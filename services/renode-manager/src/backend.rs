@@ -67,8 +67,8 @@ pub enum StartError {
 pub struct QemuBackend {
     /// The emulator binary.
     pub qemu: PathBuf,
-    /// The repository root, under which `firmware/target/...` holds the images.
-    pub firmware_root: PathBuf,
+    /// The firmware images directory (`firmware/target` of a checkout).
+    pub images: PathBuf,
 }
 
 /// The configured backend.
@@ -118,7 +118,7 @@ impl Backend {
 
 async fn start_qemu(config: &QemuBackend, launch: &Launch<'_>) -> Result<Emulator, StartError> {
     let board = launch.mcu.firmware()?;
-    let image = firmware::image_path(&config.firmware_root, board);
+    let image = firmware::image_in(&config.images, board);
     if !image.is_file() {
         return Err(StartError::NoFirmware(image.display().to_string()));
     }

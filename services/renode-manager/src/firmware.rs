@@ -56,9 +56,13 @@ pub enum FirmwareError {
 
 /// Where the release image for `board` is, under the repository at `root`.
 pub fn image_path(root: &Path, board: Board) -> PathBuf {
-    root.join("firmware/target")
-        .join(board.target())
-        .join("release/wasmbed-firmware")
+    image_in(&root.join("firmware/target"), board)
+}
+
+/// Where the release image for `board` is in the images directory `images` (the firmware
+/// workspace's `target/`).
+pub fn image_in(images: &Path, board: Board) -> PathBuf {
+    images.join(board.target()).join("release/wasmbed-firmware")
 }
 
 /// Builds the release image for `board` (a no-op when it is up to date) and returns its path.

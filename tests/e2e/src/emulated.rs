@@ -95,6 +95,6 @@ pub fn qemu_backend() -> wasmbed_renode_manager::backend::Backend {
     firmware::build(&workspace_root(), Board::Mps2An385).unwrap();
     wasmbed_renode_manager::backend::Backend::Qemu(wasmbed_renode_manager::backend::QemuBackend {
         qemu: "qemu-system-arm".into(),
-        firmware_root: workspace_root(),
+        images: workspace_root().join("firmware/target"),
     })
 }

@@ -175,7 +175,7 @@ async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
     let nowhere = tempfile::tempdir().unwrap();
     let _manager = system.start_manager(Backend::Qemu(QemuBackend {
         qemu: "qemu-system-arm".into(),
-        firmware_root: nowhere.path().to_path_buf(),
+        images: nowhere.path().to_path_buf(),
     }));
     let device = DeviceId::new("odd-1").unwrap();
     let cases = [

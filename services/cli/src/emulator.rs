@@ -1,0 +1,128 @@
+//! `wasmbed emulator start|stop|restart|list`: emulated devices, through the renode-manager's
+//! commands on the bus; the list is read from the log.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use wasmbed_bus::call;
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_schemas::command::{RestartEmulator, StartEmulator, StopEmulator};
+use wasmbed_schemas::event::Event;
+use wasmbed_schemas::{AggregateKind, DeviceId, subject};
+
+use crate::device::Bus;
+
+#[derive(Subcommand)]
+pub enum EmulatorCommand {
+    /// Start an emulated device of an MCU type from the catalogue (`renode/catalogue.toml`).
+    Start {
+        /// The device id.
+        device: DeviceId,
+        /// The MCU type.
+        #[arg(long, default_value = "Mps2An385")]
+        mcu: String,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Stop a device's emulator.
+    Stop {
+        /// The device id.
+        device: DeviceId,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Stop and start a device's emulator again.
+    Restart {
+        /// The device id.
+        device: DeviceId,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Emulators and their last lifecycle event, from the log.
+    List {
+        #[command(flatten)]
+        bus: Bus,
+    },
+}
+
+pub async fn run(command: EmulatorCommand) -> Result<()> {
+    match command {
+        EmulatorCommand::Start { device, mcu, bus } => {
+            let client = bus.connect().await?;
+            let command = StartEmulator {
+                device_id: device.clone(),
+                mcu: mcu.clone(),
+            };
+            let accepted = call(&client, &command, bus.timeout)
+                .await
+                .with_context(|| format!("starting {device} ({mcu})"))?;
+            println!(
+                "{device}: started ({mcu}), event {}; its UART: nats sub '{}'",
+                accepted.sequence,
+                subject::emulator_uart(&device)
+            );
+        }
+        EmulatorCommand::Stop { device, bus } => {
+            let client = bus.connect().await?;
+            let command = StopEmulator {
+                device_id: device.clone(),
+            };
+            let accepted = call(&client, &command, bus.timeout)
+                .await
+                .with_context(|| format!("stopping {device}"))?;
+            println!("{device}: stopped, event {}", accepted.sequence);
+        }
+        EmulatorCommand::Restart { device, bus } => {
+            let client = bus.connect().await?;
+            let command = RestartEmulator {
+                device_id: device.clone(),
+            };
+            let accepted = call(&client, &command, bus.timeout)
+                .await
+                .with_context(|| format!("restarting {device}"))?;
+            println!("{device}: restarted, event {}", accepted.sequence);
+        }
+        EmulatorCommand::List { bus } => {
+            let client = bus.connect().await?;
+            let log = EventLog::open(client, &LogOptions::default()).await?;
+            let mut follow = log
+                .follow(vec![subject::events_of_kind(AggregateKind::Emulator)])
+                .await?;
+            let mut last: BTreeMap<String, String> = BTreeMap::new();
+            for _ in 0..follow.pending_at_start {
+                let Some(next) = follow.next().await else {
+                    break;
+                };
+                let (event, _) = next?;
+                let (device, line) = match &event.envelope.event {
+                    Event::EmulatorStarted(e) => (
+                        e.device_id.to_string(),
+                        format!(
+                            "running  {} on {} ({}, start {})",
+                            e.mcu, e.backend, e.instance, e.attempt
+                        ),
+                    ),
+                    Event::EmulatorExited(e) => (
+                        e.device_id.to_string(),
+                        format!(
+                            "{:<8} exit code {}",
+                            format!("{:?}", e.reason).to_lowercase(),
+                            e.exit_code.map_or("-".to_owned(), |c| c.to_string())
+                        ),
+                    ),
+                    Event::EmulatorStartRefused(e) => (
+                        e.device_id.to_string(),
+                        format!("refused  {}: {}", e.mcu, e.reason),
+                    ),
+                    _ => continue,
+                };
+                last.insert(device, line);
+            }
+            for (device, line) in last {
+                println!("{device:<24} {line}");
+            }
+        }
+    }
+    Ok(())
+}
