@@ -155,6 +155,55 @@ pub struct GatewayView {
     pub devices: Vec<DeviceId>,
 }
 
+/// What an emulator is doing, from its last lifecycle event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmulatorState {
+    /// Running.
+    Running,
+    /// Stopped on request.
+    Stopped,
+    /// Ended by itself with code 0.
+    Exited,
+    /// Ended by itself in failure.
+    Crashed,
+    /// The last start was refused.
+    Refused,
+}
+
+/// A device's emulator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EmulatorView {
+    /// The emulated device.
+    pub device_id: DeviceId,
+    /// Its MCU type.
+    pub mcu: String,
+    /// What runs it (`qemu`, `renode-docker`, `qemu-docker`, `sim`).
+    pub backend: String,
+    /// What it is doing.
+    pub state: EmulatorState,
+    /// The process, container or task, while running.
+    pub instance: Option<String>,
+    /// Starts since the start command.
+    pub attempt: u32,
+    /// The last exit code.
+    pub exit_code: Option<i32>,
+    /// Why the last start was refused, or the last UART line before it ended.
+    pub detail: Option<String>,
+    /// When the restart policy starts it again, if it will.
+    pub restart_in_ms: Option<u64>,
+}
+
+/// The body of `POST /api/v1/emulators`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEmulator {
+    /// The device to emulate.
+    pub device_id: DeviceId,
+    /// Its MCU type from the catalogue (`Mps2An385` when absent).
+    pub mcu: Option<String>,
+}
+
 /// The metadata part of `POST /api/v1/applications` (multipart: `metadata` JSON and `module`
 /// bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

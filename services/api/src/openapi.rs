@@ -12,8 +12,8 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Value, json};
 use wasmbed_schemas::command::RegisterDevice;
 use wasmbed_schemas::rest::{
-    ApplicationView, Decommission, DeviceView, ErrorBody, EventPage, GatewayView, LoggedEvent,
-    NewApplication, Recorded, TelemetryMessage,
+    ApplicationView, Decommission, DeviceView, EmulatorView, ErrorBody, EventPage, GatewayView,
+    LoggedEvent, NewApplication, NewEmulator, Recorded, TelemetryMessage,
 };
 
 use crate::{Api, routes, streams};
@@ -173,6 +173,38 @@ pub(crate) fn routes() -> Vec<Route> {
             Empty,
             Json(schema::<Recorded>),
             post(routes::stop_app),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/emulators",
+            "Emulated devices and what each is doing",
+            Empty,
+            Json(schema::<Vec<EmulatorView>>),
+            get(routes::list_emulators),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/emulators",
+            "Start a device's emulator (an MCU type of the catalogue)",
+            Json(schema::<NewEmulator>),
+            Json(schema::<Recorded>),
+            post(routes::start_emulator),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/emulators/{id}",
+            "Stop a device's emulator",
+            Empty,
+            Json(schema::<Recorded>),
+            delete(routes::stop_emulator),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/emulators/{id}/restart",
+            "Restart a device's emulator",
+            Empty,
+            Json(schema::<Recorded>),
+            post(routes::restart_emulator),
         ),
         route(
             Method::GET,

@@ -14,12 +14,13 @@ use wasmbed_bus::call;
 use wasmbed_eventlog::modules::{MAX_MODULE_LEN, upload_module};
 use wasmbed_schemas::command::{
     Command, CreateApplication, DecommissionDevice, DeleteApplication, DeployApplication,
-    RegisterDevice, StopApplication, UpdateApplication,
+    RegisterDevice, RestartEmulator, StartEmulator, StopApplication, StopEmulator,
+    UpdateApplication,
 };
 use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::rest::{
-    ApplicationView, Decommission, DeviceView, EventPage, GatewayView, LoggedEvent, NewApplication,
-    Recorded,
+    ApplicationView, Decommission, DeviceView, EmulatorView, EventPage, GatewayView, LoggedEvent,
+    NewApplication, NewEmulator, Recorded,
 };
 use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 
@@ -284,6 +285,49 @@ pub(crate) async fn delete_app(
         &api,
         DeleteApplication {
             app_id: app_id(&id)?,
+        },
+    )
+    .await
+}
+
+pub(crate) async fn list_emulators(State(api): S) -> Json<Vec<EmulatorView>> {
+    Json(api.view().emulators.values().cloned().collect())
+}
+
+pub(crate) async fn start_emulator(
+    State(api): S,
+    json: Result<Json<NewEmulator>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let new = body(json)?;
+    let command = StartEmulator {
+        device_id: new.device_id,
+        mcu: new.mcu.unwrap_or_else(|| "Mps2An385".to_owned()),
+    };
+    let recorded = forward(&api, command).await?;
+    Ok((StatusCode::CREATED, recorded))
+}
+
+pub(crate) async fn stop_emulator(
+    State(api): S,
+    Path(id): Path<String>,
+) -> Result<Json<Recorded>, ApiError> {
+    forward(
+        &api,
+        StopEmulator {
+            device_id: device_id(&id)?,
+        },
+    )
+    .await
+}
+
+pub(crate) async fn restart_emulator(
+    State(api): S,
+    Path(id): Path<String>,
+) -> Result<Json<Recorded>, ApiError> {
+    forward(
+        &api,
+        RestartEmulator {
+            device_id: device_id(&id)?,
         },
     )
     .await

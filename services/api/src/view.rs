@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use wasmbed_eventlog::StoredEvent;
-use wasmbed_schemas::event::Event;
+use wasmbed_schemas::event::{Event, ExitReason};
 use wasmbed_schemas::rest::{
     ApplicationView, DeploymentPhase, DeploymentView, DesiredState, DeviceState, DeviceView,
-    GatewayView, ModuleVersionView,
+    EmulatorState, EmulatorView, GatewayView, ModuleVersionView,
 };
 use wasmbed_schemas::{AppId, DeviceId, GatewayId};
 
@@ -21,6 +21,8 @@ pub struct View {
     pub apps: BTreeMap<AppId, ApplicationView>,
     /// Gateways by id.
     pub gateways: BTreeMap<GatewayId, GatewayView>,
+    /// Emulators by device.
+    pub emulators: BTreeMap<DeviceId, EmulatorView>,
     /// The last sequence folded in.
     pub sequence: u64,
     /// Changes with every change of anything above (events and heartbeats alike).
@@ -206,6 +208,35 @@ impl View {
                 g.running = true;
             }
             Event::GatewayStopped(e) => self.gateway(&e.gateway_id).running = false,
+            Event::EmulatorStarted(e) => {
+                let v = self.emulator(&e.device_id, &e.mcu, &e.backend);
+                v.state = EmulatorState::Running;
+                v.instance = Some(e.instance.clone());
+                v.attempt = e.attempt;
+                v.detail = None;
+                v.restart_in_ms = None;
+            }
+            Event::EmulatorExited(e) => {
+                let v = self.emulator(&e.device_id, "", "");
+                v.state = match e.reason {
+                    ExitReason::Stopped => EmulatorState::Stopped,
+                    ExitReason::Exited => EmulatorState::Exited,
+                    _ => EmulatorState::Crashed,
+                };
+                v.instance = None;
+                v.exit_code = e.exit_code;
+                v.detail = e.last_uart_lines.last().cloned();
+                v.restart_in_ms = e.restart_in_ms;
+            }
+            Event::EmulatorStartRefused(e) => {
+                let v = self.emulator(&e.device_id, &e.mcu, &e.backend);
+                // A refused second start leaves a running emulator running.
+                if v.state != EmulatorState::Running {
+                    v.state = EmulatorState::Refused;
+                    v.mcu.clone_from(&e.mcu);
+                    v.detail = Some(e.reason.clone());
+                }
+            }
             _ => {}
         }
     }
@@ -217,6 +248,30 @@ impl View {
             .or_insert_with(|| new_device(id));
         device.since = Some(at);
         device
+    }
+
+    fn emulator(&mut self, id: &DeviceId, mcu: &str, backend: &str) -> &mut EmulatorView {
+        let view = self
+            .emulators
+            .entry(id.clone())
+            .or_insert_with(|| EmulatorView {
+                device_id: id.clone(),
+                mcu: String::new(),
+                backend: String::new(),
+                state: EmulatorState::Stopped,
+                instance: None,
+                attempt: 0,
+                exit_code: None,
+                detail: None,
+                restart_in_ms: None,
+            });
+        if !mcu.is_empty() {
+            view.mcu = mcu.to_owned();
+        }
+        if !backend.is_empty() {
+            view.backend = backend.to_owned();
+        }
+        view
     }
 
     fn gateway(&mut self, id: &GatewayId) -> &mut GatewayView {

@@ -119,6 +119,7 @@ async fn every_route_but_health_needs_a_token_and_read_only_tokens_cannot_write(
         "/api/v1/devices",
         "/api/v1/applications",
         "/api/v1/gateways",
+        "/api/v1/emulators",
         "/api/v1/events",
     ] {
         assert_eq!(http_get(api, path).await.0, 401, "{path} without a token");
@@ -153,11 +154,110 @@ async fn every_route_but_health_needs_a_token_and_read_only_tokens_cannot_write(
         ("POST", "/api/v1/applications/x/stop"),
         ("POST", "/api/v1/applications/x/update"),
         ("DELETE", "/api/v1/applications/x"),
+        ("POST", "/api/v1/emulators"),
+        ("DELETE", "/api/v1/emulators/x"),
+        ("POST", "/api/v1/emulators/x/restart"),
     ] {
         let (status, _) =
             http_request(api, method, path, &[("Authorization", &viewer)], b"{}").await;
         assert_eq!(status, 403, "{method} {path}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulators_are_started_listed_restarted_and_stopped_over_rest() {
+    let system = System::start().await;
+    let _manager = system.start_manager(wasmbed_e2e::emulated::sim_backend());
+    let api = start_api(&system, vec![token("admin", ADMIN, Access::ReadWrite)]).await;
+
+    // Bad bodies name the field; a board the firmware cannot run is refused with the reason.
+    let (status, body) = send_json(
+        api,
+        "POST",
+        "/api/v1/emulators",
+        &json!({ "mcu": "Mps2An385" }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("device_id"),
+        "{body}"
+    );
+    let (status, body) = send_json(
+        api,
+        "POST",
+        "/api/v1/emulators",
+        &json!({ "device_id": "emu-1", "mcu": "Pdp11" }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the MCU catalogue"),
+        "{body}"
+    );
+
+    // The manager may still be catching up: the first start is retried until it answers.
+    let mut started = (0, Value::Null);
+    for _ in 0..100 {
+        started = send_json(
+            api,
+            "POST",
+            "/api/v1/emulators",
+            &json!({ "device_id": "emu-1" }),
+        )
+        .await;
+        if started.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(started.0, 201, "{}", started.1);
+    let list = wait_json(api, "/api/v1/emulators", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["device_id"] == "emu-1" && e["state"] == "running")
+        })
+    })
+    .await;
+    let emu = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["device_id"] == "emu-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            emu["mcu"].as_str(),
+            emu["backend"].as_str(),
+            emu["attempt"].as_u64()
+        ),
+        (Some("Mps2An385"), Some("sim"), Some(1))
+    );
+    // The emulated device enrolls and shows up as a device.
+    wait_json(api, "/api/v1/devices/emu-1", |d| d["state"] == "online").await;
+
+    let (status, body) =
+        send_json(api, "POST", "/api/v1/emulators/emu-1/restart", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    wait_json(api, "/api/v1/emulators", |v| {
+        v[0]["attempt"] == 2 && v[0]["state"] == "running"
+    })
+    .await;
+    let (status, body) = send_json(api, "DELETE", "/api/v1/emulators/emu-1", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let list = wait_json(api, "/api/v1/emulators", |v| v[0]["state"] == "stopped").await;
+    assert_eq!(list[0]["instance"], Value::Null);
+    let (status, body) = send_json(api, "DELETE", "/api/v1/emulators/emu-1", &json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = send_json(api, "DELETE", "/api/v1/emulators/Not.An.Id", &json!({})).await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

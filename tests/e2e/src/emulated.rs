@@ -98,3 +98,8 @@ pub fn qemu_backend() -> wasmbed_renode_manager::backend::Backend {
         images: workspace_root().join("firmware/target"),
     })
 }
+
+/// The simulator backend (no QEMU, no firmware: quick).
+pub fn sim_backend() -> wasmbed_renode_manager::backend::Backend {
+    wasmbed_renode_manager::backend::Backend::Sim
+}
