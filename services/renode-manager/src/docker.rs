@@ -185,8 +185,13 @@ impl ContainerBackend {
         }
     }
 
-    fn engine(&self) -> Result<Docker, ContainerError> {
+    /// The engine, speaking the highest API version both sides know (Debian's dockerd 20.10
+    /// stops at 1.41; bollard would ask for newer).
+    async fn engine(&self) -> Result<Docker, ContainerError> {
         Docker::connect_with_unix(&self.config.docker_host, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|source| self.engine_error(source))?
+            .negotiate_version()
+            .await
             .map_err(|source| self.engine_error(source))
     }
 
@@ -237,7 +242,7 @@ impl ContainerBackend {
             })
             .collect();
 
-        let docker = self.engine()?;
+        let docker = self.engine().await?;
         let name = format!("{}{}", self.config.name_prefix, launch.device);
         // A container left behind by an earlier run of the manager would block the name.
         let _ = docker

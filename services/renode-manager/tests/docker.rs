@@ -68,6 +68,14 @@ async fn answer(engine: Arc<Engine>, method: Method, uri: Uri, body: Bytes) -> R
         .clone();
     let parts: Vec<&str> = path.split('/').collect();
     match (method.as_str(), parts.as_slice()) {
+        // Debian's dockerd 20.10 (API 1.41): the client negotiates down to it.
+        ("GET", ["version"]) => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "Version": "20.10.24+dfsg1", "ApiVersion": "1.41", "MinAPIVersion": "1.12",
+                "Os": "linux", "Arch": "amd64", "GitCommit": "5d6db84"
+            }),
+        ),
         ("DELETE", ["containers", name]) if *name != ID => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({ "message": format!("No such container: {name}") }),

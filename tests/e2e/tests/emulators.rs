@@ -277,3 +277,91 @@ async fn the_sim_backend_runs_restarts_and_stops_simulated_devices() {
     assert_eq!(started(&events)[1].attempt, 2);
     assert_eq!(started(&events)[0].backend, "sim");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
+    use std::sync::Arc;
+    use wasmbed_e2e::docker::DockerEngine;
+    use wasmbed_renode_manager::docker::{ContainerBackend, ContainerConfig};
+    use wasmbed_test_support::workspace_root;
+
+    let engine = match DockerEngine::start() {
+        Ok(engine) => engine,
+        Err(why) => {
+            // The scripted-engine tests (services/renode-manager/tests/docker.rs) still ran.
+            println!("NOT RUN against a real Docker engine: {why}");
+            return;
+        }
+    };
+    engine.import_qemu_image("wasmbed/qemu:test").unwrap();
+    qemu_backend(); // builds the firmware image the container mounts
+    let work = tempfile::tempdir().unwrap();
+    let backend = Backend::Container(Arc::new(ContainerBackend::new(ContainerConfig::qemu(
+        engine.host.clone(),
+        "wasmbed/qemu:test".into(),
+        workspace_root().join("firmware/target"),
+        work.path().to_path_buf(),
+    ))));
+    let system = System::start().await;
+    let _manager = system.start_manager(backend);
+    let device = DeviceId::new("docker-1").unwrap();
+    let mut uart = system
+        .client
+        .subscribe(subject::emulator_uart(&device))
+        .await
+        .unwrap();
+    let emulator = AggregateId::Emulator(device.clone());
+
+    start(&system, &device, "Mps2An385").await.unwrap();
+    let line = uart_line(&mut uart, "enrolled:", 1).await;
+    assert!(line.contains("docker-1"), "{line}");
+    system
+        .wait_events(&AggregateId::Device(device.clone()), |e| {
+            e.iter().any(|e| matches!(e, Event::DeviceConnected(_)))
+        })
+        .await;
+    let first = started(&system.events(&emulator).await)[0].clone();
+    assert_eq!(first.backend, "qemu-docker");
+    assert!(
+        first.instance.starts_with("container "),
+        "{}",
+        first.instance
+    );
+    let listed = engine
+        .docker(&[
+            "ps",
+            "--filter",
+            "label=io.wasmbed.device=docker-1",
+            "--format",
+            "{{.Names}} {{.Mounts}}",
+        ])
+        .unwrap();
+    assert!(listed.starts_with("wasmbed-emulator-docker-1 "), "{listed}");
+    println!("real engine: {listed}");
+
+    // Killed from outside: recorded as crashed and started again in a new container.
+    engine
+        .docker(&["kill", "wasmbed-emulator-docker-1"])
+        .unwrap();
+    let events = system
+        .wait_events(&emulator, |e| started(e).len() == 2)
+        .await;
+    assert_eq!(
+        exited(&events)[0].reason,
+        ExitReason::Crashed,
+        "{:?}",
+        exited(&events)[0]
+    );
+    uart_line(&mut uart, "enrolled:", 1).await;
+
+    stop(&system, &device).await.unwrap();
+    let events = system.events(&emulator).await;
+    assert_eq!(exited(&events).last().unwrap().reason, ExitReason::Stopped);
+    let left = engine
+        .docker(&["ps", "-a", "--format", "{{.Names}}"])
+        .unwrap();
+    assert!(
+        !left.contains("wasmbed-emulator-docker-1"),
+        "not removed: {left}"
+    );
+}
