@@ -223,6 +223,39 @@ async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_engine_that_is_not_there_is_a_clear_refusal_event() {
+    use std::sync::Arc;
+    use wasmbed_renode_manager::docker::{ContainerBackend, ContainerConfig};
+    let system = System::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let absent = format!("unix://{}", dir.path().join("docker.sock").display());
+    let _manager = system.start_manager(Backend::Container(Arc::new(ContainerBackend::new(
+        ContainerConfig::qemu(
+            absent,
+            "wasmbed/qemu:test".into(),
+            dir.path().into(),
+            dir.path().into(),
+        ),
+    ))));
+    let device = DeviceId::new("docker-0").unwrap();
+    let refused = start(&system, &device, "Mps2An385").await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unavailable);
+    assert!(
+        refused.message.contains("docker engine at unix://"),
+        "{}",
+        refused.message
+    );
+    let events = system.events(&AggregateId::Emulator(device)).await;
+    match events.as_slice() {
+        [Event::EmulatorStartRefused(r)] => {
+            assert_eq!(r.backend, "qemu-docker");
+            assert!(r.reason.contains("docker.sock"), "{}", r.reason);
+        }
+        other => panic!("expected one refusal: {:?}", names(other)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sim_backend_runs_restarts_and_stops_simulated_devices() {
     let system = System::start().await;
     let _manager = system.start_manager(Backend::Sim);
