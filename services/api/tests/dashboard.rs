@@ -216,6 +216,7 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
     let system = System::start().await;
     let api = start_api(&system, vec![token("test", ADMIN, Access::ReadWrite)]).await;
     let (_, sim) = system.device("dev-1", &[]).await;
+    let _manager = system.start_manager(wasmbed_e2e::emulated::sim_backend());
     let (status, page_html) = http_get(api, "/").await;
     assert_eq!(status, 200);
     assert!(page_html.contains("<title>Wasmbed</title>"));
@@ -286,6 +287,31 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
         timeline.as_str().unwrap().contains("DeploymentRunning"),
         "{timeline}"
     );
+
+    // An emulator started from the dashboard's form runs, and its stop button stops it.
+    page.eval(
+        r#"(() => { const f = document.getElementById('emulator-start');
+                    f.querySelector('[name=device_id]').value = 'emu-d1';
+                    f.requestSubmit(); return 'sent'; })()"#,
+    )
+    .await;
+    page.wait_for(
+        r#"document.querySelector('#emulators tr[data-emulator="emu-d1"]')?.dataset.state ?? 'absent'"#,
+        "running",
+    )
+    .await;
+    page.wait_for(
+        r#"document.querySelector('#topology circle[data-device="emu-d1"]')?.getAttribute('data-state') ?? 'absent'"#,
+        "online",
+    )
+    .await;
+    page.eval(r#"document.querySelector('#emulators tr[data-emulator="emu-d1"] button').click() ?? 'clicked'"#)
+        .await;
+    page.wait_for(
+        r#"document.querySelector('#emulators tr[data-emulator="emu-d1"]')?.dataset.state ?? 'absent'"#,
+        "stopped",
+    )
+    .await;
 
     let shot = page
         .call("Page.captureScreenshot", json!({"format": "png"}))
