@@ -42,6 +42,9 @@ enum Command {
     /// Read telemetry.
     #[command(subcommand)]
     Telemetry(telemetry::TelemetryCommand),
+    /// Print the Kubernetes CRDs (Device, Application, Gateway) as YAML, generated from the
+    /// Rust types: `wasmbed crds > k8s/crds/wasmbed.yaml`.
+    Crds,
     /// Run one service on its own (as in Kubernetes).
     #[command(subcommand)]
     Serve(serve::ServeCommand),
@@ -63,6 +66,9 @@ async fn main() {
         Command::Device(command) => device::run(command).await,
         Command::App(command) => app::run(command).await,
         Command::Serve(command) => serve::run(command).await,
+        Command::Crds => wasmbed_projector::crd::crd_yaml()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(|e| anyhow::anyhow!("rendering the CRDs: {e}")),
         Command::Telemetry(command) => telemetry::run(command).await,
     };
     if let Err(e) = result {
