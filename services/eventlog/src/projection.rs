@@ -65,15 +65,31 @@ impl EventLog {
 }
 
 impl Projection {
+    /// The stream sequence of the last event acknowledged in order (0: none yet): a projection
+    /// whose state lives elsewhere rebuilds its view up to here before it resumes.
+    pub async fn acknowledged(&mut self) -> Result<u64, ProjectionError> {
+        Ok(self
+            .consumer
+            .info()
+            .await
+            .map_err(nats)?
+            .ack_floor
+            .stream_sequence)
+    }
+
     /// Feeds every event, in log order, to `handler` until `shutdown` completes.
     ///
     /// An event is acknowledged only after the handler returns `Ok`. When the handler fails,
     /// the same event is retried with growing pauses (the consumer is told the event is still
     /// in progress), so nothing is skipped and order is kept. An event that does not decode is
     /// logged and terminated: it stays in the log, but no handler can apply it.
-    pub async fn run<H, F, E>(self, mut handler: H, shutdown: F) -> Result<(), ProjectionError>
+    ///
+    /// `handler` returns a future that owns what it needs (it may not borrow the event), so a
+    /// projection can run on a spawned task.
+    pub async fn run<H, R, F, E>(self, mut handler: H, shutdown: F) -> Result<(), ProjectionError>
     where
-        H: AsyncFnMut(&StoredEvent) -> Result<(), E>,
+        H: FnMut(&StoredEvent) -> R,
+        R: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
         F: Future<Output = ()>,
     {

@@ -273,9 +273,10 @@ async fn project(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let projection = log.projection(name, vec![]).await.unwrap();
     let task = tokio::spawn(projection.run(
-        async move |e: &StoredEvent| {
-            handler(e)?;
-            tx.send(e.sequence).map_err(|_| "receiver gone")
+        move |e: &StoredEvent| {
+            let accepted =
+                handler(e).and_then(|()| tx.send(e.sequence).map_err(|_| "receiver gone"));
+            async move { accepted }
         },
         async move {
             let _ = stop_rx.await;
