@@ -25,6 +25,18 @@ pub enum ServeCommand {
     Api(ApiArgs),
     /// The renode-manager: starts and stops emulated devices on command.
     RenodeManager(ManagerArgs),
+    /// The projector: Device, Application and Gateway resources from the log (in a cluster:
+    /// the in-cluster service account; elsewhere: the kubeconfig).
+    Projector(ProjectorArgs),
+}
+
+#[derive(Args)]
+pub struct ProjectorArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The namespace the resources are kept in.
+    #[arg(long, env = "WASMBED_NAMESPACE", default_value = "wasmbed")]
+    namespace: String,
 }
 
 /// Which backend runs the emulated devices.
@@ -288,6 +300,18 @@ pub async fn run(command: ServeCommand) -> Result<()> {
                 replicas: args.nats.replicas,
             };
             wasmbed_api::run(client, config, listener, ctrl_c()).await?;
+        }
+        ServeCommand::Projector(args) => {
+            let client = connect(&args.nats, "projector").await?;
+            let kube = kube::Client::try_default()
+                .await
+                .context("no Kubernetes API: neither in a cluster nor a kubeconfig")?;
+            let config = wasmbed_projector::ProjectorConfig {
+                namespace: args.namespace,
+                replicas: args.nats.replicas,
+                ..Default::default()
+            };
+            wasmbed_projector::run(client, kube, config, ctrl_c()).await?;
         }
         ServeCommand::RenodeManager(args) => {
             let client = connect(&args.nats, "renode-manager").await?;
