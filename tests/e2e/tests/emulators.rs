@@ -63,6 +63,26 @@ async fn uart_line(uart: &mut async_nats::Subscriber, needle: &str, mut n: usize
     found.unwrap_or_else(|_| panic!("no UART line {needle:?} on the bus; saw {seen:#?}"))
 }
 
+/// Starts an Mps2An385 board named `name` and waits until it logged its enrollment and the log
+/// shows it connected; returns it and its UART subscription.
+async fn boot(system: &System, name: &str) -> (DeviceId, async_nats::Subscriber) {
+    let device = DeviceId::new(name).unwrap();
+    let mut uart = system
+        .client
+        .subscribe(subject::emulator_uart(&device))
+        .await
+        .unwrap();
+    start(system, &device, "Mps2An385").await.unwrap();
+    let line = uart_line(&mut uart, "enrolled:", 1).await;
+    assert!(line.contains(name), "{line}");
+    system
+        .wait_events(&AggregateId::Device(device.clone()), |e| {
+            e.iter().any(|e| matches!(e, Event::DeviceConnected(_)))
+        })
+        .await;
+    (device, uart)
+}
+
 fn started(events: &[Event]) -> Vec<&wasmbed_schemas::event::EmulatorStarted> {
     events
         .iter()
@@ -94,22 +114,8 @@ fn pid_of(instance: &str) -> u32 {
 async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
     let system = System::start().await;
     let _manager = system.start_manager(qemu_backend());
-    let device = DeviceId::new("qemu-m1").unwrap();
-    let mut uart = system
-        .client
-        .subscribe(subject::emulator_uart(&device))
-        .await
-        .unwrap();
+    let (device, mut uart) = boot(&system, "qemu-m1").await;
     let emulator = AggregateId::Emulator(device.clone());
-
-    start(&system, &device, "Mps2An385").await.unwrap();
-    let line = uart_line(&mut uart, "enrolled:", 1).await;
-    assert!(line.contains("qemu-m1"), "{line}");
-    system
-        .wait_events(&AggregateId::Device(device.clone()), |e| {
-            e.iter().any(|e| matches!(e, Event::DeviceConnected(_)))
-        })
-        .await;
     let events = system.events(&emulator).await;
     let first = started(&events)[0].clone();
     assert_eq!(
@@ -337,22 +343,8 @@ async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
     ))));
     let system = System::start().await;
     let _manager = system.start_manager(backend);
-    let device = DeviceId::new("docker-1").unwrap();
-    let mut uart = system
-        .client
-        .subscribe(subject::emulator_uart(&device))
-        .await
-        .unwrap();
+    let (device, mut uart) = boot(&system, "docker-1").await;
     let emulator = AggregateId::Emulator(device.clone());
-
-    start(&system, &device, "Mps2An385").await.unwrap();
-    let line = uart_line(&mut uart, "enrolled:", 1).await;
-    assert!(line.contains("docker-1"), "{line}");
-    system
-        .wait_events(&AggregateId::Device(device.clone()), |e| {
-            e.iter().any(|e| matches!(e, Event::DeviceConnected(_)))
-        })
-        .await;
     let first = started(&system.events(&emulator).await)[0].clone();
     assert_eq!(first.backend, "qemu-docker");
     assert!(
