@@ -42,6 +42,13 @@ enum Command {
     /// Read telemetry.
     #[command(subcommand)]
     Telemetry(telemetry::TelemetryCommand),
+    /// Create the CA (ca-key.pem, ca-cert.pem) in a directory, or show the one there: for the
+    /// cluster's `wasmbed-ca` Secret.
+    CaInit {
+        /// The directory.
+        #[arg(long, default_value = "ca")]
+        dir: std::path::PathBuf,
+    },
     /// Print the Kubernetes CRDs (Device, Application, Gateway) as YAML, generated from the
     /// Rust types: `wasmbed crds > k8s/crds/wasmbed.yaml`.
     Crds,
@@ -66,6 +73,9 @@ async fn main() {
         Command::Device(command) => device::run(command).await,
         Command::App(command) => app::run(command).await,
         Command::Serve(command) => serve::run(command).await,
+        Command::CaInit { dir } => wasmbed_enrollment::CertificateAuthority::load_or_create(&dir)
+            .map(|ca| print!("{}", ca.certificate_pem()))
+            .map_err(|e| anyhow::anyhow!("the CA in {}: {e}", dir.display())),
         Command::Crds => wasmbed_projector::crd::crd_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(|e| anyhow::anyhow!("rendering the CRDs: {e}")),

@@ -338,3 +338,32 @@ async fn events_tail_without_a_server_fails_with_one_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn ca_init_makes_the_ca_once_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let run = || async {
+        Command::new(WASMBED)
+            .args(["ca-init", "--dir"])
+            .arg(&ca)
+            .output()
+            .await
+            .unwrap()
+    };
+    let first = run().await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(first.stdout.starts_with(b"-----BEGIN CERTIFICATE-----"));
+    let second = run().await;
+    assert_eq!(first.stdout, second.stdout, "the same CA the second time");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ca.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the key is the owner's only");
+}
