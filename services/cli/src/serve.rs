@@ -163,6 +163,43 @@ pub struct NatsArgs {
     /// Replicas of the streams a service creates (3 in a cluster).
     #[arg(long, env = "WASMBED_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// For services without HTTP of their own (enrollment, deployer, renode-manager,
+    /// projector): serve `GET /health` here, 200 while connected to NATS, 503 otherwise.
+    #[arg(long, env = "WASMBED_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+}
+
+/// Serves `/health` for a bus-only service: its probe in Kubernetes.
+async fn serve_health(nats: &NatsArgs, client: &async_nats::Client) -> Result<()> {
+    let Some(listen) = nats.health_listen else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let client = client.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            async move {
+                if connected {
+                    (axum::http::StatusCode::OK, "ok\n")
+                } else {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "no NATS connection\n",
+                    )
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the health endpoint stopped");
+        }
+    });
+    Ok(())
 }
 
 #[derive(Args)]
@@ -235,6 +272,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
     match command {
         ServeCommand::Enrollment(args) => {
             let client = connect(&args.nats, "enrollment").await?;
+            serve_health(&args.nats, &client).await?;
             let mut config = EnrollmentConfig::new(args.ca_dir);
             config.gateway_certificate_validity =
                 Duration::from_secs(args.gateway_cert_validity_secs);
@@ -276,6 +314,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
         }
         ServeCommand::Deployer(args) => {
             let client = connect(&args.nats, "deployer").await?;
+            serve_health(&args.nats, &client).await?;
             let config = wasmbed_deployer::DeployerConfig {
                 default_app_ram_bytes: args.default_app_ram_kib.saturating_mul(1024),
                 replicas: args.nats.replicas,
@@ -303,6 +342,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
         }
         ServeCommand::Projector(args) => {
             let client = connect(&args.nats, "projector").await?;
+            serve_health(&args.nats, &client).await?;
             let kube = kube::Client::try_default()
                 .await
                 .context("no Kubernetes API: neither in a cluster nor a kubeconfig")?;
@@ -315,6 +355,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
         }
         ServeCommand::RenodeManager(args) => {
             let client = connect(&args.nats, "renode-manager").await?;
+            serve_health(&args.nats, &client).await?;
             let config = manager_config(args)?;
             wasmbed_renode_manager::run(client, config, ctrl_c()).await?;
         }

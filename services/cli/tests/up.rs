@@ -367,3 +367,35 @@ async fn ca_init_makes_the_ca_once_and_keeps_it() {
         .mode();
     assert_eq!(mode & 0o077, 0, "the key is the owner's only");
 }
+
+#[tokio::test]
+async fn a_bus_only_service_answers_health_while_it_has_nats() {
+    let mut nats = wasmbed_test_support::NatsServer::start().await.unwrap();
+    let port = wasmbed_local_nats::free_port().unwrap();
+    let mut deployer = Command::new(WASMBED)
+        .args(["serve", "deployer", "--nats", &nats.url()])
+        .args(["--health-listen", &format!("127.0.0.1:{port}")])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = http_get(addr, "/health").await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    nats.kill();
+    for _ in 0..100 {
+        status = http_get(addr, "/health").await.0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503, "still healthy without NATS");
+    let _ = deployer.kill().await;
+}
