@@ -354,20 +354,11 @@ async fn wait_for_ca(client: &async_nats::Client) -> Result<String> {
     bail!("enrollment did not answer within 30 s")
 }
 
-/// The device's key, kept in the state directory so it is the same device after a restart.
-pub(crate) fn device_key(state: &Path, id: &DeviceId) -> Result<SigningKey> {
-    let dir = state.join("devices");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{id}.seed"));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let seed = wasmbed_schemas::bytes::parse_hex::<32>(text.trim())
-            .with_context(|| format!("{} is not a 32-byte hex seed", path.display()))?;
-        return Ok(SigningKey::from_bytes(&seed));
-    }
-    let key = wasmbed_sim::random_key();
-    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, hex).with_context(|| format!("writing {}", path.display()))?;
-    Ok(key)
+/// The device's key, kept in the state directory so it is the same device after a restart
+/// (the same key store the renode-manager keeps its boards' secrets in).
+fn device_key(state: &Path, id: &DeviceId) -> Result<SigningKey> {
+    let secret = wasmbed_renode_manager::keys::KeyStore::new(state.join("devices")).secret(id)?;
+    Ok(SigningKey::from_bytes(&secret))
 }
 
 pub(crate) async fn register(

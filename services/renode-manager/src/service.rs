@@ -141,9 +141,9 @@ impl Manager {
             .gateways
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut endpoints: Vec<String> = gateways.values().cloned().collect();
-        endpoints.dedup();
-        endpoints
+        // Two gateways may announce one address (behind one service): dial it once.
+        let endpoints: std::collections::BTreeSet<String> = gateways.values().cloned().collect();
+        endpoints.into_iter().collect()
     }
 
     fn apply(&self, event: &Event) {
