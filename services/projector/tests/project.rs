@@ -122,17 +122,8 @@ async fn answer(
 
 async fn api_server() -> (Arc<ApiServer>, kube::Client) {
     let server = Arc::new(ApiServer::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback({
-        let server = server.clone();
-        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            answer(server.clone(), method, uri, headers, body)
-        }
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-    (server, kube::Client::try_from(config).unwrap())
+    let client = server_client(&server).await;
+    (server, client)
 }
 
 /// Starts the projector; the sender stops it.
@@ -315,9 +306,9 @@ async fn the_log_is_projected_by_server_side_apply_and_a_replay_converges_to_the
     task.await.unwrap();
 }
 
-/// A client for an existing scripted server (a second projector on the same objects).
+/// Serves `server`'s state on a new port; a client for it (a second projector on the same
+/// objects gets its own).
 async fn server_client(server: &Arc<ApiServer>) -> kube::Client {
-    // Serve the same state on a new port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback({

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use wasmbed_schemas::DeviceId;
+use wasmbed_schemas::provisioning::Provisioning;
 
 use crate::catalogue::{Mcu, Unsupported};
 use crate::docker::{ContainerBackend, ContainerError};
@@ -36,6 +37,20 @@ pub struct Launch<'a> {
     pub ca_pem: &'a str,
     /// The name their certificate carries.
     pub server_name: &'a str,
+}
+
+impl Launch<'_> {
+    /// The provisioning block for a board on an emulator's user network (QEMU's, or Renode's
+    /// TAP in a container sharing the host's network): the host's loopback is `10.0.2.2`.
+    pub fn guest_block(&self) -> Result<Provisioning, ProvisionError> {
+        provision::block(
+            provision::guest_endpoints(self.gateways),
+            self.secret,
+            self.device.as_str(),
+            self.ca_pem,
+            self.server_name,
+        )
+    }
 }
 
 /// Why a start failed.
@@ -122,13 +137,7 @@ async fn start_qemu(config: &QemuBackend, launch: &Launch<'_>) -> Result<Emulato
     if !image.is_file() {
         return Err(StartError::NoFirmware(image.display().to_string()));
     }
-    let block = provision::block(
-        provision::guest_endpoints(launch.gateways),
-        launch.secret,
-        launch.device.as_str(),
-        launch.ca_pem,
-        launch.server_name,
-    )?;
+    let block = launch.guest_block()?;
     let qemu = QemuDevice::start(
         &QemuConfig {
             qemu: config.qemu.clone(),

@@ -23,7 +23,7 @@ use tracing::warn;
 use crate::backend::Launch;
 use crate::catalogue::{Mcu, Unsupported};
 use crate::emulator::{Control, Emulator, Exit};
-use crate::provision::{self, ProvisionError};
+use crate::provision::ProvisionError;
 use crate::resc::{self, RescError};
 use crate::uart::UartLog;
 
@@ -209,15 +209,8 @@ impl ContainerBackend {
             "{FIRMWARE_MOUNT}/{}/release/wasmbed-firmware",
             board.target()
         );
-        let block = provision::block(
-            // QEMU's user network and Renode's TAP both reach the host as 10.0.2.2 when the
-            // container shares the host's network.
-            provision::guest_endpoints(launch.gateways),
-            launch.secret,
-            launch.device.as_str(),
-            launch.ca_pem,
-            launch.server_name,
-        )?;
+        // The container shares the host's network, so the guest sees the host as QEMU's does.
+        let block = launch.guest_block()?;
         let dir = self.config.work_dir.join(launch.device.as_str());
         write(
             &dir,
