@@ -8,6 +8,7 @@ pub mod bytes;
 pub mod frame;
 pub mod host_api;
 pub mod ids;
+pub mod permissions;
 pub mod provisioning;
 pub mod subject;
 

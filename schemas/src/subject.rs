@@ -111,6 +111,9 @@ pub fn device_downlink(device: &DeviceId) -> String {
     format!("wasmbed.device.v1.downlink.{device}")
 }
 
+/// Frames addressed to any device (what a gateway may subscribe to).
+pub const DEVICE_DOWNLINK_ALL: &str = "wasmbed.device.v1.downlink.*";
+
 /// Frames from one device that the gateway does not translate itself (app status, module
 /// acks, device info, errors), as encoded frames, for the deployer.
 pub fn device_uplink(device: &DeviceId) -> String {
@@ -133,10 +136,16 @@ pub fn device_log(device: &DeviceId) -> String {
     format!("wasmbed.device.v1.log.{device}")
 }
 
+/// Log lines of every device.
+pub const DEVICE_LOG_ALL: &str = "wasmbed.device.v1.log.*";
+
 /// UART output of one device's emulator.
 pub fn emulator_uart(device: &DeviceId) -> String {
     format!("wasmbed.emulator.v1.uart.{device}")
 }
+
+/// UART output of every emulator.
+pub const EMULATOR_UART_ALL: &str = "wasmbed.emulator.v1.uart.*";
 
 /// NATS header names.
 pub mod header {

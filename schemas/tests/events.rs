@@ -404,3 +404,18 @@ fn json_schemas_are_current() {
          run `WASMBED_BLESS=1 cargo test -p wasmbed-schemas --test events` and commit"
     );
 }
+
+#[test]
+fn nats_permissions_file_is_current() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nats/permissions.conf");
+    let text = wasmbed_schemas::permissions::authorization_conf();
+    if std::env::var_os("WASMBED_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()),
+        "nats/permissions.conf drifted from schemas::permissions; run \
+         `wasmbed nats-permissions > nats/permissions.conf` (or `WASMBED_BLESS=1 cargo test -p \
+         wasmbed-schemas --test events`) and commit"
+    );
+}

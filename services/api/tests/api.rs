@@ -167,7 +167,9 @@ async fn every_route_but_health_needs_a_token_and_read_only_tokens_cannot_write(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulators_are_started_listed_restarted_and_stopped_over_rest() {
     let system = System::start().await;
-    let _manager = system.start_manager(wasmbed_e2e::emulated::sim_backend());
+    let _manager = system
+        .start_manager(wasmbed_e2e::emulated::sim_backend())
+        .await;
     let api = start_api(&system, vec![token("admin", ADMIN, Access::ReadWrite)]).await;
 
     // Bad bodies name the field; a board the firmware cannot run is refused with the reason.

@@ -224,7 +224,9 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
     let system = System::start().await;
     let api = start_api(&system, vec![token("test", ADMIN, Access::ReadWrite)]).await;
     let (_, sim) = system.device("dev-1", &[]).await;
-    let _manager = system.start_manager(wasmbed_e2e::emulated::sim_backend());
+    let _manager = system
+        .start_manager(wasmbed_e2e::emulated::sim_backend())
+        .await;
     let (status, page_html) = http_get(api, "/").await;
     assert_eq!(status, 200);
     assert!(page_html.contains("<title>Wasmbed</title>"));

@@ -52,6 +52,9 @@ enum Command {
     /// Print the Kubernetes CRDs (Device, Application, Gateway) as YAML, generated from the
     /// Rust types: `wasmbed crds > k8s/crds/wasmbed.yaml`.
     Crds,
+    /// Print the NATS users and their permissions (one per service) as nats-server config,
+    /// generated from the Rust table: `wasmbed nats-permissions > nats/permissions.conf`.
+    NatsPermissions,
     /// Run one service on its own (as in Kubernetes).
     #[command(subcommand)]
     Serve(serve::ServeCommand),
@@ -76,6 +79,10 @@ async fn main() {
         Command::CaInit { dir } => wasmbed_enrollment::CertificateAuthority::load_or_create(&dir)
             .map(|ca| print!("{}", ca.certificate_pem()))
             .map_err(|e| anyhow::anyhow!("the CA in {}: {e}", dir.display())),
+        Command::NatsPermissions => {
+            print!("{}", wasmbed_schemas::permissions::authorization_conf());
+            Ok(())
+        }
         Command::Crds => wasmbed_projector::crd::crd_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(|e| anyhow::anyhow!("rendering the CRDs: {e}")),

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use wasmbed_enrollment::EnrollmentConfig;
 use wasmbed_gateway::{GatewayConfig, Listeners};
 use wasmbed_schemas::GatewayId;
+use wasmbed_schemas::permissions::Principal;
 
 #[derive(Subcommand)]
 pub enum ServeCommand {
@@ -160,6 +161,10 @@ pub struct NatsArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+    /// This service's NATS password (its user is the service's name; see
+    /// `nats/permissions.conf`). Without it the service connects without credentials.
+    #[arg(long, env = "WASMBED_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
     /// Replicas of the streams a service creates (3 in a cluster).
     #[arg(long, env = "WASMBED_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
@@ -271,7 +276,7 @@ pub struct TelemetryArgs {
 pub async fn run(command: ServeCommand) -> Result<()> {
     match command {
         ServeCommand::Enrollment(args) => {
-            let client = connect(&args.nats, "enrollment").await?;
+            let client = connect(&args.nats, Principal::Enrollment).await?;
             serve_health(&args.nats, &client).await?;
             let mut config = EnrollmentConfig::new(args.ca_dir);
             config.gateway_certificate_validity =
@@ -280,7 +285,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             wasmbed_enrollment::run(client, config, ctrl_c()).await?;
         }
         ServeCommand::Gateway(args) => {
-            let client = connect(&args.nats, "gateway").await?;
+            let client = connect(&args.nats, Principal::Gateway).await?;
             let mut config = GatewayConfig::new(args.gateway_id);
             config.advertised_endpoint = args.advertise;
             if !args.subject_alt_names.is_empty() {
@@ -300,7 +305,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             wasmbed_gateway::run(client, config, listeners, ctrl_c()).await?;
         }
         ServeCommand::Telemetry(args) => {
-            let client = connect(&args.nats, "telemetry").await?;
+            let client = connect(&args.nats, Principal::Telemetry).await?;
             let config = wasmbed_telemetry::TelemetryConfig {
                 heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
                 missed_heartbeats: args.missed_heartbeats,
@@ -313,7 +318,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             wasmbed_telemetry::run(client, config, http, ctrl_c()).await?;
         }
         ServeCommand::Deployer(args) => {
-            let client = connect(&args.nats, "deployer").await?;
+            let client = connect(&args.nats, Principal::Deployer).await?;
             serve_health(&args.nats, &client).await?;
             let config = wasmbed_deployer::DeployerConfig {
                 default_app_ram_bytes: args.default_app_ram_kib.saturating_mul(1024),
@@ -330,7 +335,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             for spec in &args.read_tokens {
                 tokens.push(token(spec, wasmbed_api::Access::ReadOnly)?);
             }
-            let client = connect(&args.nats, "api").await?;
+            let client = connect(&args.nats, Principal::Api).await?;
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
@@ -341,7 +346,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             wasmbed_api::run(client, config, listener, ctrl_c()).await?;
         }
         ServeCommand::Projector(args) => {
-            let client = connect(&args.nats, "projector").await?;
+            let client = connect(&args.nats, Principal::Projector).await?;
             serve_health(&args.nats, &client).await?;
             let kube = kube::Client::try_default()
                 .await
@@ -354,7 +359,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             wasmbed_projector::run(client, kube, config, ctrl_c()).await?;
         }
         ServeCommand::RenodeManager(args) => {
-            let client = connect(&args.nats, "renode-manager").await?;
+            let client = connect(&args.nats, Principal::RenodeManager).await?;
             serve_health(&args.nats, &client).await?;
             let config = manager_config(args)?;
             wasmbed_renode_manager::run(client, config, ctrl_c()).await?;
@@ -406,10 +411,10 @@ fn manager_config(args: ManagerArgs) -> Result<wasmbed_renode_manager::ManagerCo
     })
 }
 
-/// A connection that keeps retrying, so a service may start before NATS.
-pub async fn connect(nats: &NatsArgs, name: &str) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .name(format!("wasmbed-{name}"))
+/// A connection as the service's own NATS user that keeps retrying, so a service may start
+/// before NATS.
+pub async fn connect(nats: &NatsArgs, principal: Principal) -> Result<async_nats::Client> {
+    wasmbed_local_nats::connect_options(principal, nats.nats_password.as_deref())
         .retry_on_initial_connect()
         .connect(&nats.nats_url)
         .await

@@ -16,13 +16,16 @@ use wasmbed_bus::call;
 use wasmbed_enrollment::EnrollmentConfig;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_gateway::{GatewayConfig, Listeners};
-use wasmbed_local_nats::{NatsProcess, NatsProcessConfig, find_binary, free_port};
+use wasmbed_local_nats::{
+    NatsProcess, NatsProcessConfig, NatsUsers, find_binary, free_port, write_secured_config,
+};
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::{
     CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice,
 };
 use wasmbed_schemas::event::Target;
 use wasmbed_schemas::frame::Limits;
+use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::{AppId, DeviceId, GatewayId, PublicKey};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 
@@ -36,6 +39,7 @@ macro_rules! say {
 
 /// The project's nats-server configuration, written into the state directory.
 const NATS_CONFIG: &str = include_str!("../../../nats/nats-server.conf");
+const NATS_PERMISSIONS: &str = include_str!("../../../nats/permissions.conf");
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -79,18 +83,23 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let state = args.state_dir.clone();
     std::fs::create_dir_all(&state)
         .with_context(|| format!("creating state directory {}", state.display()))?;
-    let mut nats = start_nats(&state, args.nats_port).await?;
-    let connect = |name: &'static str| {
+    // Every service is its own NATS user (nats/permissions.conf), with a password made for
+    // this run; a client without credentials (the CLI on this machine) is the operator.
+    let users = NatsUsers::generate().context("making the NATS users' passwords")?;
+    let mut nats = start_nats(&state, args.nats_port, &users).await?;
+    let connect = |principal: Principal| {
         let url = nats.url();
+        let password = users.password(principal).to_owned();
         async move {
-            async_nats::ConnectOptions::new()
-                .name(format!("wasmbed-{name}"))
+            wasmbed_local_nats::connect_options(principal, Some(&password))
                 .connect(url)
                 .await
-                .with_context(|| format!("connecting {name} to the local nats-server"))
+                .with_context(|| {
+                    format!("connecting {} to the local nats-server", principal.name())
+                })
         }
     };
-    EventLog::open(connect("up").await?, &LogOptions::default())
+    EventLog::open(connect(Principal::Operator).await?, &LogOptions::default())
         .await
         .context("creating the event log")?;
 
@@ -99,12 +108,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let enrollment = tokio::spawn(wasmbed_enrollment::run(
-        connect("enrollment").await?,
+        connect(Principal::Enrollment).await?,
         EnrollmentConfig::new(state.join("ca")),
         until_stopped(stopping.clone()),
     ));
     // The gateway asks enrollment for its certificate: start it once enrollment answers.
-    let client = connect("cli").await?;
+    let client = connect(Principal::Operator).await?;
     let ca = wait_for_ca(&client).await?;
     let tls = TcpListener::bind(("127.0.0.1", args.gateway_port))
         .await
@@ -114,7 +123,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .with_context(|| format!("binding 127.0.0.1:{}", args.gateway_http_port))?;
     let (gateway_addr, http_addr) = (tls.local_addr()?, http.local_addr()?);
     let gateway = tokio::spawn(wasmbed_gateway::run(
-        connect("gateway").await?,
+        connect(Principal::Gateway).await?,
         GatewayConfig::new(GatewayId::new("gateway-1")?),
         Listeners { tls, http },
         until_stopped(stopping.clone()),
@@ -125,14 +134,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .with_context(|| format!("binding 127.0.0.1:{}", args.telemetry_http_port))?;
     let telemetry_addr = telemetry_http.local_addr()?;
     let telemetry = tokio::spawn(wasmbed_telemetry::run(
-        connect("telemetry").await?,
+        connect(Principal::Telemetry).await?,
         wasmbed_telemetry::TelemetryConfig::default(),
         telemetry_http,
         until_stopped(stopping.clone()),
     ));
 
     let deployer = tokio::spawn(wasmbed_deployer::run(
-        connect("deployer").await?,
+        connect(Principal::Deployer).await?,
         wasmbed_deployer::DeployerConfig::default(),
         until_stopped(stopping.clone()),
     ));
@@ -143,7 +152,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let api_addr = api_listener.local_addr()?;
     let api_token = api_token(&state)?;
     let api = tokio::spawn(wasmbed_api::run(
-        connect("api").await?,
+        connect(Principal::Api).await?,
         wasmbed_api::ApiConfig {
             tokens: vec![wasmbed_api::Token {
                 name: "up".into(),
@@ -186,7 +195,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         _ => "emu",
     };
     let manager = tokio::spawn(wasmbed_renode_manager::run(
-        connect("renode-manager").await?,
+        connect(Principal::RenodeManager).await?,
         manager_config,
         until_stopped(stopping.clone()),
     ));
@@ -324,9 +333,14 @@ async fn deploy_example(client: &async_nats::Client, name: &str) -> Result<Strin
     ))
 }
 
-async fn start_nats(state: &Path, port: u16) -> Result<NatsProcess> {
-    let config_file = state.join("nats-server.conf");
-    std::fs::write(&config_file, NATS_CONFIG).context("writing nats-server.conf")?;
+async fn start_nats(state: &Path, port: u16, users: &NatsUsers) -> Result<NatsProcess> {
+    let config_file = write_secured_config(
+        state,
+        NATS_CONFIG,
+        NATS_PERMISSIONS,
+        Some(Principal::Operator),
+    )
+    .context("writing the nats-server config")?;
     let port = match port {
         0 => free_port()?,
         port => port,
@@ -339,6 +353,7 @@ async fn start_nats(state: &Path, port: u16) -> Result<NatsProcess> {
         log_file: state.join("nats-server.log"),
         config_file: Some(config_file),
         ready_timeout: Duration::from_secs(20),
+        env: users.env(),
     })
     .await
     .with_context(|| format!("starting nats-server on 127.0.0.1:{port}"))

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+mod users;
+pub use users::{NatsUsers, connect_options, write_secured_config};
+
 /// Why a server could not be run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -46,6 +49,8 @@ pub struct NatsProcessConfig {
     pub config_file: Option<PathBuf>,
     /// How long to wait for readiness.
     pub ready_timeout: Duration,
+    /// Extra environment of the server (the users' passwords, see [`NatsUsers::env`]).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `nats-server`; killed when dropped.
@@ -155,6 +160,7 @@ impl NatsProcess {
             command.arg("-c").arg(file);
         }
         command
+            .envs(c.env.iter().map(|(k, v)| (k, v)))
             .args(["-js", "-a", "127.0.0.1"])
             .arg("-p")
             .arg(c.port.to_string())

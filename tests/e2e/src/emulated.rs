@@ -5,6 +5,7 @@ use wasmbed_renode_manager::firmware::{self, Board};
 use wasmbed_renode_manager::provision;
 use wasmbed_renode_manager::qemu::{QemuConfig, QemuDevice};
 use wasmbed_schemas::DeviceId;
+use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::provisioning::Provisioning;
 use wasmbed_test_support::workspace_root;
 
@@ -61,7 +62,10 @@ pub struct Manager {
 
 impl System {
     /// Runs the renode-manager with `backend` and a quick restart policy.
-    pub fn start_manager(&self, backend: wasmbed_renode_manager::backend::Backend) -> Manager {
+    pub async fn start_manager(
+        &self,
+        backend: wasmbed_renode_manager::backend::Backend,
+    ) -> Manager {
         use std::time::Duration;
         use wasmbed_renode_manager::{ManagerConfig, RestartPolicy};
         let keys = tempfile::tempdir().unwrap();
@@ -76,7 +80,7 @@ impl System {
             },
             replicas: 1,
         };
-        let client = self.client.clone();
+        let client = self.nats.client_as(Principal::RenodeManager).await.unwrap();
         let service = crate::Running::spawn(|stopped| async move {
             let _ = wasmbed_renode_manager::run(client, config, async move {
                 let _ = stopped.await;

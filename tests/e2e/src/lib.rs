@@ -23,6 +23,7 @@ use wasmbed_schemas::command::{
 };
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::frame::Limits;
+use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
 use wasmbed_test_support::{NatsServer, http_get};
@@ -117,7 +118,7 @@ impl System {
         let client = nats.client().await.unwrap();
         let ca_dir = tempfile::tempdir().unwrap();
         let enrollment = Running::spawn({
-            let client = client.clone();
+            let client = nats.client_as(Principal::Enrollment).await.unwrap();
             let config = wasmbed_enrollment::EnrollmentConfig::new(ca_dir.path().to_path_buf());
             |stopped| async move {
                 let _ = wasmbed_enrollment::run(client, config, async move {
@@ -160,7 +161,7 @@ impl System {
     async fn start_telemetry(&mut self) {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();
-        let client = self.client.clone();
+        let client = self.nats.client_as(Principal::Telemetry).await.unwrap();
         let config = wasmbed_telemetry::TelemetryConfig {
             heartbeat_interval: Duration::from_millis(500),
             missed_heartbeats: 3,
@@ -185,7 +186,7 @@ impl System {
         let http_addr = http.local_addr().unwrap();
         let mut config = GatewayConfig::new(GatewayId::new("gw-e2e").unwrap());
         config.heartbeat_interval = Duration::from_millis(500);
-        let client = self.client.clone();
+        let client = self.nats.client_as(Principal::Gateway).await.unwrap();
         self.gateway = Some(Running::spawn(|stopped| async move {
             let _ = wasmbed_gateway::run(client, config, Listeners { tls, http }, async move {
                 let _ = stopped.await;
@@ -197,7 +198,7 @@ impl System {
 
     /// Starts a deployer and waits until it answers commands.
     pub async fn start_deployer(&mut self) {
-        let client = self.client.clone();
+        let client = self.nats.client_as(Principal::Deployer).await.unwrap();
         let config = self.deployer_config.clone();
         self.deployer = Some(Running::spawn(|stopped| async move {
             let _ = wasmbed_deployer::run(client, config, async move {
@@ -317,6 +318,17 @@ impl System {
         })
         .await;
         (id, sim)
+    }
+
+    /// Lines of the nats-server log where a service was refused a subject (its permissions in
+    /// `nats/permissions.conf` lack something it needs).
+    pub fn permission_violations(&self) -> Vec<String> {
+        self.nats
+            .log()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The events of one aggregate.

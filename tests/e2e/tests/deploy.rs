@@ -185,6 +185,8 @@ async fn deploy_update_stop_and_delete_across_three_devices() {
     for sim in sims {
         sim.stop().await;
     }
+    // Every service did all of this as its own NATS user, within its permissions.
+    assert_eq!(system.permission_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -113,7 +113,7 @@ fn pid_of(instance: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
     let system = System::start().await;
-    let _manager = system.start_manager(qemu_backend());
+    let _manager = system.start_manager(qemu_backend()).await;
     let (device, mut uart) = boot(&system, "qemu-m1").await;
     let emulator = AggregateId::Emulator(device.clone());
     let events = system.events(&emulator).await;
@@ -179,10 +179,12 @@ async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
 async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
     let system = System::start().await;
     let nowhere = tempfile::tempdir().unwrap();
-    let _manager = system.start_manager(Backend::Qemu(QemuBackend {
-        qemu: "qemu-system-arm".into(),
-        images: nowhere.path().to_path_buf(),
-    }));
+    let _manager = system
+        .start_manager(Backend::Qemu(QemuBackend {
+            qemu: "qemu-system-arm".into(),
+            images: nowhere.path().to_path_buf(),
+        }))
+        .await;
     let device = DeviceId::new("odd-1").unwrap();
     let cases = [
         ("Esp32DevkitC", ErrorCode::Refused, "not a Cortex-M"),
@@ -235,14 +237,16 @@ async fn a_docker_engine_that_is_not_there_is_a_clear_refusal_event() {
     let system = System::start().await;
     let dir = tempfile::tempdir().unwrap();
     let absent = format!("unix://{}", dir.path().join("docker.sock").display());
-    let _manager = system.start_manager(Backend::Container(Arc::new(ContainerBackend::new(
-        ContainerConfig::qemu(
-            absent,
-            "wasmbed/qemu:test".into(),
-            dir.path().into(),
-            dir.path().into(),
-        ),
-    ))));
+    let _manager = system
+        .start_manager(Backend::Container(Arc::new(ContainerBackend::new(
+            ContainerConfig::qemu(
+                absent,
+                "wasmbed/qemu:test".into(),
+                dir.path().into(),
+                dir.path().into(),
+            ),
+        ))))
+        .await;
     let device = DeviceId::new("docker-0").unwrap();
     let refused = start(&system, &device, "Mps2An385").await.unwrap_err();
     assert_eq!(refused.code, ErrorCode::Unavailable);
@@ -264,7 +268,7 @@ async fn a_docker_engine_that_is_not_there_is_a_clear_refusal_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sim_backend_runs_restarts_and_stops_simulated_devices() {
     let system = System::start().await;
-    let _manager = system.start_manager(Backend::Sim);
+    let _manager = system.start_manager(Backend::Sim).await;
     let device = DeviceId::new("sim-m1").unwrap();
     let mut uart = system
         .client
@@ -342,7 +346,7 @@ async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
         work.path().to_path_buf(),
     ))));
     let system = System::start().await;
-    let _manager = system.start_manager(backend);
+    let _manager = system.start_manager(backend).await;
     let (device, mut uart) = boot(&system, "docker-1").await;
     let emulator = AggregateId::Emulator(device.clone());
     let first = started(&system.events(&emulator).await)[0].clone();

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wasmbed_local_nats::{
-    NatsProcess, NatsProcessConfig, NatsProcessError, find_binary, free_port,
+    NatsProcess, NatsProcessConfig, NatsProcessError, NatsUsers, connect_options, find_binary,
+    free_port, write_secured_config,
 };
+use wasmbed_schemas::permissions::Principal;
 
 /// Why a test server could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +37,14 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A `nats-server -js` of a test's own: free port, temporary store, killed on drop.
+///
+/// It runs with the project's users and permissions (`nats/permissions.conf`), each with a
+/// fresh password: [`NatsServer::client_as`] connects as one service, [`NatsServer::client`]
+/// (no credentials) as the operator.
 pub struct NatsServer {
     process: NatsProcess,
+    users: NatsUsers,
+    log_dir: PathBuf,
     // Dropped after `process`, so the server is gone before its files are.
     _dir: tempfile::TempDir,
 }
@@ -49,6 +57,16 @@ impl NatsServer {
     pub async fn start() -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new().prefix("wasmbed-nats-").tempdir()?;
         let binary = find_binary(&workspace_root())?;
+        let users = NatsUsers::generate()?;
+        // The project's own server settings, so tests and benchmarks see what `wasmbed up`
+        // runs (flags override its ports and store).
+        let read = |name: &str| std::fs::read_to_string(workspace_root().join("nats").join(name));
+        let config_file = write_secured_config(
+            dir.path(),
+            &read("nats-server.conf")?,
+            &read("permissions.conf")?,
+            Some(Principal::Operator),
+        )?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -58,14 +76,20 @@ impl NatsServer {
                 monitor_port: free_port()?,
                 store_dir: dir.path().join("store"),
                 log_file: dir.path().join(format!("nats-server-{attempt}.log")),
-                // The project's own server settings, so tests and benchmarks see what
-                // `wasmbed up` runs (flags override its ports and store).
-                config_file: Some(workspace_root().join("nats/nats-server.conf")),
+                config_file: Some(config_file.clone()),
                 ready_timeout: Duration::from_secs(10),
+                env: users.env(),
             })
             .await;
             match started {
-                Ok(process) => return Ok(Self { process, _dir: dir }),
+                Ok(process) => {
+                    return Ok(Self {
+                        process,
+                        users,
+                        log_dir: dir.path().to_path_buf(),
+                        _dir: dir,
+                    });
+                }
                 Err(NatsProcessError::NotReady(..)) if attempt < 3 => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -85,6 +109,41 @@ impl NatsServer {
     /// A new client connection.
     pub async fn client(&self) -> Result<async_nats::Client, HarnessError> {
         Ok(async_nats::connect(self.url()).await?)
+    }
+
+    /// A new client connection as `principal`, with its password and reply prefix: what the
+    /// service would be allowed to do.
+    pub async fn client_as(
+        &self,
+        principal: Principal,
+    ) -> Result<async_nats::Client, HarnessError> {
+        Ok(
+            connect_options(principal, Some(self.users.password(principal)))
+                .connect(self.url())
+                .await?,
+        )
+    }
+
+    /// The users' passwords.
+    pub fn users(&self) -> &NatsUsers {
+        &self.users
+    }
+
+    /// Everything the server logged (every start), e.g. to look for permission violations.
+    pub fn log(&self) -> String {
+        let mut log = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.log_dir) {
+            let mut files: Vec<_> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            files.sort();
+            for file in files {
+                log.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+            }
+        }
+        log
     }
 
     /// Kills the server (SIGKILL) without restarting it.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use wasmbed_api::{Access, ApiConfig, Token};
 use wasmbed_e2e::System;
+use wasmbed_schemas::permissions::Principal;
 
 /// A token named `name`.
 pub fn token(name: &str, secret: &str, access: Access) -> Token {
@@ -24,7 +25,7 @@ pub async fn start_api(system: &System, tokens: Vec<Token>) -> SocketAddr {
         replicas: 1,
     };
     tokio::spawn(wasmbed_api::run(
-        system.client.clone(),
+        system.nats.client_as(Principal::Api).await.unwrap(),
         config,
         listener,
         std::future::pending(),

@@ -23,6 +23,7 @@ use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::frame::Frame;
 use wasmbed_schemas::frame::codec::{DecodeError, decode};
+use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::{AggregateId, DeviceId, GatewayId, Sha256};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 use wasmbed_test_support::NatsServer;
@@ -82,7 +83,7 @@ impl System {
         let ca_dir = tempfile::tempdir().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let enrollment = tokio::spawn({
-            let client = client.clone();
+            let client = nats.client_as(Principal::Enrollment).await.unwrap();
             let mut config = EnrollmentConfig::new(ca_dir.path().to_path_buf());
             config.gateway_certificate_validity = validity;
             async move {
@@ -121,7 +122,7 @@ impl System {
         let (tls_addr, http_addr) = (tls.local_addr().unwrap(), http.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(wasmbed_gateway::run(
-            self.client.clone(),
+            self.nats.client_as(Principal::Gateway).await.unwrap(),
             config,
             Listeners { tls, http },
             async move {
