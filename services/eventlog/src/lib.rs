@@ -17,6 +17,7 @@
 
 mod append;
 pub mod definitions;
+mod live;
 pub mod modules;
 mod projection;
 mod read_model;
@@ -28,6 +29,7 @@ use wasmbed_schemas::subject;
 
 pub use append::{AppendError, Appended, ExpectedVersion};
 pub use definitions::SetupError;
+pub use live::{LiveReadError, LiveReader};
 pub use projection::{Projection, ProjectionError};
 pub use read_model::{ReadModel, ReadModelError, Versioned};
 pub use replay::{Aggregate, Follow, Loaded, ReadError};

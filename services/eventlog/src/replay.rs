@@ -1,6 +1,6 @@
 //! Rebuilding an aggregate by replaying its subject.
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
 use tracing::instrument;
 use wasmbed_schemas::AggregateId;
@@ -8,6 +8,7 @@ use wasmbed_schemas::event::EventDecodeError;
 use wasmbed_schemas::subject;
 
 use crate::append::ExpectedVersion;
+use crate::live::{LiveReader, after_sequence};
 use crate::{EventLog, StoredEvent};
 
 /// State rebuilt from an aggregate's events.
@@ -50,16 +51,6 @@ pub enum ReadError {
         /// Why.
         source: EventDecodeError,
     },
-}
-
-/// Delivery from the event after stream sequence `after` (0: from the first).
-fn after_sequence(after: u64) -> DeliverPolicy {
-    match after {
-        0 => DeliverPolicy::All,
-        after => DeliverPolicy::ByStartSequence {
-            start_sequence: after + 1,
-        },
-    }
 }
 
 fn nats(e: impl std::fmt::Display) -> ReadError {
@@ -135,9 +126,10 @@ impl EventLog {
 }
 
 /// A live read of the log in order: everything from the start, then each new event as it is
-/// appended. For services that keep their own in-memory view of some aggregates.
+/// appended, across nats-server restarts ([`LiveReader`]). For services that keep their own
+/// in-memory view of some aggregates.
 pub struct Follow {
-    messages: pull::Ordered,
+    reader: LiveReader,
     /// How many matching events were in the log when the follow began: the view is caught up
     /// once that many were read (or immediately, when it is 0).
     pub pending_at_start: u64,
@@ -156,18 +148,16 @@ impl EventLog {
         filter_subjects: Vec<String>,
         after: u64,
     ) -> Result<Follow, ReadError> {
-        let consumer = self
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subjects,
-                deliver_policy: after_sequence(after),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats)?;
-        let pending_at_start = consumer.cached_info().num_pending;
+        let (reader, pending_at_start) = LiveReader::start(
+            &self.js.client(),
+            self.stream.clone(),
+            filter_subjects,
+            after,
+        )
+        .await
+        .map_err(nats)?;
         Ok(Follow {
-            messages: consumer.messages().await.map_err(nats)?,
+            reader,
             pending_at_start,
         })
     }
@@ -175,9 +165,9 @@ impl EventLog {
 
 impl Follow {
     /// The next event and how many matching events are still behind it in the log. Waits for
-    /// new events once caught up; `None` when the connection is gone for good.
+    /// new events once caught up; `None` when the connection is gone for good. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<(StoredEvent, u64), ReadError>> {
-        let message = match self.messages.next().await? {
+        let message = match self.reader.next().await? {
             Ok(message) => message,
             Err(e) => return Some(Err(nats(e))),
         };

@@ -14,12 +14,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions, ReadModel};
+use wasmbed_eventlog::{EventLog, ExpectedVersion, LiveReader, LogOptions, ReadModel};
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::device_message::{HeartbeatReport, LatestTelemetry};
 use wasmbed_schemas::event::{DeviceBackOnline, DeviceWentOffline, EventEnvelope};
@@ -118,30 +117,21 @@ pub async fn run(
     let mut heartbeats = client.subscribe(subject::DEVICE_HEARTBEAT_ALL).await?;
     // Telemetry is read from its stream, not a plain subscription: nothing is dropped when the
     // service falls behind, and how far behind it is stays measurable.
-    // An ordered consumer (no acks, flow-controlled, re-created on a gap) starting right after
-    // what the stream holds now: the starting point is the moment the service subscribed.
+    // An ordered consumer (no acks, flow-controlled, re-created on a gap or a server restart)
+    // starting right after what the stream holds now: the starting point is the moment the
+    // service subscribed.
     let mut stream = log
         .jetstream()
         .get_stream(subject::TELEMETRY_STREAM)
         .await
         .map_err(|e| TelemetryError::Consumer(e.to_string()))?;
-    let next = stream
+    let now = stream
         .info()
         .await
         .map_err(|e| TelemetryError::Consumer(e.to_string()))?
         .state
-        .last_sequence
-        + 1;
-    let mut telemetry = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: next,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| TelemetryError::Consumer(e.to_string()))?
-        .messages()
+        .last_sequence;
+    let (mut telemetry, _) = LiveReader::start(&client, stream, Vec::new(), now)
         .await
         .map_err(|e| TelemetryError::Consumer(e.to_string()))?;
     let latest_model: ReadModel<LatestTelemetry> =

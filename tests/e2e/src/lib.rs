@@ -28,6 +28,7 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
 use wasmbed_test_support::{NatsServer, http_get};
 
+pub mod cluster;
 pub mod docker;
 pub mod emulated;
 pub mod rollout;

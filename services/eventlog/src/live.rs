@@ -1,0 +1,152 @@
+//! Reading a stream live, in order, across nats-server restarts.
+//!
+//! Ordered consumers are ephemeral and held in the server's memory: a restarted nats-server
+//! has forgotten them, and the client library only notices after missing its idle heartbeats
+//! (about 15 s, during which nothing arrives). A [`LiveReader`] watches the connection instead,
+//! and after every reconnect starts a fresh consumer right after the last message it delivered,
+//! so nothing is skipped or repeated.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::{self, Message};
+use futures::StreamExt;
+use tracing::{debug, warn};
+
+/// How often a reader looks for a reconnect.
+const RECONNECT_CHECK: Duration = Duration::from_millis(100);
+
+/// Why a live read failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading stream {stream}: {reason}")]
+pub struct LiveReadError {
+    /// The stream.
+    pub stream: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// The messages of one stream matching some subjects, from a sequence on, then live.
+pub struct LiveReader {
+    messages: pull::Ordered,
+    stream: jetstream::stream::Stream,
+    name: String,
+    filter_subjects: Vec<String>,
+    last_sequence: u64,
+    statistics: Arc<async_nats::Statistics>,
+    connects: u64,
+    check: tokio::time::Interval,
+}
+
+impl LiveReader {
+    /// Reads `stream`'s messages matching `filter_subjects` (all when empty) after stream
+    /// sequence `after` (0: from the first). Returns the reader and how many matching messages
+    /// the stream held beyond `after` when it began.
+    pub async fn start(
+        client: &async_nats::Client,
+        stream: jetstream::stream::Stream,
+        filter_subjects: Vec<String>,
+        after: u64,
+    ) -> Result<(Self, u64), LiveReadError> {
+        let statistics = client.statistics();
+        let connects = statistics.connects.load(Ordering::Relaxed);
+        let name = stream.cached_info().config.name.clone();
+        let (messages, pending) = ordered(&stream, &name, filter_subjects.clone(), after).await?;
+        let mut check = tokio::time::interval(RECONNECT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let reader = Self {
+            messages,
+            stream,
+            name,
+            filter_subjects,
+            last_sequence: after,
+            statistics,
+            connects,
+            check,
+        };
+        Ok((reader, pending))
+    }
+
+    /// The next message; waits for one once caught up. `None` when the connection is gone for
+    /// good. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<Message, LiveReadError>> {
+        let message = loop {
+            tokio::select! {
+                message = self.messages.next() => break message?,
+                _ = self.check.tick() => self.resume_after_reconnect().await,
+            }
+        };
+        Some(match message {
+            Ok(message) => {
+                if let Ok(info) = message.info() {
+                    self.last_sequence = info.stream_sequence;
+                }
+                Ok(message)
+            }
+            Err(e) => Err(self.error(e)),
+        })
+    }
+
+    /// After a reconnect, a fresh consumer right after the last delivered message. A failure
+    /// is tried again at the next check.
+    async fn resume_after_reconnect(&mut self) {
+        let connects = self.statistics.connects.load(Ordering::Relaxed);
+        if connects == self.connects {
+            return;
+        }
+        let filters = self.filter_subjects.clone();
+        match ordered(&self.stream, &self.name, filters, self.last_sequence).await {
+            Ok((messages, _)) => {
+                debug!(
+                    stream = self.name,
+                    after = self.last_sequence,
+                    "resumed after a reconnect"
+                );
+                self.messages = messages;
+                self.connects = connects;
+            }
+            Err(e) => warn!(error = %e, "resuming after a reconnect failed; retrying"),
+        }
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> LiveReadError {
+        LiveReadError {
+            stream: self.name.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+async fn ordered(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    filter_subjects: Vec<String>,
+    after: u64,
+) -> Result<(pull::Ordered, u64), LiveReadError> {
+    let error = |e: &dyn std::fmt::Display| LiveReadError {
+        stream: name.to_owned(),
+        reason: e.to_string(),
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subjects,
+            deliver_policy: after_sequence(after),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| error(&e))?;
+    let pending = consumer.cached_info().num_pending;
+    Ok((consumer.messages().await.map_err(|e| error(&e))?, pending))
+}
+
+/// Delivery from the message after stream sequence `after` (0: from the first).
+pub(crate) fn after_sequence(after: u64) -> DeliverPolicy {
+    match after {
+        0 => DeliverPolicy::All,
+        after => DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        },
+    }
+}

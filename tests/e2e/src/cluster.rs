@@ -1,0 +1,325 @@
+//! The system as separate processes, for tests that break things: a real nats-server and each
+//! service a `wasmbed serve …` child process of its own, connected as its own NATS user. A
+//! service can be killed with SIGKILL and started again on the same ports; the server can be
+//! killed and restarted on its store.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use wasmbed_bus::{CallError, call};
+use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
+use wasmbed_local_nats::free_port;
+use wasmbed_schemas::command::{DeployApplication, GetCaCertificate};
+use wasmbed_schemas::event::Event;
+use wasmbed_schemas::permissions::Principal;
+use wasmbed_schemas::{AppId, DeviceId};
+use wasmbed_sim::{Connector, SimConfig, SimDevice};
+use wasmbed_test_support::{NatsServer, http_get};
+
+use crate::T;
+
+/// The heartbeat interval the gateways ask for (ms); telemetry calls a device offline after
+/// three missed ones.
+pub const HEARTBEAT_MS: u64 = 500;
+
+/// How to run one service, and how to tell it is ready.
+#[derive(Clone)]
+struct Spec {
+    principal: Principal,
+    args: Vec<String>,
+    ready: Ready,
+}
+
+#[derive(Clone, Copy)]
+enum Ready {
+    /// `GET path` on this address answers 200.
+    Http(SocketAddr, &'static str),
+    /// Enrollment answers `GetCaCertificate`.
+    Enrollment,
+    /// The deployer answers a command (any answer but silence).
+    Deployer,
+}
+
+/// The system as processes.
+pub struct Cluster {
+    /// The server (restartable on its store).
+    pub nats: NatsServer,
+    /// The test's own connection (the operator).
+    pub client: async_nats::Client,
+    /// The event log.
+    pub log: EventLog,
+    /// The CA the gateways' certificates chain to.
+    pub ca_pem: String,
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    specs: BTreeMap<String, Spec>,
+    running: BTreeMap<String, Child>,
+    gateways: Vec<(String, SocketAddr)>,
+}
+
+impl Cluster {
+    /// Starts nats-server, enrollment, gateways `gw-a` and `gw-b`, the deployer and the
+    /// telemetry service, each from `binary` (the `wasmbed` executable), and waits until each
+    /// is ready.
+    pub async fn start(binary: &Path) -> Self {
+        let nats = NatsServer::start().await.unwrap();
+        let client = nats.client().await.unwrap();
+        let log = EventLog::open(client.clone(), &LogOptions::default())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = Self {
+            nats,
+            client,
+            log,
+            ca_pem: String::new(),
+            binary: binary.to_path_buf(),
+            specs: BTreeMap::new(),
+            running: BTreeMap::new(),
+            gateways: Vec::new(),
+            dir,
+        };
+        let ca_dir = cluster.dir.path().join("ca").display().to_string();
+        cluster.add(
+            "enrollment",
+            Spec {
+                principal: Principal::Enrollment,
+                args: args(&["serve", "enrollment", "--ca-dir", &ca_dir]),
+                ready: Ready::Enrollment,
+            },
+        );
+        cluster.start_service("enrollment").await;
+        let ca = call(&cluster.client, &GetCaCertificate {}, T)
+            .await
+            .unwrap();
+        cluster.ca_pem = ca.certificate_pem;
+        for id in ["gw-a", "gw-b"] {
+            let tls: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
+            let http: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
+            cluster.add(
+                id,
+                Spec {
+                    principal: Principal::Gateway,
+                    args: args(&[
+                        "serve",
+                        "gateway",
+                        "--gateway-id",
+                        id,
+                        "--tls-listen",
+                        &tls.to_string(),
+                        "--http-listen",
+                        &http.to_string(),
+                        "--heartbeat-interval-ms",
+                        &HEARTBEAT_MS.to_string(),
+                    ]),
+                    ready: Ready::Http(http, "/ready"),
+                },
+            );
+            cluster.gateways.push((id.to_owned(), tls));
+            cluster.start_service(id).await;
+        }
+        cluster.add(
+            "deployer",
+            Spec {
+                principal: Principal::Deployer,
+                args: args(&["serve", "deployer"]),
+                ready: Ready::Deployer,
+            },
+        );
+        cluster.start_service("deployer").await;
+        let http: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
+        cluster.add(
+            "telemetry",
+            Spec {
+                principal: Principal::Telemetry,
+                args: args(&[
+                    "serve",
+                    "telemetry",
+                    "--http-listen",
+                    &http.to_string(),
+                    "--heartbeat-interval-ms",
+                    &HEARTBEAT_MS.to_string(),
+                    "--missed-heartbeats",
+                    "3",
+                ]),
+                ready: Ready::Http(http, "/health"),
+            },
+        );
+        cluster.start_service("telemetry").await;
+        cluster
+    }
+
+    fn add(&mut self, name: &str, spec: Spec) {
+        self.specs.insert(name.to_owned(), spec);
+    }
+
+    /// The TLS address of gateway `id`.
+    pub fn gateway(&self, id: &str) -> SocketAddr {
+        self.gateways
+            .iter()
+            .find(|(g, _)| g == id)
+            .map(|(_, addr)| *addr)
+            .unwrap()
+    }
+
+    /// Starts service `name` (again, on the same ports and state) and waits until it is
+    /// ready; returns how long that took.
+    pub async fn start_service(&mut self, name: &str) -> Duration {
+        let started = Instant::now();
+        let spec = self.specs[name].clone();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .args(&spec.args)
+            .env("NATS_URL", self.nats.url())
+            .env(
+                "WASMBED_NATS_PASSWORD",
+                self.nats.users().password(spec.principal),
+            )
+            .env("WASMBED_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.running.insert(name.to_owned(), child);
+        let deadline = started + T;
+        while !self.is_ready(spec.ready).await {
+            assert!(
+                Instant::now() < deadline,
+                "{name} was not ready within {T:?}; its log:\n{}",
+                self.service_log(name)
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        started.elapsed()
+    }
+
+    async fn is_ready(&self, ready: Ready) -> bool {
+        let quick = Duration::from_millis(300);
+        match ready {
+            Ready::Http(addr, path) => http_get(addr, path).await.0 == 200,
+            Ready::Enrollment => call(&self.client, &GetCaCertificate {}, quick)
+                .await
+                .is_ok(),
+            Ready::Deployer => {
+                let probe = DeployApplication {
+                    app_id: AppId::new("readiness-probe").unwrap(),
+                };
+                !matches!(
+                    call(&self.client, &probe, quick).await,
+                    Err(CallError::Transport { .. })
+                )
+            }
+        }
+    }
+
+    /// What service `name` wrote to stderr.
+    pub fn service_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// `kill -9` of service `name`: no goodbye, nothing flushed. Returns when it is gone.
+    pub async fn kill(&mut self, name: &str) {
+        let mut child = self.running.remove(name).unwrap();
+        child.start_kill().unwrap();
+        let status = child.wait().await.unwrap();
+        assert!(!status.success(), "{name} had already exited: {status}");
+    }
+
+    /// Simulated devices with `keys`, dialling `gateways` in turn (the first one first).
+    pub fn devices(
+        &self,
+        keys: &[ed25519_dalek::SigningKey],
+        gateways: Vec<SocketAddr>,
+    ) -> Vec<SimDevice> {
+        let connector = Connector::new(&self.ca_pem, "localhost").unwrap();
+        let mut config = SimConfig::new(gateways);
+        config.backoff_base = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(500);
+        let config = Arc::new(config);
+        keys.iter()
+            .map(|key| SimDevice::spawn(connector.clone(), config.clone(), key.clone()))
+            .collect()
+    }
+
+    /// Every event in the log, oldest first.
+    pub async fn all_events(&self) -> Vec<StoredEvent> {
+        self.log.page(None, 0, usize::MAX).await.unwrap()
+    }
+
+    /// Lines of the server log where a user was refused a subject.
+    pub fn permission_violations(&self) -> Vec<String> {
+        self.nats
+            .log()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What a test checks the whole log against after a fault: every event once.
+#[derive(Debug)]
+pub struct LogAudit {
+    /// Events in the log.
+    pub events: usize,
+    /// Event ids seen more than once (a duplicated append).
+    pub duplicate_ids: usize,
+    /// Events per type name.
+    pub by_type: BTreeMap<&'static str, usize>,
+}
+
+impl LogAudit {
+    /// Audits `events`.
+    pub fn of(events: &[StoredEvent]) -> Self {
+        let mut ids = HashSet::new();
+        let mut by_type = BTreeMap::new();
+        let mut duplicate_ids = 0;
+        for stored in events {
+            if !ids.insert(stored.envelope.event_id) {
+                duplicate_ids += 1;
+            }
+            *by_type
+                .entry(stored.envelope.event.type_name())
+                .or_default() += 1;
+        }
+        Self {
+            events: events.len(),
+            duplicate_ids,
+            by_type,
+        }
+    }
+
+    /// How many events of `type_name`.
+    pub fn count(&self, type_name: &str) -> usize {
+        self.by_type.get(type_name).copied().unwrap_or(0)
+    }
+}
+
+/// `device`'s events of one type in `events`.
+pub fn device_events<'a>(
+    events: &'a [StoredEvent],
+    device: &'a DeviceId,
+) -> impl Iterator<Item = &'a Event> + 'a {
+    events
+        .iter()
+        .filter_map(move |e| match &e.envelope.aggregate {
+            wasmbed_schemas::AggregateId::Device(d) if d == device => Some(&e.envelope.event),
+            _ => None,
+        })
+}
