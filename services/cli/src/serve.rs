@@ -252,6 +252,12 @@ pub struct GatewayArgs {
     /// Sessions beyond this many are refused.
     #[arg(long, env = "WASMBED_GATEWAY_MAX_SESSIONS", default_value_t = 200_000)]
     max_sessions: usize,
+    /// Bytes per second each device may send, sustained; a device over it is disconnected.
+    #[arg(long, env = "WASMBED_GATEWAY_UPLINK_BYTES_PER_SECOND", default_value_t = 1024 * 1024)]
+    uplink_bytes_per_second: u64,
+    /// Bytes each device may send at once, above the sustained rate.
+    #[arg(long, env = "WASMBED_GATEWAY_UPLINK_BURST_BYTES", default_value_t = 2 * 1024 * 1024)]
+    uplink_burst_bytes: u64,
 }
 
 #[derive(Args)]
@@ -293,6 +299,8 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             }
             config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
             config.max_sessions = args.max_sessions;
+            config.uplink_bytes_per_second = args.uplink_bytes_per_second;
+            config.uplink_burst_bytes = args.uplink_burst_bytes;
             config.replicas = args.nats.replicas;
             let listeners = Listeners {
                 tls: TcpListener::bind(args.tls_listen)

@@ -9,11 +9,9 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use futures::StreamExt;
 use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
 use wasmbed_e2e::cluster::{Cluster, HEARTBEAT_MS, LogAudit, device_events};
@@ -22,7 +20,6 @@ use wasmbed_eventlog::modules::upload_module;
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::{CreateApplication, DeployApplication, RegisterDevice};
 use wasmbed_schemas::event::{Event, Target};
-use wasmbed_schemas::subject::header;
 use wasmbed_schemas::{AppId, DeviceId};
 use wasmbed_sim::{SimDevice, random_key};
 
@@ -130,66 +127,6 @@ async fn wait_connected(devices: &mut [SimDevice], sessions: u32, since: Instant
     times
 }
 
-/// Telemetry seen on the bus: messages per (device, app) and the highest sequence number.
-#[derive(Default)]
-struct TelemetryCount {
-    per_stream: BTreeMap<(String, String), (u64, u64)>,
-}
-
-impl TelemetryCount {
-    fn received(&self) -> u64 {
-        self.per_stream.values().map(|(n, _)| n).sum()
-    }
-
-    /// Sequence numbers the apps used that never arrived (lost in a dead gateway).
-    fn missing(&self) -> u64 {
-        self.per_stream
-            .values()
-            .map(|(n, max)| max.saturating_sub(*n))
-            .sum()
-    }
-
-    fn of(&self, device: &DeviceId) -> u64 {
-        self.per_stream
-            .iter()
-            .filter(|((d, _), _)| d == device.as_str())
-            .map(|(_, (n, _))| n)
-            .sum()
-    }
-}
-
-/// Counts telemetry from now on, in the background.
-async fn count_telemetry(cluster: &Cluster) -> Arc<Mutex<TelemetryCount>> {
-    let count = Arc::new(Mutex::new(TelemetryCount::default()));
-    let mut sub = cluster
-        .client
-        .subscribe(wasmbed_schemas::subject::TELEMETRY_ALL)
-        .await
-        .unwrap();
-    cluster.client.flush().await.unwrap();
-    let shared = count.clone();
-    tokio::spawn(async move {
-        while let Some(message) = sub.next().await {
-            let headers = message.headers.unwrap_or_default();
-            let get = |name: &str| {
-                headers
-                    .get(name)
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default()
-            };
-            let seq: u64 = get(header::SEQUENCE).parse().unwrap_or(0);
-            let mut count = shared.lock().unwrap();
-            let entry = count
-                .per_stream
-                .entry((get(header::DEVICE), get(header::APP)))
-                .or_insert((0, seq.saturating_sub(1)));
-            entry.0 += 1;
-            entry.1 = entry.1.max(seq);
-        }
-    });
-    count
-}
-
 fn millis(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -206,7 +143,7 @@ async fn a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other() {
     let sensor = AppId::new("sensor").unwrap();
     deploy(&cluster, &sensor, wasmbed_example_apps::SENSOR).await;
     wait_running(&cluster, &sensor, &ids, T).await;
-    let telemetry = count_telemetry(&cluster).await;
+    let telemetry = cluster.count_telemetry().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A deployment in flight, and gw-a dies under it.
@@ -443,7 +380,7 @@ async fn every_service_reconnects_after_a_nats_server_restart() {
     let restarted = Instant::now();
     cluster.nats.restart().await.unwrap();
     let server_back = restarted.elapsed();
-    let telemetry = count_telemetry(&cluster).await;
+    let telemetry = cluster.count_telemetry().await;
 
     // Enrollment answers again and a new device gets in (enrollment and a gateway).
     let deadline = Instant::now() + T;

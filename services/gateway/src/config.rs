@@ -34,6 +34,11 @@ pub struct GatewayConfig {
     pub reconnect_after: Duration,
     /// At most this many refusal audit events per second; the rest are only counted.
     pub audit_events_per_second: u32,
+    /// Each session may send this many bytes per second to the gateway, sustained (every frame
+    /// counts its length plus 64); a device over its budget is disconnected.
+    pub uplink_bytes_per_second: u64,
+    /// ... and this many at once.
+    pub uplink_burst_bytes: u64,
     /// Replicas of the streams this service creates.
     pub replicas: usize,
 }
@@ -55,6 +60,8 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(5),
             reconnect_after: Duration::from_millis(500),
             audit_events_per_second: 50,
+            uplink_bytes_per_second: 1024 * 1024,
+            uplink_burst_bytes: 2 * 1024 * 1024,
             replicas: 1,
         }
     }

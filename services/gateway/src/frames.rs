@@ -21,9 +21,15 @@ pub(crate) enum ReadFrameError {
 #[derive(Default)]
 pub(crate) struct FrameReader {
     buf: BytesMut,
+    last_len: usize,
 }
 
 impl FrameReader {
+    /// The encoded length of the frame `next` returned last.
+    pub(crate) fn last_len(&self) -> usize {
+        self.last_len
+    }
+
     /// The next frame; `None` when the peer closed cleanly between frames. Cancel-safe: no
     /// bytes are lost if the future is dropped.
     pub(crate) async fn next<R: AsyncRead + Unpin>(
@@ -34,6 +40,7 @@ impl FrameReader {
             match codec::decode(&self.buf) {
                 Ok((frame, used)) => {
                     self.buf.advance(used);
+                    self.last_len = used;
                     return Ok(Some(frame));
                 }
                 Err(DecodeError::Incomplete { needed }) => {

@@ -16,6 +16,7 @@ mod config;
 mod frames;
 mod http;
 mod metrics;
+mod rate;
 mod session;
 
 use std::future::Future;

@@ -27,6 +27,7 @@ pub(crate) struct Metrics {
     pub telemetry_messages: AtomicU64,
     pub telemetry_bytes: AtomicU64,
     pub audit_suppressed: AtomicU64,
+    pub rate_limited: AtomicU64,
     refused: [AtomicU64; REASONS.len()],
 }
 
@@ -99,6 +100,12 @@ impl Metrics {
             "counter",
             "Telemetry payload bytes published.",
             &self.telemetry_bytes,
+        );
+        metric(
+            "wasmbed_gateway_rate_limited_total",
+            "counter",
+            "Sessions closed for exceeding their uplink budget (a flood).",
+            &self.rate_limited,
         );
         metric(
             "wasmbed_gateway_audit_suppressed_total",

@@ -27,6 +27,7 @@ use crate::auth::{Refusal, authenticate};
 use crate::bridge::uplink;
 use crate::frames::{FrameReader, ReadFrameError};
 use crate::metrics::inc;
+use crate::rate::UplinkBudget;
 
 /// Writes one frame, giving up after `timeout` (a device that stopped reading).
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
@@ -226,6 +227,11 @@ async fn bridge_session<R, W>(
     let mut shutdown = gw.shutdown.clone();
     // Only the device's own frames count as a sign of life.
     let mut last_heard = Instant::now();
+    let mut budget = UplinkBudget::new(
+        gw.config.uplink_bytes_per_second,
+        gw.config.uplink_burst_bytes,
+        last_heard,
+    );
     let reason = match write_frame(&mut writer, &welcome, gw.config.write_timeout).await {
         Err(e) => e,
         Ok(()) => loop {
@@ -247,8 +253,17 @@ async fn bridge_session<R, W>(
                 next = frames.next(&mut reader) => match next {
                     Ok(Some(frame)) => {
                         last_heard = Instant::now();
+                        if !budget.spend(frames.last_len(), last_heard) {
+                            inc(&gw.metrics.rate_limited);
+                            let reason = format!(
+                                "uplink rate limit exceeded: over {} bytes/s (burst {})",
+                                gw.config.uplink_bytes_per_second, gw.config.uplink_burst_bytes
+                            );
+                            send_error(&mut writer, FrameErrorCode::ResourceExhausted, &reason).await;
+                            break reason;
+                        }
                         if let Err(reason) = uplink(gw, &device, frame, &mut writer).await {
-                            send_error(&mut writer, &reason).await;
+                            send_error(&mut writer, FrameErrorCode::Malformed, &reason).await;
                             break reason;
                         }
                     }
@@ -256,7 +271,7 @@ async fn bridge_session<R, W>(
                     Err(ReadFrameError::Io(e)) => break format!("connection lost: {e}"),
                     Err(ReadFrameError::Decode(e)) => {
                         let reason = format!("protocol violation: {e}");
-                        send_error(&mut writer, &reason).await;
+                        send_error(&mut writer, FrameErrorCode::Malformed, &reason).await;
                         break reason;
                     }
                 },
@@ -302,9 +317,9 @@ async fn asked_to_stop(shutdown: &mut tokio::sync::watch::Receiver<bool>) -> boo
 }
 
 /// Tells the device why its session ends (best effort: it may not be listening).
-async fn send_error<W: AsyncWrite + Unpin>(writer: &mut W, reason: &str) {
+async fn send_error<W: AsyncWrite + Unpin>(writer: &mut W, code: FrameErrorCode, reason: &str) {
     let frame = Frame::Error(ErrorFrame {
-        code: FrameErrorCode::Malformed,
+        code,
         app_id: None,
         message: reason.to_owned(),
     });

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
@@ -18,6 +19,7 @@ use wasmbed_local_nats::free_port;
 use wasmbed_schemas::command::{DeployApplication, GetCaCertificate};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::permissions::Principal;
+use wasmbed_schemas::subject::header;
 use wasmbed_schemas::{AppId, DeviceId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 use wasmbed_test_support::{NatsServer, http_get};
@@ -60,7 +62,7 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     specs: BTreeMap<String, Spec>,
     running: BTreeMap<String, Child>,
-    gateways: Vec<(String, SocketAddr)>,
+    gateways: Vec<(String, SocketAddr, SocketAddr)>,
 }
 
 impl Cluster {
@@ -121,7 +123,7 @@ impl Cluster {
                     ready: Ready::Http(http, "/ready"),
                 },
             );
-            cluster.gateways.push((id.to_owned(), tls));
+            cluster.gateways.push((id.to_owned(), tls, http));
             cluster.start_service(id).await;
         }
         cluster.add(
@@ -161,11 +163,12 @@ impl Cluster {
 
     /// The TLS address of gateway `id`.
     pub fn gateway(&self, id: &str) -> SocketAddr {
-        self.gateways
-            .iter()
-            .find(|(g, _)| g == id)
-            .map(|(_, addr)| *addr)
-            .unwrap()
+        self.gateways.iter().find(|g| g.0 == id).unwrap().1
+    }
+
+    /// The HTTP address (`/ready`, `/metrics`) of gateway `id`.
+    pub fn gateway_http(&self, id: &str) -> SocketAddr {
+        self.gateways.iter().find(|g| g.0 == id).unwrap().2
     }
 
     /// Starts service `name` (again, on the same ports and state) and waits until it is
@@ -253,6 +256,43 @@ impl Cluster {
             .collect()
     }
 
+    /// The process id of service `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.running.get(name).and_then(Child::id)
+    }
+
+    /// Counts telemetry on the bus from now on, in the background.
+    pub async fn count_telemetry(&self) -> Arc<Mutex<TelemetryCount>> {
+        let count = Arc::new(Mutex::new(TelemetryCount::default()));
+        let mut sub = self
+            .client
+            .subscribe(wasmbed_schemas::subject::TELEMETRY_ALL)
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+        let shared = count.clone();
+        tokio::spawn(async move {
+            while let Some(message) = sub.next().await {
+                let headers = message.headers.unwrap_or_default();
+                let get = |name: &str| {
+                    headers
+                        .get(name)
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default()
+                };
+                let seq: u64 = get(header::SEQUENCE).parse().unwrap_or(0);
+                let mut count = shared.lock().unwrap();
+                let entry = count
+                    .per_stream
+                    .entry((get(header::DEVICE), get(header::APP)))
+                    .or_insert((0, seq.saturating_sub(1)));
+                entry.0 += 1;
+                entry.1 = entry.1.max(seq);
+            }
+        });
+        count
+    }
+
     /// Every event in the log, oldest first.
     pub async fn all_events(&self) -> Vec<StoredEvent> {
         self.log.page(None, 0, usize::MAX).await.unwrap()
@@ -267,6 +307,45 @@ impl Cluster {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// Telemetry seen on the bus: messages per (device, app) and the highest sequence number.
+#[derive(Default)]
+pub struct TelemetryCount {
+    per_stream: BTreeMap<(String, String), (u64, u64)>,
+}
+
+impl TelemetryCount {
+    /// Messages received.
+    pub fn received(&self) -> u64 {
+        self.per_stream.values().map(|(n, _)| n).sum()
+    }
+
+    /// Sequence numbers the apps used that never arrived (e.g. sent into a dying gateway).
+    pub fn missing(&self) -> u64 {
+        self.per_stream
+            .values()
+            .map(|(n, max)| max.saturating_sub(*n))
+            .sum()
+    }
+
+    /// Messages received from `device`.
+    pub fn of(&self, device: &DeviceId) -> u64 {
+        self.per_stream
+            .iter()
+            .filter(|((d, _), _)| d == device.as_str())
+            .map(|(_, (n, _))| n)
+            .sum()
+    }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`), if it runs.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn args(list: &[&str]) -> Vec<String> {
