@@ -132,7 +132,7 @@ fn millis(d: Duration) -> u128 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other() {
+async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other() {
     let mut cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
     let n = fleet_size();
     let (ids, keys) = register(&cluster, n).await;
@@ -203,7 +203,7 @@ async fn a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other() {
     assert!(received > before_second);
     assert_eq!(cluster.permission_violations(), Vec::<String>::new());
     println!(
-        "faults: gateway kill -9 with {n} devices: all reconnected to gw-b in {} ms (median {} ms), \
+        "\nfaults: gateway kill -9 with {n} devices: all reconnected to gw-b in {} ms (median {} ms), \
          the counter deployment in flight completed {} ms after the kill; back on gw-a {} ms after \
          gw-b's kill. Log: {} events, 0 duplicates, {} DeviceConnected = 3 per device, \
          Requested/Running once per app and device. Telemetry: {} received, {} sequence numbers \
@@ -253,7 +253,7 @@ fn register_continuously(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_services_resume_from_the_log_and_lose_no_acknowledged_command() {
+async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_command() {
     let mut cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
     let n = fleet_size();
     let (ids, keys) = register(&cluster, n).await;
@@ -343,7 +343,7 @@ async fn killed_services_resume_from_the_log_and_lose_no_acknowledged_command() 
     );
     assert_eq!(cluster.permission_violations(), Vec::<String>::new());
     println!(
-        "faults: kill -9 in turn with {n} devices: enrollment ready again in {} ms, deployer in \
+        "\nfaults: kill -9 in turn with {n} devices: enrollment ready again in {} ms, deployer in \
          {} ms (the deployment in flight completed {} ms after its kill), telemetry in {} ms. \
          Registrations: {} acknowledged, all in the log once; {} unanswered while enrollment was \
          down; 0 refused. Liveness: exactly 1 DeviceWentOffline (the device silenced while \
@@ -363,7 +363,7 @@ async fn killed_services_resume_from_the_log_and_lose_no_acknowledged_command() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_service_reconnects_after_a_nats_server_restart() {
+async fn fault_every_service_reconnects_after_a_nats_server_restart() {
     let mut cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
     let n = fleet_size();
     let (mut ids, keys) = register(&cluster, n).await;
@@ -458,7 +458,7 @@ async fn every_service_reconnects_after_a_nats_server_restart() {
     }
     assert_eq!(cluster.permission_violations(), Vec::<String>::new());
     println!(
-        "faults: nats-server kill -9 and restart with {n} devices: server ready in {} ms; \
+        "\nfaults: nats-server kill -9 and restart with {n} devices: server ready in {} ms; \
          enrollment answering after {} ms; a new device enrolled and connected; a deployment to \
          all {} devices ran {} ms after the restart; telemetry from every device; a silenced device \
          offline after {} ms. Log: {} events before, {} after, none lost, 0 duplicates.",

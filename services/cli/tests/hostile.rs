@@ -81,7 +81,7 @@ fn honest_received(count: &TelemetryCount, ids: &[DeviceId]) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_devices_unaffected() {
+async fn fault_floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_devices_unaffected() {
     let cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
     let gateway = cluster.gateway("gw-a");
     let mut keys = Vec::new();
@@ -300,7 +300,7 @@ async fn floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_devices
     );
     assert_eq!(cluster.permission_violations(), Vec::<String>::new());
     println!(
-        "hostile: {SLOW_LORIS} slow-loris handshakes dropped after {:.1}-{:.1} s; a flood of \
+        "\nhostile: {SLOW_LORIS} slow-loris handshakes dropped after {:.1}-{:.1} s; a flood of \
          {flood_frames} full-size frames written in 4 s, cut off by the uplink budget after \
          {flooded} reached the bus; a garbage sender dropped; gateway RSS \
          {} MiB before, peak {} MiB (+{} KiB, budget {} KiB), {} MiB after; the {} honest \
