@@ -112,6 +112,21 @@ async fn wait_running(cluster: &Cluster, app: &AppId, devices: &[DeviceId], with
     }
 }
 
+/// On how many of `devices` `app` is running now.
+async fn running_on(cluster: &Cluster, app: &AppId, devices: &[DeviceId]) -> usize {
+    let mut running = 0;
+    for device in devices {
+        let events = cluster.log.read(&deployment(app, device)).await.unwrap();
+        if events
+            .iter()
+            .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
+        {
+            running += 1;
+        }
+    }
+    running
+}
+
 /// Waits until every device is connected with at least `sessions` sessions so far; returns the
 /// time each took from `since`, shortest first.
 async fn wait_connected(devices: &mut [SimDevice], sessions: u32, since: Instant) -> Vec<Duration> {
@@ -151,6 +166,7 @@ async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other
     deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
     let killed = Instant::now();
     cluster.kill("gw-a").await;
+    let in_flight = n - running_on(&cluster, &counter, &ids).await;
     let reconnect = wait_connected(&mut devices, 2, killed).await;
     wait_running(&cluster, &counter, &ids, T).await;
     let completed = killed.elapsed();
@@ -204,7 +220,8 @@ async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other
     assert_eq!(cluster.permission_violations(), Vec::<String>::new());
     println!(
         "\nfaults: gateway kill -9 with {n} devices: all reconnected to gw-b in {} ms (median {} ms), \
-         the counter deployment in flight completed {} ms after the kill; back on gw-a {} ms after \
+         the counter deployment in flight ({in_flight} of {n} devices not yet running it at the kill) \
+         completed {} ms after the kill; back on gw-a {} ms after \
          gw-b's kill. Log: {} events, 0 duplicates, {} DeviceConnected = 3 per device, \
          Requested/Running once per app and device. Telemetry: {} received, {} sequence numbers \
          missing (sent into a dying gateway; telemetry is at-most-once).",
@@ -277,6 +294,7 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
     deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
     let killed = Instant::now();
     cluster.kill("deployer").await;
+    let in_flight = n - running_on(&cluster, &counter, &ids).await;
     let deployer_back = cluster.start_service("deployer").await;
     wait_running(&cluster, &counter, &ids, T).await;
     let completed = killed.elapsed();
@@ -344,7 +362,8 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
     assert_eq!(cluster.permission_violations(), Vec::<String>::new());
     println!(
         "\nfaults: kill -9 in turn with {n} devices: enrollment ready again in {} ms, deployer in \
-         {} ms (the deployment in flight completed {} ms after its kill), telemetry in {} ms. \
+         {} ms (the deployment in flight, not yet running \
+         on {in_flight} of {n} devices at the kill, completed {} ms after it), telemetry in {} ms. \
          Registrations: {} acknowledged, all in the log once; {} unanswered while enrollment was \
          down; 0 refused. Liveness: exactly 1 DeviceWentOffline (the device silenced while \
          telemetry was down), none for the {} others. Log: {} events, 0 duplicates.",

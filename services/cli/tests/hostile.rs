@@ -81,7 +81,8 @@ fn honest_received(count: &TelemetryCount, ids: &[DeviceId]) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_devices_unaffected() {
+async fn fault_floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_devices_unaffected()
+{
     let cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
     let gateway = cluster.gateway("gw-a");
     let mut keys = Vec::new();
