@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
 use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
@@ -87,44 +88,67 @@ async fn deploy(cluster: &Cluster, app: &AppId, module: &[u8]) {
     .unwrap();
 }
 
-/// Waits until `app` runs on every device; `within` bounds the wait.
-async fn wait_running(cluster: &Cluster, app: &AppId, devices: &[DeviceId], within: Duration) {
-    let deadline = Instant::now() + within;
-    for device in devices {
-        loop {
-            let events = cluster.log.read(&deployment(app, device)).await.unwrap();
-            if matches!(
-                events.last().map(|e| &e.envelope.event),
-                Some(Event::DeploymentRunning(_))
-            ) {
-                break;
+/// The devices `app` has run on so far, each with the time its `DeploymentRunning` was
+/// recorded (one read of the deployment events).
+async fn running(cluster: &Cluster, app: &AppId) -> BTreeMap<DeviceId, DateTime<Utc>> {
+    let events = cluster
+        .log
+        .page(
+            Some(wasmbed_schemas::subject::events_of_kind(
+                wasmbed_schemas::aggregate::AggregateKind::Deployment,
+            )),
+            0,
+            usize::MAX,
+        )
+        .await
+        .unwrap();
+    events
+        .iter()
+        .filter_map(|e| match &e.envelope.event {
+            Event::DeploymentRunning(r) if &r.app_id == app => {
+                Some((r.device_id.clone(), e.envelope.time))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{app} never ran on {device}: {:?}",
-                events
-                    .iter()
-                    .map(|e| e.envelope.event.type_name())
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+            _ => None,
+        })
+        .collect()
 }
 
 /// On how many of `devices` `app` is running now.
 async fn running_on(cluster: &Cluster, app: &AppId, devices: &[DeviceId]) -> usize {
-    let mut running = 0;
-    for device in devices {
-        let events = cluster.log.read(&deployment(app, device)).await.unwrap();
-        if events
-            .iter()
-            .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
-        {
-            running += 1;
+    let running = running(cluster, app).await;
+    devices.iter().filter(|d| running.contains_key(*d)).count()
+}
+
+/// Waits until `app` runs on every device (`within` bounds the wait); returns when the last
+/// one started it, as recorded in the log.
+async fn wait_running(
+    cluster: &Cluster,
+    app: &AppId,
+    devices: &[DeviceId],
+    within: Duration,
+) -> DateTime<Utc> {
+    let deadline = Instant::now() + within;
+    loop {
+        let running = running(cluster, app).await;
+        if devices.iter().all(|d| running.contains_key(d)) {
+            return devices
+                .iter()
+                .map(|d| running[d])
+                .max()
+                .unwrap_or_else(Utc::now);
         }
+        let missing: Vec<&DeviceId> = devices
+            .iter()
+            .filter(|d| !running.contains_key(*d))
+            .collect();
+        assert!(Instant::now() < deadline, "{app} never ran on {missing:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    running
+}
+
+/// From `from` to `to`, in milliseconds.
+fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    (to - from).num_milliseconds()
 }
 
 /// Waits until every device is connected with at least `sessions` sessions so far; returns the
@@ -165,11 +189,11 @@ async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other
     let counter = AppId::new("counter").unwrap();
     deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
     let killed = Instant::now();
+    let killed_at = Utc::now();
     cluster.kill("gw-a").await;
     let in_flight = n - running_on(&cluster, &counter, &ids).await;
     let reconnect = wait_connected(&mut devices, 2, killed).await;
-    wait_running(&cluster, &counter, &ids, T).await;
-    let completed = killed.elapsed();
+    let completed = between(killed_at, wait_running(&cluster, &counter, &ids, T).await);
     let before_second = telemetry.lock().unwrap().received();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -227,7 +251,7 @@ async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other
          missing (sent into a dying gateway; telemetry is at-most-once).",
         millis(reconnect[n - 1]),
         millis(reconnect[n / 2]),
-        millis(completed),
+        completed,
         millis(back[n - 1]),
         audit.events,
         audit.count("DeviceConnected"),
@@ -292,12 +316,11 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
     // The deployer, with a deployment in flight.
     let counter = AppId::new("counter").unwrap();
     deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
-    let killed = Instant::now();
+    let killed_at = Utc::now();
     cluster.kill("deployer").await;
     let in_flight = n - running_on(&cluster, &counter, &ids).await;
     let deployer_back = cluster.start_service("deployer").await;
-    wait_running(&cluster, &counter, &ids, T).await;
-    let completed = killed.elapsed();
+    let completed = between(killed_at, wait_running(&cluster, &counter, &ids, T).await);
 
     // Telemetry, while one device goes silent: the restarted service records it offline once,
     // and nobody else.
@@ -369,7 +392,7 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
          telemetry was down), none for the {} others. Log: {} events, 0 duplicates.",
         millis(enrollment_back),
         millis(deployer_back),
-        millis(completed),
+        completed,
         millis(telemetry_back),
         acknowledged.len(),
         unanswered,
@@ -397,6 +420,7 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
     let before = LogAudit::of(&cluster.all_events().await);
 
     let restarted = Instant::now();
+    let restarted_at = Utc::now();
     cluster.nats.restart().await.unwrap();
     let server_back = restarted.elapsed();
     let telemetry = cluster.count_telemetry().await;
@@ -431,8 +455,10 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
     // The deployer deploys (to every device, the new one too).
     let counter = AppId::new("counter").unwrap();
     deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
-    wait_running(&cluster, &counter, &ids, T).await;
-    let deployed = restarted.elapsed();
+    let deployed = between(
+        restarted_at,
+        wait_running(&cluster, &counter, &ids, T).await,
+    );
 
     // Telemetry flows from every device, and the telemetry service still tells liveness.
     let deadline = Instant::now() + T;
@@ -484,7 +510,7 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
         millis(server_back),
         millis(enrollment_back),
         ids.len(),
-        millis(deployed),
+        deployed,
         millis(liveness),
         before.events,
         audit.events,

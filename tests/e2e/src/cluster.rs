@@ -188,7 +188,10 @@ impl Cluster {
                 "WASMBED_NATS_PASSWORD",
                 self.nats.users().password(spec.principal),
             )
-            .env("WASMBED_LOG", "warn")
+            .env(
+                "WASMBED_LOG",
+                std::env::var("WASMBED_CLUSTER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
