@@ -181,9 +181,14 @@ impl Principal {
                     // Uploads modules before `CreateApplication`.
                     format!("$O.{}.>", subject::MODULES_OBJECT_STORE),
                 ]);
-                publish.extend(key_value(subject::LIVENESS_BUCKET));
-                publish.extend(key_value(subject::TELEMETRY_LATEST_BUCKET));
-                publish.extend(key_value(subject::DEPLOYMENTS_BUCKET));
+                // The read models, read only.
+                for bucket in [
+                    subject::LIVENESS_BUCKET,
+                    subject::TELEMETRY_LATEST_BUCKET,
+                    subject::DEPLOYMENTS_BUCKET,
+                ] {
+                    publish.extend(jetstream_stream(&key_value_stream(bucket)));
+                }
                 subscribe.extend([
                     subject::TELEMETRY_ALL.to_string(),
                     subject::EMULATOR_UART_ALL.to_string(),
@@ -230,9 +235,14 @@ fn jetstream_stream(stream: &str) -> Vec<String> {
     .into()
 }
 
+/// The stream behind a KV bucket.
+fn key_value_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
 /// Reading and writing one KV bucket (its stream and its keys).
 fn key_value(bucket: &str) -> Vec<String> {
-    let mut subjects = jetstream_stream(&format!("KV_{bucket}"));
+    let mut subjects = jetstream_stream(&key_value_stream(bucket));
     subjects.push(format!("$KV.{bucket}.>"));
     subjects
 }
@@ -293,6 +303,13 @@ mod tests {
                 .subscribe
                 .iter()
                 .any(|s| s.starts_with("wasmbed.cmd"))
+        );
+        // The api reads the read models but cannot write them.
+        let api = Principal::Api.permissions().unwrap();
+        assert!(!api.publish.iter().any(|s| s.starts_with("$KV.")));
+        assert!(
+            api.publish
+                .contains(&"$JS.API.DIRECT.GET.KV_wasmbed-liveness.>".into())
         );
         let projector = Principal::Projector.permissions().unwrap();
         assert!(!projector.publish.iter().any(|s| s.starts_with("wasmbed.")));

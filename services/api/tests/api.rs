@@ -637,6 +637,9 @@ async fn live_streams_carry_events_telemetry_and_console_lines() {
     assert_eq!(uart.await.unwrap(), "booted");
     assert_eq!(http_get(api, "/api/v1/stream/events").await.0, 401);
     sim.stop().await;
+    // The api did all of this (uploads, commands, streams, the liveness read model) as its own
+    // NATS user, within its permissions.
+    assert_eq!(system.permission_violations(), Vec::<String>::new());
 }
 
 /// The status line of a request, without waiting for the body (streams never end).
