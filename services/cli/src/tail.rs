@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use clap::{Args, ValueEnum};
-use futures::StreamExt;
+use wasmbed_eventlog::LiveReader;
 
 /// What every `tail` subcommand takes.
 #[derive(Args)]
@@ -88,7 +88,7 @@ pub async fn tail(
     let client = async_nats::connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
-    let mut stream = jetstream::new(client)
+    let mut stream = jetstream::new(client.clone())
         .get_stream(stream)
         .await
         .with_context(|| format!("opening the stream {stream} (is `wasmbed up` running?)"))?;
@@ -106,15 +106,15 @@ pub async fn tail(
         },
         other => other,
     };
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: deliver,
-            filter_subject: filter,
-            ..Default::default()
-        })
+    // Read live, and across a nats-server restart (resumed after the last message printed).
+    let filters = if filter.is_empty() {
+        Vec::new()
+    } else {
+        vec![filter]
+    };
+    let (mut messages, _) = LiveReader::start_at(&client, stream, filters, deliver)
         .await
-        .context("creating a consumer")?;
-    let mut messages = consumer.messages().await.context("reading the stream")?;
+        .context("reading the stream")?;
     let mut printed = 0;
     while limit.is_none_or(|l| printed < l) {
         let Some(message) = messages.next().await else {

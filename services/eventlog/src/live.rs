@@ -34,6 +34,8 @@ pub struct LiveReader {
     stream: jetstream::stream::Stream,
     name: String,
     filter_subjects: Vec<String>,
+    /// Where reading began: resuming before anything was delivered starts there again.
+    start: DeliverPolicy,
     last_sequence: u64,
     statistics: Arc<async_nats::Statistics>,
     connects: u64,
@@ -50,10 +52,20 @@ impl LiveReader {
         filter_subjects: Vec<String>,
         after: u64,
     ) -> Result<(Self, u64), LiveReadError> {
+        Self::start_at(client, stream, filter_subjects, after_sequence(after)).await
+    }
+
+    /// The same from any start (`DeliverPolicy::ByStartTime` for "the last ten minutes").
+    pub async fn start_at(
+        client: &async_nats::Client,
+        stream: jetstream::stream::Stream,
+        filter_subjects: Vec<String>,
+        start: DeliverPolicy,
+    ) -> Result<(Self, u64), LiveReadError> {
         let statistics = client.statistics();
         let connects = statistics.connects.load(Ordering::Relaxed);
         let name = stream.cached_info().config.name.clone();
-        let (messages, pending) = ordered(&stream, &name, filter_subjects.clone(), after).await?;
+        let (messages, pending) = ordered(&stream, &name, filter_subjects.clone(), start).await?;
         let mut check = tokio::time::interval(RECONNECT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let reader = Self {
@@ -61,7 +73,8 @@ impl LiveReader {
             stream,
             name,
             filter_subjects,
-            last_sequence: after,
+            start,
+            last_sequence: 0,
             statistics,
             connects,
             check,
@@ -97,7 +110,11 @@ impl LiveReader {
             return;
         }
         let filters = self.filter_subjects.clone();
-        match ordered(&self.stream, &self.name, filters, self.last_sequence).await {
+        let from = match self.last_sequence {
+            0 => self.start,
+            last => after_sequence(last),
+        };
+        match ordered(&self.stream, &self.name, filters, from).await {
             Ok((messages, _)) => {
                 debug!(
                     stream = self.name,
@@ -123,7 +140,7 @@ async fn ordered(
     stream: &jetstream::stream::Stream,
     name: &str,
     filter_subjects: Vec<String>,
-    after: u64,
+    deliver_policy: DeliverPolicy,
 ) -> Result<(pull::Ordered, u64), LiveReadError> {
     let error = |e: &dyn std::fmt::Display| LiveReadError {
         stream: name.to_owned(),
@@ -132,7 +149,7 @@ async fn ordered(
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subjects,
-            deliver_policy: after_sequence(after),
+            deliver_policy,
             ..Default::default()
         })
         .await

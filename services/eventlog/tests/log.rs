@@ -458,6 +458,43 @@ async fn follow_reads_history_then_live_events_in_order() {
 }
 
 #[tokio::test]
+async fn a_follow_resumes_after_a_server_restart_without_skipping_or_repeating() {
+    let mut server = NatsServer::start().await.unwrap();
+    let log = open(&server).await;
+    for event in [registered(1), connected(1)] {
+        log.append(ExpectedVersion::Any, &event).await.unwrap();
+    }
+    let mut follow = log.follow(Vec::new()).await.unwrap();
+    for expected in [1, 2] {
+        let (event, _) = follow.next().await.unwrap().unwrap();
+        assert_eq!(event.sequence, expected);
+    }
+    // The server forgets its (ephemeral, in-memory) consumers; the file store keeps the log.
+    server.restart().await.unwrap();
+    let mut appended = Vec::new();
+    for event in [registered(2), connected(2)] {
+        // The client reconnects on its own; an append made meanwhile is retried.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match log.append(ExpectedVersion::Any, &event).await {
+                Ok(a) => break appended.push(a.sequence),
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+            }
+        }
+    }
+    // Both arrive, in order, once, and well before the client library's own recovery (it
+    // would wait for missed idle heartbeats, about 15 s).
+    for expected in appended {
+        let (event, _) = tokio::time::timeout(Duration::from_secs(5), follow.next())
+            .await
+            .expect("the follow did not resume")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.sequence, expected);
+    }
+}
+
+#[tokio::test]
 async fn pages_walk_the_log_in_order_with_an_optional_filter() {
     let server = NatsServer::start().await.unwrap();
     let log = open(&server).await;
