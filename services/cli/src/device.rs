@@ -46,10 +46,10 @@ pub fn humantime_secs(text: &str) -> Result<Duration, String> {
 }
 
 impl Bus {
-    /// A connection to the system's NATS server.
+    /// A connection to the system's NATS server (as the user in the URL, if it names one).
     pub async fn connect(&self) -> Result<async_nats::Client> {
-        async_nats::ConnectOptions::new()
-            .name("wasmbed-cli")
+        let options = async_nats::ConnectOptions::new().name("wasmbed-cli");
+        wasmbed_local_nats::with_url_credentials(options, &self.nats_url)
             .connect(&self.nats_url)
             .await
             .with_context(|| format!("connecting to {}", self.nats_url))

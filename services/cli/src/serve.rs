@@ -162,7 +162,8 @@ pub struct NatsArgs {
     )]
     pub nats_url: String,
     /// This service's NATS password (its user is the service's name; see
-    /// `nats/permissions.conf`). Without it the service connects without credentials.
+    /// `nats/permissions.conf`). Without it, the user and password in the URL if any, else no
+    /// credentials.
     #[arg(long, env = "WASMBED_NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
     /// Replicas of the streams a service creates (3 in a cluster).
@@ -422,7 +423,12 @@ fn manager_config(args: ManagerArgs) -> Result<wasmbed_renode_manager::ManagerCo
 /// A connection as the service's own NATS user that keeps retrying, so a service may start
 /// before NATS.
 pub async fn connect(nats: &NatsArgs, principal: Principal) -> Result<async_nats::Client> {
-    wasmbed_local_nats::connect_options(principal, nats.nats_password.as_deref())
+    let options = wasmbed_local_nats::connect_options(principal, nats.nats_password.as_deref());
+    let options = match nats.nats_password {
+        Some(_) => options,
+        None => wasmbed_local_nats::with_url_credentials(options, &nats.nats_url),
+    };
+    options
         .retry_on_initial_connect()
         .connect(&nats.nats_url)
         .await

@@ -85,7 +85,9 @@ pub async fn tail(
     mut print: impl FnMut(&jetstream::Message, u64) -> Result<()>,
 ) -> Result<()> {
     let (nats_url, limit) = (&args.nats_url, args.limit);
-    let client = async_nats::connect(nats_url)
+    let options = async_nats::ConnectOptions::new().name("wasmbed-cli");
+    let client = wasmbed_local_nats::with_url_credentials(options, nats_url)
+        .connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
     let mut stream = jetstream::new(client.clone())

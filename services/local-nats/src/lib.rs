@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod users;
-pub use users::{NatsUsers, connect_options, write_secured_config};
+pub use users::{NatsUsers, connect_options, with_url_credentials, write_secured_config};
 
 /// Why a server could not be run.
 #[derive(Debug, thiserror::Error)]

@@ -85,3 +85,20 @@ pub fn connect_options(principal: Principal, password: Option<&str>) -> async_na
         None => options,
     }
 }
+
+/// `options` with the user and password written in `url` (`nats://user:password@host:port`),
+/// if it has them: async-nats itself ignores credentials in a URL.
+pub fn with_url_credentials(
+    options: async_nats::ConnectOptions,
+    url: &str,
+) -> async_nats::ConnectOptions {
+    match url.parse::<async_nats::ServerAddr>() {
+        Ok(addr) => match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => {
+                options.user_and_password(user.to_owned(), password.to_owned())
+            }
+            _ => options,
+        },
+        Err(_) => options,
+    }
+}

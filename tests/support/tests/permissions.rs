@@ -141,4 +141,37 @@ async fn a_wrong_password_is_refused() {
     // The right one gets in, as the deployer.
     let (deployer, _errors) = connect_as(&nats, Principal::Deployer).await;
     deployer.flush().await.unwrap();
+    // Credentials in the URL work too (how the CLI reaches a cluster), with that user's rights
+    // (async-nats ignores them; `with_url_credentials` reads them).
+    let url = nats.url().replace(
+        "nats://",
+        &format!(
+            "nats://deployer:{}@",
+            nats.users().password(Principal::Deployer)
+        ),
+    );
+    let (errors_tx, mut errors) = mpsc::unbounded_channel();
+    let by_url = wasmbed_local_nats::with_url_credentials(async_nats::ConnectOptions::new(), &url)
+        .event_callback(move |event| {
+            let errors = errors_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = errors.send(e.to_string());
+                }
+            }
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    by_url
+        .publish("wasmbed.telemetry.dev-1.app", "forged".into())
+        .await
+        .unwrap();
+    by_url.flush().await.unwrap();
+    assert!(
+        next_error(&mut errors)
+            .await
+            .is_some_and(|e| e.contains("Permissions Violation for Publish")),
+        "the URL's user was not the deployer"
+    );
 }
