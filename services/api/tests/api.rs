@@ -639,7 +639,7 @@ async fn live_streams_carry_events_telemetry_and_console_lines() {
     sim.stop().await;
     // The api did all of this (uploads, commands, streams, the liveness read model) as its own
     // NATS user, within its permissions.
-    assert_eq!(system.permission_violations(), Vec::<String>::new());
+    assert_eq!(system.nats.permission_violations(), Vec::<String>::new());
 }
 
 /// The status line of a request, without waiting for the body (streams never end).

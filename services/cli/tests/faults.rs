@@ -11,16 +11,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ed25519_dalek::SigningKey;
 use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
-use wasmbed_e2e::cluster::{Cluster, HEARTBEAT_MS, LogAudit, device_events};
-use wasmbed_e2e::{T, deployment, test_limits};
-use wasmbed_eventlog::modules::upload_module;
-use wasmbed_schemas::bytes::Blob;
-use wasmbed_schemas::command::{CreateApplication, DeployApplication, RegisterDevice};
-use wasmbed_schemas::event::{Event, Target};
+use wasmbed_e2e::cluster::{Cluster, HEARTBEAT_MS, LogAudit, between, device_events};
+use wasmbed_e2e::{T, deployment};
+use wasmbed_schemas::command::RegisterDevice;
+use wasmbed_schemas::event::Event;
 use wasmbed_schemas::{AppId, DeviceId};
 use wasmbed_sim::{SimDevice, random_key};
 
@@ -58,99 +56,6 @@ async fn register(cluster: &Cluster, n: usize) -> (Vec<DeviceId>, Vec<SigningKey
     (ids, keys)
 }
 
-/// Creates `app` from `module` for every device and deploys it.
-async fn deploy(cluster: &Cluster, app: &AppId, module: &[u8]) {
-    let sha = upload_module(cluster.log.jetstream(), module)
-        .await
-        .unwrap();
-    call(
-        &cluster.client,
-        &CreateApplication {
-            app_id: app.clone(),
-            name: app.to_string(),
-            module_sha256: sha,
-            target: Target::All,
-            config: Blob(b"lab".to_vec()),
-            limits: test_limits(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-    call(
-        &cluster.client,
-        &DeployApplication {
-            app_id: app.clone(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-}
-
-/// The devices `app` has run on so far, each with the time its `DeploymentRunning` was
-/// recorded (one read of the deployment events).
-async fn running(cluster: &Cluster, app: &AppId) -> BTreeMap<DeviceId, DateTime<Utc>> {
-    let events = cluster
-        .log
-        .page(
-            Some(wasmbed_schemas::subject::events_of_kind(
-                wasmbed_schemas::aggregate::AggregateKind::Deployment,
-            )),
-            0,
-            usize::MAX,
-        )
-        .await
-        .unwrap();
-    events
-        .iter()
-        .filter_map(|e| match &e.envelope.event {
-            Event::DeploymentRunning(r) if &r.app_id == app => {
-                Some((r.device_id.clone(), e.envelope.time))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// On how many of `devices` `app` is running now.
-async fn running_on(cluster: &Cluster, app: &AppId, devices: &[DeviceId]) -> usize {
-    let running = running(cluster, app).await;
-    devices.iter().filter(|d| running.contains_key(*d)).count()
-}
-
-/// Waits until `app` runs on every device (`within` bounds the wait); returns when the last
-/// one started it, as recorded in the log.
-async fn wait_running(
-    cluster: &Cluster,
-    app: &AppId,
-    devices: &[DeviceId],
-    within: Duration,
-) -> DateTime<Utc> {
-    let deadline = Instant::now() + within;
-    loop {
-        let running = running(cluster, app).await;
-        if devices.iter().all(|d| running.contains_key(d)) {
-            return devices
-                .iter()
-                .map(|d| running[d])
-                .max()
-                .unwrap_or_else(Utc::now);
-        }
-        let missing: Vec<&DeviceId> = devices
-            .iter()
-            .filter(|d| !running.contains_key(*d))
-            .collect();
-        assert!(Instant::now() < deadline, "{app} never ran on {missing:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// From `from` to `to`, in milliseconds.
-fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
-    (to - from).num_milliseconds()
-}
-
 /// Waits until every device is connected with at least `sessions` sessions so far; returns the
 /// time each took from `since`, shortest first.
 async fn wait_connected(devices: &mut [SimDevice], sessions: u32, since: Instant) -> Vec<Duration> {
@@ -180,20 +85,22 @@ async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other
     let mut devices = cluster.devices(&keys, vec![a, b]);
     wait_connected(&mut devices, 1, Instant::now()).await;
     let sensor = AppId::new("sensor").unwrap();
-    deploy(&cluster, &sensor, wasmbed_example_apps::SENSOR).await;
-    wait_running(&cluster, &sensor, &ids, T).await;
+    cluster.deploy(&sensor, wasmbed_example_apps::SENSOR).await;
+    cluster.wait_running(&sensor, &ids, T).await;
     let telemetry = cluster.count_telemetry().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A deployment in flight, and gw-a dies under it.
     let counter = AppId::new("counter").unwrap();
-    deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
+    cluster
+        .deploy(&counter, wasmbed_example_apps::COUNTER)
+        .await;
     let killed = Instant::now();
     let killed_at = Utc::now();
     cluster.kill("gw-a").await;
-    let in_flight = n - running_on(&cluster, &counter, &ids).await;
+    let in_flight = n - cluster.running_on(&counter, &ids).await;
     let reconnect = wait_connected(&mut devices, 2, killed).await;
-    let completed = between(killed_at, wait_running(&cluster, &counter, &ids, T).await);
+    let completed = between(killed_at, cluster.wait_running(&counter, &ids, T).await);
     let before_second = telemetry.lock().unwrap().received();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -241,7 +148,7 @@ async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other
         (count.received(), count.missing())
     };
     assert!(received > before_second);
-    assert_eq!(cluster.permission_violations(), Vec::<String>::new());
+    assert_eq!(cluster.nats.permission_violations(), Vec::<String>::new());
     println!(
         "\nfaults: gateway kill -9 with {n} devices: all reconnected to gw-b in {} ms (median {} ms), \
          the counter deployment in flight ({in_flight} of {n} devices not yet running it at the kill) \
@@ -301,8 +208,8 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
     let mut devices = cluster.devices(&keys, vec![cluster.gateway("gw-a")]);
     wait_connected(&mut devices, 1, Instant::now()).await;
     let sensor = AppId::new("sensor").unwrap();
-    deploy(&cluster, &sensor, wasmbed_example_apps::SENSOR).await;
-    wait_running(&cluster, &sensor, &ids, T).await;
+    cluster.deploy(&sensor, wasmbed_example_apps::SENSOR).await;
+    cluster.wait_running(&sensor, &ids, T).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let commands = register_continuously(cluster.client.clone(), stopping);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -315,12 +222,14 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
 
     // The deployer, with a deployment in flight.
     let counter = AppId::new("counter").unwrap();
-    deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
+    cluster
+        .deploy(&counter, wasmbed_example_apps::COUNTER)
+        .await;
     let killed_at = Utc::now();
     cluster.kill("deployer").await;
-    let in_flight = n - running_on(&cluster, &counter, &ids).await;
+    let in_flight = n - cluster.running_on(&counter, &ids).await;
     let deployer_back = cluster.start_service("deployer").await;
-    let completed = between(killed_at, wait_running(&cluster, &counter, &ids, T).await);
+    let completed = between(killed_at, cluster.wait_running(&counter, &ids, T).await);
 
     // Telemetry, while one device goes silent: the restarted service records it offline once,
     // and nobody else.
@@ -329,22 +238,7 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
     let silent_id = ids[n - 1].clone();
     silent.stop().await;
     let telemetry_back = cluster.start_service("telemetry").await;
-    let deadline = Instant::now() + T;
-    loop {
-        let events = cluster
-            .log
-            .read(&wasmbed_schemas::AggregateId::Device(silent_id.clone()))
-            .await
-            .unwrap();
-        if events
-            .iter()
-            .any(|e| matches!(e.envelope.event, Event::DeviceWentOffline(_)))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{silent_id} never went offline");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.wait_offline(&silent_id).await;
     // Long enough for a wrong offline verdict on the others to show.
     tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS * 4)).await;
     let _ = stop.send(true);
@@ -382,7 +276,7 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
             .count(),
         1
     );
-    assert_eq!(cluster.permission_violations(), Vec::<String>::new());
+    assert_eq!(cluster.nats.permission_violations(), Vec::<String>::new());
     println!(
         "\nfaults: kill -9 in turn with {n} devices: enrollment ready again in {} ms, deployer in \
          {} ms (the deployment in flight, not yet running \
@@ -415,8 +309,8 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
     );
     wait_connected(&mut devices, 1, Instant::now()).await;
     let sensor = AppId::new("sensor").unwrap();
-    deploy(&cluster, &sensor, wasmbed_example_apps::SENSOR).await;
-    wait_running(&cluster, &sensor, &ids, T).await;
+    cluster.deploy(&sensor, wasmbed_example_apps::SENSOR).await;
+    cluster.wait_running(&sensor, &ids, T).await;
     let before = LogAudit::of(&cluster.all_events().await);
 
     let restarted = Instant::now();
@@ -454,11 +348,10 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
 
     // The deployer deploys (to every device, the new one too).
     let counter = AppId::new("counter").unwrap();
-    deploy(&cluster, &counter, wasmbed_example_apps::COUNTER).await;
-    let deployed = between(
-        restarted_at,
-        wait_running(&cluster, &counter, &ids, T).await,
-    );
+    cluster
+        .deploy(&counter, wasmbed_example_apps::COUNTER)
+        .await;
+    let deployed = between(restarted_at, cluster.wait_running(&counter, &ids, T).await);
 
     // Telemetry flows from every device, and the telemetry service still tells liveness.
     let deadline = Instant::now() + T;
@@ -471,22 +364,7 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
     }
     let silent = devices.remove(0);
     silent.stop().await;
-    let deadline = Instant::now() + T;
-    loop {
-        let events = cluster
-            .log
-            .read(&wasmbed_schemas::AggregateId::Device(ids[0].clone()))
-            .await
-            .unwrap();
-        if events
-            .iter()
-            .any(|e| matches!(e.envelope.event, Event::DeviceWentOffline(_)))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{} never went offline", ids[0]);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.wait_offline(&ids[0]).await;
     let liveness = restarted.elapsed();
 
     let events = cluster.all_events().await;
@@ -501,7 +379,7 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
             audit.count(kind)
         );
     }
-    assert_eq!(cluster.permission_violations(), Vec::<String>::new());
+    assert_eq!(cluster.nats.permission_violations(), Vec::<String>::new());
     println!(
         "\nfaults: nats-server kill -9 and restart with {n} devices: server ready in {} ms; \
          enrollment answering after {} ms; a new device enrolled and connected; a deployment to \

@@ -14,12 +14,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use wasmbed_bus::call;
 use wasmbed_device_core::{SessionConfig, Signer};
+use wasmbed_e2e::T;
 use wasmbed_e2e::cluster::{Cluster, TelemetryCount, rss_kib};
-use wasmbed_e2e::{T, deployment, test_limits};
-use wasmbed_eventlog::modules::upload_module;
-use wasmbed_schemas::bytes::Blob;
-use wasmbed_schemas::command::{CreateApplication, DeployApplication, RegisterDevice};
-use wasmbed_schemas::event::{Event, Target};
+use wasmbed_schemas::command::RegisterDevice;
+use wasmbed_schemas::event::Event;
 use wasmbed_schemas::frame::codec::encode_to_vec;
 use wasmbed_schemas::frame::{Frame, MAX_FRAME_LEN, Telemetry};
 use wasmbed_schemas::{AppId, DeviceId};
@@ -97,46 +95,8 @@ async fn fault_floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_d
         device.wait_for(|s| s.connected, T).await.unwrap();
     }
     let sensor = AppId::new("sensor").unwrap();
-    let sha = upload_module(cluster.log.jetstream(), wasmbed_example_apps::SENSOR)
-        .await
-        .unwrap();
-    call(
-        &cluster.client,
-        &CreateApplication {
-            app_id: sensor.clone(),
-            name: "sensor".into(),
-            module_sha256: sha,
-            target: Target::All,
-            config: Blob(b"lab".to_vec()),
-            limits: test_limits(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-    call(
-        &cluster.client,
-        &DeployApplication {
-            app_id: sensor.clone(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
-    for id in &ids {
-        let deadline = Instant::now() + T;
-        while !cluster
-            .log
-            .read(&deployment(&sensor, id))
-            .await
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
-        {
-            assert!(Instant::now() < deadline, "sensor never ran on {id}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    cluster.deploy(&sensor, wasmbed_example_apps::SENSOR).await;
+    cluster.wait_running(&sensor, &ids, T).await;
     let pid = cluster.pid("gw-a").unwrap();
     let telemetry = cluster.count_telemetry().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -299,7 +259,7 @@ async fn fault_floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_d
             .any(|l| l.starts_with("wasmbed_gateway_rate_limited_total") && l.ends_with(" 1")),
         "{metrics}"
     );
-    assert_eq!(cluster.permission_violations(), Vec::<String>::new());
+    assert_eq!(cluster.nats.permission_violations(), Vec::<String>::new());
     println!(
         "\nhostile: {SLOW_LORIS} slow-loris handshakes dropped after {:.1}-{:.1} s; a flood of \
          {flood_frames} full-size frames written in 4 s, cut off by the uplink budget after \

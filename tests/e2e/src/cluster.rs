@@ -10,21 +10,25 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
+use wasmbed_eventlog::modules::upload_module;
 use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
 use wasmbed_local_nats::free_port;
-use wasmbed_schemas::command::{DeployApplication, GetCaCertificate};
-use wasmbed_schemas::event::Event;
+use wasmbed_schemas::aggregate::AggregateKind;
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::command::{CreateApplication, DeployApplication, GetCaCertificate};
+use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::subject::header;
-use wasmbed_schemas::{AppId, DeviceId};
+use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 use wasmbed_test_support::{NatsServer, http_get};
 
-use crate::T;
+use crate::{T, test_limits};
 
 /// The heartbeat interval the gateways ask for (ms); telemetry calls a device offline after
 /// three missed ones.
@@ -296,19 +300,110 @@ impl Cluster {
         count
     }
 
+    /// Creates `app` from `module` for every device and deploys it.
+    pub async fn deploy(&self, app: &AppId, module: &[u8]) {
+        let sha = upload_module(self.log.jetstream(), module).await.unwrap();
+        call(
+            &self.client,
+            &CreateApplication {
+                app_id: app.clone(),
+                name: app.to_string(),
+                module_sha256: sha,
+                target: Target::All,
+                config: Blob(b"lab".to_vec()),
+                limits: test_limits(),
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        call(
+            &self.client,
+            &DeployApplication {
+                app_id: app.clone(),
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The devices `app` has run on so far, each with the time its `DeploymentRunning` was
+    /// recorded (one read of the deployment events).
+    pub async fn running(&self, app: &AppId) -> BTreeMap<DeviceId, DateTime<Utc>> {
+        let deployments = wasmbed_schemas::subject::events_of_kind(AggregateKind::Deployment);
+        let events = self
+            .log
+            .page(Some(deployments), 0, usize::MAX)
+            .await
+            .unwrap();
+        events
+            .iter()
+            .filter_map(|e| match &e.envelope.event {
+                Event::DeploymentRunning(r) if &r.app_id == app => {
+                    Some((r.device_id.clone(), e.envelope.time))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// On how many of `devices` `app` is running now.
+    pub async fn running_on(&self, app: &AppId, devices: &[DeviceId]) -> usize {
+        let running = self.running(app).await;
+        devices.iter().filter(|d| running.contains_key(*d)).count()
+    }
+
+    /// Waits until `app` runs on every device (`within` bounds the wait); returns when the
+    /// last one started it, as recorded in the log.
+    pub async fn wait_running(
+        &self,
+        app: &AppId,
+        devices: &[DeviceId],
+        within: Duration,
+    ) -> DateTime<Utc> {
+        let deadline = Instant::now() + within;
+        loop {
+            let running = self.running(app).await;
+            let missing: Vec<&DeviceId> = devices
+                .iter()
+                .filter(|d| !running.contains_key(*d))
+                .collect();
+            if missing.is_empty() {
+                return devices
+                    .iter()
+                    .map(|d| running[d])
+                    .max()
+                    .unwrap_or_else(Utc::now);
+            }
+            assert!(Instant::now() < deadline, "{app} never ran on {missing:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the telemetry service has recorded `device` offline.
+    pub async fn wait_offline(&self, device: &DeviceId) {
+        let deadline = Instant::now() + T;
+        loop {
+            let events = self
+                .log
+                .read(&AggregateId::Device(device.clone()))
+                .await
+                .unwrap();
+            if events
+                .iter()
+                .any(|e| matches!(e.envelope.event, Event::DeviceWentOffline(_)))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{device} never went offline");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every event in the log, oldest first.
     pub async fn all_events(&self) -> Vec<StoredEvent> {
         self.log.page(None, 0, usize::MAX).await.unwrap()
-    }
-
-    /// Lines of the server log where a user was refused a subject.
-    pub fn permission_violations(&self) -> Vec<String> {
-        self.nats
-            .log()
-            .lines()
-            .filter(|l| l.contains("Violation"))
-            .map(str::to_owned)
-            .collect()
     }
 }
 
@@ -349,6 +444,11 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// From `from` to `to`, in milliseconds.
+pub fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    (to - from).num_milliseconds()
 }
 
 fn args(list: &[&str]) -> Vec<String> {

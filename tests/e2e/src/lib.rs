@@ -321,17 +321,6 @@ impl System {
         (id, sim)
     }
 
-    /// Lines of the nats-server log where a service was refused a subject (its permissions in
-    /// `nats/permissions.conf` lack something it needs).
-    pub fn permission_violations(&self) -> Vec<String> {
-        self.nats
-            .log()
-            .lines()
-            .filter(|l| l.contains("Violation"))
-            .map(str::to_owned)
-            .collect()
-    }
-
     /// The events of one aggregate.
     pub async fn events(&self, aggregate: &AggregateId) -> Vec<Event> {
         self.log

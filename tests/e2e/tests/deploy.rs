@@ -186,7 +186,7 @@ async fn deploy_update_stop_and_delete_across_three_devices() {
         sim.stop().await;
     }
     // Every service did all of this as its own NATS user, within its permissions.
-    assert_eq!(system.permission_violations(), Vec::<String>::new());
+    assert_eq!(system.nats.permission_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]

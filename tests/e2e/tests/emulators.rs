@@ -174,7 +174,7 @@ async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
     let again = stop(&system, &device).await.unwrap_err();
     assert!(matches!(again, CallError::Refused(e) if e.code == ErrorCode::NotFound));
     // The manager did all of this as its own NATS user, within its permissions.
-    assert_eq!(system.permission_violations(), Vec::<String>::new());
+    assert_eq!(system.nats.permission_violations(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,6 +146,16 @@ impl NatsServer {
         log
     }
 
+    /// Lines of the server's log where a user was refused a subject (a service's permissions
+    /// in `nats/permissions.conf` lack something it needs).
+    pub fn permission_violations(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Kills the server (SIGKILL) without restarting it.
     pub fn kill(&mut self) {
         self.process.kill();
