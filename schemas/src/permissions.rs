@@ -104,7 +104,8 @@ impl Principal {
 
     /// What this user may do; `None` for the operator, who may do anything.
     pub fn permissions(self) -> Option<Permissions> {
-        let mut publish = Vec::new();
+        // The JetStream account info, once; then each stream's own API below.
+        let mut publish = vec!["$JS.API.INFO".to_string()];
         let mut subscribe = vec![format!("{}.>", self.inbox_prefix())];
         // Every service opens the event log, which makes sure the log's streams and the module
         // store exist (`wasmbed_eventlog::definitions`).
@@ -216,7 +217,6 @@ fn object_store_stream(bucket: &str) -> String {
 /// acknowledge. Not: delete or purge it, or delete its messages.
 fn jetstream_stream(stream: &str) -> Vec<String> {
     [
-        "$JS.API.INFO".to_string(),
         format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.STREAM.CREATE.{stream}"),
         format!("$JS.API.STREAM.UPDATE.{stream}"),

@@ -98,7 +98,7 @@ impl LiveReader {
                 }
                 Ok(message)
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(read_error(&self.name, e)),
         })
     }
 
@@ -127,12 +127,12 @@ impl LiveReader {
             Err(e) => warn!(error = %e, "resuming after a reconnect failed; retrying"),
         }
     }
+}
 
-    fn error(&self, e: impl std::fmt::Display) -> LiveReadError {
-        LiveReadError {
-            stream: self.name.clone(),
-            reason: e.to_string(),
-        }
+fn read_error(stream: &str, e: impl std::fmt::Display) -> LiveReadError {
+    LiveReadError {
+        stream: stream.to_owned(),
+        reason: e.to_string(),
     }
 }
 
@@ -142,10 +142,6 @@ async fn ordered(
     filter_subjects: Vec<String>,
     deliver_policy: DeliverPolicy,
 ) -> Result<(pull::Ordered, u64), LiveReadError> {
-    let error = |e: &dyn std::fmt::Display| LiveReadError {
-        stream: name.to_owned(),
-        reason: e.to_string(),
-    };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subjects,
@@ -153,9 +149,12 @@ async fn ordered(
             ..Default::default()
         })
         .await
-        .map_err(|e| error(&e))?;
+        .map_err(|e| read_error(name, e))?;
     let pending = consumer.cached_info().num_pending;
-    Ok((consumer.messages().await.map_err(|e| error(&e))?, pending))
+    Ok((
+        consumer.messages().await.map_err(|e| read_error(name, e))?,
+        pending,
+    ))
 }
 
 /// Delivery from the message after stream sequence `after` (0: from the first).
