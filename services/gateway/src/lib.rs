@@ -81,7 +81,7 @@ pub(crate) struct Gateway {
 }
 
 /// ring, with the TLS 1.3 suites in the order the gateway prefers.
-fn tls_provider() -> rustls::crypto::CryptoProvider {
+pub fn tls_provider() -> rustls::crypto::CryptoProvider {
     use rustls::crypto::ring::{cipher_suite, default_provider};
     rustls::crypto::CryptoProvider {
         cipher_suites: vec![

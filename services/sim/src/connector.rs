@@ -61,6 +61,11 @@ impl Connector {
         })
     }
 
+    /// The rustls settings every connection uses (for measuring TLS on its own).
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.tls.config().clone()
+    }
+
     /// Connects and completes the handshake; returns the stream and the SHA-256 of the
     /// certificate the gateway presented (what the device's signature binds to).
     ///
