@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -224,9 +225,14 @@ async fn bridge_session<R, W>(
     info!("session open");
 
     let silence = gw.config.heartbeat_interval * gw.config.missed_heartbeats;
-    let mut shutdown = gw.shutdown.clone();
+    // Both made once per session, not once per frame: a timer re-armed on every frame costs
+    // two trips to the runtime's timer wheel, which all sessions share.
+    let stop = asked_to_stop(gw.shutdown.clone()).fuse();
+    tokio::pin!(stop);
     // Only the device's own frames count as a sign of life.
     let mut last_heard = Instant::now();
+    let silent = tokio::time::sleep_until(last_heard + silence);
+    tokio::pin!(silent);
     let mut budget = UplinkBudget::new(
         gw.config.uplink_bytes_per_second,
         gw.config.uplink_burst_bytes,
@@ -235,10 +241,9 @@ async fn bridge_session<R, W>(
     let reason = match write_frame(&mut writer, &welcome, gw.config.write_timeout).await {
         Err(e) => e,
         Ok(()) => loop {
-            let deadline = last_heard + silence;
             tokio::select! {
                 // Graceful only when asked; a dropped gateway (sender gone) says nothing.
-                true = asked_to_stop(&mut shutdown) => {
+                true = &mut stop => {
                     let go_away = Frame::GoAway(GoAway {
                         reason: "gateway shutting down".into(),
                         reconnect_after_ms: u32::try_from(gw.config.reconnect_after.as_millis()).unwrap_or(u32::MAX),
@@ -247,8 +252,14 @@ async fn bridge_session<R, W>(
                     break "gateway shutdown".to_owned();
                 }
                 _ = &mut replaced => break "replaced by a newer session of the device".to_owned(),
-                () = tokio::time::sleep_until(deadline) => {
-                    break format!("heartbeat timeout: silent for {silence:?}");
+                () = &mut silent => {
+                    // Set for the silence since the last frame as it stood when armed; frames
+                    // since then move it on.
+                    let deadline = last_heard + silence;
+                    if Instant::now() >= deadline {
+                        break format!("heartbeat timeout: silent for {silence:?}");
+                    }
+                    silent.as_mut().reset(deadline);
                 }
                 next = frames.next(&mut reader) => match next {
                     Ok(Some(frame)) => {
@@ -312,7 +323,7 @@ async fn bridge_session<R, W>(
 
 /// Completes with `true` when the gateway asks sessions to stop, `false` if the gateway is
 /// gone without asking.
-async fn asked_to_stop(shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+async fn asked_to_stop(mut shutdown: tokio::sync::watch::Receiver<bool>) -> bool {
     shutdown.wait_for(|stop| *stop).await.is_ok()
 }
 

@@ -277,6 +277,23 @@ async fn a_silent_device_is_disconnected_and_a_second_session_replaces_the_first
 }
 
 #[tokio::test]
+async fn a_heart_beating_device_keeps_its_one_session_past_many_silence_limits() {
+    let system = System::start().await;
+    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let key = random_key();
+    system.register("dev-1", &key).await;
+    let mut device = system.sim(vec![gateway.tls_addr], key);
+    device.wait_for(|s| s.connected, T).await.unwrap();
+    // The silence limit is 3 × 300 ms; 3 s is more than three of them, each with the
+    // heartbeat timer moved on by the frames in between.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = device.status();
+    assert!(status.connected, "{status:?}");
+    assert_eq!(status.sessions, 1, "{status:?}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
     let system = System::start().await;
     let gateway = system.gateway(test_gateway_config(), 0).await;

@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
 use wasmbed_bus::call;
 use wasmbed_device_core::SessionConfig;
 use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
 use wasmbed_schemas::frame::{Frame, Telemetry};
 use wasmbed_schemas::{AppId, DeviceId, PublicKey};
-use tokio::task::JoinSet;
 use wasmbed_sim::{Connector, SimConfig, SimDevice, authenticate, random_key};
 use wasmbed_test_support::NatsServer;
 
@@ -346,7 +346,9 @@ async fn main() {
         "  gateway CPU per session: {gateway_us:.0} us, so the gateway with both cores to itself would serve about {:.0}/s",
         2e6 / gateway_us
     );
-    println!("  ceiling on these 2 cores: bare TLS 1.3 full handshakes (gateway's provider, P-256 CA-issued certificate, the devices' client), no challenge, no NATS:");
+    println!(
+        "  ceiling on these 2 cores: bare TLS 1.3 full handshakes (gateway's provider, P-256 CA-issued certificate, the devices' client), no challenge, no NATS:"
+    );
     println!(
         "    over loopback TCP, both ends in this process: {:>7.0}/s",
         ceiling.over_tcp
