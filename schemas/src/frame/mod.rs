@@ -2,9 +2,10 @@
 //!
 //! A session runs over TLS 1.3:
 //!
-//! 1. device → [`Hello`] (its Ed25519 public key and a fresh nonce),
-//! 2. gateway → [`Challenge`] (its id and a fresh nonce),
-//! 3. device → [`Auth`]: a signature over [`auth_transcript`], which binds both nonces, the
+//! 1. gateway → [`Challenge`] (its id and a fresh nonce), sent with the TLS handshake itself
+//!    (half-RTT data), before the device has said anything,
+//! 2. device → [`Hello`] (its Ed25519 public key and a fresh nonce),
+//! 3. device → [`Auth`], right after Hello (the Challenge is already there): a signature over [`auth_transcript`], which binds both nonces, the
 //!    gateway id and the SHA-256 fingerprint of the gateway's TLS certificate — a signature
 //!    relayed through another TLS channel or replayed in a later session does not verify,
 //! 4. gateway → [`Welcome`] or [`Rejected`].

@@ -1,15 +1,15 @@
 //! Authentication of one TLS connection: Hello, Challenge, Auth, and enrollment's decision.
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use wasmbed_bus::call;
 use wasmbed_schemas::command::{Authorization, AuthorizeDevice};
+use wasmbed_schemas::frame::codec::encode_to_vec;
 use wasmbed_schemas::frame::{Challenge, Frame, RejectReason, auth_transcript};
-use wasmbed_schemas::{DeviceId, Nonce, PublicKey, Sha256};
+use wasmbed_schemas::{DeviceId, GatewayId, Nonce, PublicKey, Sha256};
 
 use crate::Gateway;
 use crate::frames::FrameReader;
-use crate::session::write_frame;
 
 /// Why a connection was not let in.
 #[derive(Debug)]
@@ -32,19 +32,37 @@ impl Refusal {
     }
 }
 
-/// Runs the challenge–response and asks enrollment. `fingerprints` are the certificate this
+/// A fresh Challenge for one connection: its nonce, and the encoded frame.
+///
+/// The frame goes out in the TLS server's first flight (half-RTT data, right after its
+/// Finished), before the device has said anything: the nonce depends on nothing the device
+/// sends, and the device, holding it by the time its handshake completes, sends Hello and Auth
+/// in one flight. One round trip per session less than Hello, then Challenge.
+pub(crate) fn new_challenge(gateway_id: &GatewayId) -> Result<(Nonce, Vec<u8>), String> {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| format!("no randomness for a challenge: {e}"))?;
+    let nonce = Nonce(nonce);
+    let frame = Frame::Challenge(Challenge {
+        gateway_id: gateway_id.clone(),
+        nonce,
+    });
+    let bytes = encode_to_vec(&frame).map_err(|e| format!("encoding the challenge: {e}"))?;
+    Ok((nonce, bytes))
+}
+
+/// Reads Hello and Auth, checks the signature over this connection's transcript (`nonce` is
+/// the challenge it was sent) and asks enrollment. `fingerprints` are the certificate this
 /// connection's handshake used and, during a renewal, the one before it.
-pub(crate) async fn authenticate<R, W>(
+pub(crate) async fn authenticate<R>(
     gw: &Gateway,
     frames: &mut FrameReader,
     reader: &mut R,
-    writer: &mut W,
+    nonce: Nonce,
     remote_addr: &str,
     fingerprints: (Sha256, Option<Sha256>),
 ) -> Result<DeviceId, Refusal>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
 {
     let hello = expect(frames, reader, None, "Hello", |frame| match frame {
         Frame::Hello(hello) => Ok(hello),
@@ -52,20 +70,6 @@ where
     })
     .await?;
     let key = Some(hello.public_key);
-    let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce).map_err(|e| Refusal {
-        audit: false,
-        ..Refusal::new(RejectReason::Unavailable, e.to_string(), key)
-    })?;
-    let nonce = Nonce(nonce);
-    let challenge = Frame::Challenge(Challenge {
-        gateway_id: gw.config.gateway_id.clone(),
-        nonce,
-    });
-    write_frame(writer, &challenge, gw.config.write_timeout)
-        .await
-        .map_err(|e| Refusal::new(RejectReason::ProtocolViolation, e, key))?;
-
     let auth = expect(frames, reader, key, "Auth", |frame| match frame {
         Frame::Auth(auth) => Ok(auth),
         other => Err(other),

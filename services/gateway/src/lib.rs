@@ -121,6 +121,9 @@ pub async fn run(
     // Devices never resume sessions: no tickets to mint, store or send.
     tls.send_tls13_tickets = 0;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // Each connection's Challenge is written before the handshake ends; it leaves with the
+    // server's Finished instead of waiting for the client's.
+    tls.send_half_rtt_data = true;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (stop_sessions, stopping) = watch::channel(false);
     let gw = Arc::new(Gateway {

@@ -24,7 +24,7 @@ use wasmbed_schemas::frame::{
 use wasmbed_schemas::subject;
 
 use crate::Gateway;
-use crate::auth::{Refusal, authenticate};
+use crate::auth::{Refusal, authenticate, new_challenge};
 use crate::bridge::uplink;
 use crate::frames::{FrameReader, ReadFrameError};
 use crate::metrics::inc;
@@ -108,35 +108,42 @@ pub(crate) async fn serve_connection(
     async move {
         let remote = remote.to_string();
         let _ = tcp.set_nodelay(true);
-        let tls =
-            match tokio::time::timeout(gw.config.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    let message = format!("TLS handshake failed: {e}");
-                    return refuse_quietly(&gw, RejectReason::ProtocolViolation, &message, &remote)
-                        .await;
-                }
-                Err(_) => {
-                    let message = format!(
-                        "TLS handshake not finished within {:?}",
-                        gw.config.handshake_timeout
-                    );
-                    return refuse_quietly(&gw, RejectReason::Timeout, &message, &remote).await;
-                }
-            };
+        let (nonce, challenge) = match new_challenge(&gw.config.gateway_id) {
+            Ok(challenge) => challenge,
+            Err(message) => {
+                return refuse_quietly(&gw, RejectReason::Unavailable, &message, &remote).await;
+            }
+        };
+        // The challenge rides in the server's first flight (see `new_challenge`).
+        let mut queued = Ok(());
+        let accept = acceptor.accept_with(tcp, |tls| {
+            queued = std::io::Write::write_all(&mut tls.writer(), &challenge);
+        });
+        if let Err(e) = queued {
+            let message = format!("challenge not queued: {e}");
+            return refuse_quietly(&gw, RejectReason::Unavailable, &message, &remote).await;
+        }
+        let tls = match tokio::time::timeout(gw.config.handshake_timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let message = format!("TLS handshake failed: {e}");
+                return refuse_quietly(&gw, RejectReason::ProtocolViolation, &message, &remote)
+                    .await;
+            }
+            Err(_) => {
+                let message = format!(
+                    "TLS handshake not finished within {:?}",
+                    gw.config.handshake_timeout
+                );
+                return refuse_quietly(&gw, RejectReason::Timeout, &message, &remote).await;
+            }
+        };
         let fingerprints = gw.certs.fingerprints();
         let (mut reader, mut writer) = tokio::io::split(tls);
         let mut frames = FrameReader::default();
         let auth = tokio::time::timeout(
             gw.config.auth_timeout,
-            authenticate(
-                &gw,
-                &mut frames,
-                &mut reader,
-                &mut writer,
-                &remote,
-                fingerprints,
-            ),
+            authenticate(&gw, &mut frames, &mut reader, nonce, &remote, fingerprints),
         )
         .await
         .unwrap_or_else(|_| {

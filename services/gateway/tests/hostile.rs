@@ -39,9 +39,7 @@ async fn hand_made_auth(
         enrollment_token: None,
     }))
     .await;
-    let Some(Frame::Challenge(challenge)) = raw.next().await else {
-        panic!("no challenge");
-    };
+    let challenge = raw.challenge.clone().expect("connected with `connect`");
     let transcript = auth_transcript(
         &device_nonce,
         &challenge.nonce,

@@ -21,8 +21,8 @@ use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_gateway::{GatewayConfig, GatewayError, Listeners};
 use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
 use wasmbed_schemas::event::Event;
-use wasmbed_schemas::frame::Frame;
 use wasmbed_schemas::frame::codec::{DecodeError, decode};
+use wasmbed_schemas::frame::{Challenge, Frame};
 use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::{AggregateId, DeviceId, GatewayId, Sha256};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
@@ -213,19 +213,29 @@ pub struct RawDevice {
     pub reader: ReadHalf<TlsStream<TcpStream>>,
     pub writer: WriteHalf<TlsStream<TcpStream>>,
     pub fingerprint: Sha256,
+    /// The Challenge the gateway sent with its handshake (`connect` only).
+    pub challenge: Option<Challenge>,
     buf: Vec<u8>,
 }
 
 impl RawDevice {
+    /// Completes TLS and reads the Challenge, which the gateway sends in its first flight:
+    /// before this device has sent a single frame.
     pub async fn connect(system: &System, addr: SocketAddr) -> Self {
         let (tls, fingerprint) = system.connector().connect(addr, None, T).await.unwrap();
         let (reader, writer) = tokio::io::split(tls);
-        Self {
+        let mut device = Self {
             reader,
             writer,
             fingerprint,
+            challenge: None,
             buf: Vec::new(),
+        };
+        match device.next().await {
+            Some(Frame::Challenge(challenge)) => device.challenge = Some(challenge),
+            other => panic!("expected the Challenge first, got {other:?}"),
         }
+        device
     }
 
     /// Connects and authenticates with `key` (which must be allowed).
@@ -252,6 +262,7 @@ impl RawDevice {
             reader,
             writer,
             fingerprint,
+            challenge: None,
             buf: Vec::new(),
         }
     }
