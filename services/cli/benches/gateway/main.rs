@@ -259,6 +259,50 @@ async fn receive(sub: &mut async_nats::Subscriber, expected: usize) -> (usize, I
     (got, last)
 }
 
+/// Publishes `messages` 128-byte messages on `subject` from this process and receives them
+/// on `sub_client`: (messages per second received, how many arrived, CPU report). With
+/// `headers`, each carries the gateway's four telemetry headers.
+async fn raw_publish(
+    client: &async_nats::Client,
+    sub_client: &async_nats::Client,
+    subject: &'static str,
+    headers: bool,
+    messages: usize,
+    processes: &[(&'static str, u32)],
+) -> (f64, usize, String) {
+    use wasmbed_schemas::subject::header;
+    let mut sub = sub_client.subscribe(subject).await.expect("subscribe");
+    sub_client.flush().await.expect("flush");
+    let meter = CpuMeter::start(processes);
+    let started = Instant::now();
+    let publisher = {
+        let client = client.clone();
+        let payload = vec![0x5a_u8; 128];
+        tokio::spawn(async move {
+            for seq in 0..messages {
+                let sent = if headers {
+                    let mut map = async_nats::HeaderMap::new();
+                    map.insert(header::DEVICE, "raw-headers");
+                    map.insert(header::APP, "bench");
+                    map.insert(header::SEQUENCE, seq.to_string().as_str());
+                    map.insert(header::TOPIC, "t");
+                    client
+                        .publish_with_headers(subject, map, payload.clone().into())
+                        .await
+                } else {
+                    client.publish(subject, payload.clone().into()).await
+                };
+                sent.expect("publish");
+            }
+            client.flush().await.expect("flush");
+        })
+    };
+    let (got, last) = receive(&mut sub, messages).await;
+    let rate = got as f64 / (last - started).as_secs_f64();
+    publisher.await.expect("publisher");
+    (rate, got, meter.report())
+}
+
 /// How many times nats-server has reported a slow consumer so far.
 fn slow_consumers(nats: &NatsServer) -> usize {
     nats.log().matches("Slow Consumer").count()
@@ -478,30 +522,27 @@ async fn main() {
         .connect(nats.url())
         .await
         .expect("client");
-    // The raw baseline publishes on a telemetry subject too, so nats-server stores it in the
-    // telemetry stream exactly as it stores what the gateway publishes.
-    let raw_subject = "wasmbed.telemetry.raw-baseline.bench";
-    let mut raw_sub = sub_client.subscribe(raw_subject).await.expect("subscribe");
-    sub_client.flush().await.expect("flush");
-    let meter = CpuMeter::start(&processes);
-    let started = Instant::now();
-    let publisher = {
-        let client = client.clone();
-        let payload = payload.clone();
-        tokio::spawn(async move {
-            for _ in 0..messages {
-                client
-                    .publish(raw_subject, payload.clone().into())
-                    .await
-                    .expect("publish");
-            }
-            client.flush().await.expect("flush");
-        })
-    };
-    let (raw_got, last) = receive(&mut raw_sub, messages).await;
-    let raw_rate = raw_got as f64 / (last - started).as_secs_f64();
-    publisher.await.expect("publisher");
-    let raw_cpu = meter.report();
+    // The raw baselines publish on telemetry subjects too, so nats-server stores them in the
+    // telemetry stream exactly as it stores what the gateway publishes. The second carries the
+    // four headers the gateway sets: what nats-server alone does for each gateway message.
+    let (raw_rate, raw_got, raw_cpu) = raw_publish(
+        &client,
+        &sub_client,
+        "wasmbed.telemetry.raw-baseline.bench",
+        false,
+        messages,
+        &processes,
+    )
+    .await;
+    let (headers_rate, headers_got, headers_cpu) = raw_publish(
+        &client,
+        &sub_client,
+        "wasmbed.telemetry.raw-headers.bench",
+        true,
+        messages,
+        &processes,
+    )
+    .await;
 
     let mut sub = sub_client
         .subscribe("wasmbed.telemetry.>")
@@ -538,11 +579,16 @@ async fn main() {
     );
     println!("{raw_cpu}");
     println!(
+        "  the same with the gateway's 4 headers, from one connection as the gateway's: {headers_rate:>6.0} msg/s ({headers_got} of {messages} arrived): ratio {:.2} of raw, before any TLS or gateway work",
+        headers_rate / raw_rate
+    );
+    println!("{headers_cpu}");
+    println!(
         "  device -> gateway -> subscriber:     {telemetry_rate:>8.0} msg/s ({got} of {sent} arrived)"
     );
     println!("{telemetry_cpu}");
     let slow = slow_consumers(&nats);
-    if raw_got < messages || got < sent {
+    if raw_got < messages || headers_got < messages || got < sent {
         println!(
             "  rates are over the time to the last arrival; nats-server reported {slow} slow consumer(s): it drops what the bench's subscriber, on the same busy cores, cannot take in time"
         );
