@@ -237,6 +237,23 @@ async fn run(
     }
 }
 
+/// Bytes the stream already holds, read without waiting. The gateway sends its Challenge with
+/// the TLS handshake, so it is usually here the moment the handshake completes; taking it
+/// before the first write lets Hello and Auth leave together.
+pub(crate) fn already_received<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Option<usize> {
+    // One poll, no waiting: a later read registers its own waker, and nothing is lost if
+    // nothing is there (tokio-rustls keeps what it has read in the stream).
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut read = tokio::io::ReadBuf::new(buf);
+    match std::pin::Pin::new(reader).poll_read(&mut cx, &mut read) {
+        std::task::Poll::Ready(Ok(())) if !read.filled().is_empty() => Some(read.filled().len()),
+        _ => None,
+    }
+}
+
 /// Writes and flushes: TLS records must leave rustls' buffer now, not with the next write.
 async fn write<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut W,
@@ -283,6 +300,9 @@ async fn session(
         now_ms(),
     );
     let mut buf = vec![0u8; 4096];
+    if let Some(n) = already_received(&mut reader, &mut buf) {
+        session.handle_input(&buf[..n], now_ms());
+    }
     loop {
         for frame in agent.take_frames() {
             // Dropped while not established, as a device without a link would.

@@ -63,6 +63,9 @@ pub async fn authenticate(
     );
     let handshake = async {
         let mut buf = [0u8; 2048];
+        if let Some(n) = crate::device::already_received(&mut stream, &mut buf) {
+            session.handle_input(&buf[..n], 0);
+        }
         loop {
             let out = session.take_outbound();
             if !out.is_empty() {
