@@ -81,7 +81,7 @@ pub(crate) struct Gateway {
 }
 
 /// ring, with the TLS 1.3 suites in the order the gateway prefers.
-pub fn tls_provider() -> rustls::crypto::CryptoProvider {
+fn tls_provider() -> rustls::crypto::CryptoProvider {
     use rustls::crypto::ring::{cipher_suite, default_provider};
     rustls::crypto::CryptoProvider {
         cipher_suites: vec![
@@ -91,6 +91,27 @@ pub fn tls_provider() -> rustls::crypto::CryptoProvider {
         ],
         ..default_provider()
     }
+}
+
+/// The gateway's TLS settings, serving the certificate `certificates` picks (public so the
+/// gateway benchmark measures bare TLS with exactly these).
+pub fn tls_server_config(
+    certificates: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<ServerConfig, rustls::Error> {
+    let mut tls = ServerConfig::builder_with_provider(Arc::new(tls_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    // Our order, not the client's: AES-128-GCM with SHA-256 first (hardware SHA-256 here,
+    // and what small TLS clients such as embedded-tls implement).
+    tls.ignore_client_order = true;
+    // Devices never resume sessions: no tickets to mint, store or send.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // Each connection's Challenge is written before the handshake ends; it leaves with the
+    // server's Finished instead of waiting for the client's.
+    tls.send_half_rtt_data = true;
+    Ok(tls)
 }
 
 /// Runs the gateway until `shutdown` completes, then tells every device to reconnect later,
@@ -111,20 +132,7 @@ pub async fn run(
     let key = rcgen::KeyPair::generate().map_err(CertificateError::Request)?;
     let issued = certificate::request_until_issued(&client, &config, &key).await?;
     let certs = Arc::new(CertStore::new(issued));
-    let mut tls = ServerConfig::builder_with_provider(Arc::new(tls_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(certs.clone());
-    // Our order, not the client's: AES-128-GCM with SHA-256 first (hardware SHA-256 here,
-    // and what small TLS clients such as embedded-tls implement).
-    tls.ignore_client_order = true;
-    // Devices never resume sessions: no tickets to mint, store or send.
-    tls.send_tls13_tickets = 0;
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    // Each connection's Challenge is written before the handshake ends; it leaves with the
-    // server's Finished instead of waiting for the client's.
-    tls.send_half_rtt_data = true;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let acceptor = TlsAcceptor::from(Arc::new(tls_server_config(certs.clone())?));
     let (stop_sessions, stopping) = watch::channel(false);
     let gw = Arc::new(Gateway {
         client: client.clone(),

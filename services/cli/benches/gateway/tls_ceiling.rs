@@ -1,7 +1,7 @@
 //! The ceiling under the session figure: TLS 1.3 alone, on the same two cores.
 //!
-//! A bare rustls server with the gateway's crypto provider and settings (ring, TLS 1.3 only,
-//! no tickets) and a P-256 certificate issued by a P-256 CA, as enrollment issues them; the
+//! A bare rustls server with the gateway's own TLS settings (`tls_server_config`: ring, TLS 1.3
+//! only, no tickets) and a P-256 certificate issued by a P-256 CA, as enrollment issues them; the
 //! client is the simulator's `Connector`, exactly as the devices connect. Each connection is a
 //! full handshake over loopback TCP, one application byte from the server, and a close. No
 //! challenge, no Ed25519, no NATS: whatever the full path does costs more than this.
@@ -42,19 +42,17 @@ fn pki() -> Pki {
         .expect("names")
         .signed_by(&key, &issuer)
         .expect("server certificate");
-    let mut server =
-        rustls::ServerConfig::builder_with_provider(Arc::new(wasmbed_gateway::tls_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(leaf.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .expect("server config");
-    server.ignore_client_order = true;
-    server.send_tls13_tickets = 0;
-    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = rustls::sign::CertifiedKey::from_der(
+        vec![CertificateDer::from(leaf.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        &provider,
+    )
+    .expect("certificate and key");
+    let server = wasmbed_gateway::tls_server_config(Arc::new(
+        rustls::sign::SingleCertAndKey::from(certified),
+    ))
+    .expect("the gateway's TLS settings");
     Pki {
         ca_pem,
         server: Arc::new(server),
