@@ -23,6 +23,18 @@ pub struct HeartbeatReport {
     pub received_at: DateTime<Utc>,
 }
 
+/// A device may no longer hold a session, on `wasmbed.device.v1.revoked.<device>`: enrollment
+/// publishes it after recording `DeviceDecommissioned` (and again on a retried decommission).
+/// Not an event: a gateway that misses it (cut off from NATS at that moment) still refuses the
+/// device's next connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionRevoked {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Why, as the decommission gave it.
+    pub reason: String,
+}
+
 /// A device's log line, on `wasmbed.device.v1.log.<device>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DeviceLogLine {

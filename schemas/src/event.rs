@@ -258,6 +258,10 @@ pub struct DeviceConnected {
     pub gateway_id: GatewayId,
     /// The device's address as the gateway saw it.
     pub remote_addr: String,
+    /// This session, unique across gateways and restarts (64 random bits, hex); the
+    /// `DeviceDisconnected` that ends it names it too. Absent in events older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 /// A device's session ended.
@@ -269,6 +273,22 @@ pub struct DeviceDisconnected {
     pub gateway_id: GatewayId,
     /// Why (closed by the device, heartbeat timeout, gateway shutdown, …).
     pub reason: String,
+    /// The session that ended (its `DeviceConnected`'s). Absent in events older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+impl DeviceDisconnected {
+    /// Whether this ends the device's current session, given the gateway and session of the
+    /// last `DeviceConnected` folded. A newer session (a reconnect that replaced this one, on
+    /// this gateway or another) may already hold the device: then this changes nothing.
+    pub fn ends_current(&self, gateway: Option<&GatewayId>, session: Option<&str>) -> bool {
+        match (&self.session_id, session) {
+            (Some(ended), Some(current)) => ended == current,
+            // Events from before session ids: the gateway is all there is to go by.
+            _ => gateway == Some(&self.gateway_id),
+        }
+    }
 }
 
 /// A device missed its heartbeats.

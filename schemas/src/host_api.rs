@@ -4,7 +4,7 @@
 //! is sent, a module that imports anything else. Both read this table, so they cannot drift.
 //!
 //! Pointers and lengths are `i32` offsets into the app's exported `memory`. A negative return
-//! value is an error code ([`ERR_BOUNDS`], [`ERR_TOO_LARGE`], [`ERR_RATE`]).
+//! value is an error code ([`ERR_BOUNDS`], [`ERR_TOO_LARGE`], [`ERR_RATE`], [`ERR_INVALID`]).
 //!
 //! An application exports `memory`, `tick: () -> ()` (called every `tick_interval_ms`) and
 //! optionally `init: () -> ()` (called once, after instantiation). Each call gets
@@ -22,9 +22,18 @@ pub const ERR_BOUNDS: i32 = -1;
 pub const ERR_TOO_LARGE: i32 = -2;
 /// The app sent more messages in this call than [`MAX_MESSAGES_PER_CALL`].
 pub const ERR_RATE: i32 = -3;
+/// A topic is not a valid topic (see [`is_valid_topic`]).
+pub const ERR_INVALID: i32 = -4;
 
 /// Longest telemetry topic, bytes.
 pub const MAX_TOPIC_LEN: usize = 64;
+/// Whether `topic` may name telemetry: at most [`MAX_TOPIC_LEN`] bytes and no control
+/// characters (CR and LF among them). A topic travels in a NATS header value, where a line
+/// break would end the header; the gateway ends the session of a device that sends another.
+pub fn is_valid_topic(topic: &str) -> bool {
+    topic.len() <= MAX_TOPIC_LEN && !topic.chars().any(char::is_control)
+}
+
 /// Longest telemetry payload, bytes.
 pub const MAX_PAYLOAD_LEN: usize = 4096;
 /// Longest log message, bytes.
@@ -104,4 +113,28 @@ pub const FUNCTIONS: &[HostFunction] = &[
 /// The host function named `name`, if there is one.
 pub fn function(name: &str) -> Option<&'static HostFunction> {
     FUNCTIONS.iter().find(|f| f.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_printable_and_short() {
+        let long = "t".repeat(MAX_TOPIC_LEN + 1);
+        for (topic, valid) in [
+            ("temperature", true),
+            ("", true),
+            ("room 1/temp °C", true),
+            (&long[1..], true),
+            (&long[..], false),
+            ("temp\r\nNats-Msg-Id: x", false),
+            ("temp\n", false),
+            ("temp\0", false),
+            ("temp\u{7f}", false),
+            ("temp\u{85}", false),
+        ] {
+            assert_eq!(is_valid_topic(topic), valid, "{topic:?}");
+        }
+    }
 }

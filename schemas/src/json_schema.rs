@@ -4,7 +4,9 @@
 //! they drift from the types and rewrites them when run with `WASMBED_BLESS=1`.
 
 use crate::command::{CommandError, command_schemas};
-use crate::device_message::{DeploymentStatus, DeviceLogLine, HeartbeatReport, LatestTelemetry};
+use crate::device_message::{
+    DeploymentStatus, DeviceLogLine, HeartbeatReport, LatestTelemetry, SessionRevoked,
+};
 use crate::event::EventEnvelope;
 
 /// Every schema, as `(path under schemas/json, schema)`.
@@ -26,6 +28,10 @@ pub fn all() -> Vec<(String, schemars::Schema)> {
     out.push((
         "device-log-line.json".to_owned(),
         schemars::schema_for!(DeviceLogLine),
+    ));
+    out.push((
+        "session-revoked.json".to_owned(),
+        schemars::schema_for!(SessionRevoked),
     ));
     out.push((
         "latest-telemetry.json".to_owned(),

@@ -126,6 +126,7 @@ impl Principal {
                 publish.extend([
                     events(AggregateKind::Device),
                     events(AggregateKind::Gateway),
+                    subject::DEVICE_REVOKED_ALL.to_string(),
                 ]);
                 subscribe.push(calls(Service::Enrollment));
             }
@@ -139,7 +140,10 @@ impl Principal {
                     subject::DEVICE_HEARTBEAT_ALL.to_string(),
                     subject::DEVICE_LOG_ALL.to_string(),
                 ]);
-                subscribe.push(subject::DEVICE_DOWNLINK_ALL.to_string());
+                subscribe.extend([
+                    subject::DEVICE_DOWNLINK_ALL.to_string(),
+                    subject::DEVICE_REVOKED_ALL.to_string(),
+                ]);
             }
             Self::Deployer => {
                 publish.extend([

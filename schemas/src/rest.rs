@@ -79,6 +79,8 @@ pub struct DeviceView {
     pub state: DeviceState,
     /// The gateway of its session, while it has one.
     pub gateway_id: Option<GatewayId>,
+    /// Its session (as in `DeviceConnected`), while it has one.
+    pub session_id: Option<String>,
     /// RAM for applications, as it reported.
     pub app_ram_bytes: Option<u32>,
     /// Firmware, as it reported.

@@ -139,6 +139,15 @@ pub fn device_log(device: &DeviceId) -> String {
 /// Log lines of every device.
 pub const DEVICE_LOG_ALL: &str = "wasmbed.device.v1.log.*";
 
+/// A device may no longer hold a session (enrollment decommissioned it): JSON
+/// `SessionRevoked`. Every gateway subscribes; the one holding a session of the device ends it.
+pub fn device_revoked(device: &DeviceId) -> String {
+    format!("wasmbed.device.v1.revoked.{device}")
+}
+
+/// Revocations of every device.
+pub const DEVICE_REVOKED_ALL: &str = "wasmbed.device.v1.revoked.*";
+
 /// UART output of one device's emulator.
 pub fn emulator_uart(device: &DeviceId) -> String {
     format!("wasmbed.emulator.v1.uart.{device}")

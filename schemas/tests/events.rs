@@ -57,12 +57,14 @@ fn every_event() -> Vec<Event> {
             device_id: dev(),
             gateway_id: gw(),
             remote_addr: "127.0.0.1:50000".into(),
+            session_id: Some("9f86d081884c7d65".into()),
         }
         .into(),
         DeviceDisconnected {
             device_id: dev(),
             gateway_id: gw(),
             reason: "heartbeat timeout".into(),
+            session_id: Some("9f86d081884c7d65".into()),
         }
         .into(),
         DeviceWentOffline {
@@ -207,6 +209,48 @@ fn every_event_round_trips_in_its_envelope() {
         assert_eq!(json["event"]["type"], envelope.event.type_name());
         assert!(subject::event(&envelope.aggregate).starts_with("wasmbed.events.v1."));
     }
+}
+
+#[test]
+fn a_disconnect_ends_only_the_session_it_names() {
+    let other = GatewayId::new("gw-2").unwrap();
+    let disconnect = |session: Option<&str>| DeviceDisconnected {
+        device_id: dev(),
+        gateway_id: gw(),
+        reason: "replaced by a newer session of the device".into(),
+        session_id: session.map(str::to_owned),
+    };
+    for (ended, gateway, current, ends) in [
+        // The session it names is the current one.
+        (Some("a1"), Some(&gw()), Some("a1"), true),
+        // A newer session on the same gateway replaced it: the late disconnect changes nothing.
+        (Some("a1"), Some(&gw()), Some("b2"), false),
+        // ... or on another gateway.
+        (Some("a1"), Some(&other), Some("b2"), false),
+        // No session at all.
+        (Some("a1"), None, None, false),
+        // Events from before session ids: the gateway decides.
+        (None, Some(&gw()), None, true),
+        (None, Some(&other), None, false),
+        (None, Some(&gw()), Some("b2"), true),
+        (Some("a1"), Some(&gw()), None, true),
+    ] {
+        assert_eq!(
+            disconnect(ended).ends_current(gateway, current),
+            ends,
+            "{ended:?} {gateway:?} {current:?}"
+        );
+    }
+}
+
+#[test]
+fn events_without_a_session_id_still_decode() {
+    let old = r#"{"device_id":"dev-1","gateway_id":"gw-1","reason":"closed by the device"}"#;
+    let event: DeviceDisconnected = serde_json::from_str(old).unwrap();
+    assert_eq!(event.session_id, None);
+    let old = r#"{"device_id":"dev-1","gateway_id":"gw-1","remote_addr":"127.0.0.1:1"}"#;
+    let event: DeviceConnected = serde_json::from_str(old).unwrap();
+    assert_eq!(event.session_id, None);
 }
 
 #[test]

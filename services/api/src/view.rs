@@ -37,6 +37,7 @@ fn new_device(id: &DeviceId) -> DeviceView {
         labels: BTreeMap::new(),
         state: DeviceState::Registered,
         gateway_id: None,
+        session_id: None,
         app_ram_bytes: None,
         firmware: None,
         since: None,
@@ -68,13 +69,17 @@ impl View {
                 let d = self.device(&e.device_id, at);
                 d.state = DeviceState::Online;
                 d.gateway_id = Some(e.gateway_id.clone());
+                d.session_id.clone_from(&e.session_id);
             }
             Event::DeviceDisconnected(e) => {
                 let d = self.device(&e.device_id, at);
                 // A newer session may already hold the device.
-                if d.gateway_id.as_ref() == Some(&e.gateway_id) && d.state == DeviceState::Online {
+                if d.state == DeviceState::Online
+                    && e.ends_current(d.gateway_id.as_ref(), d.session_id.as_deref())
+                {
                     d.state = DeviceState::Disconnected;
                     d.gateway_id = None;
+                    d.session_id = None;
                 }
             }
             Event::DeviceWentOffline(e) => {
@@ -93,6 +98,7 @@ impl View {
                 let d = self.device(&e.device_id, at);
                 d.state = DeviceState::Decommissioned;
                 d.gateway_id = None;
+                d.session_id = None;
             }
             Event::DeviceDescribed(e) => {
                 let d = self.device(&e.device_id, at);

@@ -332,10 +332,28 @@ async fn devices_are_registered_listed_shown_and_decommissioned() {
     assert_eq!(status, 400);
     let (status, _) = get(api, "/api/v1/devices/nobody").await;
     assert_eq!(status, 404);
-    let other = json!({"device_id": "dev-1", "public_key": "11".repeat(32)});
+    let other_key: String = random_key()
+        .verifying_key()
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let other = json!({"device_id": "dev-1", "public_key": other_key});
     let (status, body) = send_json(api, "POST", "/api/v1/devices", &other).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "already_exists");
+    // A small-order key (here the identity point) would let anyone forge its signatures.
+    let identity = format!("01{}", "00".repeat(31));
+    let weak = json!({"device_id": "dev-weak", "public_key": identity});
+    let (status, body) = send_json(api, "POST", "/api/v1/devices", &weak).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("full order"),
+        "{body}"
+    );
 
     let (status, body) = send_json(
         api,

@@ -20,6 +20,8 @@ pub struct DeviceView {
     pub app_ram_bytes: Option<u32>,
     /// The gateway holding its session, while it has one.
     pub gateway: Option<GatewayId>,
+    /// Its current session, while it has one.
+    pub session: Option<String>,
     /// It was retired.
     pub decommissioned: bool,
 }
@@ -189,17 +191,19 @@ impl Fleet {
                 device_touched(&e.device_id, false)
             }
             Event::DeviceConnected(e) => {
-                self.devices.entry(e.device_id.clone()).or_default().gateway =
-                    Some(e.gateway_id.clone());
+                let device = self.devices.entry(e.device_id.clone()).or_default();
+                device.gateway = Some(e.gateway_id.clone());
+                device.session.clone_from(&e.session_id);
                 device_touched(&e.device_id, true)
             }
             Event::DeviceDisconnected(e) => {
                 let device = self.devices.entry(e.device_id.clone()).or_default();
-                // A newer session on another gateway may already have replaced this one.
-                if device.gateway.as_ref() != Some(&e.gateway_id) {
+                // A newer session, on this gateway or another, may already have replaced it.
+                if !e.ends_current(device.gateway.as_ref(), device.session.as_deref()) {
                     return Touched::Nothing;
                 }
                 device.gateway = None;
+                device.session = None;
                 device_touched(&e.device_id, true)
             }
             Event::DeviceDecommissioned(e) => {

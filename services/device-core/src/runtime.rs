@@ -11,7 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use wasmbed_schemas::frame::{AppState, AppStatus, Frame, Limits, Log, LogLevel, Telemetry};
-use wasmbed_schemas::host_api::{self, ERR_BOUNDS, ERR_RATE, ERR_TOO_LARGE};
+use wasmbed_schemas::host_api::{self, ERR_BOUNDS, ERR_INVALID, ERR_RATE, ERR_TOO_LARGE};
 use wasmbed_schemas::{AppId, Sha256};
 use wasmi::{
     Caller, Config, Engine, Extern, Instance, Linker, Memory, Module, Store, StoreLimits,
@@ -358,6 +358,11 @@ fn host_linker(engine: &Engine) -> Linker<AppHost> {
                 Ok(bytes) => bytes,
                 Err(code) => return code,
             };
+            // The gateway ends the session of a device that sends a topic it cannot carry.
+            let topic = match String::from_utf8(topic) {
+                Ok(topic) if host_api::is_valid_topic(&topic) => topic,
+                _ => return ERR_INVALID,
+            };
             let payload = match read(&caller, pp, pl, host_api::MAX_PAYLOAD_LEN) {
                 Ok(bytes) => bytes,
                 Err(code) => return code,
@@ -370,7 +375,7 @@ fn host_linker(engine: &Engine) -> Linker<AppHost> {
             let frame = Frame::Telemetry(Telemetry {
                 app_id: host.app_id.clone(),
                 seq: host.telemetry_seq,
-                topic: String::from_utf8_lossy(&topic).to_string(),
+                topic,
                 payload,
             });
             host.outbox.push(frame);

@@ -478,6 +478,40 @@ fn bad_pointers_get_error_codes_not_traps() {
 }
 
 #[test]
+fn a_topic_with_a_line_break_is_refused_on_the_device() {
+    let bad = wat::parse_str(
+        r#"(module
+            (import "wasmbed" "publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 100) "temp\r\nNats-Msg-Id: x")
+            (data (i32.const 200) "ok")
+            (func (export "tick")
+              (i32.store (i32.const 0) (call $publish (i32.const 100) (i32.const 21) (i32.const 0) (i32.const 0)))
+              (i32.store (i32.const 4) (call $publish (i32.const 200) (i32.const 2) (i32.const 0) (i32.const 0)))
+              (drop (call $publish (i32.const 200) (i32.const 2) (i32.const 0) (i32.const 8)))))"#,
+    )
+    .unwrap();
+    let mut agent = agent();
+    agent.take_frames();
+    let id = app("probe");
+    transfer(&mut agent, &id, &bad, 4096);
+    deploy(&mut agent, &id, &bad, b"", 0);
+    agent.poll(0);
+    let frames = agent.take_frames();
+    let t = telemetry(&frames);
+    // Only the two publishes with a valid topic left the device.
+    assert_eq!(t.len(), 2, "{frames:?}");
+    assert!(t.iter().all(|t| t.topic == "ok"), "{t:?}");
+    let codes = &t[1].payload;
+    assert_eq!(
+        i32::from_le_bytes(codes[..4].try_into().unwrap()),
+        host_api::ERR_INVALID
+    );
+    assert_eq!(i32::from_le_bytes(codes[4..].try_into().unwrap()), 0);
+    assert!(agent.is_running(&id));
+}
+
+#[test]
 fn late_chunks_of_a_finished_transfer_are_dropped_quietly() {
     let mut agent = agent();
     agent.take_frames();

@@ -36,6 +36,7 @@ fn envelopes(round: usize, count: usize) -> Vec<EventEnvelope> {
                     device_id: DeviceId::new(format!("r{round}-d{i}")).expect("valid id"),
                     gateway_id: gateway.clone(),
                     remote_addr: "127.0.0.1:40000".into(),
+                    session_id: None,
                 }
                 .into(),
             )

@@ -37,6 +37,7 @@ fn connected(n: usize) -> EventEnvelope {
             device_id: device(n),
             gateway_id: GatewayId::new("gw-1").unwrap(),
             remote_addr: "127.0.0.1:1".into(),
+            session_id: None,
         }
         .into(),
     )
@@ -48,6 +49,7 @@ fn disconnected(n: usize) -> EventEnvelope {
             device_id: device(n),
             gateway_id: GatewayId::new("gw-1").unwrap(),
             reason: "test".into(),
+            session_id: None,
         }
         .into(),
     )
