@@ -7,12 +7,13 @@ use tracing::{info, warn};
 use wasmbed_bus::Router;
 use wasmbed_eventlog::{AppendError, ExpectedVersion, StoredEvent};
 use wasmbed_schemas::command::*;
+use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{
     DeviceDecommissioned, DeviceEnrolled, DeviceRegistered, EnrollmentPath, EnrollmentRefused,
     Event, EventEnvelope,
 };
 use wasmbed_schemas::frame::RejectReason;
-use wasmbed_schemas::{DeviceId, PublicKey};
+use wasmbed_schemas::{DeviceId, PublicKey, subject};
 
 use crate::Enrollment;
 
@@ -55,7 +56,21 @@ async fn record(
     Ok(appended.sequence)
 }
 
+/// Whether `key` can authenticate anyone: the canonical encoding of an Ed25519 point outside
+/// the small-order subgroup (a signature by a small-order key can be forged without its
+/// secret; a non-canonical encoding would let one key go by two byte strings).
+fn is_full_order(key: &PublicKey) -> bool {
+    ed25519_dalek::VerifyingKey::from_bytes(&key.0)
+        .is_ok_and(|point| !point.is_weak() && point.to_edwards().compress().to_bytes() == key.0)
+}
+
 async fn register_device(state: State, c: RegisterDevice) -> Result<Accepted, CommandError> {
+    if !is_full_order(&c.public_key) {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            "public_key is not a valid Ed25519 public key of full order",
+        ));
+    }
     {
         let registry = state.registry();
         if let Some(owner) = registry.by_key(&c.public_key) {
@@ -103,7 +118,8 @@ async fn decommission_device(
     state: State,
     c: DecommissionDevice,
 ) -> Result<Accepted, CommandError> {
-    match state.registry().get(&c.device_id) {
+    let known = state.registry().get(&c.device_id).cloned();
+    match known {
         None => {
             return Err(refuse(
                 ErrorCode::NotFound,
@@ -111,6 +127,8 @@ async fn decommission_device(
             ));
         }
         Some(d) if d.decommissioned => {
+            // A retry: the session may still be open if the first revocation was missed.
+            revoke_session(&state, &c.device_id, &c.reason).await;
             return Ok(Accepted {
                 sequence: d.version,
             });
@@ -119,18 +137,41 @@ async fn decommission_device(
     }
     let event = DeviceDecommissioned {
         device_id: c.device_id.clone(),
-        reason: c.reason,
+        reason: c.reason.clone(),
     };
     // Other services append to the device too (connections, liveness), so the device's
     // version is not this service's to expect; a decommission commutes with those, and a
     // second one changes nothing.
     match record(&state, ExpectedVersion::Any, event.into()).await {
-        Ok(sequence) => Ok(Accepted { sequence }),
+        Ok(sequence) => {
+            revoke_session(&state, &c.device_id, &c.reason).await;
+            Ok(Accepted { sequence })
+        }
         Err(AppendError::Conflict { .. }) => Err(refuse(
             ErrorCode::Conflict,
             format!("device {} changed concurrently; retry", c.device_id),
         )),
         Err(e) => Err(internal(e)),
+    }
+}
+
+/// Tells the gateways to end the device's session, if one holds it (its next connection is
+/// refused in any case: the registry says decommissioned).
+async fn revoke_session(state: &Enrollment, device: &DeviceId, reason: &str) {
+    let revoked = SessionRevoked {
+        device_id: device.clone(),
+        reason: reason.to_owned(),
+    };
+    let sent = match serde_json::to_vec(&revoked) {
+        Ok(body) => state
+            .client
+            .publish(subject::device_revoked(device), body.into())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        warn!(%device, error = %e, "session revocation not sent; the next connection is refused");
     }
 }
 
@@ -153,7 +194,7 @@ async fn open_pairing_window(
         .pairing
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .open(token.clone(), expires_at);
+        .open(&token, expires_at);
     info!(%expires_at, "pairing window opened");
     Ok(PairingWindow { token, expires_at })
 }
@@ -166,6 +207,16 @@ fn paired_device_id(key: &PublicKey) -> Option<DeviceId> {
 }
 
 async fn authorize_device(state: State, c: AuthorizeDevice) -> Result<Authorization, CommandError> {
+    // Gateways verify strictly; a weak key reaching here is refused all the same.
+    if !is_full_order(&c.public_key) {
+        return refused(
+            &state,
+            &c,
+            RejectReason::BadSignature,
+            "public key is of small order or not a point",
+        )
+        .await;
+    }
     let known = state.registry().by_key(&c.public_key).cloned();
     match known {
         Some(d) if d.decommissioned => {

@@ -68,6 +68,7 @@ pub enum EnrollmentError {
 
 /// Shared state of the handlers.
 pub(crate) struct Enrollment {
+    pub(crate) client: async_nats::Client,
     pub(crate) log: EventLog,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) pairing: Mutex<pairing::PairingWindows>,
@@ -113,6 +114,7 @@ pub async fn run(
     info!(devices = registry.len(), "device history loaded");
 
     let state = Arc::new(Enrollment {
+        client: client.clone(),
         log,
         registry: Mutex::new(registry),
         pairing: Mutex::default(),

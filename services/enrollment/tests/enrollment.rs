@@ -55,8 +55,14 @@ async fn start(server: &NatsServer, ca_dir: &Path) -> Running {
     panic!("enrollment did not come up");
 }
 
+/// The public key of the `n`th test device (a real key: enrollment refuses points of small
+/// order and bytes that are no point at all).
 fn key(n: u8) -> PublicKey {
-    PublicKey([n; 32])
+    PublicKey(
+        ed25519_dalek::SigningKey::from_bytes(&[n; 32])
+            .verifying_key()
+            .to_bytes(),
+    )
 }
 
 fn authorize(n: u8, token: Option<&str>) -> AuthorizeDevice {
@@ -224,7 +230,8 @@ async fn a_pairing_window_lets_unknown_devices_enroll_with_its_token() {
     else {
         panic!("pairing refused");
     };
-    assert_eq!(device_id.as_str(), "dev-050505050505");
+    let derived: String = key(5).0[..6].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(device_id.as_str(), format!("dev-{derived}"));
     // Enrolled now: allowed without a token, too.
     assert!(matches!(
         call(&client, &authorize(5, None), T).await.unwrap(),
@@ -233,6 +240,55 @@ async fn a_pairing_window_lets_unknown_devices_enroll_with_its_token() {
     let events = history(&server, AggregateId::Device(device_id)).await;
     assert!(
         matches!(events[..], [Event::DeviceEnrolled(ref e)] if e.path == EnrollmentPath::Pairing)
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn keys_of_small_order_are_refused_at_registration_and_at_the_door() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&server, dir.path()).await;
+    let client = server.client().await.unwrap();
+
+    // The identity point signs every message with R = identity, s = 0; [0xff; 32] is no point.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    for bytes in [identity, [0; 32], [0xff; 32]] {
+        let weak = RegisterDevice {
+            public_key: PublicKey(bytes),
+            ..register("dev-weak", 1)
+        };
+        let refused = call(&client, &weak, T).await.unwrap_err();
+        assert_eq!(
+            refusal_code(refused),
+            ErrorCode::InvalidRequest,
+            "{bytes:?}"
+        );
+    }
+    // Not even an open pairing window lets one in.
+    let window = call(&client, &OpenPairingWindow { duration_secs: 60 }, T)
+        .await
+        .unwrap();
+    let decision = call(
+        &client,
+        &AuthorizeDevice {
+            public_key: PublicKey(identity),
+            ..authorize(1, Some(&window.token))
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            decision,
+            Authorization::Refused {
+                reason: RejectReason::BadSignature,
+                ..
+            }
+        ),
+        "{decision:?}"
     );
     service.stop().await;
 }

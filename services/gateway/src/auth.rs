@@ -1,6 +1,6 @@
 //! Authentication of one TLS connection: Hello, Challenge, Auth, and enrollment's decision.
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use tokio::io::AsyncRead;
 use wasmbed_bus::call;
 use wasmbed_schemas::command::{Authorization, AuthorizeDevice};
@@ -75,13 +75,17 @@ where
         other => Err(other),
     })
     .await?;
-    let verified = VerifyingKey::from_bytes(&hello.public_key.0).is_ok_and(|verifying| {
-        let signature = Signature::from_bytes(&auth.signature.0);
-        let (current, previous) = fingerprints;
-        [Some(current), previous].into_iter().flatten().any(|fp| {
-            let transcript = auth_transcript(&hello.nonce, &nonce, &fp, &gw.config.gateway_id);
-            verifying.verify(&transcript, &signature).is_ok()
-        })
+    let Some(verifying) = full_order_key(&hello.public_key) else {
+        let message = "public key is not a valid Ed25519 point of full order";
+        return Err(Refusal::new(RejectReason::BadSignature, message, key));
+    };
+    let signature = Signature::from_bytes(&auth.signature.0);
+    let (current, previous) = fingerprints;
+    // Strict: a small-order R, or a non-canonical one, is refused too (plain `verify` accepts
+    // the identity key with R = identity and s = 0 for any message).
+    let verified = [Some(current), previous].into_iter().flatten().any(|fp| {
+        let transcript = auth_transcript(&hello.nonce, &nonce, &fp, &gw.config.gateway_id);
+        verifying.verify_strict(&transcript, &signature).is_ok()
     });
     if !verified {
         let message = "signature does not verify over this session's transcript";
@@ -110,6 +114,14 @@ where
             ..Refusal::new(RejectReason::Unavailable, format!("enrollment: {e}"), key)
         }),
     }
+}
+
+/// The key, if it is the canonical encoding of an Ed25519 point outside the small-order
+/// subgroup. A small-order key signs nothing: every signature by it can be forged.
+pub(crate) fn full_order_key(key: &PublicKey) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(&key.0)
+        .ok()
+        .filter(|point| !point.is_weak() && point.to_edwards().compress().to_bytes() == key.0)
 }
 
 /// Reads the next frame, which must be the `expected` kind (`pick` says whether it is).

@@ -8,6 +8,7 @@ use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::device_message::{DeviceLogLine, HeartbeatReport};
 use wasmbed_schemas::frame::codec::encode_to_vec;
 use wasmbed_schemas::frame::{Frame, HeartbeatAck};
+use wasmbed_schemas::host_api;
 use wasmbed_schemas::subject::{self, header};
 
 use crate::Gateway;
@@ -41,6 +42,14 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
             publish_json(gw, subject::device_heartbeat(device), &report).await
         }
         Frame::Telemetry(t) => {
+            // The topic goes into a header value, where CR or LF would end the header (and
+            // async-nats asserts against them).
+            if !host_api::is_valid_topic(&t.topic) {
+                return Err(format!(
+                    "protocol violation: a telemetry topic must be at most {} bytes without control characters",
+                    host_api::MAX_TOPIC_LEN
+                ));
+            }
             let mut headers = HeaderMap::new();
             headers.insert(header::DEVICE, device.as_str());
             headers.insert(header::APP, t.app_id.as_str());

@@ -3,6 +3,7 @@
 //!
 //! - `certificate`: its own key, a certificate from enrollment's CA by CSR, renewal.
 //! - `session`: one connection: TLS handshake, `auth`entication, the bridge loop.
+//! - `sessions`: the device sessions this gateway holds; replacement and revocation.
 //! - `bridge`: what device frames become on the bus.
 //! - `http`: `/health`, `/ready`, `/metrics`.
 //!
@@ -18,12 +19,14 @@ mod http;
 mod metrics;
 mod rate;
 mod session;
+mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -31,7 +34,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, info, info_span, warn};
 use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions};
+use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{EventEnvelope, GatewayStarted, GatewayStopped};
+use wasmbed_schemas::subject;
 
 pub use certificate::CertificateError;
 pub use config::GatewayConfig;
@@ -39,7 +44,7 @@ pub use config::GatewayConfig;
 use crate::audit::AuditLimiter;
 use crate::certificate::CertStore;
 use crate::metrics::{Metrics, inc};
-use crate::session::Sessions;
+use crate::sessions::Sessions;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,9 @@ pub enum GatewayError {
     /// A listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// A subscription the gateway needs was refused.
+    #[error("bus: {0}")]
+    Bus(String),
 }
 
 /// The listeners the gateway serves on, bound by the caller (port 0 in tests).
@@ -78,6 +86,20 @@ pub(crate) struct Gateway {
     pub(crate) audit_limiter: AuditLimiter,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
+}
+
+/// Ends the session of every device enrollment revokes while this gateway holds it.
+async fn end_revoked_sessions(gw: Arc<Gateway>, mut revocations: async_nats::Subscriber) {
+    while let Some(message) = revocations.next().await {
+        match serde_json::from_slice::<SessionRevoked>(&message.payload) {
+            Ok(revoked) => {
+                if gw.sessions.revoke(&revoked.device_id, revoked.reason) {
+                    info!(device = %revoked.device_id, "session ended: device revoked");
+                }
+            }
+            Err(e) => warn!(error = %e, "revocation does not decode; ignored"),
+        }
+    }
 }
 
 /// ring, with the TLS 1.3 suites in the order the gateway prefers.
@@ -151,6 +173,13 @@ pub async fn run(
         key,
         certs.clone(),
     ));
+    // Decommissioned devices lose their session at once, not at their next connection.
+    let revocations = gw
+        .client
+        .subscribe(subject::DEVICE_REVOKED_ALL)
+        .await
+        .map_err(|e| GatewayError::Bus(e.to_string()))?;
+    let revoker = tokio::spawn(end_revoked_sessions(gw.clone(), revocations));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(http::serve(gw.clone(), listeners.http, async move {
         let _ = http_stopped.await;
@@ -235,6 +264,7 @@ pub async fn run(
         warn!(error = %e, "GatewayStopped not recorded");
     }
     renewal.abort();
+    revoker.abort();
     let _ = stop_http.send(());
     let _ = http.instrument(info_span!("http")).await;
     Ok(())

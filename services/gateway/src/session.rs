@@ -1,9 +1,9 @@
 //! One device connection: TLS handshake, authentication, then the bridge loop.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, field, info, info_span, warn};
+use tracing::{Instrument, debug, error, field, info, info_span, warn};
 use wasmbed_eventlog::ExpectedVersion;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::event::{DeviceConnected, DeviceDisconnected, EventEnvelope};
@@ -29,6 +29,7 @@ use crate::bridge::uplink;
 use crate::frames::{FrameReader, ReadFrameError};
 use crate::metrics::inc;
 use crate::rate::UplinkBudget;
+use crate::sessions::Ended;
 
 /// Writes one frame, giving up after `timeout` (a device that stopped reading).
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
@@ -57,45 +58,6 @@ async fn write_bytes<W: AsyncWrite + Unpin>(
     }
 }
 
-/// The sessions this gateway holds, one per device: a newer session of the same device
-/// replaces the older one.
-#[derive(Default)]
-pub(crate) struct Sessions {
-    next_id: AtomicU64,
-    by_device: std::sync::Mutex<HashMap<DeviceId, (u64, oneshot::Sender<()>)>>,
-}
-
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, (u64, oneshot::Sender<()>)>> {
-        self.by_device
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Registers a session of `device`; returns its id and a signal that fires when a newer
-    /// session replaces it.
-    fn register(&self, device: &DeviceId) -> (u64, oneshot::Receiver<()>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if let Some((_, older)) = self.lock().insert(device.clone(), (id, tx)) {
-            let _ = older.send(());
-        }
-        (id, rx)
-    }
-
-    fn unregister(&self, device: &DeviceId, id: u64) {
-        let mut map = self.lock();
-        if map.get(device).is_some_and(|(current, _)| *current == id) {
-            map.remove(device);
-        }
-    }
-
-    /// How many devices have a session.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-}
-
 /// Serves one TCP connection to its end.
 pub(crate) async fn serve_connection(
     gw: Arc<Gateway>,
@@ -104,7 +66,7 @@ pub(crate) async fn serve_connection(
     remote: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
-    let span = info_span!("session", %remote, device = field::Empty);
+    let span = info_span!("session", %remote, device = field::Empty, session = field::Empty);
     async move {
         let remote = remote.to_string();
         let _ = tcp.set_nodelay(true);
@@ -191,46 +153,137 @@ async fn refuse_quietly(gw: &Gateway, reason: RejectReason, message: &str, remot
     gw.audit(None, reason, message, remote).await;
 }
 
+/// What a session holds while it is open: its place in the `Sessions` table and its count in
+/// `sessions_active`. Dropping it gives both back, however the session ends (a panic, or its
+/// task dropped, included).
+struct OpenSession<'a> {
+    gw: &'a Gateway,
+    device: DeviceId,
+    local_id: u64,
+}
+
+impl<'a> OpenSession<'a> {
+    fn new(gw: &'a Gateway, device: DeviceId, local_id: u64) -> Self {
+        gw.metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        Self {
+            gw,
+            device,
+            local_id,
+        }
+    }
+}
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.gw.sessions.unregister(&self.device, self.local_id);
+        self.gw
+            .metrics
+            .sessions_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A session id unique across gateways and restarts: 64 random bits, hex.
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: the table id and the time still tell this gateway's sessions apart.
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        bytes = now.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 async fn bridge_session<R, W>(
     gw: &Gateway,
     device: DeviceId,
-    mut frames: FrameReader,
-    mut reader: R,
+    frames: FrameReader,
+    reader: R,
     mut writer: W,
     remote: String,
 ) where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (session_id, mut replaced) = gw.sessions.register(&device);
-    let mut downlink = match gw.client.subscribe(subject::device_downlink(&device)).await {
+    let (local_id, ended) = gw.sessions.register(&device);
+    let open = OpenSession::new(gw, device.clone(), local_id);
+    let downlink = match gw.client.subscribe(subject::device_downlink(&device)).await {
         Ok(subscriber) => subscriber,
         Err(e) => {
             warn!(error = %e, "downlink subscription failed");
-            gw.sessions.unregister(&device, session_id);
             return;
         }
     };
+    let session_id = new_session_id();
+    tracing::Span::current().record("session", field::display(&session_id));
     append(
         gw,
         DeviceConnected {
             device_id: device.clone(),
             gateway_id: gw.config.gateway_id.clone(),
             remote_addr: remote,
+            session_id: Some(session_id.clone()),
         }
         .into(),
     )
     .await;
+    inc(&gw.metrics.sessions_established);
+    info!("session open");
+    // A panic inside the loop (a library's assertion on a value a device chose) ends this
+    // session like any other error: the device hears nothing more, the log hears why.
+    let serve = serve_frames(gw, &device, frames, reader, &mut writer, downlink, ended);
+    let reason = AssertUnwindSafe(serve)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error!(panic = ?what, "session task panicked");
+            "internal error: the session failed".to_owned()
+        });
+    let _ = writer.shutdown().await;
+    drop(open);
+    info!(reason = ?reason, "session closed");
+    append(
+        gw,
+        DeviceDisconnected {
+            device_id: device,
+            gateway_id: gw.config.gateway_id.clone(),
+            reason,
+            session_id: Some(session_id),
+        }
+        .into(),
+    )
+    .await;
+}
+
+/// The session's loop: Welcome, then device frames to the bus and downlink messages to the
+/// device, until something ends it. Returns why.
+async fn serve_frames<R, W>(
+    gw: &Gateway,
+    device: &DeviceId,
+    mut frames: FrameReader,
+    mut reader: R,
+    writer: &mut W,
+    mut downlink: async_nats::Subscriber,
+    mut ended: oneshot::Receiver<Ended>,
+) -> String
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let welcome = Frame::Welcome(Welcome {
         device_id: device.clone(),
         heartbeat_interval_ms: u32::try_from(gw.config.heartbeat_interval.as_millis())
             .unwrap_or(u32::MAX),
         max_frame_len: MAX_FRAME_LEN as u32,
     });
-    inc(&gw.metrics.sessions_established);
-    gw.metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
-    info!("session open");
-
+    if let Err(e) = write_frame(writer, &welcome, gw.config.write_timeout).await {
+        return e;
+    }
     let silence = gw.config.heartbeat_interval * gw.config.missed_heartbeats;
     // Both made once per session, not once per frame: a timer re-armed on every frame costs
     // two trips to the runtime's timer wheel, which all sessions share.
@@ -245,87 +298,81 @@ async fn bridge_session<R, W>(
         gw.config.uplink_burst_bytes,
         last_heard,
     );
-    let reason = match write_frame(&mut writer, &welcome, gw.config.write_timeout).await {
-        Err(e) => e,
-        Ok(()) => loop {
-            tokio::select! {
-                // Graceful only when asked; a dropped gateway (sender gone) says nothing.
-                true = &mut stop => {
-                    let go_away = Frame::GoAway(GoAway {
-                        reason: "gateway shutting down".into(),
-                        reconnect_after_ms: u32::try_from(gw.config.reconnect_after.as_millis()).unwrap_or(u32::MAX),
-                    });
-                    let _ = write_frame(&mut writer, &go_away, Duration::from_secs(1)).await;
-                    break "gateway shutdown".to_owned();
-                }
-                _ = &mut replaced => break "replaced by a newer session of the device".to_owned(),
-                () = &mut silent => {
-                    // Set for the silence since the last frame as it stood when armed; frames
-                    // since then move it on.
-                    let deadline = last_heard + silence;
-                    if Instant::now() >= deadline {
-                        break format!("heartbeat timeout: silent for {silence:?}");
-                    }
-                    silent.as_mut().reset(deadline);
-                }
-                next = frames.next(&mut reader) => match next {
-                    Ok(Some(frame)) => {
-                        last_heard = Instant::now();
-                        if !budget.spend(frames.last_len(), last_heard) {
-                            inc(&gw.metrics.rate_limited);
-                            let reason = format!(
-                                "uplink rate limit exceeded: over {} bytes/s (burst {})",
-                                gw.config.uplink_bytes_per_second, gw.config.uplink_burst_bytes
-                            );
-                            send_error(&mut writer, FrameErrorCode::ResourceExhausted, &reason).await;
-                            break reason;
-                        }
-                        if let Err(reason) = uplink(gw, &device, frame, &mut writer).await {
-                            send_error(&mut writer, FrameErrorCode::Malformed, &reason).await;
-                            break reason;
-                        }
-                    }
-                    Ok(None) => break "closed by the device".to_owned(),
-                    Err(ReadFrameError::Io(e)) => break format!("connection lost: {e}"),
-                    Err(ReadFrameError::Decode(e)) => {
-                        let reason = format!("protocol violation: {e}");
-                        send_error(&mut writer, FrameErrorCode::Malformed, &reason).await;
-                        break reason;
-                    }
-                },
-                message = downlink.next() => match message {
-                    Some(message) => {
-                        // Only whole, valid frames reach a device.
-                        match decode(&message.payload) {
-                            Ok((_, used)) if used == message.payload.len() => {
-                                if let Err(e) = write_bytes(&mut writer, &message.payload, gw.config.write_timeout).await {
-                                    break e;
-                                }
-                                inc(&gw.metrics.frames_out);
-                            }
-                            _ => warn!("downlink message is not exactly one frame; dropped"),
-                        }
-                    }
-                    None => break "bus subscription ended".to_owned(),
-                },
+    loop {
+        tokio::select! {
+            // Graceful only when asked; a dropped gateway (sender gone) says nothing.
+            true = &mut stop => {
+                let go_away = Frame::GoAway(GoAway {
+                    reason: "gateway shutting down".into(),
+                    reconnect_after_ms: u32::try_from(gw.config.reconnect_after.as_millis()).unwrap_or(u32::MAX),
+                });
+                let _ = write_frame(writer, &go_away, Duration::from_secs(1)).await;
+                return "gateway shutdown".to_owned();
             }
-        },
-    };
-    let _ = downlink.unsubscribe().await;
-    let _ = writer.shutdown().await;
-    gw.sessions.unregister(&device, session_id);
-    gw.metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
-    info!(%reason, "session closed");
-    append(
-        gw,
-        DeviceDisconnected {
-            device_id: device,
-            gateway_id: gw.config.gateway_id.clone(),
-            reason,
+            why = &mut ended => match why {
+                Ok(Ended::Revoked(reason)) => {
+                    let rejected = Frame::Rejected(Rejected {
+                        reason: RejectReason::Decommissioned,
+                        message: "device is decommissioned".into(),
+                    });
+                    let _ = write_frame(writer, &rejected, Duration::from_secs(1)).await;
+                    return format!("decommissioned: {reason}");
+                }
+                Ok(Ended::Replaced) | Err(_) => {
+                    return "replaced by a newer session of the device".to_owned();
+                }
+            },
+            () = &mut silent => {
+                // Set for the silence since the last frame as it stood when armed; frames
+                // since then move it on.
+                let deadline = last_heard + silence;
+                if Instant::now() >= deadline {
+                    return format!("heartbeat timeout: silent for {silence:?}");
+                }
+                silent.as_mut().reset(deadline);
+            }
+            next = frames.next(&mut reader) => match next {
+                Ok(Some(frame)) => {
+                    last_heard = Instant::now();
+                    if !budget.spend(frames.last_len(), last_heard) {
+                        inc(&gw.metrics.rate_limited);
+                        let reason = format!(
+                            "uplink rate limit exceeded: over {} bytes/s (burst {})",
+                            gw.config.uplink_bytes_per_second, gw.config.uplink_burst_bytes
+                        );
+                        send_error(writer, FrameErrorCode::ResourceExhausted, &reason).await;
+                        return reason;
+                    }
+                    if let Err(reason) = uplink(gw, device, frame, writer).await {
+                        send_error(writer, FrameErrorCode::Malformed, &reason).await;
+                        return reason;
+                    }
+                }
+                Ok(None) => return "closed by the device".to_owned(),
+                Err(ReadFrameError::Io(e)) => return format!("connection lost: {e}"),
+                Err(ReadFrameError::Decode(e)) => {
+                    let reason = format!("protocol violation: {e}");
+                    send_error(writer, FrameErrorCode::Malformed, &reason).await;
+                    return reason;
+                }
+            },
+            message = downlink.next() => match message {
+                Some(message) => {
+                    // Only whole, valid frames reach a device.
+                    match decode(&message.payload) {
+                        Ok((_, used)) if used == message.payload.len() => {
+                            if let Err(e) = write_bytes(writer, &message.payload, gw.config.write_timeout).await {
+                                return e;
+                            }
+                            inc(&gw.metrics.frames_out);
+                        }
+                        _ => warn!("downlink message is not exactly one frame; dropped"),
+                    }
+                }
+                None => return "bus subscription ended".to_owned(),
+            },
         }
-        .into(),
-    )
-    .await;
+    }
 }
 
 /// Completes with `true` when the gateway asks sessions to stop, `false` if the gateway is

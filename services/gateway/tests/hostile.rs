@@ -12,8 +12,11 @@ use futures::StreamExt;
 use support::{RawDevice, System, T, http_get, test_gateway_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use wasmbed_bus::call;
 use wasmbed_device_core::{CloseReason, Signer};
+use wasmbed_schemas::command::{DecommissionDevice, OpenPairingWindow};
 use wasmbed_schemas::event::Event;
+use wasmbed_schemas::frame::codec::encode_to_vec;
 use wasmbed_schemas::frame::*;
 use wasmbed_schemas::subject;
 use wasmbed_schemas::{AggregateId, AppId, GatewayId, Nonce, PublicKey, Sha256, Signature};
@@ -282,5 +285,247 @@ async fn a_device_cannot_publish_under_another_devices_id() {
             events.iter().any(|e| matches!(e, Event::DeviceDisconnected(d) if d.reason.starts_with("protocol violation")))
         })
         .await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_small_order_key_with_a_forged_signature_is_refused() {
+    let system = System::start().await;
+    let gateway = system.gateway(test_gateway_config(), 0).await;
+    // An open pairing window: without the gateway's own check, enrollment would pair the key.
+    let window = call(&system.client, &OpenPairingWindow { duration_secs: 60 }, T)
+        .await
+        .unwrap();
+    // The identity point as the key, and (R = identity, s = 0) as the signature: it satisfies
+    // the unstrict equation [s]B = R + [k]A for every message.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut forged = [0u8; 64];
+    forged[0] = 1;
+    let mut raw = RawDevice::connect(&system, gateway.tls_addr).await;
+    raw.send(&Frame::Hello(Hello {
+        public_key: PublicKey(identity),
+        nonce: Nonce([7; 32]),
+        firmware: "test".into(),
+        enrollment_token: Some(window.token),
+    }))
+    .await;
+    raw.send(&Frame::Auth(Auth {
+        signature: Signature(forged),
+    }))
+    .await;
+    assert_eq!(rejected(&raw.drain().await), RejectReason::BadSignature);
+    let audit = system
+        .wait_events(AggregateId::Gateway(gateway_id()), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::EnrollmentRefused(_)))
+        })
+        .await;
+    let refused: Vec<_> = audit
+        .iter()
+        .filter_map(|e| match e {
+            Event::EnrollmentRefused(r) => Some((r.public_key, r.reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [(Some(PublicKey(identity)), RejectReason::BadSignature)]
+    );
+    gateway.stop().await;
+}
+
+/// The value of one of the gateway's metrics.
+async fn metric(gateway: &support::RunningGateway, name: &str) -> u64 {
+    let text = http_get(gateway.http_addr, "/metrics").await.1;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+}
+
+#[tokio::test]
+async fn a_topic_with_a_line_break_ends_the_session_and_its_accounting() {
+    let system = System::start().await;
+    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let key = random_key();
+    let device = system.register("crlf", &key).await;
+    let mut telemetry = system
+        .client
+        .subscribe(subject::TELEMETRY_ALL)
+        .await
+        .unwrap();
+    let mut raw = RawDevice::authenticated(&system, gateway.tls_addr, key).await;
+    assert_eq!(
+        metric(&gateway, "wasmbed_gateway_sessions_active{").await,
+        1
+    );
+    raw.send(&Frame::Telemetry(Telemetry {
+        app_id: AppId::new("app").unwrap(),
+        seq: 1,
+        topic: "temp\r\nNats-Msg-Id: forged".into(),
+        payload: b"x".to_vec(),
+    }))
+    .await;
+    let answer = raw.drain().await;
+    assert!(
+        matches!(answer.last(), Some(Frame::Error(e)) if e.code == FrameErrorCode::Malformed),
+        "{answer:?}"
+    );
+    // Nothing reached the bus, the session's end is in the log, and the gauge is back to 0.
+    let leaked = tokio::time::timeout(Duration::from_millis(300), telemetry.next()).await;
+    assert!(leaked.is_err(), "{leaked:?}");
+    let events = system
+        .wait_events(AggregateId::Device(device), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::DeviceDisconnected(_)))
+        })
+        .await;
+    let reason = events.iter().find_map(|e| match e {
+        Event::DeviceDisconnected(d) => Some(d.reason.clone()),
+        _ => None,
+    });
+    assert!(
+        reason.as_deref().unwrap().starts_with("protocol violation"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        metric(&gateway, "wasmbed_gateway_sessions_active{").await,
+        0
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn decommissioning_a_device_ends_its_live_session() {
+    let system = System::start().await;
+    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let key = random_key();
+    let device = system.register("retired", &key).await;
+    let mut telemetry = system
+        .client
+        .subscribe(subject::TELEMETRY_ALL)
+        .await
+        .unwrap();
+    let mut raw = RawDevice::authenticated(&system, gateway.tls_addr, key.clone()).await;
+    let frame = Frame::Telemetry(Telemetry {
+        app_id: AppId::new("app").unwrap(),
+        seq: 1,
+        topic: "t".into(),
+        payload: b"before".to_vec(),
+    });
+    raw.send(&frame).await;
+    let before = tokio::time::timeout(T, telemetry.next()).await.unwrap();
+    assert_eq!(&before.unwrap().payload[..], b"before");
+
+    call(
+        &system.client,
+        &DecommissionDevice {
+            device_id: device.clone(),
+            reason: "stolen".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    // The gateway says so and closes; what the device sends after that goes nowhere.
+    let mut answer = Vec::new();
+    while let Some(frame) = raw.next().await {
+        let rejected =
+            matches!(&frame, Frame::Rejected(r) if r.reason == RejectReason::Decommissioned);
+        answer.push(frame);
+        if rejected {
+            break;
+        }
+    }
+    assert!(
+        matches!(answer.last(), Some(Frame::Rejected(_))),
+        "{answer:?}"
+    );
+    raw.send_raw(&encode_to_vec(&frame).unwrap()).await;
+    let leaked = tokio::time::timeout(Duration::from_millis(500), telemetry.next()).await;
+    assert!(leaked.is_err(), "{leaked:?}");
+    let events = system
+        .wait_events(AggregateId::Device(device), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::DeviceDisconnected(_)))
+        })
+        .await;
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::DeviceDisconnected(d) if d.reason == "decommissioned: stolen")
+        ),
+        "{events:?}"
+    );
+    // And it cannot come back.
+    let mut again = system.sim(vec![gateway.tls_addr], key);
+    let status = again.wait_for(|s| s.last_close.is_some(), T).await.unwrap();
+    assert!(
+        matches!(&status.last_close, Some(CloseReason::Rejected(r)) if r.reason == RejectReason::Decommissioned),
+        "{status:?}"
+    );
+    again.stop().await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_replaced_sessions_late_disconnect_leaves_the_device_online() {
+    let system = System::start().await;
+    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let key = random_key();
+    let device = system.register("twice", &key).await;
+    let mut old = RawDevice::authenticated(&system, gateway.tls_addr, key.clone()).await;
+    let mut new = RawDevice::authenticated(&system, gateway.tls_addr, key).await;
+    // The old session is closed by the gateway; the new one stays.
+    let _ = old.drain().await;
+    new.send(&Frame::Heartbeat(Heartbeat {
+        seq: 1,
+        uptime_ms: 1,
+    }))
+    .await;
+    assert!(matches!(new.next().await, Some(Frame::HeartbeatAck(_))));
+    let events = system
+        .wait_events(AggregateId::Device(device), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::DeviceDisconnected(_)))
+        })
+        .await;
+    let sessions: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DeviceConnected(c) => c.session_id.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2, "{events:?}");
+    assert_ne!(sessions[0], sessions[1]);
+    // Folded as every view folds them, in log order, whatever order the gateway wrote them.
+    let (mut gateway_now, mut session_now) = (None, None);
+    for event in &events {
+        match event {
+            Event::DeviceConnected(c) => {
+                gateway_now = Some(c.gateway_id.clone());
+                session_now = c.session_id.clone();
+            }
+            Event::DeviceDisconnected(d) => {
+                assert_eq!(d.session_id.as_ref(), Some(&sessions[0]), "{d:?}");
+                if d.ends_current(gateway_now.as_ref(), session_now.as_deref()) {
+                    (gateway_now, session_now) = (None, None);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(session_now.as_ref(), Some(&sessions[1]), "{events:?}");
+    assert_eq!(gateway_now, Some(gateway_id()));
     gateway.stop().await;
 }
