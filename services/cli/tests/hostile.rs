@@ -281,3 +281,33 @@ async fn fault_floods_and_slow_handshakes_leave_the_gateway_bounded_and_honest_d
         device.stop().await;
     }
 }
+
+/// A refusal is a security event: it shows under the binary's default filter (`warn`), which
+/// the cluster's services run with.
+#[tokio::test]
+async fn refusals_are_logged_at_the_default_level() {
+    let cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
+    let gateway = cluster.gateway("gw-a");
+    let mut tcp = TcpStream::connect(gateway).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(T, tcp.read_to_end(&mut sink)).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let log = cluster.service_log("gw-a");
+        if log.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("connection refused")
+                && l.contains("ProtocolViolation")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal in the gateway's log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -53,6 +53,15 @@ impl Gateway {
             inc(&self.metrics.audit_suppressed);
             return;
         }
+        // A security event: visible under the default filter (warn), as rate-limited as the
+        // audit events. Device-chosen text is never in it unescaped.
+        warn!(
+            ?reason,
+            message = ?message,
+            remote = %remote_addr,
+            key = ?public_key,
+            "connection refused"
+        );
         let event = EnrollmentRefused {
             gateway_id: self.config.gateway_id.clone(),
             public_key,

@@ -120,7 +120,9 @@ pub(crate) async fn serve_connection(
             Ok(device) => device,
             Err(refusal) => {
                 gw.metrics.refused(refusal.reason);
-                info!(reason = ?refusal.reason, message = %refusal.message, "refused");
+                // Logged at warn where it is recorded (`Gateway::audit`, rate-limited), or by
+                // enrollment, which decided it.
+                debug!(reason = ?refusal.reason, message = ?refusal.message, "refused");
                 let rejected = Frame::Rejected(Rejected {
                     reason: refusal.reason,
                     message: refusal.message.clone(),
