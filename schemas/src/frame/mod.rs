@@ -176,6 +176,8 @@ pub enum RejectReason {
     Timeout,
     /// The gateway could not reach enrollment; try again later.
     Unavailable,
+    /// The device opened too many sessions lately; back off before reconnecting.
+    RateLimited,
 }
 
 /// device → gateway: liveness.

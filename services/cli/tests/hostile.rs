@@ -311,3 +311,81 @@ async fn refusals_are_logged_at_the_default_level() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The gateway's defaults (`GatewayConfig::new`), which the cluster's gateway runs with.
+const UPLINK_BYTES_PER_SECOND: u64 = 1024 * 1024;
+const UPLINK_BURST_BYTES: u64 = 2 * 1024 * 1024;
+const SESSION_BURST: u64 = 10;
+const SESSIONS_PER_SECOND: u64 = 1;
+
+/// A device floods telemetry and reconnects the moment it is cut off, for 10 s. Its budget
+/// follows it across sessions, and its reconnects are throttled: it gets through at most twice
+/// what one device may send in 10 s, and the log gains at most two events per admitted
+/// session: (10 at once + 1 a second × 10 s) × 2 = 40.
+#[tokio::test]
+async fn fault_a_flood_through_reconnects_stays_within_the_devices_budget() {
+    let cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
+    let gateway = cluster.gateway("gw-a");
+    let connector = Connector::new(&cluster.ca_pem, "localhost").unwrap();
+    let (flooder, key) = register(&cluster, "reconnector").await;
+    let mut accepted = cluster
+        .client
+        .subscribe(format!("wasmbed.telemetry.{flooder}.>"))
+        .await
+        .unwrap();
+    let counted = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut bytes = 0u64;
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(3), accepted.next()).await
+        {
+            bytes += message.payload.len() as u64;
+        }
+        bytes
+    });
+    let frame = encode_to_vec(&Frame::Telemetry(Telemetry {
+        app_id: AppId::new("flood").unwrap(),
+        seq: 1,
+        topic: "flood".into(),
+        payload: vec![0x5a; MAX_FRAME_LEN - 128],
+    }))
+    .unwrap();
+    let window = Duration::from_secs(10);
+    let started = Instant::now();
+    let (mut sessions, mut refused, mut offered) = (0u64, 0u64, 0u64);
+    while started.elapsed() < window {
+        let config = SessionConfig::default();
+        let Ok(mut session) = authenticate(&connector, gateway, None, key.clone(), config, T).await
+        else {
+            refused += 1;
+            continue;
+        };
+        sessions += 1;
+        while started.elapsed() < window {
+            if session.stream.write_all(&frame).await.is_err() {
+                break;
+            }
+            offered += frame.len() as u64;
+        }
+    }
+    let accepted_bytes = counted.await.unwrap();
+    let budget = UPLINK_BURST_BYTES + UPLINK_BYTES_PER_SECOND * window.as_secs();
+    let events = cluster.all_events().await;
+    let session_events = wasmbed_e2e::cluster::device_events(&events, &flooder)
+        .filter(|e| matches!(e, Event::DeviceConnected(_) | Event::DeviceDisconnected(_)))
+        .count() as u64;
+    let bound = 2 * (SESSION_BURST + SESSIONS_PER_SECOND * window.as_secs());
+    println!(
+        "reconnect flood, 10 s: {sessions} sessions, {refused} refused, offered {} MiB, \
+         accepted {:.1} MiB (budget {} MiB), {session_events} session events (bound {bound})",
+        offered >> 20,
+        accepted_bytes as f64 / 1048576.0,
+        budget >> 20,
+    );
+    assert!(refused > 0, "the reconnect storm was never throttled");
+    assert!(
+        accepted_bytes <= 2 * budget,
+        "{accepted_bytes} bytes accepted, budget {budget}"
+    );
+    assert!(session_events <= bound, "{session_events} > {bound}");
+}

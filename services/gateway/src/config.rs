@@ -37,8 +37,14 @@ pub struct GatewayConfig {
     /// Each session may send this many bytes per second to the gateway, sustained (every frame
     /// counts its length plus 64); a device over its budget is disconnected.
     pub uplink_bytes_per_second: u64,
-    /// ... and this many at once.
+    /// ... and this many at once. The budget is the device's, not the session's: a new
+    /// session of the device continues from what the last one left.
     pub uplink_burst_bytes: u64,
+    /// A device may open this many sessions per second, sustained ...
+    pub sessions_per_second: f64,
+    /// ... and this many at once; past that it is refused (`RateLimited`) before any event is
+    /// written for it.
+    pub session_burst: u32,
     /// Replicas of the streams this service creates.
     pub replicas: usize,
 }
@@ -62,6 +68,8 @@ impl GatewayConfig {
             audit_events_per_second: 50,
             uplink_bytes_per_second: 1024 * 1024,
             uplink_burst_bytes: 2 * 1024 * 1024,
+            sessions_per_second: 1.0,
+            session_burst: 10,
             replicas: 1,
         }
     }

@@ -44,6 +44,7 @@ pub use config::GatewayConfig;
 use crate::audit::AuditLimiter;
 use crate::certificate::CertStore;
 use crate::metrics::{Metrics, inc};
+use crate::rate::Allowances;
 use crate::sessions::Sessions;
 
 /// Why the gateway could not start.
@@ -84,6 +85,7 @@ pub(crate) struct Gateway {
     pub(crate) metrics: Metrics,
     pub(crate) sessions: Sessions,
     pub(crate) audit_limiter: AuditLimiter,
+    pub(crate) allowances: Allowances,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
 }
@@ -163,6 +165,12 @@ pub async fn run(
         metrics: Metrics::default(),
         sessions: Sessions::default(),
         audit_limiter: AuditLimiter::new(config.audit_events_per_second),
+        allowances: Allowances::new(rate::Limits {
+            bytes_per_second: config.uplink_bytes_per_second,
+            burst_bytes: config.uplink_burst_bytes,
+            sessions_per_second: config.sessions_per_second,
+            session_burst: config.session_burst,
+        }),
         shutdown: stopping,
         ready: AtomicBool::new(false),
         config: config.clone(),

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wasmbed_schemas::frame::RejectReason;
 
 /// Every refusal reason, for per-reason counters.
-const REASONS: [(RejectReason, &str); 6] = [
+const REASONS: [(RejectReason, &str); 7] = [
     (RejectReason::UnknownDevice, "unknown_device"),
     (RejectReason::Decommissioned, "decommissioned"),
     (RejectReason::BadSignature, "bad_signature"),
     (RejectReason::ProtocolViolation, "protocol_violation"),
     (RejectReason::Timeout, "timeout"),
     (RejectReason::Unavailable, "unavailable"),
+    (RejectReason::RateLimited, "rate_limited"),
 ];
 
 /// The gateway's counters.

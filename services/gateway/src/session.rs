@@ -28,7 +28,7 @@ use crate::auth::{Refusal, authenticate, new_challenge};
 use crate::bridge::uplink;
 use crate::frames::{FrameReader, ReadFrameError};
 use crate::metrics::inc;
-use crate::rate::UplinkBudget;
+use crate::rate::{self, SharedAllowance};
 use crate::sessions::Ended;
 
 /// Writes one frame, giving up after `timeout` (a device that stopped reading).
@@ -142,7 +142,19 @@ pub(crate) async fn serve_connection(
             }
         };
         tracing::Span::current().record("device", field::display(&device));
-        bridge_session(&gw, device, frames, reader, writer, remote).await;
+        let Some(allowance) = gw.allowances.open_session(&device, Instant::now()) else {
+            // A reconnect storm from one identity: no session, no event, a counter.
+            gw.metrics.refused(RejectReason::RateLimited);
+            debug!("refused: too many sessions lately");
+            let rejected = Frame::Rejected(Rejected {
+                reason: RejectReason::RateLimited,
+                message: "too many sessions lately; back off before reconnecting".into(),
+            });
+            let _ = write_frame(&mut writer, &rejected, Duration::from_secs(1)).await;
+            let _ = writer.shutdown().await;
+            return;
+        };
+        bridge_session(&gw, device, allowance, frames, reader, writer, remote).await;
     }
     .instrument(span)
     .await;
@@ -199,6 +211,7 @@ fn new_session_id() -> String {
 async fn bridge_session<R, W>(
     gw: &Gateway,
     device: DeviceId,
+    allowance: SharedAllowance,
     frames: FrameReader,
     reader: R,
     mut writer: W,
@@ -233,7 +246,13 @@ async fn bridge_session<R, W>(
     info!("session open");
     // A panic inside the loop (a library's assertion on a value a device chose) ends this
     // session like any other error: the device hears nothing more, the log hears why.
-    let serve = serve_frames(gw, &device, frames, reader, &mut writer, downlink, ended);
+    let session = Bridge {
+        device: &device,
+        allowance: &allowance,
+        downlink,
+        ended,
+    };
+    let serve = serve_frames(gw, session, frames, reader, &mut writer);
     let reason = AssertUnwindSafe(serve)
         .catch_unwind()
         .await
@@ -262,21 +281,33 @@ async fn bridge_session<R, W>(
     .await;
 }
 
+/// What one session's loop works with besides the gateway.
+struct Bridge<'a> {
+    device: &'a DeviceId,
+    allowance: &'a SharedAllowance,
+    downlink: async_nats::Subscriber,
+    ended: oneshot::Receiver<Ended>,
+}
+
 /// The session's loop: Welcome, then device frames to the bus and downlink messages to the
 /// device, until something ends it. Returns why.
 async fn serve_frames<R, W>(
     gw: &Gateway,
-    device: &DeviceId,
+    session: Bridge<'_>,
     mut frames: FrameReader,
     mut reader: R,
     writer: &mut W,
-    mut downlink: async_nats::Subscriber,
-    mut ended: oneshot::Receiver<Ended>,
 ) -> String
 where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Bridge {
+        device,
+        allowance,
+        mut downlink,
+        mut ended,
+    } = session;
     let welcome = Frame::Welcome(Welcome {
         device_id: device.clone(),
         heartbeat_interval_ms: u32::try_from(gw.config.heartbeat_interval.as_millis())
@@ -295,11 +326,6 @@ where
     let mut last_heard = Instant::now();
     let silent = tokio::time::sleep_until(last_heard + silence);
     tokio::pin!(silent);
-    let mut budget = UplinkBudget::new(
-        gw.config.uplink_bytes_per_second,
-        gw.config.uplink_burst_bytes,
-        last_heard,
-    );
     loop {
         tokio::select! {
             // Graceful only when asked; a dropped gateway (sender gone) says nothing.
@@ -336,7 +362,7 @@ where
             next = frames.next(&mut reader) => match next {
                 Ok(Some(frame)) => {
                     last_heard = Instant::now();
-                    if !budget.spend(frames.last_len(), last_heard) {
+                    if !rate::lock(allowance).spend(frames.last_len(), last_heard) {
                         inc(&gw.metrics.rate_limited);
                         let reason = format!(
                             "uplink rate limit exceeded: over {} bytes/s (burst {})",
