@@ -96,6 +96,19 @@ impl Service {
     }
 }
 
+/// Whether `subject` is one NATS lets a client publish on: tokens separated by dots, none
+/// empty, no wildcard, no white space or control character. Every builder here yields one
+/// for valid ids; the fuzz targets hold them to it on decoded input.
+pub fn is_valid_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && !token
+                    .chars()
+                    .any(|c| c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+        })
+}
+
 /// The request subject of one command.
 pub fn command(service: Service, name: &str) -> String {
     format!("wasmbed.cmd.v1.{}.{name}", service.as_str())
@@ -177,6 +190,23 @@ pub mod header {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn valid_subjects_have_plain_tokens() {
+        for (subject, valid) in [
+            ("wasmbed.telemetry.dev-1.app", true),
+            ("wasmbed", true),
+            ("", false),
+            ("wasmbed..x", false),
+            ("wasmbed.x.", false),
+            ("wasmbed.*", false),
+            ("wasmbed.>", false),
+            ("wasmbed.a b", false),
+            ("wasmbed.a\r\nPUB x", false),
+        ] {
+            assert_eq!(is_valid_subject(subject), valid, "{subject:?}");
+        }
+    }
 
     #[test]
     fn subjects_put_the_target_id_last() {

@@ -7,7 +7,7 @@ use tokio::io::AsyncWrite;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::device_message::{DeviceLogLine, HeartbeatReport};
 use wasmbed_schemas::frame::codec::encode_to_vec;
-use wasmbed_schemas::frame::{Frame, HeartbeatAck};
+use wasmbed_schemas::frame::{Frame, HeartbeatAck, Telemetry};
 use wasmbed_schemas::host_api;
 use wasmbed_schemas::subject::{self, header};
 
@@ -42,19 +42,7 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
             publish_json(gw, subject::device_heartbeat(device), &report).await
         }
         Frame::Telemetry(t) => {
-            // The topic goes into a header value, where CR or LF would end the header (and
-            // async-nats asserts against them).
-            if !host_api::is_valid_topic(&t.topic) {
-                return Err(format!(
-                    "protocol violation: a telemetry topic must be at most {} bytes without control characters",
-                    host_api::MAX_TOPIC_LEN
-                ));
-            }
-            let mut headers = HeaderMap::new();
-            headers.insert(header::DEVICE, device.as_str());
-            headers.insert(header::APP, t.app_id.as_str());
-            headers.insert(header::SEQUENCE, t.seq.to_string().as_str());
-            headers.insert(header::TOPIC, t.topic.as_str());
+            let headers = telemetry_headers(device, &t)?;
             let bytes = t.payload.len() as u64;
             gw.client
                 .publish_with_headers(
@@ -95,6 +83,24 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
             other.name()
         )),
     }
+}
+
+/// The headers a device's telemetry is published with, or why the frame is refused: the
+/// topic goes into a header value, where CR or LF would end the header (and async-nats
+/// asserts against them). Public so the frame fuzz target runs exactly this.
+pub fn telemetry_headers(device: &DeviceId, t: &Telemetry) -> Result<HeaderMap, String> {
+    if !host_api::is_valid_topic(&t.topic) {
+        return Err(format!(
+            "protocol violation: a telemetry topic must be at most {} bytes without control characters",
+            host_api::MAX_TOPIC_LEN
+        ));
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(header::DEVICE, device.as_str());
+    headers.insert(header::APP, t.app_id.as_str());
+    headers.insert(header::SEQUENCE, t.seq.to_string().as_str());
+    headers.insert(header::TOPIC, t.topic.as_str());
+    Ok(headers)
 }
 
 async fn publish_json<T: serde::Serialize>(

@@ -38,6 +38,7 @@ use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{EventEnvelope, GatewayStarted, GatewayStopped};
 use wasmbed_schemas::subject;
 
+pub use bridge::telemetry_headers;
 pub use certificate::CertificateError;
 pub use config::GatewayConfig;
 
