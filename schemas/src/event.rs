@@ -139,6 +139,8 @@ events! {
     DeviceEnrolled => |e| AggregateId::Device(e.device_id.clone()),
     /// A device's enrollment or authentication was refused; an audit record of the gateway.
     EnrollmentRefused => |e| AggregateId::Gateway(e.gateway_id.clone()),
+    /// Refusals of one reason from one source beyond those recorded in full in a window.
+    RefusalsCounted => |e| AggregateId::Gateway(e.gateway_id.clone()),
     /// A device opened an authenticated session.
     DeviceConnected => |e| AggregateId::Device(e.device_id.clone()),
     /// A device's session ended.
@@ -247,6 +249,23 @@ pub struct EnrollmentRefused {
     pub message: String,
     /// The peer's address.
     pub remote_addr: String,
+}
+
+/// Refusals of one reason from one source, in one window, beyond the first few that were
+/// recorded in full as `EnrollmentRefused`: a flood is counted, not copied into the log, and
+/// cannot crowd out the record of another reason or another source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RefusalsCounted {
+    /// The gateway the refused connections came through.
+    pub gateway_id: GatewayId,
+    /// Why they were refused.
+    pub reason: RejectReason,
+    /// Where from: the peer's IP address (`other` once a window has seen too many sources).
+    pub source: String,
+    /// How many were refused and not recorded in full.
+    pub count: u32,
+    /// The window's length; it ended at the envelope's time.
+    pub window_secs: u32,
 }
 
 /// A device opened an authenticated session.

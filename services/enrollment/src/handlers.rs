@@ -3,17 +3,20 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use std::time::Instant;
 use tracing::{info, warn};
 use wasmbed_bus::Router;
+
+use wasmbed_eventlog::refusals::{Admission, Counted, RefusalWindow, source_of};
 use wasmbed_eventlog::{AppendError, ExpectedVersion, StoredEvent};
 use wasmbed_schemas::command::*;
 use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{
     DeviceDecommissioned, DeviceEnrolled, DeviceRegistered, EnrollmentPath, EnrollmentRefused,
-    Event, EventEnvelope,
+    Event, EventEnvelope, RefusalsCounted,
 };
 use wasmbed_schemas::frame::RejectReason;
-use wasmbed_schemas::{DeviceId, PublicKey, subject};
+use wasmbed_schemas::{DeviceId, GatewayId, PublicKey, subject};
 
 use crate::Enrollment;
 
@@ -295,7 +298,32 @@ async fn refused(
     reason: RejectReason,
     message: &str,
 ) -> Result<Authorization, CommandError> {
-    warn!(gateway = %c.gateway_id, key = %c.public_key, ?reason, "enrollment refused");
+    let source = source_of(&c.remote_addr);
+    let (admission, ended, secs) = {
+        let mut windows = state
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let window = windows.entry(c.gateway_id.clone()).or_insert_with(|| {
+            RefusalWindow::new(
+                state.config.audit_window,
+                state.config.audit_in_full,
+                REFUSAL_SOURCES,
+                Instant::now(),
+            )
+        });
+        let (admission, ended) = window.admit(reason, &source, Instant::now());
+        (admission, ended, window.length_secs())
+    };
+    record_counted(state, &c.gateway_id, secs, ended).await;
+    let answer = Ok(Authorization::Refused {
+        reason,
+        message: message.to_owned(),
+    });
+    if admission == Admission::Count {
+        return answer;
+    }
+    warn!(gateway = %c.gateway_id, key = %c.public_key, ?reason, %source, "enrollment refused");
     let event = EnrollmentRefused {
         gateway_id: c.gateway_id.clone(),
         public_key: Some(c.public_key),
@@ -308,10 +336,56 @@ async fn refused(
         .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
         .await
         .map_err(internal)?;
-    Ok(Authorization::Refused {
-        reason,
-        message: message.to_owned(),
-    })
+    answer
+}
+
+/// How many sources a refusal window tells apart.
+const REFUSAL_SOURCES: usize = 64;
+
+/// Records what a finished refusal window of `gateway` only counted.
+async fn record_counted(state: &Enrollment, gateway: &GatewayId, secs: u32, counted: Vec<Counted>) {
+    for c in counted {
+        warn!(%gateway, reason = ?c.reason, source = %c.source, count = c.count, "refusals counted, not recorded one by one");
+        let event = RefusalsCounted {
+            gateway_id: gateway.clone(),
+            reason: c.reason,
+            source: c.source,
+            count: c.count,
+            window_secs: secs,
+        };
+        if let Err(e) = state
+            .log
+            .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
+            .await
+        {
+            warn!(error = %e, "refusal count not recorded");
+        }
+    }
+}
+
+/// Closes every gateway's refusal window when it is over, even if no refusal comes to close it.
+pub(crate) async fn close_refusal_windows(state: State) {
+    let mut tick = tokio::time::interval(state.config.audit_window);
+    loop {
+        tick.tick().await;
+        let ended: Vec<_> = {
+            let mut windows = state
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let ended = windows
+                .iter_mut()
+                .map(|(gateway, w)| (gateway.clone(), w.length_secs(), w.roll(now)))
+                .collect();
+            // Gateways with nothing pending are forgotten.
+            windows.retain(|_, w| !w.is_empty());
+            ended
+        };
+        for (gateway, secs, counted) in ended {
+            record_counted(&state, &gateway, secs, counted).await;
+        }
+    }
 }
 
 async fn issue_gateway_certificate(

@@ -9,6 +9,7 @@ mod handlers;
 mod pairing;
 mod registry;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,11 @@ pub struct EnrollmentConfig {
     pub max_pairing_window: Duration,
     /// Replicas of the streams this service creates.
     pub replicas: usize,
+    /// Refusals are audited per gateway in windows of this length: the first `audit_in_full`
+    /// of each reason from each source in full, the rest counted (`RefusalsCounted`).
+    pub audit_window: Duration,
+    /// See `audit_window`.
+    pub audit_in_full: u32,
 }
 
 impl EnrollmentConfig {
@@ -44,6 +50,8 @@ impl EnrollmentConfig {
             gateway_certificate_validity: Duration::from_secs(30 * 24 * 3600),
             max_pairing_window: Duration::from_secs(3600),
             replicas: 1,
+            audit_window: Duration::from_secs(10),
+            audit_in_full: 3,
         }
     }
 }
@@ -72,6 +80,9 @@ pub(crate) struct Enrollment {
     pub(crate) log: EventLog,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) pairing: Mutex<pairing::PairingWindows>,
+    /// Refusal windows, one per gateway.
+    pub(crate) refusals:
+        Mutex<HashMap<wasmbed_schemas::GatewayId, wasmbed_eventlog::refusals::RefusalWindow>>,
     pub(crate) ca: CertificateAuthority,
     pub(crate) config: EnrollmentConfig,
 }
@@ -118,6 +129,7 @@ pub async fn run(
         log,
         registry: Mutex::new(registry),
         pairing: Mutex::default(),
+        refusals: Mutex::default(),
         ca,
         config,
     });
@@ -130,8 +142,10 @@ pub async fn run(
             }
         }
     });
+    let auditor = tokio::spawn(handlers::close_refusal_windows(state.clone()));
     let served = wasmbed_bus::serve(client, handlers::router(), state, shutdown).await;
     follower.abort();
+    auditor.abort();
     served?;
     info!("enrollment stopped");
     Ok(())

@@ -34,6 +34,7 @@ async fn start(server: &NatsServer, ca_dir: &Path) -> Running {
     let client = server.client().await.unwrap();
     let mut config = EnrollmentConfig::new(ca_dir.to_path_buf());
     config.gateway_certificate_validity = Duration::from_secs(3600);
+    config.audit_window = Duration::from_secs(1);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(wasmbed_enrollment::run(
         client.clone(),
@@ -289,6 +290,62 @@ async fn keys_of_small_order_are_refused_at_registration_and_at_the_door() {
             }
         ),
         "{decision:?}"
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_keys_is_counted_not_copied_into_the_log() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(&server, dir.path()).await;
+    let client = server.client().await.unwrap();
+    for n in 100..120 {
+        let decision = call(&client, &authorize(n, None), T).await.unwrap();
+        assert!(matches!(decision, Authorization::Refused { .. }));
+    }
+    // From another address: its own first occurrences, recorded in full.
+    let elsewhere = AuthorizeDevice {
+        remote_addr: "127.0.0.2:6000".into(),
+        ..authorize(200, None)
+    };
+    call(&client, &elsewhere, T).await.unwrap();
+    let gateway = AggregateId::Gateway(GatewayId::new("gw-1").unwrap());
+    let deadline = tokio::time::Instant::now() + T;
+    let audit = loop {
+        let audit = history(&server, gateway.clone()).await;
+        if audit.iter().any(|e| matches!(e, Event::RefusalsCounted(_))) {
+            break audit;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{audit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let in_full: Vec<_> = audit
+        .iter()
+        .filter_map(|e| match e {
+            Event::EnrollmentRefused(r) => Some(r.remote_addr.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        in_full,
+        [
+            "127.0.0.1:5000",
+            "127.0.0.1:5000",
+            "127.0.0.1:5000",
+            "127.0.0.2:6000"
+        ]
+    );
+    let counted: Vec<_> = audit
+        .iter()
+        .filter_map(|e| match e {
+            Event::RefusalsCounted(c) => Some((c.reason, c.source.clone(), c.count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [(RejectReason::UnknownDevice, "127.0.0.1".to_owned(), 17)]
     );
     service.stop().await;
 }

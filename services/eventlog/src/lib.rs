@@ -21,6 +21,7 @@ mod live;
 pub mod modules;
 mod projection;
 mod read_model;
+pub mod refusals;
 mod replay;
 
 use async_nats::jetstream;

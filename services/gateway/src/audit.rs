@@ -1,42 +1,63 @@
-//! Refusal audit events, rate-limited so a flood of bad connections cannot flood the log.
+//! Refusal audit events: per window, the first few of each reason from each source in full
+//! (`EnrollmentRefused`, logged at warn), the rest counted into one `RefusalsCounted`
+//! (`wasmbed_eventlog::refusals`), so a flood cannot flood the log or hide another refusal.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use tracing::warn;
-use wasmbed_eventlog::ExpectedVersion;
-use wasmbed_schemas::PublicKey;
-use wasmbed_schemas::event::{EnrollmentRefused, EventEnvelope};
+use wasmbed_eventlog::refusals::{Admission, Counted, RefusalWindow, source_of};
+use wasmbed_eventlog::{EventLog, ExpectedVersion};
+use wasmbed_schemas::event::{EnrollmentRefused, EventEnvelope, RefusalsCounted};
 use wasmbed_schemas::frame::RejectReason;
+use wasmbed_schemas::{GatewayId, PublicKey};
 
 use crate::Gateway;
 use crate::metrics::inc;
 
-/// At most `per_second` events in each one-second window.
-pub(crate) struct AuditLimiter {
-    per_second: u32,
-    window: Mutex<(Instant, u32)>,
-}
+/// How many sources a window tells apart.
+const MAX_SOURCES: usize = 64;
 
-impl AuditLimiter {
-    pub(crate) fn new(per_second: u32) -> Self {
-        Self {
-            per_second,
-            window: Mutex::new((Instant::now(), 0)),
-        }
+/// The refusal window of one gateway.
+pub(crate) struct AuditWindow(Mutex<RefusalWindow>);
+
+impl AuditWindow {
+    pub(crate) fn new(config: &crate::GatewayConfig) -> Self {
+        Self(Mutex::new(RefusalWindow::new(
+            config.audit_window,
+            config.audit_in_full,
+            MAX_SOURCES,
+            Instant::now(),
+        )))
     }
 
-    fn admit(&self) -> bool {
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if now.duration_since(window.0).as_secs() >= 1 {
-            *window = (now, 0);
+    fn with<T>(&self, f: impl FnOnce(&mut RefusalWindow) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Records what a finished window only counted.
+pub(crate) async fn record_counted(
+    log: &EventLog,
+    gateway_id: &GatewayId,
+    window_secs: u32,
+    counted: Vec<Counted>,
+) {
+    for c in counted {
+        warn!(reason = ?c.reason, source = %c.source, count = c.count, "refusals counted, not recorded one by one");
+        let event = RefusalsCounted {
+            gateway_id: gateway_id.clone(),
+            reason: c.reason,
+            source: c.source,
+            count: c.count,
+            window_secs,
+        };
+        if let Err(e) = log
+            .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
+            .await
+        {
+            warn!(error = %e, "refusal count not recorded");
         }
-        window.1 += 1;
-        window.1 <= self.per_second
     }
 }
 
@@ -49,12 +70,18 @@ impl Gateway {
         message: &str,
         remote_addr: &str,
     ) {
-        if !self.audit_limiter.admit() {
+        let source = source_of(remote_addr);
+        let (admission, ended, secs) = self.audit_window.with(|w| {
+            let (admission, ended) = w.admit(reason, &source, Instant::now());
+            (admission, ended, w.length_secs())
+        });
+        record_counted(&self.log, &self.config.gateway_id, secs, ended).await;
+        if admission == Admission::Count {
             inc(&self.metrics.audit_suppressed);
             return;
         }
-        // A security event: visible under the default filter (warn), as rate-limited as the
-        // audit events. Device-chosen text is never in it unescaped.
+        // A security event: visible under the default filter (warn). Device-chosen text is
+        // never in it unescaped.
         warn!(
             ?reason,
             message = ?message,
@@ -75,6 +102,18 @@ impl Gateway {
             .await
         {
             warn!(error = %e, "refusal not recorded");
+        }
+    }
+
+    /// Closes the refusal window when it is over, even if no refusal comes to close it.
+    pub(crate) async fn close_audit_windows(&self) {
+        let mut tick = tokio::time::interval(self.config.audit_window);
+        loop {
+            tick.tick().await;
+            let (ended, secs) = self
+                .audit_window
+                .with(|w| (w.roll(Instant::now()), w.length_secs()));
+            record_counted(&self.log, &self.config.gateway_id, secs, ended).await;
         }
     }
 }

@@ -32,8 +32,11 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// On shutdown, how long devices are told to wait before reconnecting.
     pub reconnect_after: Duration,
-    /// At most this many refusal audit events per second; the rest are only counted.
-    pub audit_events_per_second: u32,
+    /// Refusals are audited per window of this length: ...
+    pub audit_window: Duration,
+    /// ... the first this many of each reason from each source in full, the rest counted
+    /// into one `RefusalsCounted` when the window ends.
+    pub audit_in_full: u32,
     /// Each session may send this many bytes per second to the gateway, sustained (every frame
     /// counts its length plus 64); a device over its budget is disconnected.
     pub uplink_bytes_per_second: u64,
@@ -65,7 +68,8 @@ impl GatewayConfig {
             max_sessions: 200_000,
             shutdown_grace: Duration::from_secs(5),
             reconnect_after: Duration::from_millis(500),
-            audit_events_per_second: 50,
+            audit_window: Duration::from_secs(10),
+            audit_in_full: 3,
             uplink_bytes_per_second: 1024 * 1024,
             uplink_burst_bytes: 2 * 1024 * 1024,
             sessions_per_second: 1.0,

@@ -42,7 +42,7 @@ pub use bridge::telemetry_headers;
 pub use certificate::CertificateError;
 pub use config::GatewayConfig;
 
-use crate::audit::AuditLimiter;
+use crate::audit::AuditWindow;
 use crate::certificate::CertStore;
 use crate::metrics::{Metrics, inc};
 use crate::rate::Allowances;
@@ -85,7 +85,7 @@ pub(crate) struct Gateway {
     pub(crate) certs: Arc<CertStore>,
     pub(crate) metrics: Metrics,
     pub(crate) sessions: Sessions,
-    pub(crate) audit_limiter: AuditLimiter,
+    pub(crate) audit_window: AuditWindow,
     pub(crate) allowances: Allowances,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
@@ -165,7 +165,7 @@ pub async fn run(
         certs: certs.clone(),
         metrics: Metrics::default(),
         sessions: Sessions::default(),
-        audit_limiter: AuditLimiter::new(config.audit_events_per_second),
+        audit_window: AuditWindow::new(&config),
         allowances: Allowances::new(rate::Limits {
             bytes_per_second: config.uplink_bytes_per_second,
             burst_bytes: config.uplink_burst_bytes,
@@ -189,6 +189,10 @@ pub async fn run(
         .await
         .map_err(|e| GatewayError::Bus(e.to_string()))?;
     let revoker = tokio::spawn(end_revoked_sessions(gw.clone(), revocations));
+    let auditor = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.close_audit_windows().await })
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(http::serve(gw.clone(), listeners.http, async move {
         let _ = http_stopped.await;
@@ -274,6 +278,7 @@ pub async fn run(
     }
     renewal.abort();
     revoker.abort();
+    auditor.abort();
     let _ = stop_http.send(());
     let _ = http.instrument(info_span!("http")).await;
     Ok(())

@@ -529,3 +529,65 @@ async fn a_replaced_sessions_late_disconnect_leaves_the_device_online() {
     assert_eq!(gateway_now, Some(gateway_id()));
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_junk_flood_is_counted_and_does_not_crowd_out_a_forged_signature() {
+    let system = System::start().await;
+    let mut config = test_gateway_config();
+    config.audit_window = Duration::from_secs(1);
+    let gateway = system.gateway(config, 0).await;
+    let addr = gateway.tls_addr;
+    // 30 connections that are not TLS at all.
+    for _ in 0..30 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(T, tcp.read_to_end(&mut sink)).await;
+    }
+    // Then one impersonation attempt: recorded in full all the same.
+    let key = random_key();
+    system.register("dev-1", &key).await;
+    let mut raw = RawDevice::connect(&system, addr).await;
+    let fp = raw.fingerprint;
+    let (_, forged) = hand_made_auth(&mut raw, &key, Nonce([1; 32]), &random_key(), fp).await;
+    raw.send(&Frame::Auth(Auth { signature: forged })).await;
+    assert_eq!(rejected(&raw.drain().await), RejectReason::BadSignature);
+
+    let audit = system
+        .wait_events(AggregateId::Gateway(gateway_id()), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::RefusalsCounted(_)))
+        })
+        .await;
+    let in_full: Vec<RejectReason> = audit
+        .iter()
+        .filter_map(|e| match e {
+            Event::EnrollmentRefused(r) => Some(r.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        in_full,
+        [
+            RejectReason::ProtocolViolation,
+            RejectReason::ProtocolViolation,
+            RejectReason::ProtocolViolation,
+            RejectReason::BadSignature
+        ]
+    );
+    let counted: Vec<_> = audit
+        .iter()
+        .filter_map(|e| match e {
+            Event::RefusalsCounted(c) => Some((c.reason, c.source.clone(), c.count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [(RejectReason::ProtocolViolation, "127.0.0.1".to_owned(), 27)]
+    );
+    gateway.stop().await;
+}

@@ -1,0 +1,198 @@
+//! Which refusals go into the log in full, and which are only counted: per window, the first
+//! few of each (reason, source) are recorded as `EnrollmentRefused`, the rest counted and
+//! recorded once as `RefusalsCounted` when the window ends. A flood of one kind from one place
+//! cannot crowd out the record of another, and one window adds at most
+//! `max_sources × (in_full + 1)` events. Pure: the caller brings the clock.
+
+use std::time::{Duration, Instant};
+
+use wasmbed_schemas::frame::RejectReason;
+
+/// What to do with one refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Record it in full.
+    Record,
+    /// Count it only.
+    Count,
+}
+
+/// Refusals of one reason from one source that were only counted in a finished window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// Why.
+    pub reason: RejectReason,
+    /// Where from.
+    pub source: String,
+    /// How many beyond those recorded in full.
+    pub count: u32,
+}
+
+/// The source recorded once a window has seen `max_sources` others.
+pub const OTHER_SOURCES: &str = "other";
+
+/// One window of refusals.
+#[derive(Debug)]
+pub struct RefusalWindow {
+    length: Duration,
+    in_full: u32,
+    max_sources: usize,
+    started: Instant,
+    seen: Vec<(RejectReason, String, u32)>,
+}
+
+/// The address part of `host:port` (or the whole text when it is not one).
+pub fn source_of(remote_addr: &str) -> String {
+    remote_addr
+        .parse::<std::net::SocketAddr>()
+        .map_or_else(|_| remote_addr.to_owned(), |addr| addr.ip().to_string())
+}
+
+impl RefusalWindow {
+    /// Windows of `length`; the first `in_full` of each (reason, source) recorded in full; at
+    /// most `max_sources` (reason, source) pairs told apart per window.
+    pub fn new(length: Duration, in_full: u32, max_sources: usize, now: Instant) -> Self {
+        Self {
+            length,
+            in_full,
+            max_sources,
+            started: now,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The window's length in whole seconds (at least 1), for `RefusalsCounted`.
+    pub fn length_secs(&self) -> u32 {
+        u32::try_from(self.length.as_secs().max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// One refusal at `now`: whether to record it, and what the window that ended before it
+    /// (if one did) only counted.
+    pub fn admit(
+        &mut self,
+        reason: RejectReason,
+        source: &str,
+        now: Instant,
+    ) -> (Admission, Vec<Counted>) {
+        let ended = self.roll(now);
+        let known = self
+            .seen
+            .iter()
+            .position(|(r, s, _)| *r == reason && s == source);
+        let index = match known {
+            Some(index) => index,
+            None => {
+                let source = if self.seen.len() < self.max_sources {
+                    source
+                } else {
+                    OTHER_SOURCES
+                };
+                match self
+                    .seen
+                    .iter()
+                    .position(|(r, s, _)| *r == reason && s == source)
+                {
+                    Some(index) => index,
+                    None => {
+                        self.seen.push((reason, source.to_owned(), 0));
+                        self.seen.len() - 1
+                    }
+                }
+            }
+        };
+        let entry = &mut self.seen[index];
+        entry.2 = entry.2.saturating_add(1);
+        let admission = if entry.2 <= self.in_full {
+            Admission::Record
+        } else {
+            Admission::Count
+        };
+        (admission, ended)
+    }
+
+    /// Whether this window has seen nothing yet.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Ends the window if it is over at `now`; returns what it only counted.
+    pub fn roll(&mut self, now: Instant) -> Vec<Counted> {
+        if now.saturating_duration_since(self.started) < self.length {
+            return Vec::new();
+        }
+        self.started = now;
+        let in_full = self.in_full;
+        std::mem::take(&mut self.seen)
+            .into_iter()
+            .filter(|(_, _, n)| *n > in_full)
+            .map(|(reason, source, n)| Counted {
+                reason,
+                source,
+                count: n - in_full,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_of_each_kind_are_recorded_and_the_rest_counted_per_window() {
+        let start = Instant::now();
+        let mut window = RefusalWindow::new(Duration::from_secs(10), 2, 3, start);
+        let timeout = RejectReason::Timeout;
+        let forged = RejectReason::BadSignature;
+        let mut admitted = Vec::new();
+        for (reason, source) in [
+            (timeout, "10.0.0.1"),
+            (timeout, "10.0.0.1"),
+            (timeout, "10.0.0.1"),
+            (timeout, "10.0.0.1"),
+            // Not crowded out by the flood above.
+            (forged, "10.0.0.1"),
+            (timeout, "10.0.0.2"),
+            // A fourth pair: told apart no more.
+            (timeout, "10.0.0.3"),
+            (timeout, "10.0.0.4"),
+            (timeout, "10.0.0.5"),
+        ] {
+            let (admission, ended) = window.admit(reason, source, start);
+            assert!(ended.is_empty());
+            admitted.push(admission);
+        }
+        use Admission::{Count, Record};
+        assert_eq!(
+            admitted,
+            [
+                Record, Record, Count, Count, Record, Record, Record, Record, Count
+            ]
+        );
+        assert!(window.roll(start + Duration::from_secs(9)).is_empty());
+        let (admission, ended) = window.admit(timeout, "10.0.0.1", start + Duration::from_secs(10));
+        assert_eq!(admission, Record);
+        assert_eq!(
+            ended,
+            [
+                Counted {
+                    reason: timeout,
+                    source: "10.0.0.1".into(),
+                    count: 2
+                },
+                Counted {
+                    reason: timeout,
+                    source: OTHER_SOURCES.into(),
+                    count: 1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn sources_are_addresses_without_ports() {
+        assert_eq!(source_of("127.0.0.1:5000"), "127.0.0.1");
+        assert_eq!(source_of("[::1]:5000"), "::1");
+        assert_eq!(source_of("somewhere"), "somewhere");
+    }
+}
