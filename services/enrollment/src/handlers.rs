@@ -7,16 +7,16 @@ use std::time::Instant;
 use tracing::{info, warn};
 use wasmbed_bus::Router;
 
-use wasmbed_eventlog::refusals::{Admission, Counted, RefusalWindow, source_of};
+use wasmbed_eventlog::refusals::{Admission, RefusalWindow, record_counted, source_of};
 use wasmbed_eventlog::{AppendError, ExpectedVersion, StoredEvent};
 use wasmbed_schemas::command::*;
 use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{
     DeviceDecommissioned, DeviceEnrolled, DeviceRegistered, EnrollmentPath, EnrollmentRefused,
-    Event, EventEnvelope, RefusalsCounted,
+    Event, EventEnvelope,
 };
 use wasmbed_schemas::frame::RejectReason;
-use wasmbed_schemas::{DeviceId, GatewayId, PublicKey, subject};
+use wasmbed_schemas::{DeviceId, PublicKey, subject};
 
 use crate::Enrollment;
 
@@ -315,7 +315,7 @@ async fn refused(
         let (admission, ended) = window.admit(reason, &source, Instant::now());
         (admission, ended, window.length_secs())
     };
-    record_counted(state, &c.gateway_id, secs, ended).await;
+    record_counted(&state.log, &c.gateway_id, secs, ended).await;
     let answer = Ok(Authorization::Refused {
         reason,
         message: message.to_owned(),
@@ -342,27 +342,6 @@ async fn refused(
 /// How many sources a refusal window tells apart.
 const REFUSAL_SOURCES: usize = 64;
 
-/// Records what a finished refusal window of `gateway` only counted.
-async fn record_counted(state: &Enrollment, gateway: &GatewayId, secs: u32, counted: Vec<Counted>) {
-    for c in counted {
-        warn!(%gateway, reason = ?c.reason, source = %c.source, count = c.count, "refusals counted, not recorded one by one");
-        let event = RefusalsCounted {
-            gateway_id: gateway.clone(),
-            reason: c.reason,
-            source: c.source,
-            count: c.count,
-            window_secs: secs,
-        };
-        if let Err(e) = state
-            .log
-            .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
-            .await
-        {
-            warn!(error = %e, "refusal count not recorded");
-        }
-    }
-}
-
 /// Closes every gateway's refusal window when it is over, even if no refusal comes to close it.
 pub(crate) async fn close_refusal_windows(state: State) {
     let mut tick = tokio::time::interval(state.config.audit_window);
@@ -383,7 +362,7 @@ pub(crate) async fn close_refusal_windows(state: State) {
             ended
         };
         for (gateway, secs, counted) in ended {
-            record_counted(&state, &gateway, secs, counted).await;
+            record_counted(&state.log, &gateway, secs, counted).await;
         }
     }
 }

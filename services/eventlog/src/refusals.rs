@@ -6,7 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::warn;
+use wasmbed_schemas::GatewayId;
+use wasmbed_schemas::event::{EventEnvelope, RefusalsCounted};
 use wasmbed_schemas::frame::RejectReason;
+
+use crate::{EventLog, ExpectedVersion};
 
 /// What to do with one refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +136,32 @@ impl RefusalWindow {
                 count: n - in_full,
             })
             .collect()
+    }
+}
+
+/// Records what a finished window of refusals through `gateway` only counted, one
+/// `RefusalsCounted` per (reason, source); a failed append is logged, not retried.
+pub async fn record_counted(
+    log: &EventLog,
+    gateway: &GatewayId,
+    window_secs: u32,
+    counted: Vec<Counted>,
+) {
+    for c in counted {
+        warn!(%gateway, reason = ?c.reason, source = %c.source, count = c.count, "refusals counted, not recorded one by one");
+        let event = RefusalsCounted {
+            gateway_id: gateway.clone(),
+            reason: c.reason,
+            source: c.source,
+            count: c.count,
+            window_secs,
+        };
+        if let Err(e) = log
+            .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
+            .await
+        {
+            warn!(error = %e, "refusal count not recorded");
+        }
     }
 }
 

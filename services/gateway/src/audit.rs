@@ -6,11 +6,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use tracing::warn;
-use wasmbed_eventlog::refusals::{Admission, Counted, RefusalWindow, source_of};
-use wasmbed_eventlog::{EventLog, ExpectedVersion};
-use wasmbed_schemas::event::{EnrollmentRefused, EventEnvelope, RefusalsCounted};
+use wasmbed_eventlog::ExpectedVersion;
+use wasmbed_eventlog::refusals::{Admission, RefusalWindow, record_counted, source_of};
+use wasmbed_schemas::PublicKey;
+use wasmbed_schemas::event::{EnrollmentRefused, EventEnvelope};
 use wasmbed_schemas::frame::RejectReason;
-use wasmbed_schemas::{GatewayId, PublicKey};
 
 use crate::Gateway;
 use crate::metrics::inc;
@@ -33,31 +33,6 @@ impl AuditWindow {
 
     fn with<T>(&self, f: impl FnOnce(&mut RefusalWindow) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-/// Records what a finished window only counted.
-pub(crate) async fn record_counted(
-    log: &EventLog,
-    gateway_id: &GatewayId,
-    window_secs: u32,
-    counted: Vec<Counted>,
-) {
-    for c in counted {
-        warn!(reason = ?c.reason, source = %c.source, count = c.count, "refusals counted, not recorded one by one");
-        let event = RefusalsCounted {
-            gateway_id: gateway_id.clone(),
-            reason: c.reason,
-            source: c.source,
-            count: c.count,
-            window_secs,
-        };
-        if let Err(e) = log
-            .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
-            .await
-        {
-            warn!(error = %e, "refusal count not recorded");
-        }
     }
 }
 

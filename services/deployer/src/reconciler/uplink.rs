@@ -197,7 +197,7 @@ impl Reconciler {
         fx: &mut Effects,
     ) {
         let Some(app) = error.app_id.clone() else {
-            warn!(%device, code = ?error.code, message = %error.message, "device error");
+            warn!(%device, code = ?error.code, message = ?error.message, "device error");
             return;
         };
         let pair = (app, device.clone());
@@ -241,7 +241,7 @@ impl Reconciler {
                 self.links.remove(&pair);
             }
             _ => {
-                debug!(%device, app = %pair.0, code = ?error.code, message = %error.message, "device error; retrying");
+                debug!(%device, app = %pair.0, code = ?error.code, message = ?error.message, "device error; retrying");
                 self.links.insert(
                     pair.clone(),
                     Link {
