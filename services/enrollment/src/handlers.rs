@@ -3,11 +3,9 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use std::time::Instant;
 use tracing::{info, warn};
 use wasmbed_bus::Router;
 
-use wasmbed_eventlog::refusals::{Admission, RefusalWindow, record_counted, source_of};
 use wasmbed_eventlog::{AppendError, ExpectedVersion, StoredEvent};
 use wasmbed_schemas::command::*;
 use wasmbed_schemas::device_message::SessionRevoked;
@@ -298,73 +296,18 @@ async fn refused(
     reason: RejectReason,
     message: &str,
 ) -> Result<Authorization, CommandError> {
-    let source = source_of(&c.remote_addr);
-    let (admission, ended, secs) = {
-        let mut windows = state
-            .refusals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let window = windows.entry(c.gateway_id.clone()).or_insert_with(|| {
-            RefusalWindow::new(
-                state.config.audit_window,
-                state.config.audit_in_full,
-                REFUSAL_SOURCES,
-                Instant::now(),
-            )
-        });
-        let (admission, ended) = window.admit(reason, &source, Instant::now());
-        (admission, ended, window.length_secs())
-    };
-    record_counted(&state.log, &c.gateway_id, secs, ended).await;
-    let answer = Ok(Authorization::Refused {
-        reason,
-        message: message.to_owned(),
-    });
-    if admission == Admission::Count {
-        return answer;
-    }
-    warn!(gateway = %c.gateway_id, key = %c.public_key, ?reason, %source, "enrollment refused");
-    let event = EnrollmentRefused {
+    let refusal = EnrollmentRefused {
         gateway_id: c.gateway_id.clone(),
         public_key: Some(c.public_key),
         reason,
         message: message.to_owned(),
         remote_addr: c.remote_addr.clone(),
     };
-    state
-        .log
-        .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
-        .await
-        .map_err(internal)?;
-    answer
-}
-
-/// How many sources a refusal window tells apart.
-const REFUSAL_SOURCES: usize = 64;
-
-/// Closes every gateway's refusal window when it is over, even if no refusal comes to close it.
-pub(crate) async fn close_refusal_windows(state: State) {
-    let mut tick = tokio::time::interval(state.config.audit_window);
-    loop {
-        tick.tick().await;
-        let ended: Vec<_> = {
-            let mut windows = state
-                .refusals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = Instant::now();
-            let ended = windows
-                .iter_mut()
-                .map(|(gateway, w)| (gateway.clone(), w.length_secs(), w.roll(now)))
-                .collect();
-            // Gateways with nothing pending are forgotten.
-            windows.retain(|_, w| !w.is_empty());
-            ended
-        };
-        for (gateway, secs, counted) in ended {
-            record_counted(&state.log, &gateway, secs, counted).await;
-        }
-    }
+    state.refusals.record(&state.log, refusal).await;
+    Ok(Authorization::Refused {
+        reason,
+        message: message.to_owned(),
+    })
 }
 
 async fn issue_gateway_certificate(

@@ -9,7 +9,6 @@ mod handlers;
 mod pairing;
 mod registry;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -80,9 +79,8 @@ pub(crate) struct Enrollment {
     pub(crate) log: EventLog,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) pairing: Mutex<pairing::PairingWindows>,
-    /// Refusal windows, one per gateway.
-    pub(crate) refusals:
-        Mutex<HashMap<wasmbed_schemas::GatewayId, wasmbed_eventlog::refusals::RefusalWindow>>,
+    /// Refusals, counted per gateway.
+    pub(crate) refusals: wasmbed_eventlog::refusals::RefusalAudit,
     pub(crate) ca: CertificateAuthority,
     pub(crate) config: EnrollmentConfig,
 }
@@ -129,7 +127,10 @@ pub async fn run(
         log,
         registry: Mutex::new(registry),
         pairing: Mutex::default(),
-        refusals: Mutex::default(),
+        refusals: wasmbed_eventlog::refusals::RefusalAudit::new(
+            config.audit_window,
+            config.audit_in_full,
+        ),
         ca,
         config,
     });
@@ -142,7 +143,10 @@ pub async fn run(
             }
         }
     });
-    let auditor = tokio::spawn(handlers::close_refusal_windows(state.clone()));
+    let auditor = {
+        let state = state.clone();
+        tokio::spawn(async move { state.refusals.close_windows(&state.log).await })
+    };
     let served = wasmbed_bus::serve(client, handlers::router(), state, shutdown).await;
     follower.abort();
     auditor.abort();

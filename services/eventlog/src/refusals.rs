@@ -4,11 +4,13 @@
 //! cannot crowd out the record of another, and one window adds at most
 //! `max_sources × (in_full + 1)` events. Pure: the caller brings the clock.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
 use wasmbed_schemas::GatewayId;
-use wasmbed_schemas::event::{EventEnvelope, RefusalsCounted};
+use wasmbed_schemas::event::{EnrollmentRefused, EventEnvelope, RefusalsCounted};
 use wasmbed_schemas::frame::RejectReason;
 
 use crate::{EventLog, ExpectedVersion};
@@ -66,11 +68,6 @@ impl RefusalWindow {
         }
     }
 
-    /// The window's length in whole seconds (at least 1), for `RefusalsCounted`.
-    pub fn length_secs(&self) -> u32 {
-        u32::try_from(self.length.as_secs().max(1)).unwrap_or(u32::MAX)
-    }
-
     /// One refusal at `now`: whether to record it, and what the window that ended before it
     /// (if one did) only counted.
     pub fn admit(
@@ -80,31 +77,17 @@ impl RefusalWindow {
         now: Instant,
     ) -> (Admission, Vec<Counted>) {
         let ended = self.roll(now);
-        let known = self
-            .seen
-            .iter()
-            .position(|(r, s, _)| *r == reason && s == source);
-        let index = match known {
-            Some(index) => index,
-            None => {
-                let source = if self.seen.len() < self.max_sources {
-                    source
-                } else {
-                    OTHER_SOURCES
-                };
-                match self
-                    .seen
-                    .iter()
-                    .position(|(r, s, _)| *r == reason && s == source)
-                {
-                    Some(index) => index,
-                    None => {
-                        self.seen.push((reason, source.to_owned(), 0));
-                        self.seen.len() - 1
-                    }
-                }
-            }
-        };
+        // Past `max_sources` pairs, a new one is told apart no more.
+        let source =
+            if self.seen.len() < self.max_sources || self.position(reason, source).is_some() {
+                source
+            } else {
+                OTHER_SOURCES
+            };
+        let index = self.position(reason, source).unwrap_or_else(|| {
+            self.seen.push((reason, source.to_owned(), 0));
+            self.seen.len() - 1
+        });
         let entry = &mut self.seen[index];
         entry.2 = entry.2.saturating_add(1);
         let admission = if entry.2 <= self.in_full {
@@ -113,6 +96,12 @@ impl RefusalWindow {
             Admission::Count
         };
         (admission, ended)
+    }
+
+    fn position(&self, reason: RejectReason, source: &str) -> Option<usize> {
+        self.seen
+            .iter()
+            .position(|(r, s, _)| *r == reason && s == source)
     }
 
     /// Whether this window has seen nothing yet.
@@ -139,28 +128,104 @@ impl RefusalWindow {
     }
 }
 
-/// Records what a finished window of refusals through `gateway` only counted, one
-/// `RefusalsCounted` per (reason, source); a failed append is logged, not retried.
-pub async fn record_counted(
-    log: &EventLog,
-    gateway: &GatewayId,
-    window_secs: u32,
-    counted: Vec<Counted>,
-) {
-    for c in counted {
-        warn!(%gateway, reason = ?c.reason, source = %c.source, count = c.count, "refusals counted, not recorded one by one");
-        let event = RefusalsCounted {
-            gateway_id: gateway.clone(),
-            reason: c.reason,
-            source: c.source,
-            count: c.count,
-            window_secs,
+/// How many (reason, source) pairs a window tells apart.
+const MAX_SOURCES: usize = 64;
+
+/// The refusal audit of a service: one window per gateway the refusals came through, and the
+/// events they become. The gateway and enrollment both record their refusals through it.
+#[derive(Debug)]
+pub struct RefusalAudit {
+    length: Duration,
+    in_full: u32,
+    windows: Mutex<HashMap<GatewayId, RefusalWindow>>,
+}
+
+impl RefusalAudit {
+    /// Windows of `length`, the first `in_full` of each reason from each source in full.
+    pub fn new(length: Duration, in_full: u32) -> Self {
+        Self {
+            length,
+            in_full,
+            windows: Mutex::default(),
+        }
+    }
+
+    /// Records `refusal` in full (logged at warn) or only counts it; says which. What a
+    /// window that ended before it only counted is recorded first.
+    pub async fn record(&self, log: &EventLog, refusal: EnrollmentRefused) -> Admission {
+        let source = source_of(&refusal.remote_addr);
+        let (admission, ended) = {
+            let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+            windows
+                .entry(refusal.gateway_id.clone())
+                .or_insert_with(|| {
+                    RefusalWindow::new(self.length, self.in_full, MAX_SOURCES, Instant::now())
+                })
+                .admit(refusal.reason, &source, Instant::now())
         };
-        if let Err(e) = log
-            .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
-            .await
-        {
-            warn!(error = %e, "refusal count not recorded");
+        self.record_counted(log, &refusal.gateway_id, ended).await;
+        if admission == Admission::Count {
+            return admission;
+        }
+        // A security event: visible under the default filter (warn). Device-chosen text is
+        // never in it unescaped.
+        warn!(
+            gateway = %refusal.gateway_id,
+            reason = ?refusal.reason,
+            message = ?refusal.message,
+            remote = %refusal.remote_addr,
+            key = ?refusal.public_key,
+            "connection refused"
+        );
+        let envelope = EventEnvelope::new(refusal.into());
+        if let Err(e) = log.append(ExpectedVersion::Any, &envelope).await {
+            warn!(error = %e, "refusal not recorded");
+        }
+        admission
+    }
+
+    /// Closes every window when it is over, even if no refusal comes to close it; runs until
+    /// dropped.
+    pub async fn close_windows(&self, log: &EventLog) {
+        let mut tick = tokio::time::interval(self.length);
+        loop {
+            tick.tick().await;
+            let ended: Vec<_> = {
+                let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = Instant::now();
+                let ended = windows
+                    .iter_mut()
+                    .map(|(gateway, w)| (gateway.clone(), w.roll(now)))
+                    .collect();
+                // Gateways with nothing pending are forgotten.
+                windows.retain(|_, w| !w.is_empty());
+                ended
+            };
+            for (gateway, counted) in ended {
+                self.record_counted(log, &gateway, counted).await;
+            }
+        }
+    }
+
+    /// One `RefusalsCounted` per (reason, source) a finished window only counted; a failed
+    /// append is logged, not retried.
+    async fn record_counted(&self, log: &EventLog, gateway: &GatewayId, counted: Vec<Counted>) {
+        let window_secs = u32::try_from(self.length.as_secs().max(1)).unwrap_or(u32::MAX);
+        for c in counted {
+            warn!(%gateway, reason = ?c.reason, source = %c.source, count = c.count, "refusals counted, not recorded one by one");
+            let event = RefusalsCounted {
+                gateway_id: gateway.clone(),
+                reason: c.reason,
+                source: c.source,
+                count: c.count,
+                window_secs,
+            };
+            if let Err(e) = log
+                .append(ExpectedVersion::Any, &EventEnvelope::new(event.into()))
+                .await
+            {
+                warn!(error = %e, "refusal count not recorded");
+            }
         }
     }
 }

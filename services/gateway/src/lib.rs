@@ -33,6 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, info, info_span, warn};
+use wasmbed_eventlog::refusals::RefusalAudit;
 use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions};
 use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{EventEnvelope, GatewayStarted, GatewayStopped};
@@ -42,7 +43,6 @@ pub use bridge::telemetry_headers;
 pub use certificate::CertificateError;
 pub use config::GatewayConfig;
 
-use crate::audit::AuditWindow;
 use crate::certificate::CertStore;
 use crate::metrics::{Metrics, inc};
 use crate::rate::Allowances;
@@ -85,7 +85,7 @@ pub(crate) struct Gateway {
     pub(crate) certs: Arc<CertStore>,
     pub(crate) metrics: Metrics,
     pub(crate) sessions: Sessions,
-    pub(crate) audit_window: AuditWindow,
+    pub(crate) refusals: RefusalAudit,
     pub(crate) allowances: Allowances,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
@@ -165,7 +165,7 @@ pub async fn run(
         certs: certs.clone(),
         metrics: Metrics::default(),
         sessions: Sessions::default(),
-        audit_window: AuditWindow::new(&config),
+        refusals: RefusalAudit::new(config.audit_window, config.audit_in_full),
         allowances: Allowances::new(rate::Limits {
             bytes_per_second: config.uplink_bytes_per_second,
             burst_bytes: config.uplink_burst_bytes,
@@ -191,7 +191,7 @@ pub async fn run(
     let revoker = tokio::spawn(end_revoked_sessions(gw.clone(), revocations));
     let auditor = {
         let gw = gw.clone();
-        tokio::spawn(async move { gw.close_audit_windows().await })
+        tokio::spawn(async move { gw.refusals.close_windows(&gw.log).await })
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(http::serve(gw.clone(), listeners.http, async move {
