@@ -62,6 +62,11 @@ pub struct DeploymentView {
     pub reason: Option<String>,
     /// When the phase last changed.
     pub since: DateTime<Utc>,
+    /// The device is online now, so `phase` is what it says now. When false, `phase` is its
+    /// last report, as of `since`: an app last seen `running` on a device that has since gone
+    /// away is not known to run.
+    #[serde(default)]
+    pub current: bool,
 }
 
 /// A device.

@@ -28,7 +28,6 @@ mod error;
 mod openapi;
 mod routes;
 mod streams;
-mod view;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -41,11 +40,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_fleet::Fleet;
 
 pub use auth::{Access, Token};
 pub use error::ApiError;
 pub use routes::DEFAULT_LIMITS;
-pub use view::View;
 
 /// Settings of the api.
 #[derive(Debug, Clone)]
@@ -81,13 +80,13 @@ pub enum ApiStartError {
 pub(crate) struct Api {
     pub(crate) client: async_nats::Client,
     pub(crate) log: EventLog,
-    view: RwLock<View>,
+    view: RwLock<Fleet>,
     folded: watch::Sender<u64>,
     lists: std::sync::Mutex<std::collections::HashMap<&'static str, (u64, bytes::Bytes)>>,
 }
 
 impl Api {
-    pub(crate) fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+    pub(crate) fn view(&self) -> std::sync::RwLockReadGuard<'_, Fleet> {
         self.view
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -98,7 +97,7 @@ impl Api {
     pub(crate) fn cached_list(
         &self,
         name: &'static str,
-        render: impl FnOnce(&View) -> serde_json::Result<Vec<u8>>,
+        render: impl FnOnce(&Fleet) -> serde_json::Result<Vec<u8>>,
     ) -> serde_json::Result<bytes::Bytes> {
         let view = self.view();
         let mut lists = self
@@ -204,10 +203,12 @@ pub async fn run(
     )
     .await?;
     let mut follow = log.follow(Vec::new()).await?;
-    let mut view = View::default();
+    let mut view = Fleet::default();
     for _ in 0..follow.pending_at_start {
         match follow.next().await {
-            Some(Ok((event, _))) => view.apply(&event),
+            Some(Ok((event, _))) => {
+                view.apply(&event);
+            }
             Some(Err(e)) => warn!(error = %e, "event skipped"),
             None => break,
         }

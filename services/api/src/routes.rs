@@ -1,5 +1,5 @@
 //! The routes. Writes become commands on the bus (request/reply; a refusal keeps its code as an
-//! HTTP status); reads come from the [`View`](crate::view::View) projected from the log.
+//! HTTP status); reads come from the fleet read model ([`wasmbed_fleet::Fleet`]) projected from the log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,7 @@ fn app_id(raw: &str) -> Result<AppId, ApiError> {
 fn json_list(
     api: &Api,
     name: &'static str,
-    render: impl FnOnce(&crate::View) -> serde_json::Result<Vec<u8>>,
+    render: impl FnOnce(&wasmbed_fleet::Fleet) -> serde_json::Result<Vec<u8>>,
 ) -> Result<axum::response::Response, ApiError> {
     let bytes = api
         .cached_list(name, render)
@@ -63,7 +63,7 @@ fn json_list(
 
 pub(crate) async fn list_devices(State(api): S) -> Result<impl IntoResponse, ApiError> {
     json_list(&api, "devices", |view| {
-        serde_json::to_vec(&view.devices.values().collect::<Vec<&DeviceView>>())
+        serde_json::to_vec(&view.device_views().collect::<Vec<DeviceView>>())
     })
 }
 
@@ -73,9 +73,7 @@ pub(crate) async fn show_device(
 ) -> Result<Json<DeviceView>, ApiError> {
     let id = device_id(&id)?;
     api.view()
-        .devices
-        .get(&id)
-        .cloned()
+        .device_view(&id)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))
 }
@@ -113,7 +111,7 @@ pub(crate) async fn decommission_device(
 
 pub(crate) async fn list_apps(State(api): S) -> Result<impl IntoResponse, ApiError> {
     json_list(&api, "applications", |view| {
-        serde_json::to_vec(&view.apps.values().collect::<Vec<&ApplicationView>>())
+        serde_json::to_vec(&view.app_views().collect::<Vec<ApplicationView>>())
     })
 }
 
@@ -123,9 +121,7 @@ pub(crate) async fn show_app(
 ) -> Result<Json<ApplicationView>, ApiError> {
     let id = app_id(&id)?;
     api.view()
-        .apps
-        .get(&id)
-        .cloned()
+        .app_view(&id)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no application {id}")))
 }
@@ -334,7 +330,7 @@ pub(crate) async fn restart_emulator(
 }
 
 pub(crate) async fn list_gateways(State(api): S) -> Json<Vec<GatewayView>> {
-    Json(api.view().gateways())
+    Json(api.view().gateway_views())
 }
 
 /// `GET /api/v1/events` parameters.

@@ -500,6 +500,68 @@ async fn applications_go_through_their_whole_life_over_rest() {
     sim.stop().await;
 }
 
+/// A device that went away is not known to run anything: its apps show their last report, with
+/// `current: false`, and do not count as running.
+#[tokio::test]
+async fn an_app_is_running_only_while_its_device_says_so() {
+    let system = System::start().await;
+    let api = start_api(&system, vec![token("admin", ADMIN, Access::ReadWrite)]).await;
+    let (device, sim) = system.device("dev-1", &[]).await;
+    let metadata = json!({
+        "app_id": "climate",
+        "target": {"kind": "devices", "value": [device.as_str()]},
+    });
+    let metadata = serde_json::to_vec(&metadata).unwrap();
+    let (status, body) = post_multipart(
+        api,
+        "/api/v1/applications",
+        &[
+            ("metadata", &metadata),
+            ("module", wasmbed_example_apps::SENSOR),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = send_json(
+        api,
+        "POST",
+        "/api/v1/applications/climate/deploy",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let app = wait_json(api, "/api/v1/applications/climate", |a| {
+        a["devices"]["dev-1"]["phase"] == "running"
+    })
+    .await;
+    assert_eq!(app["devices"]["dev-1"]["current"], true, "{app}");
+    wait_json(api, "/metrics", |m| {
+        m.as_str()
+            .is_some_and(|t| t.lines().any(|l| l == "wasmbed_apps_running 1"))
+    })
+    .await;
+
+    sim.stop().await;
+    let shown = wait_json(api, "/api/v1/devices/dev-1", |d| {
+        d["state"] == "disconnected"
+    })
+    .await;
+    let last = &shown["apps"]["climate"];
+    assert_eq!(
+        (&last["phase"], &last["current"]),
+        (&json!("running"), &json!(false)),
+        "{shown}"
+    );
+    let (_, app) = get(api, "/api/v1/applications/climate").await;
+    assert_eq!(app["devices"]["dev-1"]["current"], false, "{app}");
+    let (_, metrics) = get(api, "/metrics").await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.lines().any(|l| l == "wasmbed_apps_running 0"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn the_log_is_paged_and_filtered() {
     let system = System::start().await;

@@ -18,10 +18,10 @@ use wasmbed_schemas::command::{
 };
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::frame::Limits;
-use wasmbed_schemas::rest::{DesiredState, DeviceState};
+use wasmbed_schemas::rest::DesiredState;
 use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 
-use crate::device::{Bus, fleet, humantime_secs};
+use crate::device::{Bus, fleet, humantime_secs, phase_text};
 
 #[derive(Subcommand)]
 pub enum AppCommand {
@@ -133,7 +133,8 @@ pub async fn run(command: AppCommand) -> Result<()> {
         AppCommand::List { bus } => {
             let view = fleet(&bus.connect().await?).await?;
             println!("{:<24} {:<10} {:<9} DEVICES", "APP", "DESIRED", "VERSIONS");
-            for app in view.apps.values() {
+            let now = chrono::Utc::now();
+            for app in view.app_views() {
                 let desired = match app.desired {
                     DesiredState::Running { version } => format!("v{version}"),
                     other => format!("{other:?}").to_lowercase(),
@@ -141,7 +142,7 @@ pub async fn run(command: AppCommand) -> Result<()> {
                 let devices: Vec<String> = app
                     .devices
                     .iter()
-                    .map(|(d, dep)| format!("{d}:{:?}", dep.phase).to_lowercase())
+                    .map(|(d, dep)| format!("{d}:{}", phase_text(dep, now)))
                     .collect();
                 println!(
                     "{:<24} {:<10} {:<9} {}",
@@ -199,24 +200,22 @@ async fn deploy(
     // One read of the fleet decides everything: create or update, the version that results,
     // and the devices it must reach (refused before anything is sent when there are none).
     let fleet = fleet(&client).await?;
-    let existing = fleet.apps.get(&app_id);
-    let latest = existing.and_then(|app| app.versions.last());
+    // A deleted application is left for the deployer to refuse: ids are not reused.
+    let existing = fleet.apps.get(&app_id).filter(|app| !app.deleted());
+    let latest = existing.and_then(wasmbed_fleet::App::latest);
     let version = match latest {
         None => 1,
-        Some(v) if v.sha256 == sha => v.version,
-        Some(v) => v.version + 1,
+        Some((v, m)) if m.sha256 == sha => v,
+        Some((v, _)) => v + 1,
     };
-    let app_target = existing.map_or(&target, |app| &app.target);
     let targets: BTreeSet<DeviceId> = fleet
         .devices
-        .values()
-        .filter(|d| d.state != DeviceState::Decommissioned)
-        .filter(|d| match app_target {
-            Target::All => true,
-            Target::Devices(ids) => ids.contains(&d.device_id),
-            Target::Labels(wanted) => wanted.iter().all(|(k, v)| d.labels.get(k) == Some(v)),
+        .iter()
+        .filter(|(id, d)| match existing {
+            Some(app) => app.targets(id, d),
+            None => wasmbed_fleet::in_target(&target, id, d),
         })
-        .map(|d| d.device_id.clone())
+        .map(|(id, _)| id.clone())
         .collect();
     if targets.is_empty() {
         bail!("{app_id} v{version}: no device matches the target");
@@ -233,7 +232,7 @@ async fn deploy(
             };
             call(&client, &create, bus.timeout).await?;
         }
-        (Some(_), Some(v)) if v.sha256 == sha => {}
+        (Some(_), Some((_, m))) if m.sha256 == sha => {}
         (Some(_), _) => {
             let update = UpdateApplication {
                 app_id: app_id.clone(),

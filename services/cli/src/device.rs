@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use wasmbed_api::View;
 use wasmbed_bus::call;
 use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_fleet::Fleet;
 use wasmbed_schemas::command::RegisterDevice;
-use wasmbed_schemas::rest::DeviceView;
+use wasmbed_schemas::rest::{DeploymentView, DeviceView};
 use wasmbed_schemas::{DeviceId, PublicKey};
 
 use crate::tail::Output;
@@ -56,12 +57,12 @@ impl Bus {
     }
 }
 
-/// The fleet as the log tells it (the same view the api serves).
-pub async fn fleet(client: &async_nats::Client) -> Result<View> {
+/// The fleet as the log tells it (the same read model the api serves).
+pub async fn fleet(client: &async_nats::Client) -> Result<Fleet> {
     let log = EventLog::open(client.clone(), &LogOptions::default())
         .await
         .context("opening the event log")?;
-    let mut view = View::default();
+    let mut view = Fleet::default();
     let mut after = 0;
     loop {
         let page = log
@@ -121,11 +122,28 @@ fn labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn line(d: &DeviceView) -> String {
+/// A deployment's phase as a person should read it: what the device says now, or, when it is not
+/// online, its last report and how old that is (`running` is only said of a device that says so).
+pub fn phase_text(dep: &DeploymentView, now: DateTime<Utc>) -> String {
+    let phase = format!("{:?}", dep.phase).to_lowercase();
+    if dep.current {
+        return phase;
+    }
+    let age = (now - dep.since).to_std().unwrap_or_default().as_secs();
+    let age = match age {
+        0..60 => format!("{age}s"),
+        60..3600 => format!("{}m", age / 60),
+        3600..86_400 => format!("{}h", age / 3600),
+        _ => format!("{}d", age / 86_400),
+    };
+    format!("{phase}? (last report {age} ago)")
+}
+
+fn line(d: &DeviceView, now: DateTime<Utc>) -> String {
     let apps: Vec<String> = d
         .apps
         .iter()
-        .map(|(app, dep)| format!("{app}@{}:{:?}", dep.version, dep.phase).to_lowercase())
+        .map(|(app, dep)| format!("{app}@{}:{}", dep.version, phase_text(dep, now)))
         .collect();
     format!(
         "{:<24} {:<14} {:<12} {:<14} {}",
@@ -166,8 +184,8 @@ pub async fn run(command: DeviceCommand) -> Result<()> {
             let view = fleet(&bus.connect().await?).await?;
             match output {
                 Output::Json => {
-                    for d in view.devices.values() {
-                        println!("{}", serde_json::to_string(d)?);
+                    for d in view.device_views() {
+                        println!("{}", serde_json::to_string(&d)?);
                     }
                 }
                 Output::Text => {
@@ -175,19 +193,48 @@ pub async fn run(command: DeviceCommand) -> Result<()> {
                         "{:<24} {:<14} {:<12} {:<14} APPS",
                         "DEVICE", "STATE", "GATEWAY", "MCU"
                     );
-                    for d in view.devices.values() {
-                        println!("{}", line(d));
+                    let now = Utc::now();
+                    for d in view.device_views() {
+                        println!("{}", line(&d, now));
                     }
                 }
             }
         }
         DeviceCommand::Show { bus, device_id } => {
             let view = fleet(&bus.connect().await?).await?;
-            let Some(d) = view.devices.get(&device_id) else {
+            let Some(d) = view.device_view(&device_id) else {
                 bail!("no device {device_id}");
             };
-            println!("{}", serde_json::to_string_pretty(d)?);
+            println!("{}", serde_json::to_string_pretty(&d)?);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmbed_schemas::rest::DeploymentPhase;
+
+    #[test]
+    fn a_phase_is_said_plainly_only_while_the_device_reports_it() {
+        let now = Utc::now();
+        let cases = [
+            (true, 5, "running"),
+            (false, 5, "running? (last report 5s ago)"),
+            (false, 125, "running? (last report 2m ago)"),
+            (false, 7_300, "running? (last report 2h ago)"),
+            (false, 200_000, "running? (last report 2d ago)"),
+        ];
+        for (current, age, said) in cases {
+            let dep = DeploymentView {
+                version: 1,
+                phase: DeploymentPhase::Running,
+                reason: None,
+                since: now - chrono::Duration::seconds(age),
+                current,
+            };
+            assert_eq!(phase_text(&dep, now), said);
+        }
+    }
 }

@@ -16,9 +16,10 @@ use wasmbed_schemas::event::{
 use wasmbed_schemas::frame::{Limits, MODULE_CHUNK_LEN};
 use wasmbed_schemas::{AppId, Sha256};
 
-use crate::fleet::{AppView, Desired};
 use crate::{Deployer, validate};
 use wasmbed_eventlog::modules::ModuleError;
+use wasmbed_fleet::App;
+use wasmbed_schemas::rest::DesiredState;
 
 type State = Arc<Deployer>;
 
@@ -89,9 +90,9 @@ fn app_version(state: &Deployer, app: &AppId) -> u64 {
         .version(&AggregateId::Application(app.clone()))
 }
 
-fn live_app(state: &Deployer, id: &AppId) -> Result<AppView, CommandError> {
+fn live_app(state: &Deployer, id: &AppId) -> Result<App, CommandError> {
     match state.fleet().apps.get(id) {
-        Some(app) if !app.deleted => Ok(app.clone()),
+        Some(app) if !app.deleted() => Ok(app.clone()),
         Some(_) => Err(refuse(
             ErrorCode::NotFound,
             format!("app_id: application {id} was deleted"),
@@ -146,7 +147,7 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
     let existing = state.fleet().apps.get(&c.app_id).cloned();
     let needs_creation = match existing {
         None => true,
-        Some(app) if app.deleted => {
+        Some(app) if app.deleted() => {
             return Err(refuse(
                 ErrorCode::AlreadyExists,
                 format!("app_id: {} was deleted; ids are not reused", c.app_id),
@@ -211,7 +212,7 @@ async fn deploy_application(state: State, c: DeployApplication) -> Result<Accept
             format!("app_id: {} has no module yet", c.app_id),
         ));
     };
-    if app.desired == Desired::Running(latest) {
+    if app.desired == (DesiredState::Running { version: latest }) {
         return Ok(Accepted {
             sequence: app_version(&state, &c.app_id),
         });
@@ -250,7 +251,7 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
         .into(),
     )
     .await?;
-    if !matches!(app.desired, Desired::Running(_)) {
+    if !matches!(app.desired, DesiredState::Running { .. }) {
         return Ok(sequence);
     }
     record_app_event(
@@ -267,7 +268,7 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
 
 async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, CommandError> {
     let app = live_app(&state, &c.app_id)?;
-    if app.desired == Desired::Stopped {
+    if app.desired == DesiredState::Stopped {
         return Ok(Accepted {
             sequence: app_version(&state, &c.app_id),
         });
@@ -285,7 +286,7 @@ async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, 
 
 async fn delete_application(state: State, c: DeleteApplication) -> Result<Accepted, CommandError> {
     let app = match state.fleet().apps.get(&c.app_id).cloned() {
-        Some(app) if app.deleted => {
+        Some(app) if app.deleted() => {
             return Ok(Accepted {
                 sequence: app_version(&state, &c.app_id),
             });
@@ -316,10 +317,9 @@ async fn delete_application(state: State, c: DeleteApplication) -> Result<Accept
             .values()
             .map(|m| m.sha256)
             .filter(|sha| {
-                !fleet
-                    .apps
-                    .values()
-                    .any(|other| !other.deleted && other.modules.values().any(|m| m.sha256 == *sha))
+                !fleet.apps.values().any(|other| {
+                    !other.deleted() && other.modules.values().any(|m| m.sha256 == *sha)
+                })
             })
             .collect()
     };

@@ -10,7 +10,6 @@
 //! - Its view is rebuilt from the log at start; in-flight transfers are not persisted because
 //!   the device says how far it got, so a restart neither loses nor repeats a delivery.
 
-mod fleet;
 mod handlers;
 mod reconciler;
 mod validate;
@@ -22,11 +21,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use wasmbed_eventlog::{AppendError, EventLog, ExpectedVersion, LogOptions, StoredEvent};
+use wasmbed_fleet::Fleet;
 use wasmbed_schemas::AggregateKind;
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
 
-pub use fleet::{AppView, DeploymentView, Desired, DeviceView, Fleet, Phase};
 pub use validate::{ModuleFacts, validate};
 pub use wasmbed_eventlog::modules::{
     MAX_MODULE_LEN, ModuleError, ModuleStore, digest, upload_module,
@@ -87,7 +86,7 @@ pub(crate) struct Deployer {
     pub(crate) log: EventLog,
     pub(crate) modules: ModuleStore,
     pub(crate) fleet: Mutex<Fleet>,
-    pub(crate) touched: mpsc::UnboundedSender<fleet::Touched>,
+    pub(crate) touched: mpsc::UnboundedSender<wasmbed_fleet::Touched>,
     pub(crate) config: DeployerConfig,
 }
 
@@ -163,7 +162,7 @@ pub async fn run(
     info!(
         devices = fleet.devices.len(),
         apps = fleet.apps.len(),
-        deployments = fleet.deployments.len(),
+        deployments = fleet.deployment_count(),
         "history loaded"
     );
 

@@ -1,12 +1,12 @@
-//! From events to resources: the api's read model ([`wasmbed_api::View`]) folds the log, and
-//! each event names the resources it touched; their desired state is rendered from the view.
+//! From events to resources: the fleet read model ([`wasmbed_fleet::Fleet`]) folds the log, and
+//! each event names the resources it touched; their desired state is rendered from the fleet.
 //! Pure and deterministic: replaying the same log renders the same resources.
 
 use std::collections::BTreeSet;
 
 use kube::api::ObjectMeta;
-use wasmbed_api::View;
 use wasmbed_eventlog::StoredEvent;
+use wasmbed_fleet::Fleet;
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::rest::{DesiredState, DeviceState};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
@@ -43,7 +43,7 @@ pub enum Change {
 /// The view and what it renders.
 #[derive(Debug, Default)]
 pub struct Projection {
-    view: View,
+    view: Fleet,
     namespace: String,
 }
 
@@ -73,7 +73,7 @@ impl Projection {
     /// An empty projection rendering into `namespace`.
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
-            view: View::default(),
+            view: Fleet::default(),
             namespace: namespace.into(),
         }
     }
@@ -101,7 +101,7 @@ impl Projection {
     /// The desired state of one resource.
     pub fn render(&self, key: &Key) -> Change {
         match key {
-            Key::Device(id) => match self.view.devices.get(id) {
+            Key::Device(id) => match self.view.device_view(id) {
                 Some(d) if d.state != DeviceState::Decommissioned => {
                     let apps: std::collections::BTreeMap<String, String> = d
                         .apps
@@ -134,7 +134,7 @@ impl Projection {
                 }
                 _ => Change::Delete(key.clone()),
             },
-            Key::Application(id) => match self.view.apps.get(id) {
+            Key::Application(id) => match self.view.app_view(id) {
                 Some(a) => {
                     let latest = a.versions.last();
                     let mut app = Application::new(
@@ -181,7 +181,7 @@ impl Projection {
             },
             Key::Gateway(id) => match self
                 .view
-                .gateways()
+                .gateway_views()
                 .into_iter()
                 .find(|g| &g.gateway_id == id)
             {

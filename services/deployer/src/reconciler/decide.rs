@@ -8,7 +8,8 @@ use wasmbed_schemas::event::{
 use wasmbed_schemas::frame::{Deploy, Frame, ModuleBegin, Stop};
 
 use super::{Effects, Reconciler, Step, deployment};
-use crate::fleet::{Fleet, Pair, Phase};
+use wasmbed_fleet::{Fleet, Pair};
+use wasmbed_schemas::rest::DeploymentPhase as Phase;
 
 impl Reconciler {
     pub(super) fn decide(&mut self, fleet: &Fleet, pair: &Pair, now: Instant, fx: &mut Effects) {
@@ -17,7 +18,7 @@ impl Reconciler {
             return;
         };
         let app = fleet.apps.get(app_id);
-        let dep = fleet.deployments.get(pair);
+        let dep = fleet.deployment(pair);
         let version = fleet.version(&deployment(pair));
         let want = app
             .filter(|a| a.targets(device_id, device))
@@ -27,7 +28,7 @@ impl Reconciler {
         match (want, app, dep) {
             (Some(v), Some(app), dep)
                 if dep.is_none_or(|d| {
-                    d.version != v || matches!(d.phase, Phase::Stopped | Phase::StopRequested)
+                    d.version != v || matches!(d.phase, Phase::Stopped | Phase::Stopping)
                 }) =>
             {
                 let budget = device
@@ -101,12 +102,12 @@ impl Reconciler {
                             }),
                         ));
                     }
-                    Phase::Refused | Phase::Failed | Phase::StopRequested | Phase::Stopped => {}
+                    Phase::Refused | Phase::Failed | Phase::Stopping | Phase::Stopped => {}
                 }
             }
             (_, _, Some(dep)) => match dep.phase {
                 Phase::Stopped | Phase::Refused => {}
-                Phase::StopRequested => {
+                Phase::Stopping => {
                     if connected && self.may_start(pair, now) {
                         self.start(pair, Step::Stop, now);
                         fx.sends.push((

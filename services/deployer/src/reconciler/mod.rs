@@ -23,8 +23,8 @@ use wasmbed_schemas::frame::{Frame, MODULE_CHUNK_LEN, ModuleChunk, ModuleCommit}
 use wasmbed_schemas::{AggregateId, DeviceId, Sha256, subject};
 
 use crate::Deployer;
-use crate::fleet::{Pair, Touched};
 use uplink::spawn_status_writer;
+use wasmbed_fleet::{Pair, Touched};
 
 mod decide;
 mod uplink;

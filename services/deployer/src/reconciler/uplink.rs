@@ -18,7 +18,8 @@ use wasmbed_schemas::frame::{
 use wasmbed_schemas::{AppId, DeviceId};
 
 use super::{Effects, Link, Reconciler, Step, Stream, deployment};
-use crate::fleet::{Fleet, Pair, Phase};
+use wasmbed_fleet::{Fleet, Pair};
+use wasmbed_schemas::rest::DeploymentPhase as Phase;
 
 impl Reconciler {
     pub(super) async fn uplink_batch(&mut self, batch: Vec<async_nats::Message>) {
@@ -77,7 +78,7 @@ impl Reconciler {
         fx: &mut Effects,
     ) {
         let pair = (ack.app_id.clone(), device.clone());
-        let Some(dep) = fleet.deployments.get(&pair) else {
+        let Some(dep) = fleet.deployment(&pair) else {
             return;
         };
         let version = fleet.version(&deployment(&pair));
@@ -132,7 +133,7 @@ impl Reconciler {
             detail: status.detail.clone(),
             reported_at: chrono::Utc::now(),
         });
-        let Some(dep) = fleet.deployments.get(&pair) else {
+        let Some(dep) = fleet.deployment(&pair) else {
             return;
         };
         let version = fleet.version(&deployment(&pair));
@@ -150,7 +151,7 @@ impl Reconciler {
                     };
                     fx.record(version, &pair, running.into());
                 }
-                if dep.phase == Phase::StopRequested {
+                if dep.phase == Phase::Stopping {
                     self.links.remove(&pair);
                     self.dirty.insert(pair);
                 } else {
@@ -158,10 +159,7 @@ impl Reconciler {
                 }
             }
             AppState::Failed if current => {
-                if !matches!(
-                    dep.phase,
-                    Phase::Failed | Phase::StopRequested | Phase::Stopped
-                ) {
+                if !matches!(dep.phase, Phase::Failed | Phase::Stopping | Phase::Stopped) {
                     let failed = DeploymentFailed {
                         app_id: pair.0.clone(),
                         device_id: device.clone(),
@@ -174,7 +172,7 @@ impl Reconciler {
                 }
                 self.settle(&pair);
             }
-            AppState::Stopped if dep.phase == Phase::StopRequested => {
+            AppState::Stopped if dep.phase == Phase::Stopping => {
                 let stopped = DeploymentStopped {
                     app_id: pair.0.clone(),
                     device_id: device.clone(),
@@ -201,7 +199,7 @@ impl Reconciler {
             return;
         };
         let pair = (app, device.clone());
-        let Some(dep) = fleet.deployments.get(&pair) else {
+        let Some(dep) = fleet.deployment(&pair) else {
             return;
         };
         let version = fleet.version(&deployment(&pair));

@@ -1,0 +1,108 @@
+//! The REST bodies ([`wasmbed_schemas::rest`]) rendered from the fleet.
+//!
+//! Deleted applications are not shown. A deployment's `current` says whether its phase is
+//! what a reporting device says now; otherwise it is the device's last report, as of `since`.
+
+use wasmbed_schemas::rest::{
+    ApplicationView, DeploymentView, DeviceView, GatewayView, ModuleVersionView,
+};
+use wasmbed_schemas::{AppId, DeviceId};
+
+use crate::model::{App, Deployment, Device, Fleet};
+
+fn deployment_view(deployment: &Deployment, device: Option<&Device>) -> DeploymentView {
+    DeploymentView {
+        version: deployment.version,
+        phase: deployment.phase,
+        reason: deployment.reason.clone(),
+        since: deployment.since,
+        current: device.is_some_and(Device::reporting),
+    }
+}
+
+impl Fleet {
+    fn live_app(&self, id: &AppId) -> Option<&App> {
+        self.apps.get(id).filter(|a| !a.deleted())
+    }
+
+    /// One device as the api shows it.
+    pub fn device_view(&self, id: &DeviceId) -> Option<DeviceView> {
+        let d = self.devices.get(id)?;
+        Some(DeviceView {
+            device_id: id.clone(),
+            public_key: d.public_key,
+            mcu: d.mcu.clone(),
+            labels: d.labels.clone(),
+            state: d.state,
+            gateway_id: d.gateway.clone(),
+            session_id: d.session.clone(),
+            app_ram_bytes: d.app_ram_bytes,
+            firmware: d.firmware.clone(),
+            since: d.since,
+            last_heard: d.last_heard,
+            apps: self
+                .deployments_on(id)
+                .filter(|(app, _)| self.live_app(app).is_some())
+                .map(|(app, dep)| (app.clone(), deployment_view(dep, Some(d))))
+                .collect(),
+        })
+    }
+
+    /// Every device, by id.
+    pub fn device_views(&self) -> impl Iterator<Item = DeviceView> + '_ {
+        self.devices.keys().filter_map(|id| self.device_view(id))
+    }
+
+    /// One application as the api shows it (none once deleted).
+    pub fn app_view(&self, id: &AppId) -> Option<ApplicationView> {
+        let app = self.live_app(id)?;
+        Some(ApplicationView {
+            app_id: id.clone(),
+            name: app.name.clone(),
+            target: app.target.clone(),
+            limits: app.limits,
+            versions: app
+                .modules
+                .iter()
+                .map(|(version, m)| ModuleVersionView {
+                    version: *version,
+                    sha256: m.sha256,
+                    size_bytes: m.size_bytes,
+                })
+                .collect(),
+            desired: app.desired,
+            rejected: app.rejected.clone(),
+            devices: self
+                .deployments_of(id)
+                .map(|(device, dep)| {
+                    (
+                        device.clone(),
+                        deployment_view(dep, self.devices.get(device)),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    /// Every application not deleted, by id.
+    pub fn app_views(&self) -> impl Iterator<Item = ApplicationView> + '_ {
+        self.apps.keys().filter_map(|id| self.app_view(id))
+    }
+
+    /// Gateways with the devices they hold now.
+    pub fn gateway_views(&self) -> Vec<GatewayView> {
+        self.gateways
+            .values()
+            .map(|g| {
+                let mut g = g.clone();
+                g.devices = self
+                    .devices
+                    .iter()
+                    .filter(|(_, d)| d.gateway.as_ref() == Some(&g.gateway_id))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                g
+            })
+            .collect()
+    }
+}
