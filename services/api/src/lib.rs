@@ -38,9 +38,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{Instrument, info, info_span, warn};
-use wasmbed_eventlog::{EventLog, LogOptions};
+use tracing::{Instrument, info, info_span};
+use wasmbed_eventlog::EventLog;
 use wasmbed_fleet::Fleet;
+use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 
 pub use auth::{Access, Token};
 pub use error::ApiError;
@@ -51,8 +52,8 @@ pub use routes::DEFAULT_LIMITS;
 pub struct ApiConfig {
     /// The accepted bearer tokens.
     pub tokens: Vec<Token>,
-    /// Replicas of the streams this service creates.
-    pub replicas: usize,
+    /// Replicas, drain grace (its own HTTP serves `/health`).
+    pub runtime: RuntimeOptions,
 }
 
 /// Why the api could not start or stopped.
@@ -62,12 +63,9 @@ pub enum ApiStartError {
     /// No token configured: every route would be closed.
     #[error("no api token configured")]
     NoTokens,
-    /// The event log could not be opened.
+    /// The service runtime failed (log, follow).
     #[error(transparent)]
-    Log(#[from] wasmbed_eventlog::SetupError),
-    /// Reading the log failed.
-    #[error(transparent)]
-    Read(#[from] wasmbed_eventlog::ReadError),
+    Runtime(#[from] RuntimeError),
     /// The liveness read model could not be watched.
     #[error(transparent)]
     ReadModel(#[from] wasmbed_eventlog::ReadModelError),
@@ -162,9 +160,9 @@ async fn trace(
 }
 
 /// Folds the telemetry service's last-heard times into the view as they are saved.
-async fn spawn_heartbeat_watch(
+async fn heartbeat_watch(
     api: &Arc<Api>,
-) -> Result<tokio::task::JoinHandle<()>, ApiStartError> {
+) -> Result<impl Future<Output = ()> + Send + 'static, ApiStartError> {
     use futures::StreamExt;
     let model = api
         .log
@@ -172,7 +170,7 @@ async fn spawn_heartbeat_watch(
         .await?;
     let mut changes = Box::pin(model.watch().await?);
     let api = api.clone();
-    Ok(tokio::spawn(async move {
+    Ok(async move {
         while let Some((key, at)) = changes.next().await {
             if let Ok(device) = wasmbed_schemas::DeviceId::new(key) {
                 api.view
@@ -181,7 +179,7 @@ async fn spawn_heartbeat_watch(
                     .heard(&device, at);
             }
         }
-    }))
+    })
 }
 
 /// Runs the api on `listener` until `shutdown` completes: catches up on the log first, then
@@ -195,24 +193,13 @@ pub async fn run(
     if config.tokens.is_empty() {
         return Err(ApiStartError::NoTokens);
     }
-    let log = EventLog::open(
-        client.clone(),
-        &LogOptions {
-            replicas: config.replicas,
-        },
-    )
-    .await?;
-    let mut follow = log.follow(Vec::new()).await?;
+    let mut runtime = Runtime::start(client.clone(), "api", &config.runtime).await?;
     let mut view = Fleet::default();
-    for _ in 0..follow.pending_at_start {
-        match follow.next().await {
-            Some(Ok((event, _))) => {
-                view.apply(&event);
-            }
-            Some(Err(e)) => warn!(error = %e, "event skipped"),
-            None => break,
-        }
-    }
+    let follow = runtime
+        .restore(Vec::new(), &mut view, |view, event| {
+            view.apply(event);
+        })
+        .await?;
     info!(
         devices = view.devices.len(),
         apps = view.apps.len(),
@@ -221,36 +208,26 @@ pub async fn run(
     let (folded, _) = watch::channel(view.sequence);
     let api = Arc::new(Api {
         client,
-        log,
+        log: runtime.log().clone(),
         view: RwLock::new(view),
         folded,
         lists: std::sync::Mutex::default(),
     });
-    let follower_api = api.clone();
-    let follower = tokio::spawn(async move {
-        while let Some(next) = follow.next().await {
-            match next {
-                Ok((event, _)) => {
-                    let sequence = event.sequence;
-                    follower_api
-                        .view
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .apply(&event);
-                    follower_api.folded.send_replace(sequence);
-                }
-                Err(e) => warn!(error = %e, "event skipped"),
-            }
-        }
+    let following = api.clone();
+    runtime.keep_following(follow, move |event| {
+        following
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(event);
+        following.folded.send_replace(event.sequence);
     });
-    let heard = spawn_heartbeat_watch(&api).await?;
+    runtime.spawn(heartbeat_watch(&api).await?);
     let tokens = Arc::new(config.tokens);
     let served = axum::serve(listener, router(api, tokens))
         .with_graceful_shutdown(shutdown)
         .await;
-    follower.abort();
-    heard.abort();
+    runtime.stop().await;
     served?;
-    info!("api stopped");
     Ok(())
 }

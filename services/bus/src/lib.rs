@@ -3,7 +3,7 @@
 //! - [`call`]: send a command, get its typed reply. A transport failure (no service, timeout)
 //!   is [`CallError::Transport`]; a refusal by the service is [`CallError::Refused`].
 //! - [`Router`] + [`serve`]: a service's side. Requests are decoded per command, handled
-//!   concurrently (bounded), and always answered: a body that does not decode gets
+//!   concurrently (bounded), drained on shutdown, and always answered: a body that does not decode gets
 //!   `invalid_request` naming the field, an unknown command gets `invalid_request` too.
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
 use wasmbed_schemas::command::{Command, CommandError, ErrorCode, Reply};
 use wasmbed_schemas::subject::{self, Service};
@@ -137,24 +138,34 @@ fn encode_reply<T: serde::Serialize>(reply: &Reply<T>) -> Vec<u8> {
 /// How many requests one service handles at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 
+/// How long [`serve`] waits, after shutdown, for commands already being handled.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `router`'s commands until `shutdown` completes. Instances of one service share a
 /// queue group, so each command is handled once.
+///
+/// On shutdown it stops taking commands (the queue group's other members get them), then waits
+/// up to `grace` for the commands it is handling: a command accepted is answered unless it
+/// outlives the grace period. Returns how many were still running when the grace ran out.
 pub async fn serve<S: Send + Sync + 'static>(
     client: async_nats::Client,
     router: Router<S>,
     state: Arc<S>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), async_nats::SubscribeError> {
+    grace: Duration,
+) -> Result<usize, async_nats::SubscribeError> {
     let service = router.service;
     let mut requests = client
         .queue_subscribe(subject::commands_of(service), service.as_str().to_owned())
         .await?;
     let router = Arc::new(router);
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    let mut handling: JoinSet<()> = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {
             () = &mut shutdown => break,
+            Some(_) = handling.join_next(), if !handling.is_empty() => continue,
             next = requests.next() => match next {
                 Some(message) => message,
                 None => break,
@@ -175,7 +186,7 @@ pub async fn serve<S: Send + Sync + 'static>(
             .to_owned();
         let span = info_span!("command", service = service.as_str(), command = %name);
         let (router, state, client) = (router.clone(), state.clone(), client.clone());
-        tokio::spawn(
+        handling.spawn(
             async move {
                 let body = match router.handlers.get(name.as_str()) {
                     Some(handler) => handler(state, message.payload).await,
@@ -193,5 +204,31 @@ pub async fn serve<S: Send + Sync + 'static>(
             .instrument(span),
         );
     }
-    Ok(())
+    // Nothing new: what is queued goes to the other members of the group.
+    if let Err(e) = requests.unsubscribe().await {
+        warn!(error = %e, "unsubscribing from commands failed");
+    }
+    let left = drain(&mut handling, grace).await;
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "replies not flushed");
+    }
+    Ok(left)
+}
+
+/// Waits up to `grace` for every task in `tasks`, then aborts the rest; returns how many were
+/// aborted.
+pub async fn drain<T: 'static>(tasks: &mut JoinSet<T>, grace: Duration) -> usize {
+    let finished =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if finished.is_ok() {
+        return 0;
+    }
+    let left = tasks.len();
+    warn!(
+        left,
+        ?grace,
+        "still running after the grace period; dropped"
+    );
+    tasks.shutdown().await;
+    left
 }

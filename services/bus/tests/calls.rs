@@ -26,7 +26,13 @@ async fn start_enrollment_stub(client: async_nats::Client) {
                 message: format!("no device {}", c.device_id),
             })
         });
-    tokio::spawn(serve(client, router, Arc::new(()), std::future::pending()));
+    tokio::spawn(serve(
+        client,
+        router,
+        Arc::new(()),
+        std::future::pending(),
+        wasmbed_bus::DEFAULT_DRAIN_GRACE,
+    ));
     // Let the subscription reach the server.
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
@@ -109,4 +115,89 @@ async fn bad_bodies_and_unknown_commands_get_a_clear_invalid_request() {
 
     // The service is still answering after all that.
     assert!(call(&client, &GetCaCertificate {}, TIMEOUT).await.is_ok());
+}
+
+/// A CA stub whose handler says when it starts and then takes `takes` to answer.
+fn slow_router(takes: Duration) -> Router<tokio::sync::Notify> {
+    Router::new(Service::Enrollment).route(
+        move |started: Arc<tokio::sync::Notify>, _: GetCaCertificate| async move {
+            started.notify_one();
+            tokio::time::sleep(takes).await;
+            Ok(CaCertificate {
+                certificate_pem: "PEM".into(),
+            })
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_command_being_handled_when_the_service_stops_is_still_answered() {
+    let server = NatsServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(
+        client.clone(),
+        slow_router(Duration::from_millis(500)),
+        started.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let caller = client.clone();
+    let in_flight =
+        tokio::spawn(
+            async move { call(&caller, &GetCaCertificate {}, Duration::from_secs(5)).await },
+        );
+    started.notified().await;
+    stop.send(()).unwrap();
+    let answered = in_flight.await.unwrap().unwrap();
+    assert_eq!(answered.certificate_pem, "PEM");
+    assert_eq!(served.await.unwrap().unwrap(), 0, "nothing was cut off");
+
+    // Stopped: nobody takes commands any more.
+    let after = call(&client, &GetCaCertificate {}, Duration::from_millis(300)).await;
+    assert!(
+        matches!(after, Err(CallError::Transport { .. })),
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_outlives_the_grace_period_is_dropped_and_counted() {
+    let server = NatsServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(
+        client.clone(),
+        slow_router(Duration::from_secs(60)),
+        started.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_millis(200),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let caller = client.clone();
+    let in_flight =
+        tokio::spawn(
+            async move { call(&caller, &GetCaCertificate {}, Duration::from_secs(2)).await },
+        );
+    started.notified().await;
+    stop.send(()).unwrap();
+    let left = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("serve returns once the grace period is over")
+        .unwrap()
+        .unwrap();
+    assert_eq!(left, 1);
+    let unanswered = in_flight.await.unwrap();
+    assert!(
+        matches!(unanswered, Err(CallError::Transport { .. })),
+        "{unanswered:?}"
+    );
 }

@@ -51,7 +51,7 @@ pub fn manager_config(
         key_dir: state.join("devices"),
         server_name: "localhost".into(),
         restart: RestartPolicy::default(),
-        replicas: 1,
+        runtime: Default::default(),
     };
     Ok((config, note))
 }

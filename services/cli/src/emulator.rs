@@ -1,15 +1,12 @@
 //! `wasmbed emulator start|stop|restart|list`: emulated devices, through the renode-manager's
 //! commands on the bus; the list is read from the log.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use wasmbed_bus::call;
-use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_schemas::command::{RestartEmulator, StartEmulator, StopEmulator};
-use wasmbed_schemas::event::Event;
-use wasmbed_schemas::{AggregateKind, DeviceId, subject};
+use wasmbed_schemas::rest::{EmulatorState, EmulatorView};
+use wasmbed_schemas::{DeviceId, subject};
 
 use crate::device::Bus;
 
@@ -85,44 +82,33 @@ pub async fn run(command: EmulatorCommand) -> Result<()> {
         }
         EmulatorCommand::List { bus } => {
             let client = bus.connect().await?;
-            let log = EventLog::open(client, &LogOptions::default()).await?;
-            let mut follow = log
-                .follow(vec![subject::events_of_kind(AggregateKind::Emulator)])
-                .await?;
-            let mut last: BTreeMap<String, String> = BTreeMap::new();
-            for _ in 0..follow.pending_at_start {
-                let Some(next) = follow.next().await else {
-                    break;
-                };
-                let (event, _) = next?;
-                let (device, line) = match &event.envelope.event {
-                    Event::EmulatorStarted(e) => (
-                        e.device_id.to_string(),
-                        format!(
-                            "running  {} on {} ({}, start {})",
-                            e.mcu, e.backend, e.instance, e.attempt
-                        ),
-                    ),
-                    Event::EmulatorExited(e) => (
-                        e.device_id.to_string(),
-                        format!(
-                            "{:<8} exit code {}",
-                            format!("{:?}", e.reason).to_lowercase(),
-                            e.exit_code.map_or("-".to_owned(), |c| c.to_string())
-                        ),
-                    ),
-                    Event::EmulatorStartRefused(e) => (
-                        e.device_id.to_string(),
-                        format!("refused  {}: {}", e.mcu, e.reason),
-                    ),
-                    _ => continue,
-                };
-                last.insert(device, line);
-            }
-            for (device, line) in last {
-                println!("{device:<24} {line}");
+            // The same read model the api serves.
+            let fleet = crate::device::fleet(&client).await?;
+            for (device, e) in &fleet.emulators {
+                println!("{device:<24} {}", emulator_line(e));
             }
         }
     }
     Ok(())
+}
+
+/// One emulator as `emulator list` prints it.
+fn emulator_line(e: &EmulatorView) -> String {
+    match e.state {
+        EmulatorState::Running => format!(
+            "running  {} on {} ({}, start {})",
+            e.mcu,
+            e.backend,
+            e.instance.as_deref().unwrap_or("-"),
+            e.attempt
+        ),
+        EmulatorState::Refused => {
+            format!("refused  {}: {}", e.mcu, e.detail.as_deref().unwrap_or("-"))
+        }
+        other => format!(
+            "{:<8} exit code {}",
+            format!("{other:?}").to_lowercase(),
+            e.exit_code.map_or("-".to_owned(), |c| c.to_string())
+        ),
+    }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use wasmbed_service::RuntimeOptions;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -170,42 +171,29 @@ pub struct NatsArgs {
     #[arg(long, env = "WASMBED_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
     /// For services without HTTP of their own (enrollment, deployer, renode-manager,
-    /// projector): serve `GET /health` here, 200 while connected to NATS, 503 otherwise.
+    /// projector): serve `GET /health` here (200 while connected to NATS) and `GET /ready`
+    /// (200 once caught up on the log and serving).
     #[arg(long, env = "WASMBED_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 }
 
-/// Serves `/health` for a bus-only service: its probe in Kubernetes.
-async fn serve_health(nats: &NatsArgs, client: &async_nats::Client) -> Result<()> {
-    let Some(listen) = nats.health_listen else {
-        return Ok(());
-    };
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let client = client.clone();
-    let app = axum::Router::new().route(
-        "/health",
-        axum::routing::get(move || {
-            let connected = client.connection_state() == async_nats::connection::State::Connected;
-            async move {
-                if connected {
-                    (axum::http::StatusCode::OK, "ok\n")
-                } else {
-                    (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "no NATS connection\n",
-                    )
-                }
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "the health endpoint stopped");
+impl NatsArgs {
+    /// How the service runs: replicas, and `/health` + `/ready` when asked.
+    fn runtime(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            replicas: self.replicas,
+            health_listen: self.health_listen,
+            ..RuntimeOptions::default()
         }
-    });
-    Ok(())
+    }
+
+    /// The same, for a service that answers `/health` on its own HTTP listener.
+    fn runtime_with_own_http(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            health_listen: None,
+            ..self.runtime()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -284,11 +272,10 @@ pub async fn run(command: ServeCommand) -> Result<()> {
     match command {
         ServeCommand::Enrollment(args) => {
             let client = connect(&args.nats, Principal::Enrollment).await?;
-            serve_health(&args.nats, &client).await?;
             let mut config = EnrollmentConfig::new(args.ca_dir);
             config.gateway_certificate_validity =
                 Duration::from_secs(args.gateway_cert_validity_secs);
-            config.replicas = args.nats.replicas;
+            config.runtime = args.nats.runtime();
             wasmbed_enrollment::run(client, config, ctrl_c()).await?;
         }
         ServeCommand::Gateway(args) => {
@@ -302,7 +289,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             config.max_sessions = args.max_sessions;
             config.uplink_bytes_per_second = args.uplink_bytes_per_second;
             config.uplink_burst_bytes = args.uplink_burst_bytes;
-            config.replicas = args.nats.replicas;
+            config.runtime = args.nats.runtime_with_own_http();
             let listeners = Listeners {
                 tls: TcpListener::bind(args.tls_listen)
                     .await
@@ -318,7 +305,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             let config = wasmbed_telemetry::TelemetryConfig {
                 heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
                 missed_heartbeats: args.missed_heartbeats,
-                replicas: args.nats.replicas,
+                runtime: args.nats.runtime_with_own_http(),
                 ..Default::default()
             };
             let http = TcpListener::bind(args.http_listen)
@@ -328,10 +315,9 @@ pub async fn run(command: ServeCommand) -> Result<()> {
         }
         ServeCommand::Deployer(args) => {
             let client = connect(&args.nats, Principal::Deployer).await?;
-            serve_health(&args.nats, &client).await?;
             let config = wasmbed_deployer::DeployerConfig {
                 default_app_ram_bytes: args.default_app_ram_kib.saturating_mul(1024),
-                replicas: args.nats.replicas,
+                runtime: args.nats.runtime(),
                 ..Default::default()
             };
             wasmbed_deployer::run(client, config, ctrl_c()).await?;
@@ -350,26 +336,24 @@ pub async fn run(command: ServeCommand) -> Result<()> {
                 .with_context(|| format!("binding {}", args.listen))?;
             let config = wasmbed_api::ApiConfig {
                 tokens,
-                replicas: args.nats.replicas,
+                runtime: args.nats.runtime_with_own_http(),
             };
             wasmbed_api::run(client, config, listener, ctrl_c()).await?;
         }
         ServeCommand::Projector(args) => {
             let client = connect(&args.nats, Principal::Projector).await?;
-            serve_health(&args.nats, &client).await?;
             let kube = kube::Client::try_default()
                 .await
                 .context("no Kubernetes API: neither in a cluster nor a kubeconfig")?;
             let config = wasmbed_projector::ProjectorConfig {
                 namespace: args.namespace,
-                replicas: args.nats.replicas,
+                runtime: args.nats.runtime(),
                 ..Default::default()
             };
             wasmbed_projector::run(client, kube, config, ctrl_c()).await?;
         }
         ServeCommand::RenodeManager(args) => {
             let client = connect(&args.nats, Principal::RenodeManager).await?;
-            serve_health(&args.nats, &client).await?;
             let config = manager_config(args)?;
             wasmbed_renode_manager::run(client, config, ctrl_c()).await?;
         }
@@ -416,7 +400,7 @@ fn manager_config(args: ManagerArgs) -> Result<wasmbed_renode_manager::ManagerCo
             mode,
             ..Default::default()
         },
-        replicas: args.nats.replicas,
+        runtime: args.nats.runtime(),
     })
 }
 

@@ -159,7 +159,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 secret: api_token.clone(),
                 access: wasmbed_api::Access::ReadWrite,
             }],
-            replicas: 1,
+            runtime: Default::default(),
         },
         api_listener,
         until_stopped(stopping.clone()),

@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
-use wasmbed_eventlog::{AppendError, EventLog, ExpectedVersion, LogOptions, StoredEvent};
+use tracing::info;
+use wasmbed_eventlog::{AppendError, EventLog, ExpectedVersion, StoredEvent};
 use wasmbed_fleet::Fleet;
 use wasmbed_schemas::AggregateKind;
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
+use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 
 pub use validate::{ModuleFacts, validate};
 pub use wasmbed_eventlog::modules::{
@@ -45,8 +46,8 @@ pub struct DeployerConfig {
     /// Deliveries of one version to one device that may fail (digest mismatch) before the
     /// deployment is recorded as failed.
     pub max_delivery_attempts: u32,
-    /// Replicas of the streams this service creates.
-    pub replicas: usize,
+    /// Replicas, health endpoint, drain grace.
+    pub runtime: RuntimeOptions,
 }
 
 impl Default for DeployerConfig {
@@ -55,7 +56,7 @@ impl Default for DeployerConfig {
             default_app_ram_bytes: 256 * 1024,
             step_timeout: Duration::from_secs(5),
             max_delivery_attempts: 3,
-            replicas: 1,
+            runtime: RuntimeOptions::default(),
         }
     }
 }
@@ -64,12 +65,9 @@ impl Default for DeployerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeployerError {
-    /// The event log could not be opened.
+    /// The service runtime failed (log, follow, commands, health endpoint).
     #[error(transparent)]
-    Log(#[from] wasmbed_eventlog::SetupError),
-    /// Reading history failed.
-    #[error(transparent)]
-    Read(#[from] wasmbed_eventlog::ReadError),
+    Runtime(#[from] RuntimeError),
     /// The module store could not be opened.
     #[error(transparent)]
     Modules(#[from] ModuleError),
@@ -134,31 +132,20 @@ pub async fn run(
     config: DeployerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DeployerError> {
-    let log = EventLog::open(
-        client.clone(),
-        &LogOptions {
-            replicas: config.replicas,
-        },
-    )
-    .await?;
+    let mut runtime = Runtime::start(client.clone(), SERVICE.as_str(), &config.runtime).await?;
+    let log = runtime.log().clone();
     let modules = ModuleStore::open(log.jetstream()).await?;
     let statuses = log
         .read_model::<wasmbed_schemas::device_message::DeploymentStatus>(
             subject::DEPLOYMENTS_BUCKET,
         )
         .await?;
-
-    let mut follow = log.follow(followed_subjects()).await?;
     let mut fleet = Fleet::default();
-    for _ in 0..follow.pending_at_start {
-        match follow.next().await {
-            Some(Ok((event, _))) => {
-                fleet.apply(&event);
-            }
-            Some(Err(e)) => warn!(error = %e, "event skipped"),
-            None => break,
-        }
-    }
+    let follow = runtime
+        .restore(followed_subjects(), &mut fleet, |fleet, event| {
+            fleet.apply(event);
+        })
+        .await?;
     info!(
         devices = fleet.devices.len(),
         apps = fleet.apps.len(),
@@ -178,10 +165,7 @@ pub async fn run(
         .queue_subscribe(subject::DEVICE_UPLINK_ALL, "deployer".to_owned())
         .await?;
     let reconciler = reconciler::Reconciler::new(state.clone(), client.clone(), statuses);
-    let reconciling = tokio::spawn(reconciler.run(follow, uplink, touched_rx));
-    let served = wasmbed_bus::serve(client, handlers::router(), state, shutdown).await;
-    reconciling.abort();
-    served?;
-    info!("deployer stopped");
+    runtime.spawn(reconciler.run(follow, uplink, touched_rx));
+    runtime.serve(handlers::router(), state, shutdown).await?;
     Ok(())
 }

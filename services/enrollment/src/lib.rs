@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracing::{info, warn};
-use wasmbed_eventlog::{EventLog, LogOptions};
+use tracing::info;
+use wasmbed_eventlog::EventLog;
 use wasmbed_schemas::AggregateKind;
 use wasmbed_schemas::subject::{self, Service};
+use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 
 pub use ca::{CaError, CertificateAuthority, IssuedCertificate};
 pub use registry::{DeviceRecord, Registry};
@@ -31,8 +32,8 @@ pub struct EnrollmentConfig {
     pub gateway_certificate_validity: Duration,
     /// The longest pairing window an operator may open.
     pub max_pairing_window: Duration,
-    /// Replicas of the streams this service creates.
-    pub replicas: usize,
+    /// Replicas, health endpoint, drain grace.
+    pub runtime: RuntimeOptions,
     /// Refusals are audited per gateway in windows of this length: the first `audit_in_full`
     /// of each reason from each source in full, the rest counted (`RefusalsCounted`).
     pub audit_window: Duration,
@@ -48,7 +49,7 @@ impl EnrollmentConfig {
             ca_dir,
             gateway_certificate_validity: Duration::from_secs(30 * 24 * 3600),
             max_pairing_window: Duration::from_secs(3600),
-            replicas: 1,
+            runtime: RuntimeOptions::default(),
             audit_window: Duration::from_secs(10),
             audit_in_full: 3,
         }
@@ -59,18 +60,12 @@ impl EnrollmentConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnrollmentError {
-    /// The event log could not be opened.
+    /// The service runtime failed (log, follow, commands, health endpoint).
     #[error(transparent)]
-    Log(#[from] wasmbed_eventlog::SetupError),
-    /// Reading the device history failed.
-    #[error(transparent)]
-    Read(#[from] wasmbed_eventlog::ReadError),
+    Runtime(#[from] RuntimeError),
     /// The CA could not be loaded or created.
     #[error(transparent)]
     Ca(#[from] CaError),
-    /// Subscribing to commands failed.
-    #[error("subscribing to commands: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
 }
 
 /// Shared state of the handlers.
@@ -100,31 +95,21 @@ pub async fn run(
     config: EnrollmentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), EnrollmentError> {
-    let log = EventLog::open(
-        client.clone(),
-        &LogOptions {
-            replicas: config.replicas,
-        },
-    )
-    .await?;
+    let mut runtime = Runtime::start(client.clone(), SERVICE.as_str(), &config.runtime).await?;
     let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
-
-    let mut follow = log
-        .follow(vec![subject::events_of_kind(AggregateKind::Device)])
-        .await?;
     let mut registry = Registry::default();
-    for _ in 0..follow.pending_at_start {
-        match follow.next().await {
-            Some(Ok((event, _))) => registry.apply(&event),
-            Some(Err(e)) => warn!(error = %e, "device event skipped"),
-            None => break,
-        }
-    }
+    let follow = runtime
+        .restore(
+            vec![subject::events_of_kind(AggregateKind::Device)],
+            &mut registry,
+            Registry::apply,
+        )
+        .await?;
     info!(devices = registry.len(), "device history loaded");
 
     let state = Arc::new(Enrollment {
-        client: client.clone(),
-        log,
+        client,
+        log: runtime.log().clone(),
         registry: Mutex::new(registry),
         pairing: Mutex::default(),
         refusals: wasmbed_eventlog::refusals::RefusalAudit::new(
@@ -134,24 +119,11 @@ pub async fn run(
         ca,
         config,
     });
-    let follower_state = state.clone();
-    let follower = tokio::spawn(async move {
-        while let Some(next) = follow.next().await {
-            match next {
-                Ok((event, _)) => follower_state.registry().apply(&event),
-                Err(e) => warn!(error = %e, "device event skipped"),
-            }
-        }
-    });
-    let auditor = {
-        let state = state.clone();
-        tokio::spawn(async move { state.refusals.close_windows(&state.log).await })
-    };
-    let served = wasmbed_bus::serve(client, handlers::router(), state, shutdown).await;
-    follower.abort();
-    auditor.abort();
-    served?;
-    info!("enrollment stopped");
+    let following = state.clone();
+    runtime.keep_following(follow, move |event| following.registry().apply(event));
+    let auditor = state.clone();
+    runtime.spawn(async move { auditor.refusals.close_windows(&auditor.log).await });
+    runtime.serve(handlers::router(), state, shutdown).await?;
     Ok(())
 }
 

@@ -88,7 +88,7 @@ impl<T: Serialize + DeserializeOwned> ReadModel<T> {
     /// that do not decode are skipped; the stream ends when the connection does.
     pub async fn watch(
         &self,
-    ) -> Result<impl Stream<Item = (String, Option<T>)> + Send + 'static, ReadModelError>
+    ) -> Result<impl Stream<Item = (String, Option<T>)> + Send + use<T>, ReadModelError>
     where
         T: Send + 'static,
     {

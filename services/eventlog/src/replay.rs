@@ -182,4 +182,31 @@ impl Follow {
                 .map_err(|source| ReadError::Decode { sequence, source }),
         )
     }
+
+    /// Folds every event that was in the log when the follow began (a read model's restore);
+    /// returns how many were folded. An event that does not decode is logged and skipped.
+    pub async fn catch_up(&mut self, mut apply: impl FnMut(&StoredEvent)) -> u64 {
+        let mut folded = 0;
+        for _ in 0..self.pending_at_start {
+            match self.next().await {
+                Some(Ok((event, _))) => {
+                    apply(&event);
+                    folded += 1;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "event skipped"),
+                None => break,
+            }
+        }
+        folded
+    }
+
+    /// Folds each new event as it is appended, until the connection is gone for good.
+    pub async fn keep_applying(mut self, mut apply: impl FnMut(&StoredEvent)) {
+        while let Some(next) = self.next().await {
+            match next {
+                Ok((event, _)) => apply(&event),
+                Err(e) => tracing::warn!(error = %e, "event skipped"),
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Gateway settings.
 
 use std::time::Duration;
+use wasmbed_service::RuntimeOptions;
 
 use wasmbed_schemas::GatewayId;
 
@@ -48,8 +49,9 @@ pub struct GatewayConfig {
     /// ... and this many at once; past that it is refused (`RateLimited`) before any event is
     /// written for it.
     pub session_burst: u32,
-    /// Replicas of the streams this service creates.
-    pub replicas: usize,
+    /// Replicas (its own HTTP serves `/health` and `/ready`; sessions drain for
+    /// `shutdown_grace`).
+    pub runtime: RuntimeOptions,
 }
 
 impl GatewayConfig {
@@ -74,7 +76,7 @@ impl GatewayConfig {
             uplink_burst_bytes: 2 * 1024 * 1024,
             sessions_per_second: 1.0,
             session_burst: 10,
-            replicas: 1,
+            runtime: RuntimeOptions::default(),
         }
     }
 }

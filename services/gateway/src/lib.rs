@@ -25,6 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use wasmbed_service::Runtime;
 
 use futures::StreamExt;
 use rustls::ServerConfig;
@@ -34,7 +35,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, info, info_span, warn};
 use wasmbed_eventlog::refusals::RefusalAudit;
-use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions};
+use wasmbed_eventlog::{EventLog, ExpectedVersion};
 use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{EventEnvelope, GatewayStarted, GatewayStopped};
 use wasmbed_schemas::subject;
@@ -52,9 +53,9 @@ use crate::sessions::Sessions;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayError {
-    /// The event log could not be opened.
+    /// The service runtime failed (the log).
     #[error(transparent)]
-    Log(#[from] wasmbed_eventlog::SetupError),
+    Runtime(#[from] wasmbed_service::RuntimeError),
     /// No certificate could be obtained.
     #[error(transparent)]
     Certificate(#[from] CertificateError),
@@ -147,13 +148,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
-    let log = EventLog::open(
-        client.clone(),
-        &LogOptions {
-            replicas: config.replicas,
-        },
-    )
-    .await?;
+    let mut runtime = Runtime::start(client.clone(), "gateway", &config.runtime).await?;
+    let log = runtime.log().clone();
     let key = rcgen::KeyPair::generate().map_err(CertificateError::Request)?;
     let issued = certificate::request_until_issued(&client, &config, &key).await?;
     let certs = Arc::new(CertStore::new(issued));
@@ -176,7 +172,7 @@ pub async fn run(
         ready: AtomicBool::new(false),
         config: config.clone(),
     });
-    let renewal = tokio::spawn(certificate::renew_forever(
+    runtime.spawn(certificate::renew_forever(
         client,
         config.clone(),
         key,
@@ -188,11 +184,9 @@ pub async fn run(
         .subscribe(subject::DEVICE_REVOKED_ALL)
         .await
         .map_err(|e| GatewayError::Bus(e.to_string()))?;
-    let revoker = tokio::spawn(end_revoked_sessions(gw.clone(), revocations));
-    let auditor = {
-        let gw = gw.clone();
-        tokio::spawn(async move { gw.refusals.close_windows(&gw.log).await })
-    };
+    runtime.spawn(end_revoked_sessions(gw.clone(), revocations));
+    let auditor = gw.clone();
+    runtime.spawn(async move { auditor.refusals.close_windows(&auditor.log).await });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(http::serve(gw.clone(), listeners.http, async move {
         let _ = http_stopped.await;
@@ -255,17 +249,7 @@ pub async fn run(
     let open = gw.sessions.len();
     info!(open, "gateway shutting down");
     let _ = stop_sessions.send(true);
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            left = sessions.len(),
-            "sessions still open after the grace period; dropping them"
-        );
-        sessions.shutdown().await;
-    }
+    wasmbed_bus::drain(&mut sessions, config.shutdown_grace).await;
     let stopped = GatewayStopped {
         gateway_id: config.gateway_id.clone(),
     };
@@ -276,9 +260,7 @@ pub async fn run(
     {
         warn!(error = %e, "GatewayStopped not recorded");
     }
-    renewal.abort();
-    revoker.abort();
-    auditor.abort();
+    runtime.stop().await;
     let _ = stop_http.send(());
     let _ = http.instrument(info_span!("http")).await;
     Ok(())

@@ -5,7 +5,8 @@
 use std::future::Future;
 
 use tracing::info;
-use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
+use wasmbed_eventlog::StoredEvent;
+use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 
 use crate::applier::{Applier, ApplyError};
 use crate::projection::Projection;
@@ -17,8 +18,8 @@ pub struct ProjectorConfig {
     pub namespace: String,
     /// The durable consumer's name (its position in the log).
     pub consumer: String,
-    /// Replicas of the streams it creates.
-    pub replicas: usize,
+    /// Replicas, health endpoint.
+    pub runtime: RuntimeOptions,
 }
 
 impl Default for ProjectorConfig {
@@ -26,7 +27,7 @@ impl Default for ProjectorConfig {
         Self {
             namespace: "wasmbed".into(),
             consumer: "projector".into(),
-            replicas: 1,
+            runtime: RuntimeOptions::default(),
         }
     }
 }
@@ -35,9 +36,9 @@ impl Default for ProjectorConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProjectorError {
-    /// The event log could not be opened.
+    /// The service runtime failed (log, health endpoint).
     #[error(transparent)]
-    Log(#[from] wasmbed_eventlog::SetupError),
+    Runtime(#[from] RuntimeError),
     /// Reading history failed.
     #[error(transparent)]
     Read(#[from] wasmbed_eventlog::ReadError),
@@ -53,13 +54,8 @@ pub async fn run(
     config: ProjectorConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
-    let log = EventLog::open(
-        nats,
-        &LogOptions {
-            replicas: config.replicas,
-        },
-    )
-    .await?;
+    let runtime = Runtime::start(nats, "projector", &config.runtime).await?;
+    let log = runtime.log();
     let mut durable = log.projection(&config.consumer, Vec::new()).await?;
     let applied = durable.acknowledged().await?;
     let mut model = Projection::new(config.namespace.clone());
@@ -75,8 +71,9 @@ pub async fn run(
         }
     }
     info!(resumed_after = applied, namespace = %config.namespace, "projector ready");
+    runtime.mark_ready();
     let applier = Applier::new(kube, config.namespace);
-    durable
+    let projected = durable
         .run(
             |event: &StoredEvent| {
                 let changes = model.apply(event);
@@ -90,7 +87,8 @@ pub async fn run(
             },
             shutdown,
         )
-        .await?;
-    info!("projector stopped");
+        .await;
+    runtime.stop().await;
+    projected?;
     Ok(())
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, info, info_span, warn};
-use wasmbed_eventlog::{EventLog, ExpectedVersion, LogOptions};
+use tracing::{info, warn};
+use wasmbed_eventlog::{EventLog, ExpectedVersion};
 use wasmbed_schemas::command::{
     Accepted, CommandError, ErrorCode, GetCaCertificate, RegisterDevice, RestartEmulator,
     StartEmulator, StopEmulator,
@@ -23,6 +23,7 @@ use wasmbed_schemas::command::{
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
 use wasmbed_schemas::{AggregateKind, DeviceId, GatewayId, PublicKey};
+use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 
 use crate::backend::{Backend, Launch};
 use crate::catalogue::{Catalogue, Mcu};
@@ -90,23 +91,17 @@ pub struct ManagerConfig {
     pub server_name: String,
     /// Restarts of emulators that end by themselves.
     pub restart: RestartPolicy,
-    /// Replicas of the streams this service creates.
-    pub replicas: usize,
+    /// Replicas, health endpoint, drain grace.
+    pub runtime: RuntimeOptions,
 }
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManagerError {
-    /// The event log could not be opened.
+    /// The service runtime failed (log, follow, commands, health endpoint).
     #[error(transparent)]
-    Log(#[from] wasmbed_eventlog::SetupError),
-    /// Reading history failed.
-    #[error(transparent)]
-    Read(#[from] wasmbed_eventlog::ReadError),
-    /// Subscribing failed.
-    #[error("subscribing: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    Runtime(#[from] RuntimeError),
 }
 
 /// State shared by the handlers and the supervisors.
@@ -368,19 +363,10 @@ pub async fn run(
     config: ManagerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ManagerError> {
-    let log = EventLog::open(
-        client.clone(),
-        &LogOptions {
-            replicas: config.replicas,
-        },
-    )
-    .await?;
-    let mut follow = log
-        .follow(vec![subject::events_of_kind(AggregateKind::Gateway)])
-        .await?;
-    let state = Arc::new(Manager {
-        client: client.clone(),
-        log,
+    let mut runtime = Runtime::start(client.clone(), SERVICE.as_str(), &config.runtime).await?;
+    let mut state = Arc::new(Manager {
+        client,
+        log: runtime.log().clone(),
         keys: KeyStore::new(config.key_dir.clone()),
         config,
         gateways: Mutex::default(),
@@ -388,38 +374,25 @@ pub async fn run(
         ca_pem: tokio::sync::OnceCell::new(),
         starting: tokio::sync::Mutex::new(()),
     });
-    for _ in 0..follow.pending_at_start {
-        match follow.next().await {
-            Some(Ok((event, _))) => state.apply(&event.envelope.event),
-            Some(Err(e)) => warn!(error = %e, "event skipped"),
-            None => break,
-        }
-    }
+    let follow = runtime
+        .restore(
+            vec![subject::events_of_kind(AggregateKind::Gateway)],
+            &mut state,
+            |state, event| state.apply(&event.envelope.event),
+        )
+        .await?;
     info!(
         backend = state.config.backend.name(),
         gateways = state.gateway_endpoints().len(),
         "renode-manager ready"
     );
-    let following = {
-        let state = state.clone();
-        tokio::spawn(
-            async move {
-                while let Some(next) = follow.next().await {
-                    match next {
-                        Ok((event, _)) => state.apply(&event.envelope.event),
-                        Err(e) => warn!(error = %e, "event skipped"),
-                    }
-                }
-            }
-            .instrument(info_span!("gateways")),
-        )
-    };
+    let following = state.clone();
+    runtime.keep_following(follow, move |event| following.apply(&event.envelope.event));
     let router = wasmbed_bus::Router::new(SERVICE)
         .route::<StartEmulator, _, _>(start)
         .route::<StopEmulator, _, _>(stop)
         .route::<RestartEmulator, _, _>(restart);
-    let served = wasmbed_bus::serve(client, router, state.clone(), shutdown).await;
-    following.abort();
+    let served = runtime.serve(router, state.clone(), shutdown).await;
     let controls: Vec<_> = state
         .running()
         .values()
@@ -429,7 +402,6 @@ pub async fn run(
         let _ = supervisor::ask(&control, supervisor::Request::Stop).await;
     }
     served?;
-    info!("renode-manager stopped");
     Ok(())
 }
 

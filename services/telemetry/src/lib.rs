@@ -18,12 +18,13 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-use wasmbed_eventlog::{EventLog, ExpectedVersion, LiveReader, LogOptions, ReadModel};
+use wasmbed_eventlog::{EventLog, ExpectedVersion, LiveReader, ReadModel};
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::device_message::{HeartbeatReport, LatestTelemetry};
 use wasmbed_schemas::event::{DeviceBackOnline, DeviceWentOffline, EventEnvelope};
 use wasmbed_schemas::subject::{self, header};
 use wasmbed_schemas::{AggregateKind, AppId, DeviceId};
+use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 
 pub use liveness::{Liveness, Transition};
 
@@ -41,8 +42,8 @@ pub struct TelemetryConfig {
     pub missed_heartbeats: u32,
     /// How often silence is checked and last-seen times are saved.
     pub sweep_interval: Duration,
-    /// Replicas of the streams and buckets this service creates.
-    pub replicas: usize,
+    /// Replicas, drain grace (its own HTTP serves `/health`).
+    pub runtime: RuntimeOptions,
 }
 
 impl Default for TelemetryConfig {
@@ -51,7 +52,7 @@ impl Default for TelemetryConfig {
             heartbeat_interval: Duration::from_secs(5),
             missed_heartbeats: 3,
             sweep_interval: Duration::from_secs(1),
-            replicas: 1,
+            runtime: RuntimeOptions::default(),
         }
     }
 }
@@ -60,9 +61,9 @@ impl Default for TelemetryConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
-    /// The event log could not be opened.
+    /// The service runtime failed (log, follow).
     #[error(transparent)]
-    Log(#[from] wasmbed_eventlog::SetupError),
+    Runtime(#[from] RuntimeError),
     /// Reading the device history failed.
     #[error(transparent)]
     Read(#[from] wasmbed_eventlog::ReadError),
@@ -88,24 +89,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TelemetryError> {
     let started = Utc::now();
-    let log = EventLog::open(
-        client.clone(),
-        &LogOptions {
-            replicas: config.replicas,
-        },
-    )
-    .await?;
+    let runtime = Runtime::start(client.clone(), "telemetry", &config.runtime).await?;
+    let log = runtime.log().clone();
     let mut liveness = Liveness::default();
-    let mut follow = log
-        .follow(vec![subject::events_of_kind(AggregateKind::Device)])
+    let mut follow = runtime
+        .restore(
+            vec![subject::events_of_kind(AggregateKind::Device)],
+            &mut liveness,
+            Liveness::apply,
+        )
         .await?;
-    for _ in 0..follow.pending_at_start {
-        match follow.next().await {
-            Some(Ok((event, _))) => liveness.apply(&event),
-            Some(Err(e)) => warn!(error = %e, "device event skipped"),
-            None => break,
-        }
-    }
     let saved: ReadModel<DateTime<Utc>> = log.read_model(LIVENESS_BUCKET).await?;
     for key in saved.keys().await? {
         if let (Ok(device), Ok(Some(at))) = (DeviceId::new(key.as_str()), saved.get(&key).await) {
@@ -210,7 +203,7 @@ pub async fn run(
     }
     let _ = stop_http.send(());
     let _ = http.await;
-    info!("telemetry stopped");
+    runtime.stop().await;
     Ok(())
 }
 

@@ -32,7 +32,7 @@ async fn start(server: &NatsServer) -> Running {
         heartbeat_interval: Duration::from_millis(200),
         missed_heartbeats: 3,
         sweep_interval: Duration::from_millis(50),
-        replicas: 1,
+        runtime: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();

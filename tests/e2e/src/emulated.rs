@@ -78,7 +78,7 @@ impl System {
                 backoff_base: Duration::from_millis(200),
                 ..RestartPolicy::default()
             },
-            replicas: 1,
+            runtime: Default::default(),
         };
         let client = self.nats.client_as(Principal::RenodeManager).await.unwrap();
         let service = crate::Running::spawn(|stopped| async move {

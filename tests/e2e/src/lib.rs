@@ -167,7 +167,7 @@ impl System {
             heartbeat_interval: Duration::from_millis(500),
             missed_heartbeats: 3,
             sweep_interval: Duration::from_millis(100),
-            replicas: 1,
+            runtime: Default::default(),
         };
         self.telemetry = Some(Running::spawn(|stopped| async move {
             let _ = wasmbed_telemetry::run(client, config, http, async move {

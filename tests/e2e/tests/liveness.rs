@@ -97,7 +97,7 @@ async fn a_device_that_disappears_goes_offline_once_and_comes_back_online_once()
             heartbeat_interval: HEARTBEAT,
             missed_heartbeats: 3,
             sweep_interval: Duration::from_millis(50),
-            replicas: 1,
+            runtime: Default::default(),
         },
         telemetry_http,
         never(),

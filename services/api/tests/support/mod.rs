@@ -22,7 +22,7 @@ pub async fn start_api(system: &System, tokens: Vec<Token>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let config = ApiConfig {
         tokens,
-        replicas: 1,
+        runtime: Default::default(),
     };
     tokio::spawn(wasmbed_api::run(
         system.nats.client_as(Principal::Api).await.unwrap(),
