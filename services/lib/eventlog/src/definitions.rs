@@ -4,11 +4,11 @@ use async_nats::jetstream::{self, object_store, stream};
 use tracing::info;
 
 /// `nats/streams/events.json`.
-pub const EVENTS_STREAM_JSON: &str = include_str!("../../../nats/streams/events.json");
+pub const EVENTS_STREAM_JSON: &str = include_str!("../../../../nats/streams/events.json");
 /// `nats/streams/telemetry.json`.
-pub const TELEMETRY_STREAM_JSON: &str = include_str!("../../../nats/streams/telemetry.json");
+pub const TELEMETRY_STREAM_JSON: &str = include_str!("../../../../nats/streams/telemetry.json");
 /// `nats/object-stores/modules.json`.
-pub const MODULES_STORE_JSON: &str = include_str!("../../../nats/object-stores/modules.json");
+pub const MODULES_STORE_JSON: &str = include_str!("../../../../nats/object-stores/modules.json");
 
 /// Why the NATS definitions could not be put in place.
 #[derive(Debug, thiserror::Error)]
