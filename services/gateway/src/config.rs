@@ -79,4 +79,15 @@ impl GatewayConfig {
             runtime: RuntimeOptions::default(),
         }
     }
+
+    /// What every session of this gateway is decided by.
+    pub(crate) fn session_rules(&self) -> crate::session::Rules {
+        crate::session::Rules {
+            heartbeat_interval: self.heartbeat_interval,
+            missed_heartbeats: self.missed_heartbeats,
+            reconnect_after: self.reconnect_after,
+            uplink_bytes_per_second: self.uplink_bytes_per_second,
+            uplink_burst_bytes: self.uplink_burst_bytes,
+        }
+    }
 }

@@ -78,7 +78,7 @@ pub(crate) struct Allowance {
 }
 
 impl Allowance {
-    fn new(limits: Limits, now: Instant) -> Self {
+    pub(crate) fn new(limits: Limits, now: Instant) -> Self {
         Self {
             bytes: TokenBucket::new(
                 limits.bytes_per_second as f64,

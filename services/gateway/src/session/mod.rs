@@ -17,10 +17,8 @@ use tracing::{Instrument, debug, error, field, info, info_span, warn};
 use wasmbed_eventlog::ExpectedVersion;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::event::{DeviceConnected, DeviceDisconnected, EventEnvelope};
-use wasmbed_schemas::frame::codec::{decode, encode_to_vec};
-use wasmbed_schemas::frame::{
-    ErrorFrame, Frame, FrameErrorCode, GoAway, MAX_FRAME_LEN, RejectReason, Rejected, Welcome,
-};
+use wasmbed_schemas::frame::codec::encode_to_vec;
+use wasmbed_schemas::frame::{Frame, RejectReason, Rejected};
 use wasmbed_schemas::subject;
 
 use crate::Gateway;
@@ -30,6 +28,11 @@ use crate::frames::{FrameReader, ReadFrameError};
 use crate::metrics::inc;
 use crate::rate::{self, SharedAllowance};
 use crate::sessions::Ended;
+
+mod decide;
+
+pub(crate) use decide::Rules;
+use decide::{Action, Ending, Input, SessionState, decide};
 
 /// Writes one frame, giving up after `timeout` (a device that stopped reading).
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
@@ -289,8 +292,9 @@ struct Bridge<'a> {
     ended: oneshot::Receiver<Ended>,
 }
 
-/// The session's loop: Welcome, then device frames to the bus and downlink messages to the
-/// device, until something ends it. Returns why.
+/// The session's loop: Welcome, then inputs (device frames, bus messages, timers, signals)
+/// until one ends it. What to do about each is `decide::decide`; this only waits and carries
+/// it out. Returns why the session ended.
 async fn serve_frames<R, W>(
     gw: &Gateway,
     session: Bridge<'_>,
@@ -308,97 +312,91 @@ where
         mut downlink,
         mut ended,
     } = session;
-    let welcome = Frame::Welcome(Welcome {
-        device_id: device.clone(),
-        heartbeat_interval_ms: u32::try_from(gw.config.heartbeat_interval.as_millis())
-            .unwrap_or(u32::MAX),
-        max_frame_len: MAX_FRAME_LEN as u32,
-    });
-    if let Err(e) = write_frame(writer, &welcome, gw.config.write_timeout).await {
+    let rules = gw.config.session_rules();
+    if let Err(e) = write_frame(writer, &rules.welcome(device), gw.config.write_timeout).await {
         return e;
     }
-    let silence = gw.config.heartbeat_interval * gw.config.missed_heartbeats;
     // Both made once per session, not once per frame: a timer re-armed on every frame costs
     // two trips to the runtime's timer wheel, which all sessions share.
     let stop = asked_to_stop(gw.shutdown.clone()).fuse();
     tokio::pin!(stop);
-    // Only the device's own frames count as a sign of life.
-    let mut last_heard = Instant::now();
-    let silent = tokio::time::sleep_until(last_heard + silence);
+    let mut state = SessionState::opened(Instant::now());
+    let silent = tokio::time::sleep_until(state.last_heard + rules.silence());
     tokio::pin!(silent);
     loop {
-        tokio::select! {
+        let input = tokio::select! {
             // Graceful only when asked; a dropped gateway (sender gone) says nothing.
-            true = &mut stop => {
-                let go_away = Frame::GoAway(GoAway {
-                    reason: "gateway shutting down".into(),
-                    reconnect_after_ms: u32::try_from(gw.config.reconnect_after.as_millis()).unwrap_or(u32::MAX),
-                });
-                let _ = write_frame(writer, &go_away, Duration::from_secs(1)).await;
-                return "gateway shutdown".to_owned();
-            }
-            why = &mut ended => match why {
-                Ok(Ended::Revoked(reason)) => {
-                    let rejected = Frame::Rejected(Rejected {
-                        reason: RejectReason::Decommissioned,
-                        message: "device is decommissioned".into(),
-                    });
-                    let _ = write_frame(writer, &rejected, Duration::from_secs(1)).await;
-                    return format!("decommissioned: {reason}");
-                }
-                Ok(Ended::Replaced) | Err(_) => {
-                    return "replaced by a newer session of the device".to_owned();
-                }
-            },
-            () = &mut silent => {
-                // Set for the silence since the last frame as it stood when armed; frames
-                // since then move it on.
-                let deadline = last_heard + silence;
-                if Instant::now() >= deadline {
-                    return format!("heartbeat timeout: silent for {silence:?}");
-                }
-                silent.as_mut().reset(deadline);
-            }
+            true = &mut stop => Input::StopAsked,
+            why = &mut ended => Input::Ended(why.ok()),
+            () = &mut silent => Input::SilenceTimer,
             next = frames.next(&mut reader) => match next {
-                Ok(Some(frame)) => {
-                    last_heard = Instant::now();
-                    if !rate::lock(allowance).spend(frames.last_len(), last_heard) {
-                        inc(&gw.metrics.rate_limited);
-                        let reason = format!(
-                            "uplink rate limit exceeded: over {} bytes/s (burst {})",
-                            gw.config.uplink_bytes_per_second, gw.config.uplink_burst_bytes
-                        );
-                        send_error(writer, FrameErrorCode::ResourceExhausted, &reason).await;
-                        return reason;
-                    }
-                    if let Err(reason) = uplink(gw, device, frame, writer).await {
-                        send_error(writer, FrameErrorCode::Malformed, &reason).await;
-                        return reason;
-                    }
-                }
-                Ok(None) => return "closed by the device".to_owned(),
-                Err(ReadFrameError::Io(e)) => return format!("connection lost: {e}"),
-                Err(ReadFrameError::Decode(e)) => {
-                    let reason = format!("protocol violation: {e}");
-                    send_error(writer, FrameErrorCode::Malformed, &reason).await;
-                    return reason;
-                }
+                Ok(Some(frame)) => Input::Frame { frame, len: frames.last_len() },
+                Ok(None) => Input::Closed,
+                Err(ReadFrameError::Io(e)) => Input::ConnectionLost(e.to_string()),
+                Err(ReadFrameError::Decode(e)) => Input::Undecodable(e.to_string()),
             },
             message = downlink.next() => match message {
-                Some(message) => {
-                    // Only whole, valid frames reach a device.
-                    match decode(&message.payload) {
-                        Ok((_, used)) if used == message.payload.len() => {
-                            if let Err(e) = write_bytes(writer, &message.payload, gw.config.write_timeout).await {
-                                return e;
-                            }
+                Some(message) => Input::Downlink(message.payload),
+                None => Input::DownlinkEnded,
+            },
+        };
+        let mut action = decide(
+            &mut state,
+            &rules,
+            &mut rate::lock(allowance),
+            input,
+            Instant::now(),
+        );
+        // Carrying out an action may itself be an input (a refused frame, a failed write).
+        loop {
+            let next = match action {
+                Action::Forward(frame) => uplink(gw, device, frame, writer)
+                    .await
+                    .err()
+                    .map(Input::UplinkRefused),
+                Action::Deliver(bytes) => {
+                    match write_bytes(writer, &bytes, gw.config.write_timeout).await {
+                        Ok(()) => {
                             inc(&gw.metrics.frames_out);
+                            None
                         }
-                        _ => warn!("downlink message is not exactly one frame; dropped"),
+                        Err(e) => Some(Input::WriteFailed(e)),
                     }
                 }
-                None => return "bus subscription ended".to_owned(),
-            },
+                Action::Rearm(deadline) => {
+                    silent.as_mut().reset(deadline);
+                    None
+                }
+                Action::Drop(why) => {
+                    warn!("{why}; dropped");
+                    None
+                }
+                Action::End(Ending {
+                    tell,
+                    reason,
+                    over_budget,
+                }) => {
+                    if over_budget {
+                        inc(&gw.metrics.rate_limited);
+                    }
+                    if let Some(frame) = tell {
+                        let _ = write_frame(writer, &frame, Duration::from_secs(1)).await;
+                    }
+                    return reason;
+                }
+            };
+            match next {
+                Some(input) => {
+                    action = decide(
+                        &mut state,
+                        &rules,
+                        &mut rate::lock(allowance),
+                        input,
+                        Instant::now(),
+                    );
+                }
+                None => break,
+            }
         }
     }
 }
@@ -407,16 +405,6 @@ where
 /// gone without asking.
 async fn asked_to_stop(mut shutdown: tokio::sync::watch::Receiver<bool>) -> bool {
     shutdown.wait_for(|stop| *stop).await.is_ok()
-}
-
-/// Tells the device why its session ends (best effort: it may not be listening).
-async fn send_error<W: AsyncWrite + Unpin>(writer: &mut W, code: FrameErrorCode, reason: &str) {
-    let frame = Frame::Error(ErrorFrame {
-        code,
-        app_id: None,
-        message: reason.to_owned(),
-    });
-    let _ = write_frame(writer, &frame, Duration::from_secs(1)).await;
 }
 
 async fn append(gw: &Gateway, event: wasmbed_schemas::event::Event) {
