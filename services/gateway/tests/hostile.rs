@@ -3,17 +3,16 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod support;
-
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
-use support::{RawDevice, System, T, http_get, test_gateway_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wasmbed_bus::call;
 use wasmbed_device_core::{CloseReason, Signer};
+use wasmbed_e2e::gateway::{RawDevice, RunningGateway, quick_config};
+use wasmbed_e2e::{Services, System, T};
 use wasmbed_schemas::command::{DecommissionDevice, OpenPairingWindow};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::frame::codec::encode_to_vec;
@@ -21,6 +20,7 @@ use wasmbed_schemas::frame::*;
 use wasmbed_schemas::subject;
 use wasmbed_schemas::{AggregateId, AppId, GatewayId, Nonce, PublicKey, Sha256, Signature};
 use wasmbed_sim::random_key;
+use wasmbed_test_support::http_get;
 
 fn gateway_id() -> GatewayId {
     GatewayId::new("gw-test").unwrap()
@@ -62,14 +62,14 @@ fn rejected(frames: &[Frame]) -> RejectReason {
 
 #[tokio::test]
 async fn impostors_replays_and_relays_are_refused() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let addr = gateway.tls_addr;
     let key = random_key();
-    system.register("dev-1", &key).await;
+    system.register_key("dev-1", &key, &[]).await;
 
     // An unknown key, outside any pairing window (enrollment refuses and records it).
-    let mut stranger = system.sim(vec![addr], random_key());
+    let mut stranger = system.sim_to(vec![addr], random_key());
     let status = stranger
         .wait_for(|s| s.last_close.is_some(), T)
         .await
@@ -108,7 +108,7 @@ async fn impostors_replays_and_relays_are_refused() {
     assert_eq!(rejected(&replay.drain().await), RejectReason::BadSignature);
 
     let audit = system
-        .wait_events(AggregateId::Gateway(gateway_id()), |events| {
+        .wait_events(&AggregateId::Gateway(gateway_id()), |events| {
             events
                 .iter()
                 .filter(|e| matches!(e, Event::EnrollmentRefused(_)))
@@ -130,7 +130,7 @@ async fn impostors_replays_and_relays_are_refused() {
     );
 
     // And the real device still gets in.
-    let mut device = system.sim(vec![addr], key);
+    let mut device = system.sim_to(vec![addr], key);
     device.wait_for(|s| s.connected, T).await.unwrap();
     device.stop().await;
     gateway.stop().await;
@@ -138,8 +138,8 @@ async fn impostors_replays_and_relays_are_refused() {
 
 #[tokio::test]
 async fn malformed_oversized_and_stalled_peers_are_dropped_with_an_audit_event() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let addr = gateway.tls_addr;
 
     // A frame over the limit, announced before authentication.
@@ -186,7 +186,7 @@ async fn malformed_oversized_and_stalled_peers_are_dropped_with_an_audit_event()
     assert_eq!(rejected(&raw.drain().await), RejectReason::Timeout);
 
     let audit = system
-        .wait_events(AggregateId::Gateway(gateway_id()), |events| {
+        .wait_events(&AggregateId::Gateway(gateway_id()), |events| {
             events
                 .iter()
                 .filter(|e| matches!(e, Event::EnrollmentRefused(_)))
@@ -214,8 +214,8 @@ async fn malformed_oversized_and_stalled_peers_are_dropped_with_an_audit_event()
 
     // The gateway still serves devices, and counted all of it.
     let key = random_key();
-    system.register("dev-1", &key).await;
-    let mut device = system.sim(vec![addr], key);
+    system.register_key("dev-1", &key, &[]).await;
+    let mut device = system.sim_to(vec![addr], key);
     device.wait_for(|s| s.connected, T).await.unwrap();
     let metrics = http_get(gateway.http_addr, "/metrics").await.1;
     for line in [
@@ -233,11 +233,11 @@ async fn malformed_oversized_and_stalled_peers_are_dropped_with_an_audit_event()
 
 #[tokio::test]
 async fn a_device_cannot_publish_under_another_devices_id() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let mallory_key = random_key();
-    let mallory = system.register("mallory", &mallory_key).await;
-    system.register("victim", &random_key()).await;
+    let mallory = system.register_key("mallory", &mallory_key, &[]).await;
+    system.register_key("victim", &random_key(), &[]).await;
     let mut everything = system.client.subscribe("wasmbed.>").await.unwrap();
 
     let mut raw = RawDevice::authenticated(&system, gateway.tls_addr, mallory_key.clone()).await;
@@ -281,7 +281,7 @@ async fn a_device_cannot_publish_under_another_devices_id() {
         [subject::telemetry(&mallory, &AppId::new("app").unwrap())]
     );
     system
-        .wait_events(AggregateId::Device(mallory), |events| {
+        .wait_events(&AggregateId::Device(mallory), |events| {
             events.iter().any(|e| matches!(e, Event::DeviceDisconnected(d) if d.reason.starts_with("protocol violation")))
         })
         .await;
@@ -290,8 +290,8 @@ async fn a_device_cannot_publish_under_another_devices_id() {
 
 #[tokio::test]
 async fn a_small_order_key_with_a_forged_signature_is_refused() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     // An open pairing window: without the gateway's own check, enrollment would pair the key.
     let window = call(&system.client, &OpenPairingWindow { duration_secs: 60 }, T)
         .await
@@ -316,7 +316,7 @@ async fn a_small_order_key_with_a_forged_signature_is_refused() {
     .await;
     assert_eq!(rejected(&raw.drain().await), RejectReason::BadSignature);
     let audit = system
-        .wait_events(AggregateId::Gateway(gateway_id()), |events| {
+        .wait_events(&AggregateId::Gateway(gateway_id()), |events| {
             events
                 .iter()
                 .any(|e| matches!(e, Event::EnrollmentRefused(_)))
@@ -337,7 +337,7 @@ async fn a_small_order_key_with_a_forged_signature_is_refused() {
 }
 
 /// The value of one of the gateway's metrics.
-async fn metric(gateway: &support::RunningGateway, name: &str) -> u64 {
+async fn metric(gateway: &RunningGateway, name: &str) -> u64 {
     let text = http_get(gateway.http_addr, "/metrics").await.1;
     text.lines()
         .find_map(|l| {
@@ -352,10 +352,10 @@ async fn metric(gateway: &support::RunningGateway, name: &str) -> u64 {
 
 #[tokio::test]
 async fn a_topic_with_a_line_break_ends_the_session_and_its_accounting() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    let device = system.register("crlf", &key).await;
+    let device = system.register_key("crlf", &key, &[]).await;
     let mut telemetry = system
         .client
         .subscribe(subject::TELEMETRY_ALL)
@@ -382,7 +382,7 @@ async fn a_topic_with_a_line_break_ends_the_session_and_its_accounting() {
     let leaked = tokio::time::timeout(Duration::from_millis(300), telemetry.next()).await;
     assert!(leaked.is_err(), "{leaked:?}");
     let events = system
-        .wait_events(AggregateId::Device(device), |events| {
+        .wait_events(&AggregateId::Device(device), |events| {
             events
                 .iter()
                 .any(|e| matches!(e, Event::DeviceDisconnected(_)))
@@ -405,10 +405,10 @@ async fn a_topic_with_a_line_break_ends_the_session_and_its_accounting() {
 
 #[tokio::test]
 async fn decommissioning_a_device_ends_its_live_session() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    let device = system.register("retired", &key).await;
+    let device = system.register_key("retired", &key, &[]).await;
     let mut telemetry = system
         .client
         .subscribe(subject::TELEMETRY_ALL)
@@ -453,7 +453,7 @@ async fn decommissioning_a_device_ends_its_live_session() {
     let leaked = tokio::time::timeout(Duration::from_millis(500), telemetry.next()).await;
     assert!(leaked.is_err(), "{leaked:?}");
     let events = system
-        .wait_events(AggregateId::Device(device), |events| {
+        .wait_events(&AggregateId::Device(device), |events| {
             events
                 .iter()
                 .any(|e| matches!(e, Event::DeviceDisconnected(_)))
@@ -466,7 +466,7 @@ async fn decommissioning_a_device_ends_its_live_session() {
         "{events:?}"
     );
     // And it cannot come back.
-    let mut again = system.sim(vec![gateway.tls_addr], key);
+    let mut again = system.sim_to(vec![gateway.tls_addr], key);
     let status = again.wait_for(|s| s.last_close.is_some(), T).await.unwrap();
     assert!(
         matches!(&status.last_close, Some(CloseReason::Rejected(r)) if r.reason == RejectReason::Decommissioned),
@@ -478,10 +478,10 @@ async fn decommissioning_a_device_ends_its_live_session() {
 
 #[tokio::test]
 async fn a_replaced_sessions_late_disconnect_leaves_the_device_online() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    let device = system.register("twice", &key).await;
+    let device = system.register_key("twice", &key, &[]).await;
     let mut old = RawDevice::authenticated(&system, gateway.tls_addr, key.clone()).await;
     let mut new = RawDevice::authenticated(&system, gateway.tls_addr, key).await;
     // The old session is closed by the gateway; the new one stays.
@@ -493,7 +493,7 @@ async fn a_replaced_sessions_late_disconnect_leaves_the_device_online() {
     .await;
     assert!(matches!(new.next().await, Some(Frame::HeartbeatAck(_))));
     let events = system
-        .wait_events(AggregateId::Device(device), |events| {
+        .wait_events(&AggregateId::Device(device), |events| {
             events
                 .iter()
                 .any(|e| matches!(e, Event::DeviceDisconnected(_)))
@@ -532,10 +532,10 @@ async fn a_replaced_sessions_late_disconnect_leaves_the_device_online() {
 
 #[tokio::test]
 async fn a_junk_flood_is_counted_and_does_not_crowd_out_a_forged_signature() {
-    let system = System::start().await;
-    let mut config = test_gateway_config();
+    let system = System::start_services(Services::enrollment_only()).await;
+    let mut config = quick_config();
     config.audit_window = Duration::from_secs(1);
-    let gateway = system.gateway(config, 0).await;
+    let gateway = system.start_gateway_with(config, 0).await;
     let addr = gateway.tls_addr;
     // 30 connections that are not TLS at all.
     for _ in 0..30 {
@@ -548,7 +548,7 @@ async fn a_junk_flood_is_counted_and_does_not_crowd_out_a_forged_signature() {
     }
     // Then one impersonation attempt: recorded in full all the same.
     let key = random_key();
-    system.register("dev-1", &key).await;
+    system.register_key("dev-1", &key, &[]).await;
     let mut raw = RawDevice::connect(&system, addr).await;
     let fp = raw.fingerprint;
     let (_, forged) = hand_made_auth(&mut raw, &key, Nonce([1; 32]), &random_key(), fp).await;
@@ -556,7 +556,7 @@ async fn a_junk_flood_is_counted_and_does_not_crowd_out_a_forged_signature() {
     assert_eq!(rejected(&raw.drain().await), RejectReason::BadSignature);
 
     let audit = system
-        .wait_events(AggregateId::Gateway(gateway_id()), |events| {
+        .wait_events(&AggregateId::Gateway(gateway_id()), |events| {
             events
                 .iter()
                 .any(|e| matches!(e, Event::RefusalsCounted(_)))

@@ -2,12 +2,11 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod support;
-
 use std::time::Duration;
 
 use futures::StreamExt;
-use support::{RawDevice, System, T, http_get, test_gateway_config};
+use wasmbed_e2e::gateway::{RawDevice, quick_config};
+use wasmbed_e2e::{Services, System, T};
 use wasmbed_schemas::device_message::HeartbeatReport;
 use wasmbed_schemas::event::{EnrollmentPath, Event};
 use wasmbed_schemas::frame::codec::{decode, encode_to_vec};
@@ -15,6 +14,7 @@ use wasmbed_schemas::frame::*;
 use wasmbed_schemas::subject::{self, header};
 use wasmbed_schemas::{AggregateId, AppId, GatewayId};
 use wasmbed_sim::random_key;
+use wasmbed_test_support::http_get;
 
 fn telemetry(app: &str, seq: u32, payload: &[u8]) -> Frame {
     Frame::Telemetry(Telemetry {
@@ -27,10 +27,10 @@ fn telemetry(app: &str, seq: u32, payload: &[u8]) -> Frame {
 
 #[tokio::test]
 async fn a_registered_device_enrolls_connects_and_its_telemetry_reaches_a_plain_subscriber() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    let device_id = system.register("sensor-1", &key).await;
+    let device_id = system.register_key("sensor-1", &key, &[]).await;
     let mut telemetry_sub = system
         .client
         .subscribe(subject::TELEMETRY_ALL)
@@ -42,7 +42,7 @@ async fn a_registered_device_enrolls_connects_and_its_telemetry_reaches_a_plain_
         .await
         .unwrap();
 
-    let mut device = system.sim(vec![gateway.tls_addr], key);
+    let mut device = system.sim_to(vec![gateway.tls_addr], key);
     let status = device.wait_for(|s| s.connected, T).await.unwrap();
     assert_eq!(status.device_id.as_ref(), Some(&device_id));
 
@@ -72,7 +72,7 @@ async fn a_registered_device_enrolls_connects_and_its_telemetry_reaches_a_plain_
     assert_eq!(report.gateway_id.as_str(), "gw-test");
 
     let events = system
-        .wait_events(AggregateId::Device(device_id.clone()), |e| e.len() >= 3)
+        .wait_events(&AggregateId::Device(device_id.clone()), |e| e.len() >= 3)
         .await;
     assert!(matches!(events[0], Event::DeviceRegistered(_)));
     assert!(
@@ -82,7 +82,7 @@ async fn a_registered_device_enrolls_connects_and_its_telemetry_reaches_a_plain_
 
     // The gateway's own lifecycle is in the log too.
     let gw_events = system
-        .events(AggregateId::Gateway(GatewayId::new("gw-test").unwrap()))
+        .events(&AggregateId::Gateway(GatewayId::new("gw-test").unwrap()))
         .await;
     assert!(
         matches!(&gw_events[0], Event::GatewayStarted(e) if e.endpoint == gateway.tls_addr.to_string())
@@ -90,7 +90,7 @@ async fn a_registered_device_enrolls_connects_and_its_telemetry_reaches_a_plain_
 
     device.stop().await;
     let events = system
-        .wait_events(AggregateId::Device(device_id), |e| e.len() >= 4)
+        .wait_events(&AggregateId::Device(device_id), |e| e.len() >= 4)
         .await;
     assert!(
         matches!(&events[3], Event::DeviceDisconnected(e) if e.reason == "closed by the device")
@@ -100,14 +100,14 @@ async fn a_registered_device_enrolls_connects_and_its_telemetry_reaches_a_plain_
 
 #[tokio::test]
 async fn devices_reconnect_by_themselves_when_the_gateway_restarts() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let port = gateway.tls_addr.port();
     let mut devices = Vec::new();
     for n in 0..3 {
         let key = random_key();
-        let id = system.register(&format!("dev-{n}"), &key).await;
-        devices.push((id, system.sim(vec![gateway.tls_addr], key)));
+        let id = system.register_key(&format!("dev-{n}"), &key, &[]).await;
+        devices.push((id, system.sim_to(vec![gateway.tls_addr], key)));
     }
     for (_, device) in &mut devices {
         device.wait_for(|s| s.connected, T).await.unwrap();
@@ -125,7 +125,7 @@ async fn devices_reconnect_by_themselves_when_the_gateway_restarts() {
             "{status:?}"
         );
     }
-    let gateway = system.gateway(test_gateway_config(), port).await;
+    let gateway = system.start_gateway_with(quick_config(), port).await;
     for (_, device) in &mut devices {
         device
             .wait_for(|s| s.connected && s.sessions == 2, T)
@@ -137,7 +137,7 @@ async fn devices_reconnect_by_themselves_when_the_gateway_restarts() {
     for (_, device) in &mut devices {
         device.wait_for(|s| !s.connected, T).await.unwrap();
     }
-    let gateway = system.gateway(test_gateway_config(), port).await;
+    let gateway = system.start_gateway_with(quick_config(), port).await;
     for (_, device) in &mut devices {
         device
             .wait_for(|s| s.connected && s.sessions == 3, T)
@@ -146,7 +146,7 @@ async fn devices_reconnect_by_themselves_when_the_gateway_restarts() {
     }
     for (id, _) in &devices {
         let events = system
-            .wait_events(AggregateId::Device(id.clone()), |e| {
+            .wait_events(&AggregateId::Device(id.clone()), |e| {
                 e.iter()
                     .filter(|e| matches!(e, Event::DeviceConnected(_)))
                     .count()
@@ -181,16 +181,16 @@ async fn devices_reconnect_by_themselves_when_the_gateway_restarts() {
 
 #[tokio::test]
 async fn downlink_frames_reach_the_device_and_uplink_frames_reach_the_bus() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    let id = system.register("dev-1", &key).await;
+    let id = system.register_key("dev-1", &key, &[]).await;
     let mut uplink = system
         .client
         .subscribe(subject::device_uplink(&id))
         .await
         .unwrap();
-    let mut device = system.sim(vec![gateway.tls_addr], key);
+    let mut device = system.sim_to(vec![gateway.tls_addr], key);
     device.wait_for(|s| s.connected, T).await.unwrap();
 
     // Garbage on the downlink subject is dropped; a valid frame after it arrives.
@@ -242,10 +242,10 @@ async fn downlink_frames_reach_the_device_and_uplink_frames_reach_the_bus() {
 
 #[tokio::test]
 async fn a_silent_device_is_disconnected_and_a_second_session_replaces_the_first() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    let id = system.register("dev-1", &key).await;
+    let id = system.register_key("dev-1", &key, &[]).await;
 
     // Authenticates, then says nothing: closed after 3 × 300 ms.
     let mut silent = RawDevice::authenticated(&system, gateway.tls_addr, key.clone()).await;
@@ -257,7 +257,7 @@ async fn a_silent_device_is_disconnected_and_a_second_session_replaces_the_first
         started.elapsed()
     );
     system
-        .wait_events(AggregateId::Device(id.clone()), |e| {
+        .wait_events(&AggregateId::Device(id.clone()), |e| {
             e.iter().any(|e| matches!(e, Event::DeviceDisconnected(d) if d.reason.starts_with("heartbeat timeout")))
         })
         .await;
@@ -267,7 +267,7 @@ async fn a_silent_device_is_disconnected_and_a_second_session_replaces_the_first
     let _second = RawDevice::authenticated(&system, gateway.tls_addr, key).await;
     assert_eq!(first.drain().await, []);
     system
-        .wait_events(AggregateId::Device(id), |e| {
+        .wait_events(&AggregateId::Device(id), |e| {
             e.iter().any(
                 |e| matches!(e, Event::DeviceDisconnected(d) if d.reason.starts_with("replaced")),
             )
@@ -278,11 +278,11 @@ async fn a_silent_device_is_disconnected_and_a_second_session_replaces_the_first
 
 #[tokio::test]
 async fn a_heart_beating_device_keeps_its_one_session_past_many_silence_limits() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    system.register("dev-1", &key).await;
-    let mut device = system.sim(vec![gateway.tls_addr], key);
+    system.register_key("dev-1", &key, &[]).await;
+    let mut device = system.sim_to(vec![gateway.tls_addr], key);
     device.wait_for(|s| s.connected, T).await.unwrap();
     // The silence limit is 3 × 300 ms; 3 s is more than three of them, each with the
     // heartbeat timer moved on by the frames in between.
@@ -295,11 +295,11 @@ async fn a_heart_beating_device_keeps_its_one_session_past_many_silence_limits()
 
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
-    let system = System::start().await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services::enrollment_only()).await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    system.register("dev-1", &key).await;
-    let mut device = system.sim(vec![gateway.tls_addr], key);
+    system.register_key("dev-1", &key, &[]).await;
+    let mut device = system.sim_to(vec![gateway.tls_addr], key);
     device.wait_for(|s| s.connected, T).await.unwrap();
     device.send(telemetry("app", 1, b"12345")).await;
 
@@ -331,15 +331,19 @@ async fn health_readiness_and_metrics_are_served() {
 #[tokio::test]
 async fn the_gateway_renews_its_certificate_before_expiry_without_dropping_sessions() {
     // Certificates live 3 s here; the gateway renews after two thirds of that.
-    let system = System::with_certificate_validity(Duration::from_secs(3)).await;
-    let gateway = system.gateway(test_gateway_config(), 0).await;
+    let system = System::start_services(Services {
+        certificate_validity: Duration::from_secs(3),
+        ..Services::enrollment_only()
+    })
+    .await;
+    let gateway = system.start_gateway_with(quick_config(), 0).await;
     let key = random_key();
-    system.register("dev-1", &key).await;
-    let mut device = system.sim(vec![gateway.tls_addr], key);
+    system.register_key("dev-1", &key, &[]).await;
+    let mut device = system.sim_to(vec![gateway.tls_addr], key);
     device.wait_for(|s| s.connected, T).await.unwrap();
     // A second device probes which certificate new connections get.
     let probe_key = random_key();
-    system.register("probe", &probe_key).await;
+    system.register_key("probe", &probe_key, &[]).await;
     let first = RawDevice::authenticated(&system, gateway.tls_addr, probe_key.clone())
         .await
         .fingerprint;

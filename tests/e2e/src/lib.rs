@@ -31,6 +31,7 @@ use wasmbed_test_support::{NatsServer, http_get};
 pub mod cluster;
 pub mod docker;
 pub mod emulated;
+pub mod gateway;
 pub mod rollout;
 
 /// How long any single wait in these tests may take.
@@ -85,7 +86,7 @@ pub struct System {
     pub deployer: Option<Running>,
     /// The telemetry service.
     pub telemetry: Option<Running>,
-    deployer_config: DeployerConfig,
+    services: Services,
     _enrollment: Running,
     _ca_dir: tempfile::TempDir,
 }
@@ -107,20 +108,68 @@ pub fn deployer_config() -> DeployerConfig {
     }
 }
 
+/// What a [`System`] runs beside nats-server and enrollment, and how.
+#[derive(Clone)]
+pub struct Services {
+    /// The system's own gateway (`gw-e2e`, 500 ms heartbeats).
+    pub gateway: bool,
+    /// The deployer, with this configuration.
+    pub deployer: Option<DeployerConfig>,
+    /// The telemetry service.
+    pub telemetry: bool,
+    /// How long the gateway certificates enrollment issues are valid.
+    pub certificate_validity: Duration,
+}
+
+impl Default for Services {
+    /// Everything, the deployer with quick retries.
+    fn default() -> Self {
+        Self {
+            gateway: true,
+            deployer: Some(deployer_config()),
+            telemetry: true,
+            certificate_validity: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl Services {
+    /// Enrollment alone: for tests that start their own gateways.
+    pub fn enrollment_only() -> Self {
+        Self {
+            gateway: false,
+            deployer: None,
+            telemetry: false,
+            ..Self::default()
+        }
+    }
+}
+
 impl System {
-    /// Starts nats-server, enrollment, a gateway and the deployer (with quick retries).
+    /// Starts nats-server, enrollment, a gateway, the deployer (with quick retries) and the
+    /// telemetry service.
     pub async fn start() -> Self {
-        Self::start_with(deployer_config()).await
+        Self::start_services(Services::default()).await
     }
 
     /// The same with the deployer configured by `deployer`.
     pub async fn start_with(deployer: DeployerConfig) -> Self {
+        Self::start_services(Services {
+            deployer: Some(deployer),
+            ..Services::default()
+        })
+        .await
+    }
+
+    /// nats-server, enrollment, and `services`.
+    pub async fn start_services(services: Services) -> Self {
         let nats = NatsServer::start().await.unwrap();
         let client = nats.client().await.unwrap();
         let ca_dir = tempfile::tempdir().unwrap();
         let enrollment = Running::spawn({
             let client = nats.client_as(Principal::Enrollment).await.unwrap();
-            let config = wasmbed_enrollment::EnrollmentConfig::new(ca_dir.path().to_path_buf());
+            let mut config = wasmbed_enrollment::EnrollmentConfig::new(ca_dir.path().to_path_buf());
+            config.gateway_certificate_validity = services.certificate_validity;
             |stopped| async move {
                 let _ = wasmbed_enrollment::run(client, config, async move {
                     let _ = stopped.await;
@@ -148,13 +197,19 @@ impl System {
             gateway: None,
             deployer: None,
             telemetry: None,
-            deployer_config: deployer,
+            services: services.clone(),
             _enrollment: enrollment,
             _ca_dir: ca_dir,
         };
-        system.start_gateway().await;
-        system.start_deployer().await;
-        system.start_telemetry().await;
+        if services.gateway {
+            system.start_gateway().await;
+        }
+        if services.deployer.is_some() {
+            system.start_deployer().await;
+        }
+        if services.telemetry {
+            system.start_telemetry().await;
+        }
         system
     }
 
@@ -200,7 +255,11 @@ impl System {
     /// Starts a deployer and waits until it answers commands.
     pub async fn start_deployer(&mut self) {
         let client = self.nats.client_as(Principal::Deployer).await.unwrap();
-        let config = self.deployer_config.clone();
+        let config = self
+            .services
+            .deployer
+            .clone()
+            .unwrap_or_else(deployer_config);
         self.deployer = Some(Running::spawn(|stopped| async move {
             let _ = wasmbed_deployer::run(client, config, async move {
                 let _ = stopped.await;
@@ -278,6 +337,17 @@ impl System {
     /// Registers a fresh key as `name` with `labels`; returns the id and the key.
     pub async fn register(&self, name: &str, labels: &[(&str, &str)]) -> (DeviceId, SigningKey) {
         let key = random_key();
+        let id = self.register_key(name, &key, labels).await;
+        (id, key)
+    }
+
+    /// Registers `key` as `name` with `labels`.
+    pub async fn register_key(
+        &self,
+        name: &str,
+        key: &SigningKey,
+        labels: &[(&str, &str)],
+    ) -> DeviceId {
         let device_id = DeviceId::new(name).unwrap();
         let labels: BTreeMap<String, String> = labels
             .iter()
@@ -295,12 +365,17 @@ impl System {
         )
         .await
         .unwrap();
-        (device_id, key)
+        device_id
     }
 
     /// A simulated device with `key`, dialling this system's gateway.
     pub fn sim(&self, key: SigningKey) -> SimDevice {
-        let mut config = SimConfig::new(vec![self.gateway_addr]);
+        self.sim_to(vec![self.gateway_addr], key)
+    }
+
+    /// A simulated device with `key`, dialling `gateways` in turn (the first one first).
+    pub fn sim_to(&self, gateways: Vec<SocketAddr>, key: SigningKey) -> SimDevice {
+        let mut config = SimConfig::new(gateways);
         config.backoff_base = Duration::from_millis(50);
         config.backoff_max = Duration::from_millis(500);
         SimDevice::spawn(self.connector(), Arc::new(config), key)

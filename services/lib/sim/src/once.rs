@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use wasmbed_device_core::{CloseReason, Session, SessionConfig, SessionEvent};
-use wasmbed_schemas::{DeviceId, Nonce};
+use wasmbed_schemas::{DeviceId, Nonce, Sha256};
 
 use crate::{ConnectError, Connector};
 
@@ -21,6 +21,8 @@ pub struct Authenticated {
     pub device_id: DeviceId,
     /// The session, for callers that keep speaking the protocol.
     pub session: Session<SigningKey>,
+    /// SHA-256 of the gateway's certificate (the channel binding the device signed).
+    pub fingerprint: Sha256,
 }
 
 /// Why authentication did not complete.
@@ -93,5 +95,6 @@ pub async fn authenticate(
         stream,
         device_id,
         session,
+        fingerprint,
     })
 }
