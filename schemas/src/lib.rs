@@ -22,6 +22,8 @@ pub mod event;
 pub mod json_schema;
 #[cfg(feature = "std")]
 pub mod rest;
+#[cfg(feature = "std")]
+pub mod rollout;
 
 pub use aggregate::{AggregateId, AggregateKind};
 pub use bytes::{Nonce, PublicKey, Sha256, Signature};

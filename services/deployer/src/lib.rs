@@ -12,6 +12,7 @@
 
 mod handlers;
 mod reconciler;
+pub mod rollout;
 mod validate;
 
 use std::future::Future;
