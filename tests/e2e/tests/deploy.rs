@@ -408,6 +408,63 @@ async fn a_restarted_deployer_neither_repeats_nor_loses_a_delivery() {
     sim_b.stop().await;
 }
 
+/// Updates `app` to `module` (uploaded first) as its next version.
+async fn update(system: &System, app: &AppId, module: &[u8]) {
+    let sha = upload_module(system.log.jetstream(), module).await.unwrap();
+    call(
+        &system.client,
+        &UpdateApplication {
+            app_id: app.clone(),
+            module_sha256: sha,
+        },
+        T,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn going_back_to_the_previous_module_sends_no_module_bytes() {
+    let system = System::start().await;
+    let (device, sim) = system.device("dev-a", &[]).await;
+    let app = AppId::new("blink").unwrap();
+    system
+        .create_app(&app, SENSOR, Target::All, test_limits())
+        .await;
+    system.deploy_app(&app).await;
+    system
+        .wait_events(&deployment(&app, &device), running(1))
+        .await;
+    update(&system, &app, COUNTER).await;
+    system
+        .wait_events(&deployment(&app, &device), running(2))
+        .await;
+
+    // Version 3 is version 1's module again: the device still holds it beside version 2.
+    let mut downlink = system
+        .client
+        .subscribe(subject::device_downlink(&device))
+        .await
+        .unwrap();
+    update(&system, &app, SENSOR).await;
+    system
+        .wait_events(&deployment(&app, &device), running(3))
+        .await;
+    let mut frames = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), downlink.next()).await
+    {
+        frames.push(decode(&m.payload).unwrap().0.name());
+    }
+    assert!(frames.contains(&"ModuleBegin"), "{frames:?}");
+    assert!(
+        !frames
+            .iter()
+            .any(|f| *f == "ModuleChunk" || *f == "ModuleCommit"),
+        "no module bytes travel for a module the device kept: {frames:?}"
+    );
+    sim.stop().await;
+}
+
 async fn next_ack(uplink: &mut async_nats::Subscriber) -> ModuleAck {
     let next = async {
         loop {

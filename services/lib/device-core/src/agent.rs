@@ -139,7 +139,7 @@ impl Agent {
             }
             return;
         }
-        let Some(module) = self.receiver.ready(&app_id, &sha256) else {
+        let Some(module) = self.receiver.make_current(&app_id, &sha256) else {
             self.outbox.push(Frame::Error(ErrorFrame {
                 code: FrameErrorCode::UnknownApp,
                 app_id: Some(app_id),

@@ -4,6 +4,13 @@
 //! a `ModuleAck` saying how many bytes it already holds of that module, so a transfer cut by a
 //! lost connection continues where it stopped. Each chunk is acknowledged. `ModuleCommit`
 //! checks the digest: a match makes the module ready to run; a mismatch throws the bytes away.
+//!
+//! The module an app ran before its current one is kept while both fit in one module's room
+//! (`max_module_len`), so going back to it is a `Deploy`, not a transfer: a `ModuleBegin` of its
+//! digest is answered "verified". When they do not fit, the older one is dropped and a
+//! `ModuleBegin` of it is answered with no bytes held, so the sender sends it again. Either way
+//! the device never holds more than it did without the cache: at most one module's room for the
+//! current and previous modules together, plus one transfer in progress.
 
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -48,6 +55,7 @@ pub struct Receiver {
     max_module_len: u32,
     partial: BTreeMap<AppId, Partial>,
     ready: BTreeMap<AppId, ReadyModule>,
+    previous: BTreeMap<AppId, ReadyModule>,
 }
 
 fn error(code: FrameErrorCode, app: &AppId, message: String) -> Option<ErrorFrame> {
@@ -65,23 +73,22 @@ impl Receiver {
             max_module_len,
             partial: BTreeMap::new(),
             ready: BTreeMap::new(),
+            previous: BTreeMap::new(),
         }
     }
 
     /// Opens or resumes a transfer. Bytes already held for the same module are kept.
     pub fn begin(&mut self, begin: ModuleBegin) -> TransferReply {
         let app = begin.app_id;
-        if let Some(ready) = self.ready.get(&app) {
-            if ready.sha256 == begin.sha256 {
-                return TransferReply {
-                    ack: Some(ModuleAck {
-                        app_id: app,
-                        next_offset: begin.total_len,
-                        verified: true,
-                    }),
-                    error: None,
-                };
-            }
+        if let Some(held) = self.ready(&app, &begin.sha256) {
+            return TransferReply {
+                ack: Some(ModuleAck {
+                    next_offset: held.bytes.len() as u32,
+                    app_id: app,
+                    verified: true,
+                }),
+                error: None,
+            };
         }
         if begin.total_len > self.max_module_len {
             let message = format!(
@@ -178,17 +185,15 @@ impl Receiver {
     /// its bytes are dropped and the transfer must start over.
     pub fn commit(&mut self, commit: ModuleCommit) -> TransferReply {
         let app = commit.app_id;
-        if let Some(ready) = self.ready.get(&app) {
-            if ready.sha256 == commit.sha256 {
-                return TransferReply {
-                    ack: Some(ModuleAck {
-                        app_id: app,
-                        next_offset: ready.bytes.len() as u32,
-                        verified: true,
-                    }),
-                    error: None,
-                };
-            }
+        if let Some(held) = self.ready(&app, &commit.sha256) {
+            return TransferReply {
+                ack: Some(ModuleAck {
+                    next_offset: held.bytes.len() as u32,
+                    app_id: app,
+                    verified: true,
+                }),
+                error: None,
+            };
         }
         let Some(partial) = self.partial.remove(&app) else {
             return TransferReply {
@@ -236,7 +241,7 @@ impl Receiver {
             };
         }
         let next_offset = partial.bytes.len() as u32;
-        self.ready.insert(
+        let replaced = self.ready.insert(
             app.clone(),
             ReadyModule {
                 version: partial.version,
@@ -244,6 +249,10 @@ impl Receiver {
                 bytes: partial.bytes,
             },
         );
+        self.previous.remove(&app);
+        if let Some(older) = replaced {
+            self.keep_as_previous(&app, older);
+        }
         TransferReply {
             ack: Some(ModuleAck {
                 app_id: app,
@@ -254,14 +263,44 @@ impl Receiver {
         }
     }
 
-    /// The verified module of `app` with digest `sha256`, if it arrived.
+    /// The verified module of `app` with digest `sha256`, if it is held (current or previous).
     pub fn ready(&self, app: &AppId, sha256: &Sha256) -> Option<&ReadyModule> {
+        self.ready
+            .get(app)
+            .filter(|m| m.sha256 == *sha256)
+            .or_else(|| self.previous.get(app).filter(|m| m.sha256 == *sha256))
+    }
+
+    /// Makes the held module of `app` with `sha256` the current one (a rollback to the previous
+    /// module swaps the two); returns it.
+    pub fn make_current(&mut self, app: &AppId, sha256: &Sha256) -> Option<&ReadyModule> {
+        if self.previous.get(app).is_some_and(|m| m.sha256 == *sha256) {
+            if let Some(back) = self.previous.remove(app) {
+                if let Some(newer) = self.ready.insert(app.clone(), back) {
+                    self.keep_as_previous(app, newer);
+                }
+            }
+        }
         self.ready.get(app).filter(|m| m.sha256 == *sha256)
     }
 
-    /// Forgets everything about `app` (it was stopped for good, or replaced).
+    /// The digest of the previous module of `app`, while it is kept.
+    pub fn previous(&self, app: &AppId) -> Option<Sha256> {
+        self.previous.get(app).map(|m| m.sha256)
+    }
+
+    /// Forgets everything about `app` (it was stopped for good).
     pub fn forget(&mut self, app: &AppId) {
         self.partial.remove(app);
         self.ready.remove(app);
+        self.previous.remove(app);
+    }
+
+    /// Keeps `older` beside the current module of `app` when both fit in one module's room.
+    fn keep_as_previous(&mut self, app: &AppId, older: ReadyModule) {
+        let current = self.ready.get(app).map_or(0, |m| m.bytes.len());
+        if current + older.bytes.len() <= self.max_module_len as usize {
+            self.previous.insert(app.clone(), older);
+        }
     }
 }

@@ -529,3 +529,136 @@ fn late_chunks_of_a_finished_transfer_are_dropped_quietly() {
     let started = deploy(&mut agent, &id, COUNTER, b"", 0);
     assert_eq!(status_of(&started, &id).unwrap().state, AppState::Running);
 }
+
+/// A `ModuleBegin` of version `version` of `module`; returns the agent's answer.
+fn begin(agent: &mut Agent, id: &AppId, module: &[u8], version: u32) -> Vec<Frame> {
+    agent.handle_frame(
+        Frame::ModuleBegin(ModuleBegin {
+            app_id: id.clone(),
+            version,
+            sha256: sha(module),
+            total_len: module.len() as u32,
+            offset: 0,
+        }),
+        0,
+    );
+    agent.take_frames()
+}
+
+fn deploy_version(agent: &mut Agent, id: &AppId, module: &[u8], version: u32) -> Vec<Frame> {
+    agent.handle_frame(
+        Frame::Deploy(Deploy {
+            app_id: id.clone(),
+            version,
+            sha256: sha(module),
+            limits: limits(),
+            config: Blob(b"kitchen".to_vec()),
+        }),
+        0,
+    );
+    agent.take_frames()
+}
+
+#[test]
+fn going_back_to_the_previous_module_is_a_swap_not_a_transfer() {
+    let mut agent = agent();
+    let id = app("blink");
+    install(&mut agent, "blink", COUNTER);
+    // Version 2 (another module) arrives and runs.
+    let acks = transfer(&mut agent, &id, SENSOR, 1024);
+    assert!(matches!(
+        acks.last(),
+        Some(Frame::ModuleAck(ModuleAck { verified: true, .. }))
+    ));
+    let started = deploy_version(&mut agent, &id, SENSOR, 2);
+    assert_eq!(status_of(&started, &id).map(|s| s.version), Some(2));
+
+    // Back to version 1: the device says it holds it, whole and verified, and runs it at once.
+    let answer = begin(&mut agent, &id, COUNTER, 1);
+    assert_eq!(
+        answer,
+        [Frame::ModuleAck(ModuleAck {
+            app_id: id.clone(),
+            next_offset: COUNTER.len() as u32,
+            verified: true,
+        })]
+    );
+    let back = deploy_version(&mut agent, &id, COUNTER, 1);
+    let status = status_of(&back, &id).unwrap();
+    assert_eq!(
+        (status.version, status.state),
+        (1, AppState::Running),
+        "{back:?}"
+    );
+    // And forward again is a swap too: version 2 is now the one kept.
+    let answer = begin(&mut agent, &id, SENSOR, 2);
+    assert!(matches!(
+        answer.as_slice(),
+        [Frame::ModuleAck(ModuleAck { verified: true, .. })]
+    ));
+}
+
+#[test]
+fn a_previous_module_that_does_not_fit_beside_the_current_is_sent_again() {
+    // Room for one module only a little bigger than the larger of the two.
+    let room = COUNTER.len().max(SENSOR.len()) + 16;
+    let mut agent = Agent::new(AgentConfig {
+        mcu: "Sim".into(),
+        firmware: "test".into(),
+        app_ram_bytes: 256 * 1024,
+        max_module_len: room as u32,
+        status_interval_ms: 60_000,
+    });
+    agent.on_established(&DeviceId::new("dev-1").unwrap());
+    agent.take_frames();
+    let id = app("blink");
+    install(&mut agent, "blink", COUNTER);
+    transfer(&mut agent, &id, SENSOR, 1024);
+    deploy_version(&mut agent, &id, SENSOR, 2);
+    // Version 1 was dropped: the device holds none of it and asks for all of it.
+    let answer = begin(&mut agent, &id, COUNTER, 1);
+    assert_eq!(
+        answer,
+        [Frame::ModuleAck(ModuleAck {
+            app_id: id.clone(),
+            next_offset: 0,
+            verified: false,
+        })]
+    );
+    // Sent again, it runs.
+    let acks = transfer(&mut agent, &id, COUNTER, 1024);
+    assert!(matches!(
+        acks.last(),
+        Some(Frame::ModuleAck(ModuleAck { verified: true, .. }))
+    ));
+    let back = deploy_version(&mut agent, &id, COUNTER, 1);
+    assert_eq!(
+        status_of(&back, &id).map(|s| s.state),
+        Some(AppState::Running)
+    );
+}
+
+#[test]
+fn a_stop_forgets_the_previous_module_too() {
+    let mut agent = agent();
+    let id = app("blink");
+    install(&mut agent, "blink", COUNTER);
+    transfer(&mut agent, &id, SENSOR, 1024);
+    deploy_version(&mut agent, &id, SENSOR, 2);
+    agent.handle_frame(Frame::Stop(Stop { app_id: id.clone() }), 0);
+    agent.take_frames();
+    for (module, version) in [(COUNTER, 1), (SENSOR, 2)] {
+        let answer = begin(&mut agent, &id, module, version);
+        assert!(
+            matches!(
+                answer.as_slice(),
+                [Frame::ModuleAck(ModuleAck {
+                    next_offset: 0,
+                    verified: false,
+                    ..
+                })]
+            ),
+            "version {version}: {answer:?}"
+        );
+    }
+}
