@@ -10,6 +10,7 @@ pub mod host_api;
 pub mod ids;
 pub mod permissions;
 pub mod provisioning;
+pub mod release;
 pub mod subject;
 
 #[cfg(feature = "std")]

@@ -18,6 +18,7 @@ extern crate alloc;
 
 mod agent;
 mod backoff;
+pub mod release;
 pub mod runtime;
 mod session;
 mod signer;
