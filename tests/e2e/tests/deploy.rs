@@ -18,7 +18,7 @@ use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::frame::codec::{decode, encode_to_vec};
 use wasmbed_schemas::frame::*;
 use wasmbed_schemas::subject::{self, header};
-use wasmbed_schemas::{AggregateId, AppId, DeviceId};
+use wasmbed_schemas::{AggregateId, AppId, DeviceId, Sha256};
 
 /// Telemetry topics seen per device during `window`.
 async fn topics_during(
@@ -104,19 +104,7 @@ async fn deploy_update_stop_and_delete_across_three_devices() {
     assert!(json["device"].as_str().unwrap().starts_with("dev-"));
 
     // Update: version 2 (another module) replaces version 1 everywhere.
-    let sha = upload_module(system.log.jetstream(), COUNTER)
-        .await
-        .unwrap();
-    call(
-        &system.client,
-        &UpdateApplication {
-            app_id: app.clone(),
-            module_sha256: sha,
-        },
-        T,
-    )
-    .await
-    .unwrap();
+    let sha = update(&system, &app, COUNTER).await;
     for device in &devices {
         system
             .wait_events(&deployment(&app, device), running(2))
@@ -408,8 +396,8 @@ async fn a_restarted_deployer_neither_repeats_nor_loses_a_delivery() {
     sim_b.stop().await;
 }
 
-/// Updates `app` to `module` (uploaded first) as its next version.
-async fn update(system: &System, app: &AppId, module: &[u8]) {
+/// Updates `app` to `module` (uploaded first) as its next version; returns the module's digest.
+async fn update(system: &System, app: &AppId, module: &[u8]) -> Sha256 {
     let sha = upload_module(system.log.jetstream(), module).await.unwrap();
     call(
         &system.client,
@@ -421,6 +409,7 @@ async fn update(system: &System, app: &AppId, module: &[u8]) {
     )
     .await
     .unwrap();
+    sha
 }
 
 #[tokio::test]

@@ -80,15 +80,8 @@ impl Receiver {
     /// Opens or resumes a transfer. Bytes already held for the same module are kept.
     pub fn begin(&mut self, begin: ModuleBegin) -> TransferReply {
         let app = begin.app_id;
-        if let Some(held) = self.ready(&app, &begin.sha256) {
-            return TransferReply {
-                ack: Some(ModuleAck {
-                    next_offset: held.bytes.len() as u32,
-                    app_id: app,
-                    verified: true,
-                }),
-                error: None,
-            };
+        if let Some(reply) = self.already_held(&app, &begin.sha256) {
+            return reply;
         }
         if begin.total_len > self.max_module_len {
             let message = format!(
@@ -185,15 +178,8 @@ impl Receiver {
     /// its bytes are dropped and the transfer must start over.
     pub fn commit(&mut self, commit: ModuleCommit) -> TransferReply {
         let app = commit.app_id;
-        if let Some(held) = self.ready(&app, &commit.sha256) {
-            return TransferReply {
-                ack: Some(ModuleAck {
-                    next_offset: held.bytes.len() as u32,
-                    app_id: app,
-                    verified: true,
-                }),
-                error: None,
-            };
+        if let Some(reply) = self.already_held(&app, &commit.sha256) {
+            return reply;
         }
         let Some(partial) = self.partial.remove(&app) else {
             return TransferReply {
@@ -269,6 +255,20 @@ impl Receiver {
             .get(app)
             .filter(|m| m.sha256 == *sha256)
             .or_else(|| self.previous.get(app).filter(|m| m.sha256 == *sha256))
+    }
+
+    /// "Verified, all of it" when the module of `app` with `sha256` is held (current or
+    /// previous).
+    fn already_held(&self, app: &AppId, sha256: &Sha256) -> Option<TransferReply> {
+        let held = self.ready(app, sha256)?;
+        Some(TransferReply {
+            ack: Some(ModuleAck {
+                app_id: app.clone(),
+                next_offset: held.bytes.len() as u32,
+                verified: true,
+            }),
+            error: None,
+        })
     }
 
     /// Makes the held module of `app` with `sha256` the current one (a rollback to the previous
