@@ -10,19 +10,27 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Literal beginnings that spell a name owned by `schemas::subject`.
-const FORBIDDEN: &[&str] = &[
-    "\"wasmbed.",
-    "\"WASMBED_EVENTS\"",
-    "\"WASMBED_TELEMETRY\"",
-    "\"wasmbed-liveness",
-    "\"wasmbed-modules",
-    "\"wasmbed-deployments",
-    "\"wasmbed-telemetry-latest",
-    "\"$JS.",
-    "\"$KV.",
-    "\"$O.",
-];
+use wasmbed_schemas::subject;
+
+/// Literal beginnings that spell a name owned by `schemas::subject`: the subject prefix, the
+/// JetStream API prefixes, and every stream, bucket and object store it names.
+fn forbidden() -> Vec<String> {
+    let mut names: Vec<String> = ["\"wasmbed.", "\"$JS.", "\"$KV.", "\"$O."]
+        .map(String::from)
+        .to_vec();
+    names.extend(
+        [
+            subject::EVENTS_STREAM,
+            subject::TELEMETRY_STREAM,
+            subject::LIVENESS_BUCKET,
+            subject::MODULES_OBJECT_STORE,
+            subject::DEPLOYMENTS_BUCKET,
+            subject::TELEMETRY_LATEST_BUCKET,
+        ]
+        .map(|name| format!("\"{name}\"")),
+    );
+    names
+}
 
 /// Literals that begin like a name but are not one.
 const ALLOWED: &[&str] = &[
@@ -63,6 +71,7 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The offending literals of one source text, as `(line number, line)`.
 fn spelled_names(text: &str) -> Vec<(usize, String)> {
+    let forbidden = forbidden();
     let mut found = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let code = line.trim_start();
@@ -73,7 +82,7 @@ fn spelled_names(text: &str) -> Vec<(usize, String)> {
         for allowed in ALLOWED {
             rest = rest.replace(allowed, "");
         }
-        if FORBIDDEN.iter().any(|f| rest.contains(f)) {
+        if forbidden.iter().any(|f| rest.contains(f.as_str())) {
             found.push((number + 1, line.trim().to_owned()));
         }
     }

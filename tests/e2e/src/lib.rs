@@ -16,7 +16,7 @@ use wasmbed_bus::{CallError, call};
 use wasmbed_deployer::DeployerConfig;
 use wasmbed_device_core::Signer;
 use wasmbed_eventlog::{EventLog, LogOptions};
-use wasmbed_gateway::{GatewayConfig, Listeners};
+use wasmbed_gateway::GatewayConfig;
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::{
     CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice,
@@ -81,12 +81,12 @@ pub struct System {
     /// The CA devices verify the gateway against.
     pub ca_pem: String,
     /// The gateway.
-    pub gateway: Option<Running>,
+    pub gateway: Option<gateway::RunningGateway>,
     /// The deployer.
     pub deployer: Option<Running>,
     /// The telemetry service.
     pub telemetry: Option<Running>,
-    services: Services,
+    deployer_config: DeployerConfig,
     _enrollment: Running,
     _ca_dir: tempfile::TempDir,
 }
@@ -197,7 +197,7 @@ impl System {
             gateway: None,
             deployer: None,
             telemetry: None,
-            services: services.clone(),
+            deployer_config: services.deployer.clone().unwrap_or_else(deployer_config),
             _enrollment: enrollment,
             _ca_dir: ca_dir,
         };
@@ -235,31 +235,19 @@ impl System {
 
     /// Starts the gateway (again) on the same address.
     pub async fn start_gateway(&mut self) {
-        let port = self.gateway_addr.port();
-        let tls = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.gateway_addr = tls.local_addr().unwrap();
-        let http_addr = http.local_addr().unwrap();
         let mut config = GatewayConfig::new(GatewayId::new("gw-e2e").unwrap());
         config.heartbeat_interval = Duration::from_millis(500);
-        let client = self.nats.client_as(Principal::Gateway).await.unwrap();
-        self.gateway = Some(Running::spawn(|stopped| async move {
-            let _ = wasmbed_gateway::run(client, config, Listeners { tls, http }, async move {
-                let _ = stopped.await;
-            })
+        let gateway = self
+            .start_gateway_with(config, self.gateway_addr.port())
             .await;
-        }));
-        wait_ok(http_addr, "/ready").await;
+        self.gateway_addr = gateway.tls_addr;
+        self.gateway = Some(gateway);
     }
 
     /// Starts a deployer and waits until it answers commands.
     pub async fn start_deployer(&mut self) {
         let client = self.nats.client_as(Principal::Deployer).await.unwrap();
-        let config = self
-            .services
-            .deployer
-            .clone()
-            .unwrap_or_else(deployer_config);
+        let config = self.deployer_config.clone();
         self.deployer = Some(Running::spawn(|stopped| async move {
             let _ = wasmbed_deployer::run(client, config, async move {
                 let _ = stopped.await;

@@ -63,15 +63,13 @@ pub fn judge(
     now: DateTime<Utc>,
 ) -> DeviceVerdict {
     match seen.phase {
-        Some(Phase::Failed) => {
-            let why = seen.failure.as_deref().unwrap_or("the application failed");
-            return DeviceVerdict::Failed(why.to_owned());
-        }
-        Some(Phase::Refused) => {
-            let why = seen
-                .failure
-                .as_deref()
-                .unwrap_or("the version does not fit the device");
+        Some(phase @ (Phase::Failed | Phase::Refused)) => {
+            let otherwise = if phase == Phase::Failed {
+                "the application failed"
+            } else {
+                "the version does not fit the device"
+            };
+            let why = seen.failure.as_deref().unwrap_or(otherwise);
             return DeviceVerdict::Failed(why.to_owned());
         }
         Some(Phase::Running)

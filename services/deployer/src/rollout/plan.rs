@@ -65,11 +65,7 @@ pub fn plan(
         let free = ordered.iter().filter(|d| !taken.contains(d));
         let wave: Vec<&DeviceId> = match size {
             WaveSize::Count(_) | WaveSize::Percent(_) => {
-                let reach = match *size {
-                    WaveSize::Count(n) => n as usize,
-                    WaveSize::Percent(p) => (target * usize::from(p)).div_ceil(100),
-                    _ => 0,
-                };
+                let reach = reach(size, target);
                 if reach > target {
                     return Err(PlanError::TooMany {
                         wave: wave_number,
@@ -104,6 +100,15 @@ pub fn plan(
         });
     }
     Ok(planned)
+}
+
+/// How many devices of a `target`-device target a count or percentage reaches in total.
+fn reach(size: &WaveSize, target: usize) -> usize {
+    match *size {
+        WaveSize::Count(n) => n as usize,
+        WaveSize::Percent(p) => (target * usize::from(p)).div_ceil(100),
+        WaveSize::Selector(_) | WaveSize::Rest => target,
+    }
 }
 
 #[cfg(test)]

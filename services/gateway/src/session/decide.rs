@@ -106,16 +106,24 @@ pub(crate) enum Action {
 pub(crate) struct Ending {
     pub tell: Option<Frame>,
     pub reason: String,
-    /// The device went over its uplink budget (counted apart from other endings).
-    pub over_budget: bool,
 }
 
 impl Ending {
+    /// The device went over its uplink budget (counted apart from other endings).
+    pub(crate) fn over_budget(&self) -> bool {
+        matches!(
+            &self.tell,
+            Some(Frame::Error(ErrorFrame {
+                code: FrameErrorCode::ResourceExhausted,
+                ..
+            }))
+        )
+    }
+
     fn silently(reason: impl Into<String>) -> Action {
         Action::End(Self {
             tell: None,
             reason: reason.into(),
-            over_budget: false,
         })
     }
 
@@ -127,7 +135,6 @@ impl Ending {
                 message: reason.clone(),
             })),
             reason,
-            over_budget: code == FrameErrorCode::ResourceExhausted,
         })
     }
 }
@@ -148,7 +155,6 @@ pub(crate) fn decide(
                 reconnect_after_ms: millis(rules.reconnect_after),
             })),
             reason: "gateway shutdown".into(),
-            over_budget: false,
         }),
         Input::Ended(Some(Ended::Revoked(why))) => Action::End(Ending {
             tell: Some(Frame::Rejected(Rejected {
@@ -156,7 +162,6 @@ pub(crate) fn decide(
                 message: "device is decommissioned".into(),
             })),
             reason: format!("decommissioned: {why}"),
-            over_budget: false,
         }),
         Input::Ended(Some(Ended::Replaced) | None) => {
             Ending::silently("replaced by a newer session of the device")
@@ -247,17 +252,9 @@ mod tests {
     }
 
     fn ends(tell: Option<Frame>, reason: &str) -> Action {
-        let over_budget = matches!(
-            &tell,
-            Some(Frame::Error(ErrorFrame {
-                code: FrameErrorCode::ResourceExhausted,
-                ..
-            }))
-        );
         Action::End(Ending {
             tell,
             reason: reason.into(),
-            over_budget,
         })
     }
 
@@ -487,6 +484,27 @@ mod tests {
             decide(&mut state, &RULES, &mut budget, frame(), later),
             Action::Forward(_)
         ));
+    }
+
+    #[test]
+    fn only_an_ending_over_the_uplink_budget_counts_as_over_budget() {
+        let opened = Instant::now();
+        let end = |input: Input| {
+            let mut state = SessionState::opened(opened);
+            let mut budget = allowance(opened);
+            match decide(&mut state, &RULES, &mut budget, input, opened) {
+                Action::End(ending) => ending.over_budget(),
+                other => panic!("not an ending: {other:?}"),
+            }
+        };
+        let over = Input::Frame {
+            frame: heartbeat(),
+            len: 4000,
+        };
+        assert!(end(over));
+        assert!(!end(Input::Undecodable("bad length".into())));
+        assert!(!end(Input::StopAsked));
+        assert!(!end(Input::Closed));
     }
 
     #[test]

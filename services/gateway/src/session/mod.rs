@@ -32,7 +32,7 @@ use crate::sessions::Ended;
 mod decide;
 
 pub(crate) use decide::Rules;
-use decide::{Action, Ending, Input, SessionState, decide};
+use decide::{Action, Input, SessionState, decide};
 
 /// Writes one frame, giving up after `timeout` (a device that stopped reading).
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
@@ -324,7 +324,7 @@ where
     let silent = tokio::time::sleep_until(state.last_heard + rules.silence());
     tokio::pin!(silent);
     loop {
-        let input = tokio::select! {
+        let mut input = tokio::select! {
             // Graceful only when asked; a dropped gateway (sender gone) says nothing.
             true = &mut stop => Input::StopAsked,
             why = &mut ended => Input::Ended(why.ok()),
@@ -340,63 +340,68 @@ where
                 None => Input::DownlinkEnded,
             },
         };
-        let mut action = decide(
-            &mut state,
-            &rules,
-            &mut rate::lock(allowance),
-            input,
-            Instant::now(),
-        );
         // Carrying out an action may itself be an input (a refused frame, a failed write).
         loop {
-            let next = match action {
-                Action::Forward(frame) => uplink(gw, device, frame, writer)
-                    .await
-                    .err()
-                    .map(Input::UplinkRefused),
-                Action::Deliver(bytes) => {
-                    match write_bytes(writer, &bytes, gw.config.write_timeout).await {
-                        Ok(()) => {
-                            inc(&gw.metrics.frames_out);
-                            None
-                        }
-                        Err(e) => Some(Input::WriteFailed(e)),
-                    }
-                }
-                Action::Rearm(deadline) => {
-                    silent.as_mut().reset(deadline);
-                    None
-                }
-                Action::Drop(why) => {
-                    warn!("{why}; dropped");
-                    None
-                }
-                Action::End(Ending {
-                    tell,
-                    reason,
-                    over_budget,
-                }) => {
-                    if over_budget {
-                        inc(&gw.metrics.rate_limited);
-                    }
-                    if let Some(frame) = tell {
-                        let _ = write_frame(writer, &frame, Duration::from_secs(1)).await;
-                    }
-                    return reason;
-                }
-            };
-            match next {
-                Some(input) => {
-                    action = decide(
-                        &mut state,
-                        &rules,
-                        &mut rate::lock(allowance),
-                        input,
-                        Instant::now(),
-                    );
-                }
-                None => break,
+            let now = Instant::now();
+            let action = decide(&mut state, &rules, &mut rate::lock(allowance), input, now);
+            match carry_out(gw, device, writer, silent.as_mut(), action).await {
+                Carried::Done => break,
+                Carried::Then(next) => input = next,
+                Carried::Ended(reason) => return reason,
             }
+        }
+    }
+}
+
+/// What came of carrying out one action.
+enum Carried {
+    /// Wait for the next input.
+    Done,
+    /// Carrying it out produced this input.
+    Then(Input),
+    /// The session is over, for this reason.
+    Ended(String),
+}
+
+/// Carries out `action` for `device`'s session: bytes to the bus or the device, the timer, a log
+/// line, or the session's end.
+async fn carry_out<W: AsyncWrite + Unpin>(
+    gw: &Gateway,
+    device: &DeviceId,
+    writer: &mut W,
+    silent: std::pin::Pin<&mut tokio::time::Sleep>,
+    action: Action,
+) -> Carried {
+    match action {
+        Action::Forward(frame) => match uplink(gw, device, frame, writer).await {
+            Ok(()) => Carried::Done,
+            Err(reason) => Carried::Then(Input::UplinkRefused(reason)),
+        },
+        Action::Deliver(bytes) => {
+            match write_bytes(writer, &bytes, gw.config.write_timeout).await {
+                Ok(()) => {
+                    inc(&gw.metrics.frames_out);
+                    Carried::Done
+                }
+                Err(e) => Carried::Then(Input::WriteFailed(e)),
+            }
+        }
+        Action::Rearm(deadline) => {
+            silent.reset(deadline);
+            Carried::Done
+        }
+        Action::Drop(why) => {
+            warn!("{why}; dropped");
+            Carried::Done
+        }
+        Action::End(ending) => {
+            if ending.over_budget() {
+                inc(&gw.metrics.rate_limited);
+            }
+            if let Some(frame) = &ending.tell {
+                let _ = write_frame(writer, frame, Duration::from_secs(1)).await;
+            }
+            Carried::Ended(ending.reason)
         }
     }
 }

@@ -274,19 +274,15 @@ impl Receiver {
     /// Makes the held module of `app` with `sha256` the current one (a rollback to the previous
     /// module swaps the two); returns it.
     pub fn make_current(&mut self, app: &AppId, sha256: &Sha256) -> Option<&ReadyModule> {
-        if self.previous.get(app).is_some_and(|m| m.sha256 == *sha256) {
-            if let Some(back) = self.previous.remove(app) {
-                if let Some(newer) = self.ready.insert(app.clone(), back) {
-                    self.keep_as_previous(app, newer);
-                }
-            }
+        let is_previous = self.previous.get(app).is_some_and(|m| m.sha256 == *sha256);
+        let newer = is_previous
+            .then(|| self.previous.remove(app))
+            .flatten()
+            .and_then(|back| self.ready.insert(app.clone(), back));
+        if let Some(newer) = newer {
+            self.keep_as_previous(app, newer);
         }
         self.ready.get(app).filter(|m| m.sha256 == *sha256)
-    }
-
-    /// The digest of the previous module of `app`, while it is kept.
-    pub fn previous(&self, app: &AppId) -> Option<Sha256> {
-        self.previous.get(app).map(|m| m.sha256)
     }
 
     /// Forgets everything about `app` (it was stopped for good).
