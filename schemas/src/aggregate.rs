@@ -22,6 +22,8 @@ pub enum AggregateKind {
     Gateway,
     /// The emulator of one device.
     Emulator,
+    /// One staged rollout of an application.
+    Rollout,
 }
 
 impl AggregateKind {
@@ -33,6 +35,7 @@ impl AggregateKind {
             Self::Deployment => "deployment",
             Self::Gateway => "gateway",
             Self::Emulator => "emulator",
+            Self::Rollout => "rollout",
         }
     }
 }
@@ -59,6 +62,13 @@ pub enum AggregateId {
     Gateway(GatewayId),
     /// The emulator of a device.
     Emulator(DeviceId),
+    /// One rollout of an application.
+    Rollout {
+        /// The application.
+        app: AppId,
+        /// Its rollouts are numbered from 1.
+        number: u32,
+    },
 }
 
 impl AggregateId {
@@ -70,16 +80,19 @@ impl AggregateId {
             Self::Deployment { .. } => AggregateKind::Deployment,
             Self::Gateway(_) => AggregateKind::Gateway,
             Self::Emulator(_) => AggregateKind::Emulator,
+            Self::Rollout { .. } => AggregateKind::Rollout,
         }
     }
 
-    /// The id tokens of the subject: one token, or `app.device` for a deployment.
+    /// The id tokens of the subject: one token, `app.device` for a deployment, `app.number`
+    /// for a rollout.
     pub fn subject_tail(&self) -> String {
         match self {
             Self::Device(id) | Self::Emulator(id) => String::from(id.as_str()),
             Self::Application(id) => String::from(id.as_str()),
             Self::Gateway(id) => String::from(id.as_str()),
             Self::Deployment { app, device } => format!("{app}.{device}"),
+            Self::Rollout { app, number } => format!("{app}.{number}"),
         }
     }
 }

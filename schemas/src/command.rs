@@ -18,6 +18,7 @@ use crate::bytes::{Blob, PublicKey, Sha256};
 use crate::event::Target;
 use crate::frame::{Limits, RejectReason};
 use crate::ids::{AppId, DeviceId, GatewayId};
+pub use crate::rollout::command::*;
 use crate::subject::{self, Service};
 
 /// A request with a typed reply, answered by one service.
@@ -158,6 +159,11 @@ commands! {
     UpdateApplication: Deployer."update_application" -> Accepted,
     StopApplication: Deployer."stop_application" -> Accepted,
     DeleteApplication: Deployer."delete_application" -> Accepted,
+    StartRollout: Deployer."start_rollout" -> RolloutStarted,
+    ApproveRollout: Deployer."approve_rollout" -> Accepted,
+    PauseRollout: Deployer."pause_rollout" -> Accepted,
+    ResumeRollout: Deployer."resume_rollout" -> Accepted,
+    AbortRollout: Deployer."abort_rollout" -> Accepted,
     StartEmulator: RenodeManager."start_emulator" -> Accepted,
     StopEmulator: RenodeManager."stop_emulator" -> Accepted,
     RestartEmulator: RenodeManager."restart_emulator" -> Accepted,

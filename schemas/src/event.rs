@@ -15,6 +15,7 @@ use crate::aggregate::AggregateId;
 use crate::bytes::{Blob, PublicKey, Sha256};
 use crate::frame::{Limits, RejectReason};
 use crate::ids::{AppId, DeviceId, GatewayId};
+pub use crate::rollout::event::*;
 
 /// The envelope layout version this crate writes and reads.
 pub const EVENT_SCHEMA_VERSION: u16 = 1;
@@ -191,6 +192,37 @@ events! {
     EmulatorExited => |e| AggregateId::Emulator(e.device_id.clone()),
     /// A request to start a device emulator was refused.
     EmulatorStartRefused => |e| AggregateId::Emulator(e.device_id.clone()),
+    /// A staged rollout was planned.
+    RolloutCreated => |e| rollout(&e.app_id, e.number),
+    /// A rollout's wave started.
+    RolloutWaveStarted => |e| rollout(&e.app_id, e.number),
+    /// Devices of a rollout's wave passed or failed their gate.
+    RolloutDevicesJudged => |e| rollout(&e.app_id, e.number),
+    /// A rollout's wave passed.
+    RolloutWavePassed => |e| rollout(&e.app_id, e.number),
+    /// A rollout's wave failed.
+    RolloutWaveFailed => |e| rollout(&e.app_id, e.number),
+    /// A rollout's waiting wave was approved.
+    RolloutApproved => |e| rollout(&e.app_id, e.number),
+    /// A rollout was paused.
+    RolloutPaused => |e| rollout(&e.app_id, e.number),
+    /// A rollout was resumed.
+    RolloutResumed => |e| rollout(&e.app_id, e.number),
+    /// A rollout was aborted.
+    RolloutAborted => |e| rollout(&e.app_id, e.number),
+    /// A rollout's rollback started.
+    RolloutRollbackStarted => |e| rollout(&e.app_id, e.number),
+    /// A rollout's rollback finished.
+    RolloutRollbackFinished => |e| rollout(&e.app_id, e.number),
+    /// A rollout completed.
+    RolloutCompleted => |e| rollout(&e.app_id, e.number),
+}
+
+fn rollout(app: &AppId, number: u32) -> AggregateId {
+    AggregateId::Rollout {
+        app: app.clone(),
+        number,
+    }
 }
 
 fn deployment(app: &AppId, device: &DeviceId) -> AggregateId {

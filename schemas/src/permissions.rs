@@ -150,6 +150,7 @@ impl Principal {
                     events(AggregateKind::Application),
                     events(AggregateKind::Deployment),
                     events(AggregateKind::Device),
+                    events(AggregateKind::Rollout),
                     subject::DEVICE_DOWNLINK_ALL.to_string(),
                     // Modules no live application uses are removed.
                     format!(

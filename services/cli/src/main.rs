@@ -6,6 +6,7 @@ mod device;
 mod emulated;
 mod emulator;
 mod events;
+mod rollout;
 mod serve;
 mod tail;
 mod telemetry;
@@ -33,6 +34,10 @@ enum Command {
     /// Applications: deploy (upload, roll out, wait), list, stop, delete.
     #[command(subcommand)]
     App(app::AppCommand),
+    /// Staged rollouts: start (waves behind health gates), status, approve, pause, resume,
+    /// abort, list.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Emulated devices: start, stop, restart, list.
     #[command(subcommand)]
     Emulator(emulator::EmulatorCommand),
@@ -75,6 +80,7 @@ async fn main() {
         Command::Emulator(command) => emulator::run(command).await,
         Command::Device(command) => device::run(command).await,
         Command::App(command) => app::run(command).await,
+        Command::Rollout(command) => rollout::run(command).await,
         Command::Serve(command) => serve::run(command).await,
         Command::CaInit { dir } => wasmbed_enrollment::CertificateAuthority::load_or_create(&dir)
             .map(|ca| print!("{}", ca.certificate_pem()))

@@ -16,6 +16,7 @@ use wasmbed_schemas::event::{
 use wasmbed_schemas::frame::{Limits, MODULE_CHUNK_LEN};
 use wasmbed_schemas::{AppId, Sha256};
 
+use crate::rollout::commands as rollout;
 use crate::{Deployer, validate};
 use wasmbed_eventlog::modules::ModuleError;
 use wasmbed_fleet::App;
@@ -33,9 +34,29 @@ pub(crate) fn router() -> Router<Deployer> {
         .route(update_application)
         .route(stop_application)
         .route(delete_application)
+        .route(rollout::start_rollout)
+        .route(rollout::approve_rollout)
+        .route(rollout::pause_rollout)
+        .route(rollout::resume_rollout)
+        .route(rollout::abort_rollout)
 }
 
-fn refuse(code: ErrorCode, message: impl Into<String>) -> CommandError {
+/// While a rollout is in progress it decides what runs where; the application's own commands
+/// wait for it to finish or be aborted.
+fn no_rollout(state: &Deployer, id: &AppId) -> Result<(), CommandError> {
+    match state.fleet().apps.get(id).and_then(|a| a.rollout) {
+        Some(number) => Err(refuse(
+            ErrorCode::Conflict,
+            format!(
+                "app_id: rollout {number} of {id} is in progress; abort it (wasmbed rollout \
+                 abort {id}) or wait for it to finish"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn refuse(code: ErrorCode, message: impl Into<String>) -> CommandError {
     CommandError {
         code,
         message: message.into(),
@@ -84,13 +105,13 @@ fn check_limits(limits: &Limits) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn app_version(state: &Deployer, app: &AppId) -> u64 {
+pub(crate) fn app_version(state: &Deployer, app: &AppId) -> u64 {
     state
         .fleet()
         .version(&AggregateId::Application(app.clone()))
 }
 
-fn live_app(state: &Deployer, id: &AppId) -> Result<App, CommandError> {
+pub(crate) fn live_app(state: &Deployer, id: &AppId) -> Result<App, CommandError> {
     match state.fleet().apps.get(id) {
         Some(app) if !app.deleted() => Ok(app.clone()),
         Some(_) => Err(refuse(
@@ -105,7 +126,7 @@ fn live_app(state: &Deployer, id: &AppId) -> Result<App, CommandError> {
 }
 
 /// Loads and validates a module; a refusal is recorded as `ModuleRejected` and answered.
-async fn checked_module(
+pub(crate) async fn checked_module(
     state: &Deployer,
     app: &AppId,
     sha: &Sha256,
@@ -206,6 +227,7 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
 
 async fn deploy_application(state: State, c: DeployApplication) -> Result<Accepted, CommandError> {
     let app = live_app(&state, &c.app_id)?;
+    no_rollout(&state, &c.app_id)?;
     let Some((latest, _)) = app.latest() else {
         return Err(refuse(
             ErrorCode::Refused,
@@ -231,6 +253,7 @@ async fn deploy_application(state: State, c: DeployApplication) -> Result<Accept
 
 async fn update_application(state: State, c: UpdateApplication) -> Result<Accepted, CommandError> {
     let app = live_app(&state, &c.app_id)?;
+    no_rollout(&state, &c.app_id)?;
     let latest = app.latest();
     if latest.is_some_and(|(_, m)| m.sha256 == c.module_sha256) {
         return Ok(Accepted {
@@ -268,6 +291,7 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
 
 async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, CommandError> {
     let app = live_app(&state, &c.app_id)?;
+    no_rollout(&state, &c.app_id)?;
     if app.desired == DesiredState::Stopped {
         return Ok(Accepted {
             sequence: app_version(&state, &c.app_id),
@@ -285,6 +309,7 @@ async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, 
 }
 
 async fn delete_application(state: State, c: DeleteApplication) -> Result<Accepted, CommandError> {
+    no_rollout(&state, &c.app_id)?;
     let app = match state.fleet().apps.get(&c.app_id).cloned() {
         Some(app) if app.deleted() => {
             return Ok(Accepted {

@@ -120,6 +120,7 @@ fn followed_subjects() -> Vec<String> {
         AggregateKind::Device,
         AggregateKind::Application,
         AggregateKind::Deployment,
+        AggregateKind::Rollout,
     ]
     .into_iter()
     .map(subject::events_of_kind)

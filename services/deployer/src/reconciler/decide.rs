@@ -131,7 +131,7 @@ impl Reconciler {
         let app = fleet.apps.get(app_id);
         let want = app
             .filter(|a| a.targets(device_id, device))
-            .and_then(|a| Some((a, a.running_version()?)))
+            .and_then(|a| Some((a, fleet.wanted_version(app_id, device_id)?)))
             .map(|(a, version)| Wanted {
                 version,
                 needs_bytes: u64::from(a.limits.max_memory_pages) * 64 * 1024,

@@ -27,6 +27,7 @@ use uplink::spawn_status_writer;
 use wasmbed_fleet::{Pair, Touched};
 
 mod decide;
+mod rollouts;
 mod uplink;
 
 /// The step in flight for one pair in the device's current session.
@@ -171,6 +172,7 @@ impl Reconciler {
                 },
                 _ = timer.tick() => self.expire(),
             }
+            self.drive_rollouts().await;
             self.reconcile().await;
         }
     }

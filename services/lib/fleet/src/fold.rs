@@ -6,7 +6,7 @@ use wasmbed_schemas::event::{Event, ExitReason};
 use wasmbed_schemas::rest::{
     DeploymentPhase, DesiredState, DeviceState, EmulatorState, EmulatorView, GatewayView,
 };
-use wasmbed_schemas::{AppId, DeviceId, GatewayId};
+use wasmbed_schemas::{AggregateKind, AppId, DeviceId, GatewayId};
 
 use crate::model::{App, Deployment, Device, Fleet, ModuleVersion, Pair};
 
@@ -116,6 +116,8 @@ impl Fleet {
                         modules: std::collections::BTreeMap::new(),
                         desired: DesiredState::Idle,
                         rejected: None,
+                        rollout: None,
+                        rollouts: 0,
                     },
                 );
                 Touched::App(e.app_id.clone())
@@ -230,6 +232,9 @@ impl Fleet {
                     v.detail = Some(e.reason.clone());
                 }
                 Touched::Nothing
+            }
+            rollout if stored.envelope.aggregate.kind() == AggregateKind::Rollout => {
+                self.apply_rollout(rollout, at)
             }
             _ => Touched::Nothing,
         }

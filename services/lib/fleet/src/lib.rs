@@ -1,5 +1,5 @@
-//! The fleet read model: devices, applications, deployments, gateways and emulators, folded
-//! once from the event log.
+//! The fleet read model: devices, applications, deployments, rollouts, gateways and emulators,
+//! folded once from the event log.
 //!
 //! Every reader of the fleet (the api, the projector, the CLI, the deployer) folds the same
 //! events through [`Fleet::apply`]; the REST bodies are rendered from it ([`render`]). The fold
@@ -9,6 +9,8 @@
 mod fold;
 mod model;
 mod render;
+mod rollout;
 
 pub use fold::Touched;
 pub use model::{App, Deployment, Device, Fleet, ModuleVersion, Pair, in_target};
+pub use rollout::{Rollout, RolloutPhase, Verdict};

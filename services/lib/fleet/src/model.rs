@@ -95,6 +95,10 @@ pub struct App {
     pub desired: DesiredState,
     /// The last module refusal, if any.
     pub rejected: Option<String>,
+    /// The number of its rollout in progress.
+    pub rollout: Option<u32>,
+    /// The number of its newest rollout (0: none yet).
+    pub rollouts: u32,
 }
 
 impl App {
@@ -113,7 +117,8 @@ impl App {
         !self.deleted() && in_target(&self.target, id, device)
     }
 
-    /// The version that should run on a targeted device now, if any.
+    /// The version that should run on a targeted device now, if any, when no rollout is in
+    /// progress ([`Fleet::wanted_version`] asks both).
     pub fn running_version(&self) -> Option<u32> {
         match self.desired {
             DesiredState::Running { version } => Some(version),
@@ -167,6 +172,8 @@ pub struct Fleet {
     pub gateways: BTreeMap<GatewayId, GatewayView>,
     /// Emulators by device.
     pub emulators: BTreeMap<DeviceId, EmulatorView>,
+    /// Rollouts by application and number.
+    pub(crate) rollouts: BTreeMap<(AppId, u32), crate::Rollout>,
     /// The last sequence folded in, of any aggregate.
     pub sequence: u64,
     /// Changes with every change of anything above (events and heartbeats alike).

@@ -1,0 +1,471 @@
+//! `wasmbed rollout start|status|approve|pause|resume|abort|list`: staged rollouts, over the
+//! bus. `start` uploads the module, starts the rollout and draws each wave until the rollout
+//! completes (exit 0), rolls back (exit 1) or waits for an approval (exit 0, saying so).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use wasmbed_bus::call;
+use wasmbed_eventlog::modules::upload_module;
+use wasmbed_eventlog::{EventLog, LogOptions};
+use wasmbed_fleet::{Fleet, Rollout, RolloutPhase, Verdict};
+use wasmbed_schemas::command::{
+    AbortRollout, ApproveRollout, PauseRollout, ResumeRollout, StartRollout,
+};
+use wasmbed_schemas::rollout::{MaxFailures, WaveSize, parse_waves};
+use wasmbed_schemas::{AggregateKind, AppId, subject};
+
+use crate::device::{Bus, fleet, humantime_secs};
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Upload a module and roll it out to the application's target in waves, each behind a
+    /// health gate; watch it until it completes, rolls back or waits for an approval.
+    Start {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+        /// The WASM module.
+        file: PathBuf,
+        /// Cumulative counts or percentages of the target (`1,10%,100%`), label selectors
+        /// (`ring=canary`), or `rest`.
+        #[arg(long, default_value = "1,10%,50%,100%", value_parser = parse_waves_arg)]
+        waves: Waves,
+        /// How long a device must run the new version, online, to pass.
+        #[arg(long, default_value = "30s", value_parser = humantime_secs)]
+        soak: Duration,
+        /// How long a device has to pass after its wave starts (default: soak + 2 min).
+        #[arg(long, value_parser = humantime_secs)]
+        deadline: Option<Duration>,
+        /// Failures allowed per wave: a count (`2`) or a percentage (`5%`).
+        #[arg(long, default_value = "0")]
+        max_failures: MaxFailures,
+        /// Every wave after the first waits for `wasmbed rollout approve`.
+        #[arg(long)]
+        approve_each: bool,
+        /// Start it and return without watching.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up watching after this long (the rollout goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime_secs)]
+        wait: Duration,
+    },
+    /// The application's newest rollout: each wave, its devices, each failure and its reason.
+    Status {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+        /// Watch it until it finishes or waits for an approval.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start the wave that waits for approval.
+    Approve {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+    },
+    /// Start no further wave until resumed (gates are still judged).
+    Pause {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+    },
+    /// Let a paused rollout go on.
+    Resume {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+    },
+    /// Stop the rollout and roll back every device that got the new version.
+    Abort {
+        #[command(flatten)]
+        bus: Bus,
+        /// The application.
+        app_id: AppId,
+        /// Why, for the log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Every application's rollouts, newest first.
+    List {
+        #[command(flatten)]
+        bus: Bus,
+    },
+}
+
+/// Parsed `--waves`.
+#[derive(Clone)]
+pub struct Waves(Vec<WaveSize>);
+
+fn parse_waves_arg(text: &str) -> Result<Waves, String> {
+    parse_waves(text).map(Waves).map_err(|e| e.to_string())
+}
+
+pub async fn run(command: RolloutCommand) -> Result<()> {
+    match command {
+        RolloutCommand::Start {
+            bus,
+            app_id,
+            file,
+            waves,
+            soak,
+            deadline,
+            max_failures,
+            approve_each,
+            no_wait,
+            wait,
+        } => {
+            let module =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let client = bus.connect().await?;
+            let log = EventLog::open(client.clone(), &LogOptions::default())
+                .await
+                .context("opening the event log")?;
+            let sha = upload_module(log.jetstream(), &module).await?;
+            let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let start = StartRollout {
+                app_id: app_id.clone(),
+                module_sha256: sha,
+                waves: waves.0,
+                soak_ms: millis(soak),
+                deadline_ms: deadline.map(millis),
+                max_failures,
+                approve_each,
+            };
+            let started = call(&client, &start, bus.timeout).await?;
+            let from = started
+                .from_version
+                .map_or_else(|| "not running".to_owned(), |v| format!("v{v}"));
+            println!(
+                "rollout {} of {app_id}: {from} → v{} in waves of {:?} devices",
+                started.number, started.to_version, started.wave_devices
+            );
+            if no_wait {
+                return Ok(());
+            }
+            watch(&client, &log, &app_id, started.number, wait).await
+        }
+        RolloutCommand::Status {
+            bus,
+            app_id,
+            watch: follow,
+        } => {
+            let client = bus.connect().await?;
+            let view = fleet(&client).await?;
+            let Some((number, rollout)) = view.rollouts_of(&app_id).next() else {
+                bail!("{app_id} has no rollout");
+            };
+            if follow {
+                let log = EventLog::open(client.clone(), &LogOptions::default())
+                    .await
+                    .context("opening the event log")?;
+                let day = Duration::from_secs(24 * 3600);
+                return watch(&client, &log, &app_id, number, day).await;
+            }
+            print!("{}", status_text(&app_id, number, rollout));
+            Ok(())
+        }
+        RolloutCommand::Approve { bus, app_id } => {
+            let client = bus.connect().await?;
+            call(
+                &client,
+                &ApproveRollout {
+                    app_id: app_id.clone(),
+                },
+                bus.timeout,
+            )
+            .await?;
+            println!("approved the next wave of {app_id}'s rollout");
+            Ok(())
+        }
+        RolloutCommand::Pause { bus, app_id } => {
+            let client = bus.connect().await?;
+            call(
+                &client,
+                &PauseRollout {
+                    app_id: app_id.clone(),
+                },
+                bus.timeout,
+            )
+            .await?;
+            println!("paused {app_id}'s rollout: no further wave starts");
+            Ok(())
+        }
+        RolloutCommand::Resume { bus, app_id } => {
+            let client = bus.connect().await?;
+            call(
+                &client,
+                &ResumeRollout {
+                    app_id: app_id.clone(),
+                },
+                bus.timeout,
+            )
+            .await?;
+            println!("resumed {app_id}'s rollout");
+            Ok(())
+        }
+        RolloutCommand::Abort {
+            bus,
+            app_id,
+            reason,
+        } => {
+            let client = bus.connect().await?;
+            let abort = AbortRollout {
+                app_id: app_id.clone(),
+                reason,
+            };
+            call(&client, &abort, bus.timeout).await?;
+            println!("aborting {app_id}'s rollout: every device that got it goes back");
+            Ok(())
+        }
+        RolloutCommand::List { bus } => {
+            let view = fleet(&bus.connect().await?).await?;
+            println!(
+                "{:<24} {:>3} {:<9} {:<14} WAVES",
+                "APP", "NO", "VERSIONS", "PHASE"
+            );
+            for app in view.apps.keys() {
+                for (number, r) in view.rollouts_of(app) {
+                    let versions = format!("{}→v{}", version_text(r.from), r.to);
+                    println!(
+                        "{:<24} {:>3} {:<9} {:<14} {}/{}",
+                        app.as_str(),
+                        number,
+                        versions,
+                        phase_text(r),
+                        r.passed,
+                        r.waves.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn version_text(v: Option<u32>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("v{v}"))
+}
+
+/// A rollout's phase in a word or two.
+pub fn phase_text(r: &Rollout) -> String {
+    match r.phase {
+        RolloutPhase::Waves if r.halted.is_some() => "halting".into(),
+        RolloutPhase::Waves if r.paused => "paused".into(),
+        RolloutPhase::Waves => match r.current_wave() {
+            Some(w) => format!("wave {}", w + 1),
+            None => match r.waves.get(r.started.len()) {
+                Some(w) if w.needs_approval && !r.approved.contains(&(r.started.len() as u32)) => {
+                    "awaiting approval".into()
+                }
+                _ => "starting wave".into(),
+            },
+        },
+        RolloutPhase::RollingBack => "rolling back".into(),
+        RolloutPhase::RolledBack => "rolled back".into(),
+        RolloutPhase::Completed => "completed".into(),
+    }
+}
+
+/// Passed and failed devices of one wave.
+fn wave_counts(r: &Rollout, wave: usize) -> (usize, usize) {
+    let Some(planned) = r.waves.get(wave) else {
+        return (0, 0);
+    };
+    planned
+        .devices
+        .iter()
+        .fold((0, 0), |(p, f), d| match r.verdicts.get(d) {
+            Some(Verdict::Passed) => (p + 1, f),
+            Some(Verdict::Failed(_)) => (p, f + 1),
+            None => (p, f),
+        })
+}
+
+/// The state of one wave in words.
+fn wave_state(r: &Rollout, wave: usize) -> &'static str {
+    if wave < r.passed as usize {
+        "passed"
+    } else if wave < r.started.len() {
+        match r.phase {
+            RolloutPhase::Waves if r.halted.is_none() => "judging",
+            _ => "halted",
+        }
+    } else {
+        "not started"
+    }
+}
+
+/// `wasmbed rollout status`: the rollout, each wave, each failure.
+pub fn status_text(app: &AppId, number: u32, r: &Rollout) -> String {
+    let mut out = format!(
+        "rollout {number} of {app}: {} → v{}, {}\n",
+        version_text(r.from),
+        r.to,
+        phase_text(r)
+    );
+    if let Some(why) = &r.halted {
+        out.push_str(&format!("  halted: {why}\n"));
+    }
+    for (i, w) in r.waves.iter().enumerate() {
+        let (passed, failed) = wave_counts(r, i);
+        out.push_str(&format!(
+            "  wave {:<2} {:<12} {:>4} devices  {:>4} passed  {:>4} failed  {}\n",
+            i + 1,
+            w.size.to_string(),
+            w.devices.len(),
+            passed,
+            failed,
+            wave_state(r, i)
+        ));
+    }
+    for (device, verdict) in &r.verdicts {
+        if let Verdict::Failed(why) = verdict {
+            out.push_str(&format!("  {device}: {why}\n"));
+        }
+    }
+    out
+}
+
+/// Draws the rollout, wave by wave, until it finishes or waits for an approval.
+async fn watch(
+    client: &async_nats::Client,
+    log: &EventLog,
+    app: &AppId,
+    number: u32,
+    wait: Duration,
+) -> Result<()> {
+    let prefix = subject::events_of_kind(AggregateKind::Rollout);
+    let prefix = prefix.trim_end_matches(".>");
+    let mut follow = log
+        .follow(vec![
+            format!("{prefix}.{app}.{number}"),
+            subject::events_of_kind(AggregateKind::Deployment),
+        ])
+        .await?;
+    // Followed first, folded second: what lands in between is applied twice, which the fold
+    // ignores.
+    let mut view: Fleet = fleet(client).await?;
+    let bars = Bars::new(&view, app, number)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let Some(r) = view.rollout(app, number) else {
+            bail!("rollout {number} of {app} is not in the log");
+        };
+        bars.draw(r);
+        match r.phase {
+            RolloutPhase::Completed => {
+                bars.finish();
+                println!(
+                    "rollout {number} of {app} completed: every device runs v{}",
+                    r.to
+                );
+                return Ok(());
+            }
+            RolloutPhase::RolledBack => {
+                bars.finish();
+                print!("{}", status_text(app, number, r));
+                bail!(
+                    "rollout {number} of {app} rolled back: {}",
+                    r.halted.as_deref().unwrap_or("no reason recorded")
+                );
+            }
+            _ if phase_text(r) == "awaiting approval" => {
+                bars.finish();
+                println!(
+                    "rollout {number} of {app} waits before wave {}: wasmbed rollout approve {app}",
+                    r.started.len() + 1
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        let next = tokio::time::timeout_at(deadline, follow.next()).await;
+        let Ok(Some(next)) = next else {
+            bars.finish();
+            bail!(
+                "rollout {number} of {app} still {} after {wait:?}; it goes on",
+                phase_text(r)
+            );
+        };
+        let (stored, _) = next?;
+        view.apply(&stored);
+    }
+}
+
+/// One progress bar per wave (hidden when stdout is not a terminal; lines are printed then).
+struct Bars {
+    _multi: MultiProgress,
+    waves: Vec<ProgressBar>,
+    plain: bool,
+    last: std::cell::RefCell<String>,
+}
+
+impl Bars {
+    fn new(view: &Fleet, app: &AppId, number: u32) -> Result<Self> {
+        let Some(r) = view.rollout(app, number) else {
+            bail!("rollout {number} of {app} is not in the log");
+        };
+        let plain = !std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let multi = MultiProgress::with_draw_target(if plain {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stdout()
+        });
+        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos:>4}/{len:4} {msg}")
+            .context("progress style")?
+            .progress_chars("=> ");
+        let waves = r
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let bar = multi.add(ProgressBar::new(w.devices.len() as u64));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("wave {} ({})", i + 1, w.size));
+                bar
+            })
+            .collect();
+        Ok(Self {
+            _multi: multi,
+            waves,
+            plain,
+            last: std::cell::RefCell::new(String::new()),
+        })
+    }
+
+    fn draw(&self, r: &Rollout) {
+        for (i, bar) in self.waves.iter().enumerate() {
+            let (passed, failed) = wave_counts(r, i);
+            bar.set_position((passed + failed) as u64);
+            bar.set_message(format!("{} ({failed} failed)", wave_state(r, i)));
+        }
+        if self.plain {
+            let line = format!(
+                "{}; waves passed {}/{}",
+                phase_text(r),
+                r.passed,
+                r.waves.len()
+            );
+            if *self.last.borrow() != line {
+                println!("  {line}");
+                self.last.replace(line);
+            }
+        }
+    }
+
+    fn finish(&self) {
+        for bar in &self.waves {
+            bar.abandon();
+        }
+    }
+}

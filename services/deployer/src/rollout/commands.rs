@@ -1,0 +1,358 @@
+//! The rollout commands. `start_rollout` validates and plans everything before it records
+//! anything, so bad input changes nothing; the others record one event on the application's
+//! rollout in progress, expecting the rollout's version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tracing::info;
+use wasmbed_eventlog::{AppendError, ExpectedVersion};
+use wasmbed_fleet::{App, Rollout, RolloutPhase};
+use wasmbed_schemas::command::{
+    AbortRollout, Accepted, ApproveRollout, CommandError, ErrorCode, PauseRollout, ResumeRollout,
+    RolloutStarted, StartRollout,
+};
+use wasmbed_schemas::event::{
+    Event, ModuleUploaded, PlannedWave, RolloutAborted, RolloutApproved, RolloutCreated,
+    RolloutGate, RolloutPaused, RolloutResumed,
+};
+use wasmbed_schemas::rollout::{DEFAULT_DEADLINE_AFTER_SOAK_MS, MaxFailures, WaveSize};
+use wasmbed_schemas::{AggregateId, AppId, DeviceId};
+
+use super::plan;
+use crate::Deployer;
+use crate::handlers::{app_version, checked_module, live_app, refuse};
+
+type State = Arc<Deployer>;
+
+/// The longest soak or deadline accepted: a day.
+const MAX_GATE_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// What a rollout is doing, for error messages.
+fn doing(rollout: &Rollout) -> String {
+    match rollout.phase {
+        RolloutPhase::Waves if rollout.halted.is_some() => "is being halted".into(),
+        RolloutPhase::Waves => match rollout.current_wave() {
+            Some(w) => format!("is in wave {} of {}", w + 1, rollout.waves.len()),
+            None if rollout.paused => "is paused".into(),
+            None => format!(
+                "waits before wave {} of {}",
+                rollout.started.len() + 1,
+                rollout.waves.len()
+            ),
+        },
+        RolloutPhase::RollingBack => "is rolling back".into(),
+        RolloutPhase::RolledBack => "rolled back".into(),
+        RolloutPhase::Completed => "completed".into(),
+    }
+}
+
+fn check_spec(c: &StartRollout) -> Result<(), CommandError> {
+    let invalid = |m: String| Err(refuse(ErrorCode::InvalidRequest, m));
+    for (i, wave) in c.waves.iter().enumerate() {
+        match wave {
+            WaveSize::Count(0) => return invalid(format!("waves[{i}]: a count is at least 1")),
+            WaveSize::Percent(p) if !(1..=100).contains(p) => {
+                return invalid(format!("waves[{i}]: {p}% is not between 1% and 100%"));
+            }
+            WaveSize::Selector(labels) if labels.is_empty() => {
+                return invalid(format!("waves[{i}]: a selector needs a label"));
+            }
+            _ => {}
+        }
+    }
+    if let MaxFailures::Percent(p) = c.max_failures {
+        if p > 100 {
+            return invalid(format!("max_failures: {p}% is over 100%"));
+        }
+    }
+    if c.soak_ms > MAX_GATE_MS {
+        return invalid(format!("soak_ms: at most {MAX_GATE_MS}"));
+    }
+    match c.deadline_ms {
+        Some(d) if d > MAX_GATE_MS => invalid(format!("deadline_ms: at most {MAX_GATE_MS}")),
+        Some(d) if d < c.soak_ms => invalid(format!(
+            "deadline_ms ({d}) is shorter than soak_ms ({}): no device could pass",
+            c.soak_ms
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The target of `app` now, with the devices' labels.
+fn target(
+    state: &Deployer,
+    app: &App,
+) -> (Vec<DeviceId>, BTreeMap<DeviceId, BTreeMap<String, String>>) {
+    let fleet = state.fleet();
+    let mut devices = Vec::new();
+    let mut labels = BTreeMap::new();
+    for (id, device) in &fleet.devices {
+        if app.targets(id, device) {
+            devices.push(id.clone());
+            labels.insert(id.clone(), device.labels.clone());
+        }
+    }
+    (devices, labels)
+}
+
+fn started_reply(number: u32, rollout: &Rollout, sequence: u64) -> RolloutStarted {
+    RolloutStarted {
+        number,
+        from_version: rollout.from,
+        to_version: rollout.to,
+        wave_devices: rollout
+            .waves
+            .iter()
+            .map(|w| u32::try_from(w.devices.len()).unwrap_or(u32::MAX))
+            .collect(),
+        sequence,
+    }
+}
+
+pub(crate) async fn start_rollout(
+    state: State,
+    c: StartRollout,
+) -> Result<RolloutStarted, CommandError> {
+    let app = live_app(&state, &c.app_id)?;
+    if let Some(number) = app.rollout {
+        let fleet = state.fleet();
+        let aggregate = rollout_aggregate(&c.app_id, number);
+        if let Some(rollout) = fleet.rollout(&c.app_id, number) {
+            let same_module = app
+                .modules
+                .get(&rollout.to)
+                .is_some_and(|m| m.sha256 == c.module_sha256);
+            let same_waves = rollout.waves.iter().map(|w| &w.size).eq(c.waves.iter());
+            if same_module && same_waves {
+                // A retry of the command that started it.
+                return Ok(started_reply(number, rollout, fleet.version(&aggregate)));
+            }
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!(
+                    "app_id: rollout {number} of {} {}; abort it or wait for it to finish",
+                    c.app_id,
+                    doing(rollout)
+                ),
+            ));
+        }
+    }
+    check_spec(&c)?;
+    let number = app.rollouts + 1;
+    let (devices, labels) = target(&state, &app);
+    let ordered = plan::order(&format!("{}.{number}", c.app_id), &devices);
+    let planned = plan::plan(&ordered, &labels, &c.waves)
+        .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("waves: {e}")))?;
+    let from = app.running_version();
+    let known = app
+        .modules
+        .iter()
+        .find(|(_, m)| m.sha256 == c.module_sha256)
+        .map(|(v, _)| *v);
+    if known.is_some() && known == from {
+        return Err(refuse(
+            ErrorCode::Refused,
+            format!(
+                "module_sha256: {} already runs version {} of this module",
+                c.app_id,
+                from.unwrap_or_default()
+            ),
+        ));
+    }
+    let to = match known {
+        Some(version) => version,
+        None => {
+            let size_bytes =
+                checked_module(&state, &c.app_id, &c.module_sha256, &app.limits).await?;
+            let version = app.latest().map_or(1, |(v, _)| v + 1);
+            let uploaded = ModuleUploaded {
+                app_id: c.app_id.clone(),
+                version,
+                sha256: c.module_sha256,
+                size_bytes,
+            };
+            let expected = ExpectedVersion::Exactly(app_version(&state, &c.app_id));
+            state
+                .record(expected, uploaded.into())
+                .await
+                .map_err(|e| conflict_or_unavailable(e, "the application changed concurrently"))?;
+            version
+        }
+    };
+    let waves: Vec<PlannedWave> = c
+        .waves
+        .iter()
+        .zip(planned)
+        .enumerate()
+        .map(|(i, (size, devices))| PlannedWave {
+            size: size.clone(),
+            devices,
+            needs_approval: c.approve_each && i > 0,
+        })
+        .collect();
+    let created = RolloutCreated {
+        app_id: c.app_id.clone(),
+        number,
+        from_version: from,
+        to_version: to,
+        waves,
+        gate: RolloutGate {
+            soak_ms: c.soak_ms,
+            deadline_ms: c
+                .deadline_ms
+                .unwrap_or(c.soak_ms + DEFAULT_DEADLINE_AFTER_SOAK_MS),
+            max_failures: c.max_failures,
+        },
+    };
+    info!(app = %c.app_id, rollout = number, ?from, to, "rollout created");
+    // Rollouts are numbered densely: a second start on a stale view names a rollout that
+    // exists, and this append fails instead of starting two at once.
+    let sequence = state
+        .record(ExpectedVersion::NONE, created.into())
+        .await
+        .map_err(|e| conflict_or_unavailable(e, "another rollout of the application started"))?;
+    let fleet = state.fleet();
+    let rollout = fleet.rollout(&c.app_id, number).ok_or_else(|| {
+        refuse(
+            ErrorCode::Internal,
+            "the rollout was recorded but is not in the view",
+        )
+    })?;
+    Ok(started_reply(number, rollout, sequence))
+}
+
+fn conflict_or_unavailable(e: AppendError, conflict: &str) -> CommandError {
+    match e {
+        AppendError::Conflict { .. } => refuse(ErrorCode::Conflict, format!("{conflict}; retry")),
+        other => refuse(ErrorCode::Unavailable, format!("event log: {other}")),
+    }
+}
+
+fn rollout_aggregate(app: &AppId, number: u32) -> AggregateId {
+    AggregateId::Rollout {
+        app: app.clone(),
+        number,
+    }
+}
+
+/// What a steering command does to the rollout in progress: record an event, answer that it
+/// already happened, or refuse.
+enum Steer {
+    Record(Event),
+    AlreadyDone,
+    Refuse(String),
+}
+
+/// Applies `steer` to the application's rollout in progress.
+async fn steer(
+    state: &Deployer,
+    app: &AppId,
+    steer: impl FnOnce(u32, &Rollout) -> Steer,
+) -> Result<Accepted, CommandError> {
+    live_app(state, app)?;
+    let (number, decision, version) = {
+        let fleet = state.fleet();
+        let Some((number, rollout)) = fleet.active_rollout(app) else {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("app_id: {app} has no rollout in progress"),
+            ));
+        };
+        let version = fleet.version(&rollout_aggregate(app, number));
+        (number, steer(number, rollout), version)
+    };
+    match decision {
+        Steer::AlreadyDone => Ok(Accepted { sequence: version }),
+        Steer::Refuse(why) => Err(refuse(
+            ErrorCode::Refused,
+            format!("rollout {number} of {app} {why}"),
+        )),
+        Steer::Record(event) => {
+            let sequence = state
+                .record(ExpectedVersion::Exactly(version), event)
+                .await
+                .map_err(|e| conflict_or_unavailable(e, "the rollout moved on concurrently"))?;
+            Ok(Accepted { sequence })
+        }
+    }
+}
+
+pub(crate) async fn approve_rollout(
+    state: State,
+    c: ApproveRollout,
+) -> Result<Accepted, CommandError> {
+    let app_id = c.app_id.clone();
+    steer(&state, &c.app_id, move |number, r| {
+        let next = r.started.len();
+        let waiting = r.phase == RolloutPhase::Waves
+            && r.halted.is_none()
+            && r.current_wave().is_none()
+            && r.waves.get(next).is_some_and(|w| w.needs_approval)
+            && !r.approved.contains(&(next as u32));
+        if !waiting {
+            return Steer::Refuse(format!("is not waiting for approval: it {}", doing(r)));
+        }
+        Steer::Record(
+            RolloutApproved {
+                app_id,
+                number,
+                wave: next as u32,
+            }
+            .into(),
+        )
+    })
+    .await
+}
+
+pub(crate) async fn pause_rollout(state: State, c: PauseRollout) -> Result<Accepted, CommandError> {
+    let app_id = c.app_id.clone();
+    steer(&state, &c.app_id, move |number, r| {
+        if r.phase != RolloutPhase::Waves || r.halted.is_some() {
+            Steer::Refuse(format!("cannot be paused: it {}", doing(r)))
+        } else if r.paused {
+            Steer::AlreadyDone
+        } else {
+            Steer::Record(RolloutPaused { app_id, number }.into())
+        }
+    })
+    .await
+}
+
+pub(crate) async fn resume_rollout(
+    state: State,
+    c: ResumeRollout,
+) -> Result<Accepted, CommandError> {
+    let app_id = c.app_id.clone();
+    steer(&state, &c.app_id, move |number, r| {
+        if r.paused {
+            Steer::Record(RolloutResumed { app_id, number }.into())
+        } else {
+            Steer::AlreadyDone
+        }
+    })
+    .await
+}
+
+pub(crate) async fn abort_rollout(state: State, c: AbortRollout) -> Result<Accepted, CommandError> {
+    let app_id = c.app_id.clone();
+    let reason = c
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "aborted by an operator".into());
+    steer(&state, &c.app_id, move |number, r| {
+        if r.phase != RolloutPhase::Waves || r.halted.is_some() {
+            Steer::AlreadyDone
+        } else {
+            Steer::Record(
+                RolloutAborted {
+                    app_id,
+                    number,
+                    reason,
+                }
+                .into(),
+            )
+        }
+    })
+    .await
+}

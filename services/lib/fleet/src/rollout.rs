@@ -1,0 +1,267 @@
+//! Rollouts as the log tells them, and the one question the reconciler asks of them: which
+//! version should a device run now.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use wasmbed_schemas::event::{Event, PlannedWave, RolloutGate};
+use wasmbed_schemas::rest::DesiredState;
+use wasmbed_schemas::{AppId, DeviceId};
+
+use crate::fold::Touched;
+use crate::model::Fleet;
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// Waves are being started and judged.
+    Waves,
+    /// Every device that got the new version is going back to the version before.
+    RollingBack,
+    /// The rollback finished.
+    RolledBack,
+    /// Every wave passed.
+    Completed,
+}
+
+impl RolloutPhase {
+    /// It no longer changes anything.
+    pub fn finished(self) -> bool {
+        matches!(self, Self::RolledBack | Self::Completed)
+    }
+}
+
+/// What the gate said of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It ran the new version for the soak time.
+    Passed,
+    /// It did not, for this reason.
+    Failed(String),
+}
+
+/// One rollout of an application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// The version before (none: the app was not running).
+    pub from: Option<u32>,
+    /// The version rolled out.
+    pub to: u32,
+    /// The planned waves.
+    pub waves: Vec<PlannedWave>,
+    /// The gate of every wave.
+    pub gate: RolloutGate,
+    /// Where it is.
+    pub phase: RolloutPhase,
+    /// When each started wave started, in wave order.
+    pub started: Vec<DateTime<Utc>>,
+    /// Waves approved.
+    pub approved: BTreeSet<u32>,
+    /// Waves passed, in order.
+    pub passed: u32,
+    /// An operator paused it.
+    pub paused: bool,
+    /// The gate's verdict on each judged device.
+    pub verdicts: BTreeMap<DeviceId, Verdict>,
+    /// Why it was halted (a failed wave, an abort); the rollback follows.
+    pub halted: Option<String>,
+    /// When it was created.
+    pub created: DateTime<Utc>,
+    wave_of: HashMap<DeviceId, u32>,
+}
+
+impl Rollout {
+    /// The wave a device is in, if it is in one.
+    pub fn wave_of(&self, device: &DeviceId) -> Option<u32> {
+        self.wave_of.get(device).copied()
+    }
+
+    /// The device is in a wave that started: it was given the new version.
+    pub fn reached(&self, device: &DeviceId) -> bool {
+        self.wave_of(device)
+            .is_some_and(|w| (w as usize) < self.started.len())
+    }
+
+    /// Every device in a started wave.
+    pub fn reached_devices(&self) -> impl Iterator<Item = &DeviceId> {
+        self.waves[..self.started.len().min(self.waves.len())]
+            .iter()
+            .flat_map(|w| &w.devices)
+    }
+
+    /// The version `device` should run while this rollout is the application's.
+    pub fn wanted_version(&self, device: &DeviceId) -> Option<u32> {
+        match self.phase {
+            RolloutPhase::Waves if self.reached(device) => Some(self.to),
+            RolloutPhase::Completed => Some(self.to),
+            RolloutPhase::Waves | RolloutPhase::RollingBack | RolloutPhase::RolledBack => self.from,
+        }
+    }
+
+    /// The wave being judged: the last started one, while it has not passed.
+    pub fn current_wave(&self) -> Option<u32> {
+        let started = self.started.len() as u32;
+        (started > self.passed).then(|| started - 1)
+    }
+}
+
+impl Fleet {
+    /// The rollout of an application with that number.
+    pub fn rollout(&self, app: &AppId, number: u32) -> Option<&Rollout> {
+        self.rollouts.get(&(app.clone(), number))
+    }
+
+    /// The application's rollout in progress, with its number.
+    pub fn active_rollout(&self, app: &AppId) -> Option<(u32, &Rollout)> {
+        let number = self.apps.get(app)?.rollout?;
+        Some((number, self.rollout(app, number)?))
+    }
+
+    /// The application's rollouts, newest first.
+    pub fn rollouts_of<'a>(
+        &'a self,
+        app: &'a AppId,
+    ) -> impl Iterator<Item = (u32, &'a Rollout)> + 'a {
+        self.rollouts
+            .range((app.clone(), 0)..=(app.clone(), u32::MAX))
+            .rev()
+            .map(|((_, n), r)| (*n, r))
+    }
+
+    /// The version of `app` that should run on `device` now, if any: the application's version,
+    /// or what its rollout in progress says. Whether the device is in the target is the
+    /// caller's question.
+    pub fn wanted_version(&self, app: &AppId, device: &DeviceId) -> Option<u32> {
+        match self.active_rollout(app) {
+            Some((_, rollout)) => rollout.wanted_version(device),
+            None => self.apps.get(app)?.running_version(),
+        }
+    }
+
+    /// Folds one rollout event.
+    pub(crate) fn apply_rollout(&mut self, event: &Event, at: DateTime<Utc>) -> Touched {
+        match event {
+            Event::RolloutCreated(e) => {
+                let Some(app) = self.apps.get_mut(&e.app_id) else {
+                    return Touched::Nothing;
+                };
+                app.rollout = Some(e.number);
+                app.rollouts = app.rollouts.max(e.number);
+                let wave_of = e
+                    .waves
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, w)| w.devices.iter().map(move |d| (d.clone(), i as u32)))
+                    .collect();
+                let rollout = Rollout {
+                    from: e.from_version,
+                    to: e.to_version,
+                    waves: e.waves.clone(),
+                    gate: e.gate,
+                    phase: RolloutPhase::Waves,
+                    started: Vec::new(),
+                    approved: BTreeSet::new(),
+                    passed: 0,
+                    paused: false,
+                    verdicts: BTreeMap::new(),
+                    halted: None,
+                    created: at,
+                    wave_of,
+                };
+                self.rollouts.insert((e.app_id.clone(), e.number), rollout);
+                Touched::App(e.app_id.clone())
+            }
+            Event::RolloutWaveStarted(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                if r.started.len() == e.wave as usize {
+                    r.started.push(at);
+                }
+                true
+            }),
+            Event::RolloutDevicesJudged(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                for device in &e.passed {
+                    r.verdicts.insert(device.clone(), Verdict::Passed);
+                }
+                for failure in &e.failed {
+                    let verdict = Verdict::Failed(failure.reason.clone());
+                    r.verdicts.insert(failure.device_id.clone(), verdict);
+                }
+                false
+            }),
+            Event::RolloutWavePassed(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.passed = r.passed.max(e.wave + 1);
+                false
+            }),
+            Event::RolloutApproved(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.approved.insert(e.wave);
+                false
+            }),
+            Event::RolloutPaused(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.paused = true;
+                false
+            }),
+            Event::RolloutResumed(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.paused = false;
+                false
+            }),
+            Event::RolloutWaveFailed(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.halted.get_or_insert_with(|| {
+                    format!(
+                        "wave {} failed: {} devices failed their gate, {} allowed",
+                        e.wave + 1,
+                        e.failed,
+                        e.allowed
+                    )
+                });
+                false
+            }),
+            Event::RolloutAborted(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.halted
+                    .get_or_insert_with(|| format!("aborted: {}", e.reason));
+                false
+            }),
+            Event::RolloutRollbackStarted(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.phase = RolloutPhase::RollingBack;
+                r.halted.get_or_insert_with(|| e.reason.clone());
+                true
+            }),
+            Event::RolloutRollbackFinished(e) => {
+                self.finish_rollout(&e.app_id, e.number, RolloutPhase::RolledBack)
+            }
+            Event::RolloutCompleted(e) => {
+                self.finish_rollout(&e.app_id, e.number, RolloutPhase::Completed)
+            }
+            _ => Touched::Nothing,
+        }
+    }
+
+    /// Changes a rollout; `change` says whether what devices should run changed.
+    fn change_rollout(
+        &mut self,
+        app: &AppId,
+        number: u32,
+        change: impl FnOnce(&mut Rollout) -> bool,
+    ) -> Touched {
+        match self.rollouts.get_mut(&(app.clone(), number)).map(change) {
+            Some(true) => Touched::App(app.clone()),
+            _ => Touched::Nothing,
+        }
+    }
+
+    fn finish_rollout(&mut self, app_id: &AppId, number: u32, phase: RolloutPhase) -> Touched {
+        let Some(rollout) = self.rollouts.get_mut(&(app_id.clone(), number)) else {
+            return Touched::Nothing;
+        };
+        rollout.phase = phase;
+        let to = rollout.to;
+        let Some(app) = self.apps.get_mut(app_id) else {
+            return Touched::Nothing;
+        };
+        if app.rollout == Some(number) {
+            app.rollout = None;
+        }
+        if phase == RolloutPhase::Completed && !app.deleted() {
+            app.desired = DesiredState::Running { version: to };
+        }
+        Touched::App(app_id.clone())
+    }
+}
