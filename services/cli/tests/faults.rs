@@ -1,8 +1,9 @@
 //! Faults: the services run as separate processes (`wasmbed serve …`, each its own NATS user)
 //! under simulated devices with steady telemetry and a deployment in flight, and the test breaks
 //! them: `kill -9` of a gateway (devices land on the other one), of enrollment, the deployer and
-//! telemetry in turn, and a nats-server restart. Each test prints what it checked: events in the
-//! log against what was acknowledged, reconnect times, telemetry received.
+//! telemetry in turn, of the deployer in the middle of a rollout's wave, and a nats-server
+//! restart. Each test prints what it checked: events in the log against what was acknowledged,
+//! reconnect times, telemetry received.
 //!
 //! `WASMBED_FAULT_DEVICES` sets the fleet size (default 12, the CI variant).
 
@@ -15,11 +16,13 @@ use chrono::Utc;
 use ed25519_dalek::SigningKey;
 use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
+use wasmbed_deployer::upload_module;
 use wasmbed_e2e::cluster::{Cluster, HEARTBEAT_MS, LogAudit, between, device_events};
-use wasmbed_e2e::{T, deployment};
-use wasmbed_schemas::command::RegisterDevice;
+use wasmbed_e2e::{T, deployment, padded};
+use wasmbed_schemas::command::{RegisterDevice, StartRollout};
 use wasmbed_schemas::event::Event;
-use wasmbed_schemas::{AppId, DeviceId};
+use wasmbed_schemas::rollout::{MaxFailures, WaveSize};
+use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 use wasmbed_sim::{SimDevice, random_key};
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
@@ -391,6 +394,123 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
         deployed,
         millis(liveness),
         before.events,
+        audit.events,
+    );
+    for device in devices {
+        device.stop().await;
+    }
+}
+
+/// Waits until the rollout's events satisfy `condition`; returns them.
+async fn wait_rollout(
+    cluster: &Cluster,
+    rollout: &AggregateId,
+    condition: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let deadline = Instant::now() + T * 2;
+    loop {
+        let events: Vec<Event> = cluster
+            .log
+            .read(rollout)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.envelope.event)
+            .collect();
+        if condition(&events) {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "rollout stuck: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn fault_a_deployer_killed_mid_wave_finishes_the_rollout_once() {
+    let mut cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
+    let n = fleet_size();
+    let (ids, keys) = register(&cluster, n).await;
+    let mut devices = cluster.devices(&keys, vec![cluster.gateway("gw-a")]);
+    wait_connected(&mut devices, 1, Instant::now()).await;
+    let app = AppId::new("counter").unwrap();
+    cluster.deploy(&app, wasmbed_example_apps::COUNTER).await;
+    cluster.wait_running(&app, &ids, T).await;
+
+    let v2 = padded(wasmbed_example_apps::COUNTER, 16 * 1024);
+    let sha = upload_module(cluster.log.jetstream(), &v2).await.unwrap();
+    let start = StartRollout {
+        app_id: app.clone(),
+        module_sha256: sha,
+        waves: vec![WaveSize::Count(2), WaveSize::Percent(50), WaveSize::Rest],
+        soak_ms: 1_500,
+        deadline_ms: Some(30_000),
+        max_failures: MaxFailures::Count(0),
+        approve_each: false,
+    };
+    let started = call(&cluster.client, &start, T).await.unwrap();
+    let rollout = AggregateId::Rollout {
+        app: app.clone(),
+        number: started.number,
+    };
+    wait_rollout(&cluster, &rollout, |events| {
+        events
+            .iter()
+            .any(|e| matches!(e, Event::RolloutWaveStarted(s) if s.wave == 1))
+    })
+    .await;
+    let killed_at = Utc::now();
+    cluster.kill("deployer").await;
+    let deployer_back = cluster.start_service("deployer").await;
+    let story = wait_rollout(&cluster, &rollout, |events| {
+        events
+            .last()
+            .is_some_and(|e| matches!(e, Event::RolloutCompleted(_)))
+    })
+    .await;
+    let completed = between(killed_at, Utc::now());
+
+    // Each step of the rollout is in the log once.
+    let count = |f: &dyn Fn(&Event) -> bool| story.iter().filter(|e| f(e)).count();
+    for wave in 0..3 {
+        let started = count(&|e| matches!(e, Event::RolloutWaveStarted(s) if s.wave == wave));
+        let passed = count(&|e| matches!(e, Event::RolloutWavePassed(p) if p.wave == wave));
+        assert_eq!((started, passed), (1, 1), "wave {wave}: {story:#?}");
+    }
+    assert_eq!(count(&|e| matches!(e, Event::RolloutCompleted(_))), 1);
+    let mut judged: BTreeMap<DeviceId, usize> = BTreeMap::new();
+    for e in &story {
+        if let Event::RolloutDevicesJudged(j) = e {
+            assert!(j.failed.is_empty(), "{j:?}");
+            for d in &j.passed {
+                *judged.entry(d.clone()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(judged.len(), n, "{judged:?}");
+    assert!(judged.values().all(|times| *times == 1), "{judged:?}");
+
+    // No device was given the new version twice, and every device runs it.
+    let events = cluster.all_events().await;
+    let audit = LogAudit::of(&events);
+    assert_eq!(audit.duplicate_ids, 0, "{audit:?}");
+    for id in &ids {
+        let of_v2 = |f: &dyn Fn(&Event) -> bool| {
+            events
+                .iter()
+                .filter(|e| e.envelope.aggregate == deployment(&app, id))
+                .filter(|e| f(&e.envelope.event))
+                .count()
+        };
+        let requested = of_v2(&|e| matches!(e, Event::DeploymentRequested(r) if r.version == 2));
+        let running = of_v2(&|e| matches!(e, Event::DeploymentRunning(r) if r.version == 2));
+        assert_eq!((requested, running), (1, 1), "{id}");
+    }
+    assert_eq!(cluster.nats.permission_violations(), Vec::<String>::new());
+    println!(
+        "\nfaults: deployer kill -9 in wave 2 of 3 of a rollout to {n} devices: ready again in {} \
+         ms; the rollout completed {completed} ms after the kill, every step and every device's \
+         verdict recorded once, each device given v2 once. Log: {} events, 0 duplicates.",
+        millis(deployer_back),
         audit.events,
     );
     for device in devices {
