@@ -12,6 +12,9 @@ use crate::command::CommandError;
 use crate::event::{EventEnvelope, Target};
 use crate::frame::Limits;
 use crate::ids::{AppId, DeviceId, GatewayId};
+pub use crate::rollout::view::{
+    AbortReason, NewRollout, RolloutState, RolloutView, WaveState, WaveView,
+};
 
 /// Where a device is, as the log tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -145,6 +148,8 @@ pub struct ApplicationView {
     pub rejected: Option<String>,
     /// Per device.
     pub devices: BTreeMap<DeviceId, DeploymentView>,
+    /// Its newest rollout, in progress or finished.
+    pub rollout: Option<RolloutView>,
 }
 
 /// A gateway.

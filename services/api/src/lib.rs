@@ -26,6 +26,7 @@
 mod auth;
 mod error;
 mod openapi;
+mod rollouts;
 mod routes;
 mod streams;
 

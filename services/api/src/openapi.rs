@@ -10,13 +10,14 @@ use axum::routing::{MethodRouter, delete, get, post};
 use schemars::generate::SchemaGenerator;
 use schemars::{JsonSchema, Schema};
 use serde_json::{Value, json};
-use wasmbed_schemas::command::RegisterDevice;
+use wasmbed_schemas::command::{RegisterDevice, RolloutStarted};
 use wasmbed_schemas::rest::{
-    ApplicationView, Decommission, DeviceView, EmulatorView, ErrorBody, EventPage, GatewayView,
-    LoggedEvent, NewApplication, NewEmulator, Recorded, TelemetryMessage,
+    AbortReason, ApplicationView, Decommission, DeviceView, EmulatorView, ErrorBody, EventPage,
+    GatewayView, LoggedEvent, NewApplication, NewEmulator, NewRollout, Recorded, RolloutView,
+    TelemetryMessage,
 };
 
-use crate::{Api, routes, streams};
+use crate::{Api, rollouts, routes, streams};
 
 /// What a request or response carries.
 pub(crate) enum Body {
@@ -173,6 +174,54 @@ pub(crate) fn routes() -> Vec<Route> {
             Empty,
             Json(schema::<Recorded>),
             post(routes::stop_app),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/applications/{id}/rollouts",
+            "The application's rollouts, newest first: waves, devices per state, each failure",
+            Empty,
+            Json(schema::<Vec<RolloutView>>),
+            get(rollouts::list),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/applications/{id}/rollouts",
+            "Start a staged rollout: `metadata` (JSON: waves, gate) and `module` (WASM) parts",
+            Multipart(Some(schema::<NewRollout>)),
+            Json(schema::<RolloutStarted>),
+            post(rollouts::start),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/applications/{id}/rollout/approve",
+            "Start the wave of the rollout in progress that waits for approval",
+            Empty,
+            Json(schema::<Recorded>),
+            post(rollouts::approve),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/applications/{id}/rollout/pause",
+            "Start no further wave of the rollout in progress until resumed",
+            Empty,
+            Json(schema::<Recorded>),
+            post(rollouts::pause),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/applications/{id}/rollout/resume",
+            "Let a paused rollout go on",
+            Empty,
+            Json(schema::<Recorded>),
+            post(rollouts::resume),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/applications/{id}/rollout/abort",
+            "Abort the rollout in progress: every device that got the new version goes back",
+            OptionalJson(schema::<AbortReason>),
+            Json(schema::<Recorded>),
+            post(rollouts::abort),
         ),
         route(
             Method::GET,

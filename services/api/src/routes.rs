@@ -32,11 +32,11 @@ type S = State<Arc<Api>>;
 /// How long a command may take before the api answers 503.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn send<C: Command>(api: &Api, command: &C) -> Result<C::Reply, ApiError> {
+pub(crate) async fn send<C: Command>(api: &Api, command: &C) -> Result<C::Reply, ApiError> {
     Ok(call(&api.client, command, COMMAND_TIMEOUT).await?)
 }
 
-fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     json.map(|Json(v)| v)
         .map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))
 }
@@ -45,7 +45,7 @@ fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
     DeviceId::new(raw).map_err(|e| ApiError::BadRequest(format!("device id {raw:?}: {e}")))
 }
 
-fn app_id(raw: &str) -> Result<AppId, ApiError> {
+pub(crate) fn app_id(raw: &str) -> Result<AppId, ApiError> {
     AppId::new(raw).map_err(|e| ApiError::BadRequest(format!("application id {raw:?}: {e}")))
 }
 
@@ -127,12 +127,12 @@ pub(crate) async fn show_app(
 }
 
 /// The parts of a multipart upload: `metadata` (JSON) and `module` (bytes).
-struct Upload {
-    metadata: Option<Vec<u8>>,
-    module: Option<Vec<u8>>,
+pub(crate) struct Upload {
+    pub(crate) metadata: Option<Vec<u8>>,
+    pub(crate) module: Option<Vec<u8>>,
 }
 
-async fn read_upload(mut multipart: Multipart) -> Result<Upload, ApiError> {
+pub(crate) async fn read_upload(mut multipart: Multipart) -> Result<Upload, ApiError> {
     let mut upload = Upload {
         metadata: None,
         module: None,
@@ -164,7 +164,7 @@ async fn read_upload(mut multipart: Multipart) -> Result<Upload, ApiError> {
     Ok(upload)
 }
 
-async fn store_module(
+pub(crate) async fn store_module(
     api: &Api,
     module: Option<Vec<u8>>,
 ) -> Result<wasmbed_schemas::Sha256, ApiError> {
@@ -235,7 +235,7 @@ pub(crate) async fn update_app(
 }
 
 /// Sends a command whose result is an event, and answers once the view holds that event.
-async fn forward<C: Command<Reply = wasmbed_schemas::command::Accepted>>(
+pub(crate) async fn forward<C: Command<Reply = wasmbed_schemas::command::Accepted>>(
     api: &Api,
     command: C,
 ) -> Result<Json<Recorded>, ApiError> {

@@ -811,3 +811,138 @@ async fn the_openapi_document_describes_exactly_the_routes_served() {
         assert!(schemas.contains_key(name), "missing schema {name}");
     }
 }
+
+#[tokio::test]
+async fn a_rollout_is_started_watched_approved_and_aborted_over_rest() {
+    let system = System::start().await;
+    let api = start_api(&system, vec![token("admin", ADMIN, Access::ReadWrite)]).await;
+    let (_, one) = system.device("dev-1", &[]).await;
+    let (_, two) = system.device("dev-2", &[]).await;
+    let metadata =
+        serde_json::to_vec(&json!({"app_id": "climate", "target": {"kind": "all"}})).unwrap();
+    let (status, body) = post_multipart(
+        api,
+        "/api/v1/applications",
+        &[
+            ("metadata", &metadata),
+            ("module", wasmbed_example_apps::SENSOR),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    send_json(
+        api,
+        "POST",
+        "/api/v1/applications/climate/deploy",
+        &json!({}),
+    )
+    .await;
+
+    // Bad waves and an unknown field are refused before anything is uploaded or recorded.
+    for (meta, needle) in [
+        (json!({"waves": "150%"}), "150%"),
+        (json!({"waves": "1"}), "cover 1 of the target's 2"),
+        (
+            json!({"waves": "rest", "max_failures": "lots"}),
+            "max_failures",
+        ),
+        (json!({"waves": "rest", "colour": 1}), "colour"),
+    ] {
+        let meta = serde_json::to_vec(&meta).unwrap();
+        let (status, body) = post_multipart(
+            api,
+            "/api/v1/applications/climate/rollouts",
+            &[
+                ("metadata", &meta),
+                ("module", wasmbed_example_apps::COUNTER),
+            ],
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    let (status, body) = get(api, "/api/v1/applications/climate/rollouts").await;
+    assert_eq!((status, body), (200, json!([])));
+    let (status, _) = send_json(
+        api,
+        "POST",
+        "/api/v1/applications/climate/rollout/approve",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let meta =
+        serde_json::to_vec(&json!({"waves": "1,rest", "soak_ms": 300, "approve_each": true}))
+            .unwrap();
+    let (status, started) = post_multipart(
+        api,
+        "/api/v1/applications/climate/rollouts",
+        &[
+            ("metadata", &meta),
+            ("module", wasmbed_example_apps::COUNTER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["wave_devices"], json!([1, 1]));
+    let waiting = wait_json(api, "/api/v1/applications/climate", |a| {
+        a["rollout"]["state"] == "awaiting_approval"
+    })
+    .await;
+    assert_eq!(waiting["rollout"]["waves"][0]["state"], "passed");
+    assert_eq!(waiting["rollout"]["waves"][0]["passed"], 1);
+    let (status, body) = send_json(
+        api,
+        "POST",
+        "/api/v1/applications/climate/rollout/approve",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_json(api, "/api/v1/applications/climate/rollouts", |r| {
+        r[0]["state"] == "completed"
+    })
+    .await;
+    let app = wait_json(api, "/api/v1/applications/climate", |a| {
+        a["devices"]["dev-1"]["version"] == 2 && a["devices"]["dev-2"]["version"] == 2
+    })
+    .await;
+    assert_eq!(app["desired"], json!({"state": "running", "version": 2}));
+
+    // A long soak, aborted with a reason: the rollback is in the view.
+    let meta = serde_json::to_vec(&json!({"waves": "1,rest", "soak_ms": 60000})).unwrap();
+    let (status, _) = post_multipart(
+        api,
+        "/api/v1/applications/climate/rollouts",
+        &[
+            ("metadata", &meta),
+            ("module", wasmbed_example_apps::SENSOR),
+        ],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = send_json(
+        api,
+        "POST",
+        "/api/v1/applications/climate/rollout/abort",
+        &json!({"reason": "wrong build"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let rollouts = wait_json(api, "/api/v1/applications/climate/rollouts", |r| {
+        r[0]["state"] == "rolled_back"
+    })
+    .await;
+    assert_eq!(rollouts[0]["number"], 2);
+    assert!(
+        rollouts[0]["halted"]
+            .as_str()
+            .unwrap()
+            .contains("wrong build"),
+        "{rollouts}"
+    );
+    one.stop().await;
+    two.stop().await;
+}

@@ -11,10 +11,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wasmbed_bus::call;
 use wasmbed_eventlog::modules::upload_module;
 use wasmbed_eventlog::{EventLog, LogOptions};
-use wasmbed_fleet::{Fleet, Rollout, RolloutPhase, Verdict};
+use wasmbed_fleet::Fleet;
 use wasmbed_schemas::command::{
     AbortRollout, ApproveRollout, PauseRollout, ResumeRollout, StartRollout,
 };
+use wasmbed_schemas::rest::{RolloutState, RolloutView, WaveState};
 use wasmbed_schemas::rollout::{MaxFailures, WaveSize, parse_waves};
 use wasmbed_schemas::{AggregateKind, AppId, subject};
 
@@ -164,6 +165,7 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
             let Some((number, rollout)) = view.rollouts_of(&app_id).next() else {
                 bail!("{app_id} has no rollout");
             };
+            let rollout = rollout.view(&app_id, number);
             if follow {
                 let log = EventLog::open(client.clone(), &LogOptions::default())
                     .await
@@ -171,7 +173,7 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
                 let day = Duration::from_secs(24 * 3600);
                 return watch(&client, &log, &app_id, number, day).await;
             }
-            print!("{}", status_text(&app_id, number, rollout));
+            print!("{}", status_text(&rollout));
             Ok(())
         }
         RolloutCommand::Approve { bus, app_id } => {
@@ -230,19 +232,21 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
         RolloutCommand::List { bus } => {
             let view = fleet(&bus.connect().await?).await?;
             println!(
-                "{:<24} {:>3} {:<9} {:<14} WAVES",
+                "{:<24} {:>3} {:<9} {:<17} WAVES",
                 "APP", "NO", "VERSIONS", "PHASE"
             );
             for app in view.apps.keys() {
                 for (number, r) in view.rollouts_of(app) {
-                    let versions = format!("{}→v{}", version_text(r.from), r.to);
+                    let r = r.view(app, number);
+                    let versions = format!("{}→v{}", version_text(r.from_version), r.to_version);
+                    let passed = r.waves.iter().filter(|w| w.state == WaveState::Passed);
                     println!(
-                        "{:<24} {:>3} {:<9} {:<14} {}/{}",
+                        "{:<24} {:>3} {:<9} {:<17} {}/{}",
                         app.as_str(),
                         number,
                         versions,
-                        phase_text(r),
-                        r.passed,
+                        r.state.as_str(),
+                        passed.count(),
                         r.waves.len()
                     );
                 }
@@ -256,82 +260,56 @@ fn version_text(v: Option<u32>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("v{v}"))
 }
 
-/// A rollout's phase in a word or two.
-pub fn phase_text(r: &Rollout) -> String {
-    match r.phase {
-        RolloutPhase::Waves if r.halted.is_some() => "halting".into(),
-        RolloutPhase::Waves if r.paused => "paused".into(),
-        RolloutPhase::Waves => match r.current_wave() {
-            Some(w) => format!("wave {}", w + 1),
-            None => match r.waves.get(r.started.len()) {
-                Some(w) if w.needs_approval && !r.approved.contains(&(r.started.len() as u32)) => {
-                    "awaiting approval".into()
-                }
-                _ => "starting wave".into(),
-            },
-        },
-        RolloutPhase::RollingBack => "rolling back".into(),
-        RolloutPhase::RolledBack => "rolled back".into(),
-        RolloutPhase::Completed => "completed".into(),
+/// The state in words, with the wave when one is being judged or waited for.
+fn state_text(r: &RolloutView) -> String {
+    match r.state {
+        RolloutState::Judging | RolloutState::AwaitingApproval | RolloutState::Starting => {
+            format!(
+                "{} (wave {} of {})",
+                r.state.as_str(),
+                r.wave + 1,
+                r.waves.len()
+            )
+        }
+        other => other.as_str().to_owned(),
     }
 }
 
-/// Passed and failed devices of one wave.
-fn wave_counts(r: &Rollout, wave: usize) -> (usize, usize) {
-    let Some(planned) = r.waves.get(wave) else {
-        return (0, 0);
-    };
-    planned
-        .devices
-        .iter()
-        .fold((0, 0), |(p, f), d| match r.verdicts.get(d) {
-            Some(Verdict::Passed) => (p + 1, f),
-            Some(Verdict::Failed(_)) => (p, f + 1),
-            None => (p, f),
-        })
-}
-
-/// The state of one wave in words.
-fn wave_state(r: &Rollout, wave: usize) -> &'static str {
-    if wave < r.passed as usize {
-        "passed"
-    } else if wave < r.started.len() {
-        match r.phase {
-            RolloutPhase::Waves if r.halted.is_none() => "judging",
-            _ => "halted",
-        }
-    } else {
-        "not started"
+fn wave_text(state: WaveState) -> &'static str {
+    match state {
+        WaveState::Pending => "not started",
+        WaveState::Judging => "judging",
+        WaveState::Passed => "passed",
+        WaveState::Halted => "halted",
     }
 }
 
 /// `wasmbed rollout status`: the rollout, each wave, each failure.
-pub fn status_text(app: &AppId, number: u32, r: &Rollout) -> String {
+pub fn status_text(r: &RolloutView) -> String {
     let mut out = format!(
-        "rollout {number} of {app}: {} → v{}, {}\n",
-        version_text(r.from),
-        r.to,
-        phase_text(r)
+        "rollout {} of {}: {} → v{}, {}\n",
+        r.number,
+        r.app_id,
+        version_text(r.from_version),
+        r.to_version,
+        state_text(r)
     );
     if let Some(why) = &r.halted {
         out.push_str(&format!("  halted: {why}\n"));
     }
     for (i, w) in r.waves.iter().enumerate() {
-        let (passed, failed) = wave_counts(r, i);
         out.push_str(&format!(
             "  wave {:<2} {:<12} {:>4} devices  {:>4} passed  {:>4} failed  {}\n",
             i + 1,
-            w.size.to_string(),
+            w.size,
             w.devices.len(),
-            passed,
-            failed,
-            wave_state(r, i)
+            w.passed,
+            w.failed,
+            wave_text(w.state)
         ));
     }
-    for (device, verdict) in &r.verdicts {
-        if let Verdict::Failed(why) = verdict {
-            out.push_str(&format!("  {device}: {why}\n"));
-        }
+    for failure in &r.failures {
+        out.push_str(&format!("  {}: {}\n", failure.device_id, failure.reason));
     }
     out
 }
@@ -358,32 +336,32 @@ async fn watch(
     let bars = Bars::new(&view, app, number)?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let Some(r) = view.rollout(app, number) else {
+        let Some(r) = view.rollout(app, number).map(|r| r.view(app, number)) else {
             bail!("rollout {number} of {app} is not in the log");
         };
-        bars.draw(r);
-        match r.phase {
-            RolloutPhase::Completed => {
+        bars.draw(&r);
+        match r.state {
+            RolloutState::Completed => {
                 bars.finish();
                 println!(
                     "rollout {number} of {app} completed: every device runs v{}",
-                    r.to
+                    r.to_version
                 );
                 return Ok(());
             }
-            RolloutPhase::RolledBack => {
+            RolloutState::RolledBack => {
                 bars.finish();
-                print!("{}", status_text(app, number, r));
+                print!("{}", status_text(&r));
                 bail!(
                     "rollout {number} of {app} rolled back: {}",
                     r.halted.as_deref().unwrap_or("no reason recorded")
                 );
             }
-            _ if phase_text(r) == "awaiting approval" => {
+            RolloutState::AwaitingApproval => {
                 bars.finish();
                 println!(
                     "rollout {number} of {app} waits before wave {}: wasmbed rollout approve {app}",
-                    r.started.len() + 1
+                    r.wave + 1
                 );
                 return Ok(());
             }
@@ -394,7 +372,7 @@ async fn watch(
             bars.finish();
             bail!(
                 "rollout {number} of {app} still {} after {wait:?}; it goes on",
-                phase_text(r)
+                state_text(&r)
             );
         };
         let (stored, _) = next?;
@@ -443,17 +421,17 @@ impl Bars {
         })
     }
 
-    fn draw(&self, r: &Rollout) {
-        for (i, bar) in self.waves.iter().enumerate() {
-            let (passed, failed) = wave_counts(r, i);
-            bar.set_position((passed + failed) as u64);
-            bar.set_message(format!("{} ({failed} failed)", wave_state(r, i)));
+    fn draw(&self, r: &RolloutView) {
+        for (bar, w) in self.waves.iter().zip(&r.waves) {
+            bar.set_position(u64::from(w.passed + w.failed));
+            bar.set_message(format!("{} ({} failed)", wave_text(w.state), w.failed));
         }
         if self.plain {
+            let passed = r.waves.iter().filter(|w| w.state == WaveState::Passed);
             let line = format!(
                 "{}; waves passed {}/{}",
-                phase_text(r),
-                r.passed,
+                state_text(r),
+                passed.count(),
                 r.waves.len()
             );
             if *self.last.borrow() != line {

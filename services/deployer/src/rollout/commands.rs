@@ -16,6 +16,7 @@ use wasmbed_schemas::event::{
     Event, ModuleUploaded, PlannedWave, RolloutAborted, RolloutApproved, RolloutCreated,
     RolloutGate, RolloutPaused, RolloutResumed,
 };
+use wasmbed_schemas::rest::RolloutState;
 use wasmbed_schemas::rollout::{DEFAULT_DEADLINE_AFTER_SOAK_MS, MaxFailures, WaveSize};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 
@@ -30,20 +31,17 @@ const MAX_GATE_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// What a rollout is doing, for error messages.
 fn doing(rollout: &Rollout) -> String {
-    match rollout.phase {
-        RolloutPhase::Waves if rollout.halted.is_some() => "is being halted".into(),
-        RolloutPhase::Waves => match rollout.current_wave() {
-            Some(w) => format!("is in wave {} of {}", w + 1, rollout.waves.len()),
-            None if rollout.paused => "is paused".into(),
-            None => format!(
-                "waits before wave {} of {}",
-                rollout.started.len() + 1,
-                rollout.waves.len()
-            ),
-        },
-        RolloutPhase::RollingBack => "is rolling back".into(),
-        RolloutPhase::RolledBack => "rolled back".into(),
-        RolloutPhase::Completed => "completed".into(),
+    let waves = rollout.waves.len();
+    match rollout.state() {
+        RolloutState::Judging => format!(
+            "is in wave {} of {waves}",
+            rollout.current_wave().unwrap_or_default() + 1
+        ),
+        RolloutState::AwaitingApproval => format!(
+            "waits for approval before wave {} of {waves}",
+            rollout.started.len() + 1
+        ),
+        other => format!("is {}", other.as_str()),
     }
 }
 
@@ -285,12 +283,7 @@ pub(crate) async fn approve_rollout(
     let app_id = c.app_id.clone();
     steer(&state, &c.app_id, move |number, r| {
         let next = r.started.len();
-        let waiting = r.phase == RolloutPhase::Waves
-            && r.halted.is_none()
-            && r.current_wave().is_none()
-            && r.waves.get(next).is_some_and(|w| w.needs_approval)
-            && !r.approved.contains(&(next as u32));
-        if !waiting {
+        if !r.awaiting_approval() {
             return Steer::Refuse(format!("is not waiting for approval: it {}", doing(r)));
         }
         Steer::Record(

@@ -81,6 +81,7 @@ impl Fleet {
                     )
                 })
                 .collect(),
+            rollout: self.rollouts_of(id).next().map(|(n, r)| r.view(id, n)),
         })
     }
 

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use wasmbed_schemas::event::{Event, PlannedWave, RolloutGate};
-use wasmbed_schemas::rest::DesiredState;
+use wasmbed_schemas::event::{DeviceFailure, Event, PlannedWave, RolloutGate};
+use wasmbed_schemas::rest::{DesiredState, RolloutState, RolloutView, WaveState, WaveView};
 use wasmbed_schemas::{AppId, DeviceId};
 
 use crate::fold::Touched;
@@ -102,6 +102,101 @@ impl Rollout {
     pub fn current_wave(&self) -> Option<u32> {
         let started = self.started.len() as u32;
         (started > self.passed).then(|| started - 1)
+    }
+
+    /// The next wave waits for approval.
+    pub fn awaiting_approval(&self) -> bool {
+        let next = self.started.len();
+        self.phase == RolloutPhase::Waves
+            && self.halted.is_none()
+            && self.current_wave().is_none()
+            && self.waves.get(next).is_some_and(|w| w.needs_approval)
+            && !self.approved.contains(&(next as u32))
+    }
+
+    /// Where it is, as it is shown.
+    pub fn state(&self) -> RolloutState {
+        match self.phase {
+            RolloutPhase::Waves if self.halted.is_some() => RolloutState::Halting,
+            RolloutPhase::Waves if self.current_wave().is_some() => RolloutState::Judging,
+            RolloutPhase::Waves if self.paused => RolloutState::Paused,
+            RolloutPhase::Waves if self.awaiting_approval() => RolloutState::AwaitingApproval,
+            RolloutPhase::Waves => RolloutState::Starting,
+            RolloutPhase::RollingBack => RolloutState::RollingBack,
+            RolloutPhase::RolledBack => RolloutState::RolledBack,
+            RolloutPhase::Completed => RolloutState::Completed,
+        }
+    }
+
+    /// Devices of one wave that passed and that failed.
+    pub fn wave_counts(&self, wave: usize) -> (u32, u32) {
+        let Some(planned) = self.waves.get(wave) else {
+            return (0, 0);
+        };
+        planned
+            .devices
+            .iter()
+            .fold((0, 0), |(p, f), d| match self.verdicts.get(d) {
+                Some(Verdict::Passed) => (p + 1, f),
+                Some(Verdict::Failed(_)) => (p, f + 1),
+                None => (p, f),
+            })
+    }
+
+    /// As the api shows it.
+    pub fn view(&self, app: &AppId, number: u32) -> RolloutView {
+        let waves = self
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let (passed, failed) = self.wave_counts(i);
+                let state = if i < self.passed as usize {
+                    WaveState::Passed
+                } else if i >= self.started.len() {
+                    WaveState::Pending
+                } else if self.phase == RolloutPhase::Waves && self.halted.is_none() {
+                    WaveState::Judging
+                } else {
+                    WaveState::Halted
+                };
+                WaveView {
+                    size: w.size.to_string(),
+                    devices: w.devices.clone(),
+                    needs_approval: w.needs_approval,
+                    state,
+                    started: self.started.get(i).copied(),
+                    passed,
+                    failed,
+                }
+            })
+            .collect();
+        RolloutView {
+            app_id: app.clone(),
+            number,
+            state: self.state(),
+            wave: self
+                .current_wave()
+                .unwrap_or(self.started.len() as u32)
+                .min(self.waves.len().saturating_sub(1) as u32),
+            from_version: self.from,
+            to_version: self.to,
+            gate: self.gate,
+            waves,
+            failures: self
+                .verdicts
+                .iter()
+                .filter_map(|(d, v)| match v {
+                    Verdict::Failed(reason) => Some(DeviceFailure {
+                        device_id: d.clone(),
+                        reason: reason.clone(),
+                    }),
+                    Verdict::Passed => None,
+                })
+                .collect(),
+            halted: self.halted.clone(),
+            created: self.created,
+        }
     }
 }
 
