@@ -354,7 +354,7 @@ pub(crate) struct EventQuery {
 fn kind_of(raw: &str) -> Result<AggregateKind, ApiError> {
     serde_json::from_value(serde_json::Value::String(raw.to_owned())).map_err(|_| {
         ApiError::BadRequest(format!(
-            "kind {raw:?}: one of device, application, deployment, gateway, emulator"
+            "kind {raw:?}: one of device, application, deployment, gateway, emulator, rollout"
         ))
     })
 }
@@ -375,7 +375,7 @@ pub(crate) async fn events(
             let kind = kind_of(kind)?;
             let valid = id.split('.').all(|t| DeviceId::new(t).is_ok())
                 && id.split('.').count()
-                    == if kind == AggregateKind::Deployment {
+                    == if matches!(kind, AggregateKind::Deployment | AggregateKind::Rollout) {
                         2
                     } else {
                         1

@@ -298,6 +298,46 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
         "{timeline}"
     );
 
+    // A rollout started through the api shows its wave being judged; its abort button rolls it
+    // back.
+    let rollout_meta = serde_json::to_vec(&json!({"waves": "rest", "soak_ms": 60000})).unwrap();
+    let body = multipart(
+        "b0undary",
+        &[
+            ("metadata", &rollout_meta),
+            ("module", wasmbed_example_apps::COUNTER),
+        ],
+    );
+    let (status, answer) = http_request(
+        api,
+        "POST",
+        "/api/v1/applications/sensor/rollouts",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "multipart/form-data; boundary=b0undary"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    page.wait_for(
+        r#"document.querySelector('#rollouts tr[data-rollout="sensor"]')?.dataset.state ?? 'absent'"#,
+        "judging",
+    )
+    .await;
+    page.eval(r#"document.querySelector('#rollouts tr[data-rollout="sensor"] button[data-action="abort"]').click() ?? 'clicked'"#)
+        .await;
+    page.wait_for(
+        r#"document.querySelector('#rollouts tr[data-rollout="sensor"]')?.dataset.state ?? 'absent'"#,
+        "rolled_back",
+    )
+    .await;
+    page.wait_for(
+        r#"document.querySelector('#rollouts tr[data-rollout="sensor"] [data-wave="0"]')?.dataset.state ?? 'absent'"#,
+        "halted",
+    )
+    .await;
+
     // An emulator started from the dashboard's form runs, and its stop button stops it.
     page.eval(
         r#"(() => { const f = document.getElementById('emulator-start');

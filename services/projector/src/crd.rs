@@ -73,7 +73,9 @@ pub struct DeviceStatus {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".spec.version"}"#,
     printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.running"}"#,
-    printcolumn = r#"{"name":"Target","type":"integer","jsonPath":".status.targets"}"#
+    printcolumn = r#"{"name":"Target","type":"integer","jsonPath":".status.targets"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.phase"}"#,
+    printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.rollout.wave"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationSpec {
@@ -108,6 +110,28 @@ pub struct ApplicationStatus {
     pub devices: BTreeMap<String, String>,
     /// Why the module was rejected, if it was.
     pub rejected: Option<String>,
+    /// Its newest rollout, in progress or finished.
+    #[serde(default)]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where an application's newest rollout is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Its number within the application.
+    pub number: u32,
+    /// starting, judging, awaiting_approval, paused, halting, rolling_back, rolled_back,
+    /// completed.
+    pub phase: String,
+    /// The wave being judged or next, of how many: `2/3`.
+    pub wave: String,
+    /// The version rolled out.
+    pub to_version: u32,
+    /// Devices that failed their gate.
+    pub failed: u32,
+    /// Why it was halted, if it was.
+    pub halted: Option<String>,
 }
 
 /// A gateway instance.

@@ -13,7 +13,7 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
 
 use crate::crd::{
     Application, ApplicationSpec, ApplicationStatus, Device, DeviceSpec, DeviceStatus, Gateway,
-    GatewaySpec, GatewayStatus,
+    GatewaySpec, GatewayStatus, RolloutStatus,
 };
 
 /// A resource the projection keeps.
@@ -174,6 +174,14 @@ impl Projection {
                             .map(|(d, dep)| (d.to_string(), snake(&dep.phase)))
                             .collect(),
                         rejected: a.rejected.clone(),
+                        rollout: a.rollout.as_ref().map(|r| RolloutStatus {
+                            number: r.number,
+                            phase: snake(&r.state),
+                            wave: format!("{}/{}", r.wave + 1, r.waves.len()),
+                            to_version: r.to_version,
+                            failed: u32::try_from(r.failures.len()).unwrap_or(u32::MAX),
+                            halted: r.halted.clone(),
+                        }),
                     });
                     Change::Application(Box::new(app))
                 }
@@ -236,6 +244,9 @@ pub fn touched(event: &Event) -> BTreeSet<Key> {
         }
         AggregateId::Gateway(id) => {
             keys.insert(Key::Gateway(id));
+        }
+        AggregateId::Rollout { app, .. } => {
+            keys.insert(Key::Application(app));
         }
         _ => {}
     }

@@ -64,7 +64,7 @@ fn the_crds_are_one_group_with_status_and_useful_columns() {
     );
     assert_eq!(
         columns("Application"),
-        ["Phase", "Version", "Running", "Target"]
+        ["Phase", "Version", "Running", "Target", "Rollout", "Wave"]
     );
     assert_eq!(columns("Gateway"), ["Endpoint", "Phase", "Devices"]);
     // camelCase fields.

@@ -15,8 +15,9 @@ use tokio::sync::oneshot;
 use wasmbed_e2e::{System, T, test_limits};
 use wasmbed_projector::ProjectorConfig;
 use wasmbed_schemas::AppId;
-use wasmbed_schemas::command::DecommissionDevice;
+use wasmbed_schemas::command::{AbortRollout, DecommissionDevice, StartRollout};
 use wasmbed_schemas::event::Target;
+use wasmbed_schemas::rollout::{MaxFailures, WaveSize};
 
 const BASE: &str = "/apis/wasmbed.io/v1alpha1/namespaces/wasmbed/";
 
@@ -362,6 +363,61 @@ async fn conflicts_and_throttling_are_retried_and_a_restart_resumes_without_gaps
             "{key} changed across the restart"
         );
     }
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applications_rollout_phase_and_wave_are_in_its_status() {
+    let (system, _sim) = fleet().await;
+    let (server, kube) = api_server().await;
+    let (stop, task) = projector(&system, kube, "projector-rollout");
+    wait_until(&server, "the fleet projected", projected).await;
+
+    let app = AppId::new("sensor").unwrap();
+    let sha = wasmbed_eventlog::modules::upload_module(
+        system.log.jetstream(),
+        wasmbed_example_apps::COUNTER,
+    )
+    .await
+    .unwrap();
+    let start = StartRollout {
+        app_id: app.clone(),
+        module_sha256: sha,
+        waves: vec![WaveSize::Rest],
+        soak_ms: 60_000,
+        deadline_ms: None,
+        max_failures: MaxFailures::Count(0),
+        approve_each: false,
+    };
+    wasmbed_bus::call(&system.client, &start, T).await.unwrap();
+    let judging = wait_until(&server, "the rollout judged", |s| {
+        s.get("applications/sensor")
+            .is_some_and(|a| a["status"]["rollout"]["phase"] == "judging")
+    })
+    .await;
+    let rollout = &judging["applications/sensor"]["status"]["rollout"];
+    assert_eq!(
+        (&rollout["number"], &rollout["wave"], &rollout["toVersion"]),
+        (&json!(1), &json!("1/1"), &json!(2))
+    );
+    let abort = AbortRollout {
+        app_id: app,
+        reason: Some("projector test".into()),
+    };
+    wasmbed_bus::call(&system.client, &abort, T).await.unwrap();
+    let rolled_back = wait_until(&server, "the rollback projected", |s| {
+        s.get("applications/sensor")
+            .is_some_and(|a| a["status"]["rollout"]["phase"] == "rolled_back")
+    })
+    .await;
+    let halted = rolled_back["applications/sensor"]["status"]["rollout"]["halted"].clone();
+    assert!(
+        halted
+            .as_str()
+            .is_some_and(|h| h.contains("projector test")),
+        "{halted}"
+    );
     let _ = stop.send(());
     task.await.unwrap();
 }
