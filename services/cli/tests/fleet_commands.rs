@@ -136,3 +136,85 @@ async fn devices_and_apps_from_the_command_line() {
     sim_a.stop().await;
     sim_b.stop().await;
 }
+
+#[tokio::test]
+async fn rollouts_from_the_command_line_say_how_they_ended_in_the_exit_status() {
+    let system = System::start().await;
+    let (_, sim_a) = system.device("dev-a", &[]).await;
+    let (_, sim_b) = system.device("dev-b", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let counter = write("counter.wasm", wasmbed_example_apps::COUNTER);
+    let sensor = write("sensor.wasm", wasmbed_example_apps::SENSOR);
+    let spin = write("spin.wasm", wasmbed_example_apps::SPIN);
+    let out = wasmbed(&system, &["app", "deploy", &counter, "--to", "all"]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // Nothing in progress: approving is refused with the reason.
+    let out = wasmbed(&system, &["rollout", "approve", "counter"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("no rollout in progress"),
+        "{:?}",
+        text(&out)
+    );
+
+    // A healthy version completes: exit 0.
+    let args = ["--waves", "1,rest", "--soak", "300ms"];
+    let out = wasmbed(
+        &system,
+        &[&["rollout", "start", "counter", &sensor][..], &args[..]].concat(),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("rollout 1 of counter: v1 → v2"), "{stdout}");
+    assert!(
+        stdout.contains("completed: every device runs v2"),
+        "{stdout}"
+    );
+
+    // A version that exhausts its fuel fails the first wave and rolls back: exit 1, the reason.
+    let out = wasmbed(
+        &system,
+        &[&["rollout", "start", "counter", &spin][..], &args[..]].concat(),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("rollout 2 of counter rolled back: wave 1 failed"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("fuel exhausted"), "{stdout}");
+
+    let out = wasmbed(&system, &["rollout", "status", "counter"]).await;
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    assert!(
+        stdout.starts_with("rollout 2 of counter: v2 → v3, rolled back"),
+        "{stdout}"
+    );
+    let out = wasmbed(&system, &["rollout", "list"]).await;
+    let (stdout, _) = text(&out);
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(
+        rows[0].contains("rolled back") && rows[1].contains("completed"),
+        "{stdout}"
+    );
+    // Bad waves never reach the bus.
+    let out = wasmbed(
+        &system,
+        &["rollout", "start", "counter", &sensor, "--waves", "150%"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("150%"), "{:?}", text(&out));
+    sim_a.stop().await;
+    sim_b.stop().await;
+}

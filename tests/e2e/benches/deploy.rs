@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use wasmbed_e2e::System;
-use wasmbed_e2e::rollout::rollout;
+use wasmbed_e2e::timed::deploy_to_new_fleet;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -36,15 +36,15 @@ fn main() {
     runtime.block_on(async {
         // The production settings, not the tests' quick retries.
         let system = System::start_with(wasmbed_deployer::DeployerConfig::default()).await;
-        let r = rollout(&system, devices, 64 * 1024, timeout).await;
+        let module_len = 64 * 1024;
+        let (fleet, r) = deploy_to_new_fleet(&system, devices, module_len, timeout).await;
         println!(
-            "rollout of a {} KiB module to {} simulated devices",
-            r.module_len / 1024,
-            r.devices
+            "deployment of a {} KiB module to {devices} simulated devices",
+            module_len / 1024
         );
         println!(
             "  setup: registered in {:.2?}, connected in {:.2?}",
-            r.registered, r.connected
+            fleet.registered, fleet.connected
         );
         println!(
             "  all running after {:.2?}  (first {:.2?}, p50 {:.2?}, p99 {:.2?})",
@@ -53,14 +53,15 @@ fn main() {
             r.quantile(0.50),
             r.quantile(0.99)
         );
-        let megabytes = (r.devices * r.module_len) as f64 / 1e6;
+        let megabytes = (devices * module_len) as f64 / 1e6;
         let secs = r.all_running.as_secs_f64();
         println!(
             "  {:.0} devices/s, {megabytes:.1} MB of module bytes delivered, {:.1} MB/s",
-            r.devices as f64 / secs,
+            devices as f64 / secs,
             megabytes / secs
         );
-        let target = if r.devices <= 1000 {
+        fleet.stop().await;
+        let target = if devices <= 1000 {
             "< 2 s for 1,000"
         } else {
             "< 15 s for 10,000"

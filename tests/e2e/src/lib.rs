@@ -32,7 +32,7 @@ pub mod cluster;
 pub mod docker;
 pub mod emulated;
 pub mod gateway;
-pub mod rollout;
+pub mod timed;
 
 /// How long any single wait in these tests may take.
 pub const T: Duration = Duration::from_secs(20);

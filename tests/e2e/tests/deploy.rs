@@ -586,13 +586,12 @@ fn padding_reaches_the_size_asked_for_and_stays_valid() {
 #[tokio::test]
 async fn quick_rollout_to_fifty_devices() {
     let system = System::start().await;
-    let r = wasmbed_e2e::rollout::rollout(&system, 50, 64 * 1024, T).await;
+    let (fleet, r) = wasmbed_e2e::timed::deploy_to_new_fleet(&system, 50, 64 * 1024, T).await;
     assert_eq!(r.latencies.len(), 50);
     println!(
-        "rollout of {} KiB to {} devices: all running after {:.2?} (p50 {:.2?})",
-        r.module_len / 1024,
-        r.devices,
+        "deployment of 64 KiB to 50 devices: all running after {:.2?} (p50 {:.2?})",
         r.all_running,
         r.quantile(0.5)
     );
+    fleet.stop().await;
 }
