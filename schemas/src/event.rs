@@ -420,6 +420,12 @@ pub struct ModuleUploaded {
     pub sha256: Sha256,
     /// Its size.
     pub size_bytes: u64,
+    /// Limits of this version; absent: the application's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Configuration bytes of this version; absent: the application's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Blob>,
 }
 
 /// A module was refused by validation.

@@ -110,6 +110,10 @@ pub struct ModuleVersionView {
     pub sha256: Sha256,
     /// Its size.
     pub size_bytes: u64,
+    /// Its own limits, when not the application's.
+    pub limits: Option<Limits>,
+    /// Its own configuration bytes, when not the application's.
+    pub config: Option<Blob>,
 }
 
 /// What an application should be doing.

@@ -91,6 +91,8 @@ fn every_event() -> Vec<Event> {
             version: 1,
             sha256: Sha256([3; 32]),
             size_bytes: 65536,
+            limits: None,
+            config: None,
         }
         .into(),
         DeploymentRequested {

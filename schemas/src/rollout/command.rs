@@ -5,7 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::spec::{MaxFailures, WaveSize};
-use crate::bytes::Sha256;
+use crate::bytes::{Blob, Sha256};
+use crate::frame::Limits;
 use crate::ids::AppId;
 
 /// Soak time when none is given: how long a device must run the new version, online, to pass.
@@ -35,6 +36,12 @@ pub struct StartRollout {
     /// Every wave after the first waits for `approve_rollout`.
     #[serde(default)]
     pub approve_each: bool,
+    /// Limits of the new version (absent: the application's).
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    /// Configuration bytes of the new version (absent: the application's).
+    #[serde(default)]
+    pub config: Option<Blob>,
 }
 
 fn default_soak_ms() -> u64 {

@@ -5,6 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::event::{DeviceFailure, RolloutGate};
+use crate::bytes::Blob;
+use crate::frame::Limits;
 use crate::ids::{AppId, DeviceId};
 
 /// Where a rollout is.
@@ -129,6 +131,12 @@ pub struct NewRollout {
     /// Every wave after the first waits for approval.
     #[serde(default)]
     pub approve_each: bool,
+    /// Limits of the new version (absent: the application's).
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    /// Configuration bytes of the new version, hex (absent: the application's).
+    #[serde(default)]
+    pub config: Option<Blob>,
 }
 
 /// `POST /api/v1/applications/{id}/rollout/abort`: why.

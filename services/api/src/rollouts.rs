@@ -69,6 +69,8 @@ pub(crate) async fn start(
             deadline_ms: new.deadline_ms,
             max_failures,
             approve_each: new.approve_each,
+            limits: new.limits,
+            config: new.config,
         },
     )
     .await?;

@@ -12,9 +12,11 @@ use wasmbed_bus::call;
 use wasmbed_eventlog::modules::upload_module;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_fleet::Fleet;
+use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::{
     AbortRollout, ApproveRollout, PauseRollout, ResumeRollout, StartRollout,
 };
+use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::rest::{RolloutState, RolloutView, WaveState};
 use wasmbed_schemas::rollout::{MaxFailures, WaveSize, parse_waves};
 use wasmbed_schemas::{AggregateKind, AppId, subject};
@@ -48,6 +50,18 @@ pub enum RolloutCommand {
         /// Every wave after the first waits for `wasmbed rollout approve`.
         #[arg(long)]
         approve_each: bool,
+        /// Fuel per call of an export in the new version (default: the application's).
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Memory limit in 64 KiB pages of the new version (default: the application's).
+        #[arg(long)]
+        pages: Option<u32>,
+        /// Milliseconds between ticks in the new version (default: the application's).
+        #[arg(long)]
+        tick_ms: Option<u32>,
+        /// Configuration text of the new version (default: the application's).
+        #[arg(long)]
+        config: Option<String>,
         /// Start it and return without watching.
         #[arg(long)]
         no_wait: bool,
@@ -122,6 +136,10 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
             deadline,
             max_failures,
             approve_each,
+            fuel,
+            pages,
+            tick_ms,
+            config,
             no_wait,
             wait,
         } => {
@@ -132,6 +150,19 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
                 .await
                 .context("opening the event log")?;
             let sha = upload_module(log.jetstream(), &module).await?;
+            let limits = if fuel.is_some() || pages.is_some() || tick_ms.is_some() {
+                let view = fleet(&client).await?;
+                let Some(app) = view.apps.get(&app_id).filter(|a| !a.deleted()) else {
+                    bail!("no application {app_id}");
+                };
+                Some(Limits {
+                    fuel_per_invocation: fuel.unwrap_or(app.limits.fuel_per_invocation),
+                    max_memory_pages: pages.unwrap_or(app.limits.max_memory_pages),
+                    tick_interval_ms: tick_ms.unwrap_or(app.limits.tick_interval_ms),
+                })
+            } else {
+                None
+            };
             let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             let start = StartRollout {
                 app_id: app_id.clone(),
@@ -141,6 +172,8 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
                 deadline_ms: deadline.map(millis),
                 max_failures,
                 approve_each,
+                limits,
+                config: config.map(|text| Blob(text.into_bytes())),
             };
             let started = call(&client, &start, bus.timeout).await?;
             let from = started

@@ -25,7 +25,7 @@ use wasmbed_schemas::rest::DesiredState;
 type State = Arc<Deployer>;
 
 /// Configuration bytes travel in one `Deploy` frame, so they must stay well under a frame.
-pub const MAX_CONFIG_LEN: usize = MODULE_CHUNK_LEN / 2;
+pub(crate) const MAX_CONFIG_LEN: usize = MODULE_CHUNK_LEN / 2;
 
 pub(crate) fn router() -> Router<Deployer> {
     Router::new(crate::SERVICE)
@@ -83,7 +83,7 @@ fn module_error(e: ModuleError) -> CommandError {
     }
 }
 
-fn check_limits(limits: &Limits) -> Result<(), CommandError> {
+pub(crate) fn check_limits(limits: &Limits) -> Result<(), CommandError> {
     if limits.fuel_per_invocation == 0 {
         return Err(refuse(
             ErrorCode::InvalidRequest,
@@ -217,6 +217,8 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
         version: 1,
         sha256: c.module_sha256,
         size_bytes,
+        limits: None,
+        config: None,
     };
     let sequence = state
         .record(expected, uploaded.into())
@@ -270,6 +272,8 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
             version,
             sha256: c.module_sha256,
             size_bytes,
+            limits: None,
+            config: None,
         }
         .into(),
     )

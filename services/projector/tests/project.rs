@@ -389,6 +389,8 @@ async fn an_applications_rollout_phase_and_wave_are_in_its_status() {
         deadline_ms: None,
         max_failures: MaxFailures::Count(0),
         approve_each: false,
+        limits: None,
+        config: None,
     };
     wasmbed_bus::call(&system.client, &start, T).await.unwrap();
     let judging = wait_until(&server, "the rollout judged", |s| {

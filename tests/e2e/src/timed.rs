@@ -238,6 +238,8 @@ pub async fn staged(
         deadline_ms: Some(timeout.as_millis() as u64),
         max_failures: MaxFailures::Count(0),
         approve_each: false,
+        limits: None,
+        config: None,
     };
     let (mut timed, started) = time_until_running(system, fleet, app, version, timeout, async {
         call(&system.client, &start, Duration::from_secs(10))
@@ -271,6 +273,8 @@ pub async fn rollback(
         deadline_ms: None,
         max_failures: MaxFailures::Count(0),
         approve_each: false,
+        limits: None,
+        config: None,
     };
     let (_, started) = time_until_running(system, fleet, app, version, timeout, async {
         call(&system.client, &start, Duration::from_secs(10))

@@ -165,6 +165,8 @@ fn spec(waves: &[WaveSize], soak_ms: u64, max_failures: MaxFailures) -> StartRol
         deadline_ms: Some(soak_ms + 20_000),
         max_failures,
         approve_each: false,
+        limits: None,
+        config: None,
     }
 }
 
@@ -483,6 +485,94 @@ async fn a_healthy_version_waits_for_each_approval_and_an_abort_mid_wave_rolls_b
         |e| matches!(e, Event::RolloutRollbackStarted(r) if r.reason.contains("test abort") && r.devices == 3)
     ));
     wait_reported_running(&system, &app, &devices, 2).await;
+    for sim in sims {
+        sim.stop().await;
+    }
+}
+
+/// Waits until every device's latest `temperature` reading names `room`.
+async fn wait_room(system: &System, devices: &[DeviceId], room: &str) {
+    let mut sub = system
+        .client
+        .subscribe(subject::TELEMETRY_ALL)
+        .await
+        .unwrap();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + T;
+    let wanted = format!("\"room\":\"{room}\"");
+    while seen.len() < devices.len() {
+        let message = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut sub))
+            .await
+            .unwrap_or_else(|_| panic!("only {seen:?} reported room {room}"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&message.payload);
+        if text.contains(&wanted) {
+            if let Some(device) = devices.iter().find(|d| text.contains(&format!("\"{d}\""))) {
+                seen.insert(device.to_string());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_carries_its_versions_limits_and_config_and_a_rollback_restores_them() {
+    let system = System::start().await;
+    let (devices, sims) = fleet(&system, 2, |_| false).await;
+    let app = AppId::new("climate").unwrap();
+    let sensor = wasmbed_example_apps::SENSOR;
+    system
+        .create_app(&app, sensor, Target::All, test_limits())
+        .await;
+    system.deploy_app(&app).await;
+    wait_room(&system, &devices, "lab").await;
+
+    // The same module with another configuration is a new version that reaches every device.
+    let kitchen = StartRollout {
+        config: Some(wasmbed_schemas::bytes::Blob(b"kitchen".to_vec())),
+        ..spec(
+            &[WaveSize::Count(1), WaveSize::Rest],
+            300,
+            MaxFailures::Count(0),
+        )
+    };
+    let started = start(&system, &app, sensor, kitchen).await;
+    assert_eq!((started.from_version, started.to_version), (Some(1), 2));
+    system
+        .wait_events(&rollout_of(&app, 1), ends_with("RolloutCompleted"))
+        .await;
+    wait_room(&system, &devices, "kitchen").await;
+
+    // Limits no device can hold: refused everywhere, so the first wave fails and the devices
+    // keep version 2, its configuration with it.
+    let huge = StartRollout {
+        limits: Some(wasmbed_schemas::frame::Limits {
+            max_memory_pages: 64,
+            ..test_limits()
+        }),
+        ..spec(
+            &[WaveSize::Count(1), WaveSize::Rest],
+            300,
+            MaxFailures::Count(0),
+        )
+    };
+    let started = start(&system, &app, sensor, huge).await;
+    assert_eq!((started.from_version, started.to_version), (Some(2), 3));
+    let story = system
+        .wait_events(&rollout_of(&app, 2), ends_with("RolloutRollbackFinished"))
+        .await;
+    let reasons: Vec<String> = story
+        .iter()
+        .filter_map(|e| match e {
+            Event::RolloutDevicesJudged(j) => Some(j.failed.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|f| f.reason)
+        .collect();
+    assert_eq!(reasons.len(), 1, "{story:#?}");
+    assert!(reasons[0].contains("max_memory_pages = 64"), "{reasons:?}");
+    wait_reported_running(&system, &app, &devices, 2).await;
+    wait_room(&system, &devices, "kitchen").await;
     for sim in sims {
         sim.stop().await;
     }

@@ -134,7 +134,7 @@ impl Reconciler {
             .and_then(|a| Some((a, fleet.wanted_version(app_id, device_id)?)))
             .map(|(a, version)| Wanted {
                 version,
-                needs_bytes: u64::from(a.limits.max_memory_pages) * 64 * 1024,
+                needs_bytes: u64::from(a.limits_of(version).max_memory_pages) * 64 * 1024,
                 budget_bytes: u64::from(
                     device
                         .app_ram_bytes
@@ -167,7 +167,7 @@ impl Reconciler {
                 budget_bytes,
             } => {
                 self.links.remove(pair);
-                let pages = app.map_or(0, |a| a.limits.max_memory_pages);
+                let pages = app.map_or(0, |a| a.limits_of(refused).max_memory_pages);
                 let event = DeploymentRefused {
                     app_id,
                     device_id,
@@ -216,8 +216,8 @@ impl Reconciler {
                     app_id,
                     version: running,
                     sha256: module.sha256,
-                    limits: app.limits,
-                    config: app.config.clone(),
+                    limits: app.limits_of(running),
+                    config: app.config_of(running).clone(),
                 };
                 fx.sends.push((device_id, Frame::Deploy(deploy)));
             }

@@ -22,7 +22,9 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 
 use super::plan;
 use crate::Deployer;
-use crate::handlers::{app_version, checked_module, live_app, refuse};
+use crate::handlers::{
+    MAX_CONFIG_LEN, app_version, check_limits, checked_module, live_app, refuse,
+};
 
 type State = Arc<Deployer>;
 
@@ -137,17 +139,35 @@ pub(crate) async fn start_rollout(
         }
     }
     check_spec(&c)?;
+    if let Some(limits) = &c.limits {
+        check_limits(limits)?;
+    }
+    if let Some(config) = &c.config {
+        if config.0.len() > MAX_CONFIG_LEN {
+            return Err(refuse(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "config is {} bytes; at most {MAX_CONFIG_LEN}",
+                    config.0.len()
+                ),
+            ));
+        }
+    }
     let number = app.rollouts + 1;
     let (devices, labels) = target(&state, &app);
     let ordered = plan::order(&format!("{}.{number}", c.app_id), &devices);
     let planned = plan::plan(&ordered, &labels, &c.waves)
         .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("waves: {e}")))?;
     let from = app.running_version();
+    // A version this module already is, with the limits and config asked for (none asked:
+    // whatever it has).
     let known = app
         .modules
         .iter()
-        .find(|(_, m)| m.sha256 == c.module_sha256)
-        .map(|(v, _)| *v);
+        .filter(|(_, m)| m.sha256 == c.module_sha256)
+        .map(|(v, _)| *v)
+        .filter(|v| c.limits.is_none_or(|l| app.limits_of(*v) == l))
+        .find(|v| c.config.as_ref().is_none_or(|cfg| app.config_of(*v) == cfg));
     if known.is_some() && known == from {
         return Err(refuse(
             ErrorCode::Refused,
@@ -161,14 +181,16 @@ pub(crate) async fn start_rollout(
     let to = match known {
         Some(version) => version,
         None => {
-            let size_bytes =
-                checked_module(&state, &c.app_id, &c.module_sha256, &app.limits).await?;
+            let limits = c.limits.unwrap_or(app.limits);
+            let size_bytes = checked_module(&state, &c.app_id, &c.module_sha256, &limits).await?;
             let version = app.latest().map_or(1, |(v, _)| v + 1);
             let uploaded = ModuleUploaded {
                 app_id: c.app_id.clone(),
                 version,
                 sha256: c.module_sha256,
                 size_bytes,
+                limits: c.limits.filter(|l| *l != app.limits),
+                config: c.config.clone().filter(|cfg| *cfg != app.config),
             };
             let expected = ExpectedVersion::Exactly(app_version(&state, &c.app_id));
             state

@@ -114,6 +114,7 @@ impl Fleet {
                         config: e.config.clone(),
                         limits: e.limits,
                         modules: std::collections::BTreeMap::new(),
+                        configs: std::collections::BTreeMap::new(),
                         desired: DesiredState::Idle,
                         rejected: None,
                         rollout: None,
@@ -126,8 +127,12 @@ impl Fleet {
                 let module = ModuleVersion {
                     sha256: e.sha256,
                     size_bytes: e.size_bytes,
+                    limits: e.limits,
                 };
                 app.modules.insert(e.version, module);
+                if let Some(config) = &e.config {
+                    app.configs.insert(e.version, config.clone());
+                }
             }),
             Event::ModuleRejected(e) => {
                 self.app(&e.app_id, |app| app.rejected = Some(e.reason.clone()));

@@ -76,6 +76,8 @@ pub struct ModuleVersion {
     pub sha256: Sha256,
     /// Its size.
     pub size_bytes: u64,
+    /// Its own limits, when not the application's.
+    pub limits: Option<Limits>,
 }
 
 /// An application.
@@ -91,6 +93,8 @@ pub struct App {
     pub limits: Limits,
     /// Module versions.
     pub modules: BTreeMap<u32, ModuleVersion>,
+    /// Configuration of the versions that have their own.
+    pub configs: BTreeMap<u32, Blob>,
     /// What it should be doing ([`DesiredState::Deleted`] once deleted).
     pub desired: DesiredState,
     /// The last module refusal, if any.
@@ -105,6 +109,19 @@ impl App {
     /// It was deleted (and should run nowhere).
     pub fn deleted(&self) -> bool {
         self.desired == DesiredState::Deleted
+    }
+
+    /// The limits `version` runs with: its own, or the application's.
+    pub fn limits_of(&self, version: u32) -> Limits {
+        self.modules
+            .get(&version)
+            .and_then(|m| m.limits)
+            .unwrap_or(self.limits)
+    }
+
+    /// The configuration `version` runs with: its own, or the application's.
+    pub fn config_of(&self, version: u32) -> &Blob {
+        self.configs.get(&version).unwrap_or(&self.config)
     }
 
     /// The newest module version.

@@ -68,6 +68,8 @@ impl Fleet {
                     version: *version,
                     sha256: m.sha256,
                     size_bytes: m.size_bytes,
+                    limits: m.limits,
+                    config: app.configs.get(version).cloned(),
                 })
                 .collect(),
             desired: app.desired,

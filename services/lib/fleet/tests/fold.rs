@@ -101,6 +101,8 @@ fn running_app(log: &mut Log, name: &str, device: &str) {
         version: 1,
         sha256: Sha256([1; 32]),
         size_bytes: 10,
+        limits: None,
+        config: None,
     });
     log.apply(ApplicationDeployRequested {
         app_id: app(name),
