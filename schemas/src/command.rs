@@ -326,6 +326,13 @@ pub struct StartEmulator {
     pub device_id: DeviceId,
     /// MCU type from the catalogue.
     pub mcu: String,
+    /// Run it in the host simulator whatever the manager's backend (any MCU of the catalogue:
+    /// the simulator reports the type and runs the same device core).
+    #[serde(default)]
+    pub simulated: bool,
+    /// Labels to register it with, besides `emulated=<backend>`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Stop the emulator of a device.

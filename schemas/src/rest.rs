@@ -218,6 +218,12 @@ pub struct NewEmulator {
     pub device_id: DeviceId,
     /// Its MCU type from the catalogue (`Mps2An385` when absent).
     pub mcu: Option<String>,
+    /// Run it in the host simulator whatever the manager's backend.
+    #[serde(default)]
+    pub simulated: bool,
+    /// Labels to register it with.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The metadata part of `POST /api/v1/applications` (multipart: `metadata` JSON and `module`

@@ -395,6 +395,8 @@ fn every_command_and_reply_round_trips() {
         StartEmulator {
             device_id: dev(),
             mcu: "Mps2An385".into(),
+            simulated: false,
+            labels: Default::default(),
         },
         accepted,
     );

@@ -298,6 +298,8 @@ pub(crate) async fn start_emulator(
     let command = StartEmulator {
         device_id: new.device_id,
         mcu: new.mcu.unwrap_or_else(|| "Mps2An385".to_owned()),
+        simulated: new.simulated,
+        labels: new.labels,
     };
     let recorded = forward(&api, command).await?;
     Ok((StatusCode::CREATED, recorded))

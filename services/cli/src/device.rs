@@ -112,7 +112,7 @@ pub enum DeviceCommand {
     },
 }
 
-fn labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+pub fn labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
     raw.iter()
         .map(|l| {
             l.split_once('=')

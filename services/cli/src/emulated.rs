@@ -108,6 +108,8 @@ async fn start_one(client: &async_nats::Client, id: &DeviceId) -> Result<()> {
     let command = StartEmulator {
         device_id: id.clone(),
         mcu: MCU.into(),
+        simulated: false,
+        labels: Default::default(),
     };
     for _ in 0..100 {
         match call(client, &command, Duration::from_secs(10)).await {

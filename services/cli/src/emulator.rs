@@ -19,6 +19,12 @@ pub enum EmulatorCommand {
         /// The MCU type.
         #[arg(long, default_value = "Mps2An385")]
         mcu: String,
+        /// Run it in the host simulator whatever the manager's backend.
+        #[arg(long)]
+        simulated: bool,
+        /// A label to register it with (`--label ring=canary`, repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
         #[command(flatten)]
         bus: Bus,
     },
@@ -45,11 +51,19 @@ pub enum EmulatorCommand {
 
 pub async fn run(command: EmulatorCommand) -> Result<()> {
     match command {
-        EmulatorCommand::Start { device, mcu, bus } => {
+        EmulatorCommand::Start {
+            device,
+            mcu,
+            simulated,
+            labels,
+            bus,
+        } => {
             let client = bus.connect().await?;
             let command = StartEmulator {
                 device_id: device.clone(),
                 mcu: mcu.clone(),
+                simulated,
+                labels: crate::device::labels(&labels)?,
             };
             let accepted = call(&client, &command, bus.timeout)
                 .await

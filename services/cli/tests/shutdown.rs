@@ -97,6 +97,8 @@ async fn a_command_in_flight_at_sigterm_is_answered_and_new_ones_are_not_taken()
     let start = StartEmulator {
         device_id: DeviceId::new("sim-term").unwrap(),
         mcu: "Nrf52840DK".into(),
+        simulated: false,
+        labels: Default::default(),
     };
     let caller = operator.clone();
     let in_flight = tokio::spawn(async move { wasmbed_bus::call(&caller, &start, T).await });
@@ -116,6 +118,8 @@ async fn a_command_in_flight_at_sigterm_is_answered_and_new_ones_are_not_taken()
             let probe = StartEmulator {
                 device_id: DeviceId::new("sim-late").unwrap(),
                 mcu: "Nrf52840DK".into(),
+                simulated: false,
+                labels: Default::default(),
             };
             match wasmbed_bus::call(&operator, &probe, Duration::from_millis(500)).await {
                 Err(CallError::Transport { .. }) => break,

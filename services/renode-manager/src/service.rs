@@ -166,11 +166,17 @@ impl Manager {
             .map_err(|e| refuse(ErrorCode::Unavailable, format!("recording the event: {e}")))
     }
 
-    async fn refused(&self, device: &DeviceId, mcu: &str, error: CommandError) -> CommandError {
+    async fn refused(
+        &self,
+        device: &DeviceId,
+        mcu: &str,
+        backend: &Backend,
+        error: CommandError,
+    ) -> CommandError {
         let event = wasmbed_schemas::event::EmulatorStartRefused {
             device_id: device.clone(),
             mcu: mcu.to_owned(),
-            backend: self.config.backend.name().to_owned(),
+            backend: backend.name().to_owned(),
             reason: error.message.clone(),
         };
         if let Err(e) = self.record(event.into()).await {
@@ -196,12 +202,13 @@ impl Manager {
             .cloned()
     }
 
-    /// Everything a start of `device` as `mcu` needs but the backend: its secret (registered
-    /// with enrollment), the CA and the gateways.
+    /// Everything a start of `device` as `mcu` on `how` needs but the backend itself: its
+    /// secret (registered with enrollment, with `how`'s labels), the CA and the gateways.
     pub(crate) async fn prepare(
         &self,
         device: &DeviceId,
         mcu: &Mcu,
+        how: &Emulation,
     ) -> Result<Prepared, CommandError> {
         let secret = self
             .keys
@@ -214,10 +221,7 @@ impl Manager {
                 device_id: device.clone(),
                 public_key,
                 mcu: Some(mcu.name.clone()),
-                labels: BTreeMap::from([(
-                    "emulated".to_owned(),
-                    self.config.backend.name().to_owned(),
-                )]),
+                labels: how.registration_labels(),
             },
             Duration::from_secs(5),
         )
@@ -272,8 +276,31 @@ impl Prepared {
     }
 }
 
+/// How one emulator runs: its backend and the labels it is registered with.
+#[derive(Clone)]
+pub(crate) struct Emulation {
+    pub(crate) backend: Backend,
+    pub(crate) labels: BTreeMap<String, String>,
+}
+
+impl Emulation {
+    fn registration_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert("emulated".to_owned(), self.backend.name().to_owned());
+        labels
+    }
+}
+
 async fn start(state: Arc<Manager>, c: StartEmulator) -> Result<Accepted, CommandError> {
     let _one_at_a_time = state.starting.lock().await;
+    let how = Emulation {
+        backend: if c.simulated {
+            Backend::Sim
+        } else {
+            state.config.backend.clone()
+        },
+        labels: c.labels.clone(),
+    };
     let mcu = match state.config.catalogue.get(&c.mcu) {
         Ok(mcu) => mcu.clone(),
         Err(e) => {
@@ -281,16 +308,18 @@ async fn start(state: Arc<Manager>, c: StartEmulator) -> Result<Accepted, Comman
                 .refused(
                     &c.device_id,
                     &c.mcu,
+                    &how.backend,
                     refuse(ErrorCode::InvalidRequest, e.to_string()),
                 )
                 .await);
         }
     };
-    if let Err(e) = state.config.backend.check(&mcu) {
+    if let Err(e) = how.backend.check(&mcu) {
         return Err(state
             .refused(
                 &c.device_id,
                 &c.mcu,
+                &how.backend,
                 refuse(ErrorCode::Refused, e.to_string()),
             )
             .await);
@@ -310,12 +339,11 @@ async fn start(state: Arc<Manager>, c: StartEmulator) -> Result<Accepted, Comman
             ))
         };
     }
-    let prepared = match state.prepare(&c.device_id, &mcu).await {
+    let prepared = match state.prepare(&c.device_id, &mcu, &how).await {
         Ok(p) => p,
-        Err(e) => return Err(state.refused(&c.device_id, &c.mcu, e).await),
+        Err(e) => return Err(state.refused(&c.device_id, &c.mcu, &how.backend, e).await),
     };
-    let emulator = match state
-        .config
+    let emulator = match how
         .backend
         .start(&prepared.launch(&state, &c.device_id, &mcu))
         .await
@@ -326,12 +354,13 @@ async fn start(state: Arc<Manager>, c: StartEmulator) -> Result<Accepted, Comman
                 .refused(
                     &c.device_id,
                     &c.mcu,
+                    &how.backend,
                     refuse(ErrorCode::Unavailable, e.to_string()),
                 )
                 .await);
         }
     };
-    let sequence = supervisor::supervise(state.clone(), c.device_id, mcu, emulator).await?;
+    let sequence = supervisor::supervise(state.clone(), c.device_id, mcu, how, emulator).await?;
     Ok(Accepted { sequence })
 }
 

@@ -16,7 +16,7 @@ use wasmbed_schemas::subject;
 
 use crate::catalogue::Mcu;
 use crate::emulator::{Emulator, Exit};
-use crate::service::{Inbox, Manager, Reply, RestartMode, refuse};
+use crate::service::{Emulation, Inbox, Manager, Reply, RestartMode, refuse};
 use crate::uart::UartLog;
 
 /// UART lines an exit event carries.
@@ -53,9 +53,10 @@ pub(crate) async fn supervise(
     state: Arc<Manager>,
     device: DeviceId,
     mcu: Mcu,
+    how: Emulation,
     emulator: Emulator,
 ) -> Result<u64, CommandError> {
-    let sequence = match record_started(&state, &device, &mcu, &emulator, 1).await {
+    let sequence = match record_started(&state, &device, &mcu, &how, &emulator, 1).await {
         Ok(sequence) => sequence,
         Err(e) => {
             let mut emulator = emulator;
@@ -80,6 +81,7 @@ pub(crate) async fn supervise(
         state,
         device,
         mcu,
+        how,
         started,
         generation,
     };
@@ -106,6 +108,7 @@ struct Supervisor {
     state: Arc<Manager>,
     device: DeviceId,
     mcu: Mcu,
+    how: Emulation,
     started: Arc<AtomicU64>,
     generation: u64,
 }
@@ -200,9 +203,9 @@ impl Supervisor {
     /// Starts the device again with fresh gateways and block.
     async fn relaunch(&self, attempt: u32) -> Result<(Emulator, u64), CommandError> {
         let state = &self.state;
-        let prepared = state.prepare(&self.device, &self.mcu).await?;
-        let emulator = match state
-            .config
+        let prepared = state.prepare(&self.device, &self.mcu, &self.how).await?;
+        let emulator = match self
+            .how
             .backend
             .start(&prepared.launch(state, &self.device, &self.mcu))
             .await
@@ -213,14 +216,22 @@ impl Supervisor {
                 let refused = wasmbed_schemas::event::EmulatorStartRefused {
                     device_id: self.device.clone(),
                     mcu: self.mcu.name.clone(),
-                    backend: state.config.backend.name().to_owned(),
+                    backend: self.how.backend.name().to_owned(),
                     reason: error.message.clone(),
                 };
                 let _ = state.record(refused.into()).await;
                 return Err(error);
             }
         };
-        let sequence = record_started(state, &self.device, &self.mcu, &emulator, attempt).await?;
+        let sequence = record_started(
+            state,
+            &self.device,
+            &self.mcu,
+            &self.how,
+            &emulator,
+            attempt,
+        )
+        .await?;
         self.started.store(sequence, Ordering::Relaxed);
         Ok((emulator, sequence))
     }
@@ -240,7 +251,7 @@ impl Supervisor {
         };
         let mut last_uart_lines = emulator.uart().last(LAST_LINES);
         if let Some(note) = &exit.note {
-            last_uart_lines.push(format!("[{}] {note}", self.state.config.backend.name()));
+            last_uart_lines.push(format!("[{}] {note}", self.how.backend.name()));
         }
         let event = EmulatorExited {
             device_id: self.device.clone(),
@@ -272,12 +283,13 @@ async fn record_started(
     state: &Manager,
     device: &DeviceId,
     mcu: &Mcu,
+    how: &Emulation,
     emulator: &Emulator,
     attempt: u32,
 ) -> Result<u64, CommandError> {
     let event = EmulatorStarted {
         device_id: device.clone(),
-        backend: state.config.backend.name().to_owned(),
+        backend: how.backend.name().to_owned(),
         mcu: mcu.name.clone(),
         instance: emulator.instance().to_owned(),
         attempt,

@@ -22,6 +22,8 @@ async fn start(system: &System, device: &DeviceId, mcu: &str) -> Result<Accepted
     let command = StartEmulator {
         device_id: device.clone(),
         mcu: mcu.into(),
+        simulated: false,
+        labels: Default::default(),
     };
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -395,4 +397,63 @@ async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
         !left.contains("wasmbed-emulator-docker-1"),
         "not removed: {left}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_start_runs_any_catalogue_board_in_the_simulator_with_its_labels() {
+    let system = System::start().await;
+    let nowhere = tempfile::tempdir().unwrap();
+    // A manager whose own backend (QEMU without images) could run none of these boards.
+    let _manager = system
+        .start_manager(Backend::Qemu(QemuBackend {
+            qemu: "qemu-system-arm".into(),
+            images: nowhere.path().to_path_buf(),
+        }))
+        .await;
+    let device = DeviceId::new("copy-1").unwrap();
+    let refused = start(&system, &device, "Stm32F746gDisco")
+        .await
+        .unwrap_err();
+    assert!(refused.message.contains("no board module"), "{refused:?}");
+    let command = StartEmulator {
+        device_id: device.clone(),
+        mcu: "Stm32F746gDisco".into(),
+        simulated: true,
+        labels: [("ring".to_owned(), "canary".to_owned())].into(),
+    };
+    call(&system.client, &command, T).await.unwrap();
+    let history = system
+        .wait_events(&AggregateId::Device(device.clone()), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::DeviceDescribed(_)))
+        })
+        .await;
+    let Some(Event::DeviceRegistered(registered)) = history.first() else {
+        panic!("{history:?}");
+    };
+    assert_eq!(
+        registered.labels.get("ring").map(String::as_str),
+        Some("canary")
+    );
+    assert_eq!(
+        registered.labels.get("emulated").map(String::as_str),
+        Some("sim")
+    );
+    assert!(history.iter().any(|e| matches!(
+        e,
+        Event::DeviceDescribed(d) if d.mcu == "Stm32F746gDisco"
+    )));
+    let emulator = system.events(&AggregateId::Emulator(device.clone())).await;
+    assert!(emulator.iter().any(
+        |e| matches!(e, Event::EmulatorStarted(s) if s.backend == "sim" && s.mcu == "Stm32F746gDisco")
+    ));
+    stop(&system, &device).await.unwrap();
+    system
+        .wait_events(&AggregateId::Emulator(device), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::EmulatorExited(x) if x.reason == ExitReason::Stopped))
+        })
+        .await;
 }
