@@ -198,6 +198,8 @@ events! {
     RolloutWaveStarted => |e| rollout(&e.app_id, e.number),
     /// Devices of a rollout's wave passed or failed their gate.
     RolloutDevicesJudged => |e| rollout(&e.app_id, e.number),
+    /// A rollout's rehearsal on simulated copies was judged.
+    RolloutRehearsed => |e| rollout(&e.app_id, e.number),
     /// A rollout's wave passed.
     RolloutWavePassed => |e| rollout(&e.app_id, e.number),
     /// A rollout's wave failed.

@@ -152,6 +152,9 @@ impl Principal {
                     events(AggregateKind::Device),
                     events(AggregateKind::Rollout),
                     subject::DEVICE_DOWNLINK_ALL.to_string(),
+                    // A rollout's rehearsal starts simulated copies and removes them.
+                    calls(Service::RenodeManager),
+                    calls(Service::Enrollment),
                     // Modules no live application uses are removed.
                     format!(
                         "$JS.API.STREAM.PURGE.{}",

@@ -36,6 +36,10 @@ pub struct StartRollout {
     /// Every wave after the first waits for `approve_rollout`.
     #[serde(default)]
     pub approve_each: bool,
+    /// First run the new version on simulated copies of the target's devices (a `rehearsal`
+    /// wave before the others); a failed rehearsal touches no real device.
+    #[serde(default)]
+    pub rehearse: bool,
     /// Limits of the new version (absent: the application's).
     #[serde(default)]
     pub limits: Option<Limits>,

@@ -47,6 +47,52 @@ pub struct RolloutCreated {
     pub waves: Vec<PlannedWave>,
     /// The health gate of every wave.
     pub gate: RolloutGate,
+    /// The simulated copies a rehearsal wave runs on (empty without one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<RehearsalCopy>,
+}
+
+/// A simulated copy of a device of the target, for a rehearsal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RehearsalCopy {
+    /// The copy's own id.
+    pub device_id: DeviceId,
+    /// The device it copies (the first of the target with its profile).
+    pub of: DeviceId,
+    /// The MCU type it is started as.
+    pub mcu: String,
+    /// The labels it is registered with: the original's, and `rehearsal=<app>.<number>`.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What a copy did in the rehearsal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CopyReport {
+    /// The copy.
+    pub device_id: DeviceId,
+    /// The device it copies.
+    pub of: DeviceId,
+    /// It passed the gate.
+    pub passed: bool,
+    /// Why it did not.
+    pub reason: Option<String>,
+    /// Fuel its last tick used, as it reported.
+    pub fuel_used: Option<u64>,
+    /// Linear memory pages it used, as it reported.
+    pub memory_pages: Option<u32>,
+    /// Telemetry messages it published.
+    pub telemetry: Option<u64>,
+}
+
+/// The rehearsal wave was judged: what each copy did. The wave's pass or failure follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RolloutRehearsed {
+    /// The application.
+    pub app_id: AppId,
+    /// The rollout.
+    pub number: u32,
+    /// One report per copy.
+    pub copies: Vec<CopyReport>,
 }
 
 /// A wave's devices were given the new version.

@@ -21,6 +21,9 @@ pub enum WaveSize {
     Selector(BTreeMap<String, String>),
     /// Every device not taken by an earlier wave.
     Rest,
+    /// Simulated copies of the target's devices, not the devices themselves: only as the first
+    /// wave. A rehearsal that fails stops the rollout before any real device is touched.
+    Rehearsal,
 }
 
 /// How many devices of a wave may fail before the rollout stops and rolls back.
@@ -69,6 +72,9 @@ impl FromStr for WaveSize {
         if text == "rest" {
             return Ok(Self::Rest);
         }
+        if text == "rehearsal" {
+            return Ok(Self::Rehearsal);
+        }
         if let Some(p) = percent(text)? {
             return Ok(Self::Percent(p));
         }
@@ -103,6 +109,7 @@ impl fmt::Display for WaveSize {
             Self::Count(n) => write!(f, "{n}"),
             Self::Percent(p) => write!(f, "{p}%"),
             Self::Rest => f.write_str("rest"),
+            Self::Rehearsal => f.write_str("rehearsal"),
             Self::Selector(labels) => {
                 let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 f.write_str(&pairs.join("+"))

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::event::{DeviceFailure, RolloutGate};
+use super::event::{CopyReport, DeviceFailure, RolloutGate};
 use crate::bytes::Blob;
 use crate::frame::Limits;
 use crate::ids::{AppId, DeviceId};
@@ -108,6 +108,8 @@ pub struct RolloutView {
     pub failures: Vec<DeviceFailure>,
     /// Why it was halted, if it was.
     pub halted: Option<String>,
+    /// What each simulated copy did in the rehearsal, once judged.
+    pub rehearsal: Vec<CopyReport>,
     /// When it was created.
     pub created: DateTime<Utc>,
 }
@@ -131,6 +133,9 @@ pub struct NewRollout {
     /// Every wave after the first waits for approval.
     #[serde(default)]
     pub approve_each: bool,
+    /// First run the new version on simulated copies of the target's devices.
+    #[serde(default)]
+    pub rehearse: bool,
     /// Limits of the new version (absent: the application's).
     #[serde(default)]
     pub limits: Option<Limits>,

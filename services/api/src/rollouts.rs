@@ -69,6 +69,7 @@ pub(crate) async fn start(
             deadline_ms: new.deadline_ms,
             max_failures,
             approve_each: new.approve_each,
+            rehearse: new.rehearse,
             limits: new.limits,
             config: new.config,
         },

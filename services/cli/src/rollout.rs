@@ -50,6 +50,10 @@ pub enum RolloutCommand {
         /// Every wave after the first waits for `wasmbed rollout approve`.
         #[arg(long)]
         approve_each: bool,
+        /// First run the new version on simulated copies of the target's devices (through the
+        /// renode-manager); a failed rehearsal touches no real device.
+        #[arg(long)]
+        rehearse: bool,
         /// Fuel per call of an export in the new version (default: the application's).
         #[arg(long)]
         fuel: Option<u64>,
@@ -136,6 +140,7 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
             deadline,
             max_failures,
             approve_each,
+            rehearse,
             fuel,
             pages,
             tick_ms,
@@ -172,6 +177,7 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
                 deadline_ms: deadline.map(millis),
                 max_failures,
                 approve_each,
+                rehearse,
                 limits,
                 config: config.map(|text| Blob(text.into_bytes())),
             };

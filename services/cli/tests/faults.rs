@@ -446,6 +446,7 @@ async fn fault_a_deployer_killed_mid_wave_finishes_the_rollout_once() {
         deadline_ms: Some(30_000),
         max_failures: MaxFailures::Count(0),
         approve_each: false,
+        rehearse: false,
         limits: None,
         config: None,
     };

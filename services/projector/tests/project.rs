@@ -389,6 +389,7 @@ async fn an_applications_rollout_phase_and_wave_are_in_its_status() {
         deadline_ms: None,
         max_failures: MaxFailures::Count(0),
         approve_each: false,
+        rehearse: false,
         limits: None,
         config: None,
     };

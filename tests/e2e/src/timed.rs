@@ -238,6 +238,7 @@ pub async fn staged(
         deadline_ms: Some(timeout.as_millis() as u64),
         max_failures: MaxFailures::Count(0),
         approve_each: false,
+        rehearse: false,
         limits: None,
         config: None,
     };
@@ -273,6 +274,7 @@ pub async fn rollback(
         deadline_ms: None,
         max_failures: MaxFailures::Count(0),
         approve_each: false,
+        rehearse: false,
         limits: None,
         config: None,
     };

@@ -165,6 +165,7 @@ fn spec(waves: &[WaveSize], soak_ms: u64, max_failures: MaxFailures) -> StartRol
         deadline_ms: Some(soak_ms + 20_000),
         max_failures,
         approve_each: false,
+        rehearse: false,
         limits: None,
         config: None,
     }
@@ -394,6 +395,7 @@ async fn a_healthy_version_waits_for_each_approval_and_an_abort_mid_wave_rolls_b
         &healthy(2),
         StartRollout {
             approve_each: true,
+            rehearse: false,
             ..spec(&waves, 300, MaxFailures::Count(0))
         },
     )
@@ -573,6 +575,120 @@ async fn a_rollout_carries_its_versions_limits_and_config_and_a_rollback_restore
     assert!(reasons[0].contains("max_memory_pages = 64"), "{reasons:?}");
     wait_reported_running(&system, &app, &devices, 2).await;
     wait_room(&system, &devices, "kitchen").await;
+    for sim in sims {
+        sim.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsal_on_simulated_copies_stops_a_bad_version_before_any_real_device() {
+    let system = System::start().await;
+    let _manager = system
+        .start_manager(wasmbed_e2e::emulated::sim_backend())
+        .await;
+    let (devices, sims) = fleet(&system, 3, |_| false).await;
+    let app = AppId::new("blink").unwrap();
+    system
+        .create_app(&app, &healthy(1), Target::All, test_limits())
+        .await;
+    system.deploy_app(&app).await;
+    wait_reported_running(&system, &app, &devices, 1).await;
+
+    // A module that exhausts its fuel: the copy (an Mps2An385 profile) fails, nothing else runs it.
+    let rehearsed = StartRollout {
+        rehearse: true,
+        ..spec(&[WaveSize::Rest], 1_000, MaxFailures::Count(0))
+    };
+    let started = start(&system, &app, wasmbed_example_apps::SPIN, rehearsed).await;
+    assert_eq!(started.wave_devices, [1, 3]);
+    let story = system
+        .wait_events(&rollout_of(&app, 1), ends_with("RolloutRollbackFinished"))
+        .await;
+    let types: Vec<&str> = story.iter().map(Event::type_name).collect();
+    assert_eq!(
+        types,
+        [
+            "RolloutCreated",
+            "RolloutWaveStarted",
+            "RolloutDevicesJudged",
+            "RolloutRehearsed",
+            "RolloutWaveFailed",
+            "RolloutRollbackStarted",
+            "RolloutRollbackFinished",
+        ]
+    );
+    let Event::RolloutCreated(created) = &story[0] else {
+        unreachable!()
+    };
+    let copy = &created.copies[0];
+    assert_eq!(copy.mcu, "Mps2An385");
+    assert!(devices.contains(&copy.of));
+    let Event::RolloutRehearsed(report) = &story[3] else {
+        unreachable!()
+    };
+    let copied = &report.copies[0];
+    assert!(!copied.passed);
+    assert!(
+        copied
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("fuel exhausted"),
+        "{copied:?}"
+    );
+    assert!(
+        copied.fuel_used >= Some(test_limits().fuel_per_invocation),
+        "{copied:?}"
+    );
+    assert!(
+        story
+            .iter()
+            .any(|e| matches!(e, Event::RolloutRollbackStarted(r) if r.devices == 0)),
+        "no real device had the new version"
+    );
+    for device in &devices {
+        let events = system.events(&deployment(&app, device)).await;
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::DeploymentRequested(r) if r.version == 2)),
+            "{device} was given the rehearsed version"
+        );
+    }
+    wait_reported_running(&system, &app, &devices, 1).await;
+    // The copy ran as its own device, out of every target, and is gone.
+    let copy_events = system
+        .wait_events(&AggregateId::Device(copy.device_id.clone()), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::DeviceDecommissioned(_)))
+        })
+        .await;
+    assert!(copy_events.iter().any(|e| matches!(
+        e,
+        Event::DeviceRegistered(r) if r.labels.get("rehearsal").map(String::as_str) == Some("blink.1")
+    )));
+    system
+        .wait_events(&AggregateId::Emulator(copy.device_id.clone()), |events| {
+            events.iter().any(|e| matches!(e, Event::EmulatorExited(_)))
+        })
+        .await;
+
+    // A healthy version rehearses, passes, and goes on to the real devices.
+    let rehearsed = StartRollout {
+        rehearse: true,
+        ..spec(&[WaveSize::Rest], 300, MaxFailures::Count(0))
+    };
+    start(&system, &app, &healthy(2), rehearsed).await;
+    let story = system
+        .wait_events(&rollout_of(&app, 2), ends_with("RolloutCompleted"))
+        .await;
+    assert!(
+        story
+            .iter()
+            .any(|e| matches!(e, Event::RolloutRehearsed(r) if r.copies.iter().all(|c| c.passed)))
+    );
+    wait_reported_running(&system, &app, &devices, 3).await;
     for sim in sims {
         sim.stop().await;
     }

@@ -130,7 +130,7 @@ impl Reconciler {
         };
         let app = fleet.apps.get(app_id);
         let want = app
-            .filter(|a| a.targets(device_id, device))
+            .filter(|a| a.targets(device_id, device) || fleet.rehearses(app_id, device_id))
             .and_then(|a| Some((a, fleet.wanted_version(app_id, device_id)?)))
             .map(|(a, version)| Wanted {
                 version,

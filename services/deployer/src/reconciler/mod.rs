@@ -104,6 +104,9 @@ pub(crate) struct Reconciler {
     statuses: mpsc::Sender<DeploymentStatus>,
     links: HashMap<Pair, Link>,
     dirty: HashSet<Pair>,
+    /// Rehearsal copies this process asked to start, and to remove.
+    launched: HashSet<DeviceId>,
+    removed: HashSet<DeviceId>,
 }
 
 impl Reconciler {
@@ -119,6 +122,8 @@ impl Reconciler {
             statuses: spawn_status_writer(status_model),
             links: HashMap::new(),
             dirty: HashSet::new(),
+            launched: HashSet::new(),
+            removed: HashSet::new(),
         }
     }
 

@@ -6,13 +6,16 @@
 use chrono::Utc;
 use tracing::{info, warn};
 use wasmbed_eventlog::ExpectedVersion;
-use wasmbed_fleet::{Fleet, Rollout};
+use wasmbed_fleet::{Fleet, Rollout, Verdict};
+use wasmbed_schemas::command::{DecommissionDevice, StartEmulator, StopEmulator};
+use wasmbed_schemas::device_message::DeploymentStatus;
 use wasmbed_schemas::event::{
-    DeviceFailure, Event, RolloutCompleted, RolloutDevicesJudged, RolloutRollbackFinished,
-    RolloutRollbackStarted, RolloutWaveFailed, RolloutWavePassed, RolloutWaveStarted,
+    CopyReport, DeviceFailure, Event, RehearsalCopy, RolloutCompleted, RolloutDevicesJudged,
+    RolloutRehearsed, RolloutRollbackFinished, RolloutRollbackStarted, RolloutWaveFailed,
+    RolloutWavePassed, RolloutWaveStarted,
 };
 use wasmbed_schemas::rest::DeploymentPhase as Phase;
-use wasmbed_schemas::{AggregateId, AppId, DeviceId};
+use wasmbed_schemas::{AggregateId, AppId, DeviceId, subject};
 
 use super::Reconciler;
 use crate::rollout::drive::{self, Reverting, Step};
@@ -21,8 +24,12 @@ use crate::rollout::gate::Observed;
 /// Steps recorded for one rollout in one pass, at most (each is one event).
 const STEPS_PER_PASS: usize = 8;
 
+/// How long the renode-manager and enrollment may take to answer for a copy.
+const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl Reconciler {
-    /// Records the next steps of every rollout in progress.
+    /// Records the next steps of every rollout in progress, and starts or removes the copies
+    /// of rehearsals.
     pub(super) async fn drive_rollouts(&mut self) {
         let active: Vec<(AppId, u32)> = {
             let fleet = self.state.fleet();
@@ -34,26 +41,28 @@ impl Reconciler {
         };
         for (app, number) in active {
             for _ in 0..STEPS_PER_PASS {
-                let Some((expected, events)) = self.next_events(&app, number) else {
+                let Some((expected, step, reached)) = self.next_step(&app, number) else {
                     break;
                 };
-                let mut expected = ExpectedVersion::Exactly(expected);
-                for event in events {
-                    info!(%app, rollout = number, event = event.type_name(), "rollout step");
-                    match self.state.record(expected, event).await {
-                        Ok(sequence) => expected = ExpectedVersion::Exactly(sequence),
-                        Err(e) => {
-                            warn!(%app, rollout = number, error = %e, "rollout step not recorded");
-                            return;
-                        }
-                    }
+                let event = match step {
+                    Step::ReportRehearsal => self.rehearsal_report(&app, number).await,
+                    other => event_of(&app, number, other, reached),
+                };
+                let Some(event) = event else { break };
+                info!(%app, rollout = number, event = event.type_name(), "rollout step");
+                let expected = ExpectedVersion::Exactly(expected);
+                if let Err(e) = self.state.record(expected, event).await {
+                    warn!(%app, rollout = number, error = %e, "rollout step not recorded");
+                    return;
                 }
             }
         }
+        self.tend_copies();
     }
 
-    /// The events of the rollout's next step, and the rollout's version they expect.
-    fn next_events(&self, app: &AppId, number: u32) -> Option<(u64, Vec<Event>)> {
+    /// The rollout's next step, the rollout's version it expects, and how many real devices
+    /// got the new version.
+    fn next_step(&self, app: &AppId, number: u32) -> Option<(u64, Step, u32)> {
         let fleet = self.state.fleet();
         let rollout = fleet.rollout(app, number)?;
         let step = drive::next(
@@ -62,16 +71,128 @@ impl Reconciler {
             |device| reverting(&fleet, app, rollout, device),
             Utc::now(),
         );
-        let reached = u32::try_from(rollout.reached_devices().count()).unwrap_or(u32::MAX);
-        let events = events_of(app, number, step, reached);
-        if events.is_empty() {
+        if step == Step::Nothing {
             return None;
         }
+        let reached = u32::try_from(rollout.reached_devices().count()).unwrap_or(u32::MAX);
         let version = fleet.version(&AggregateId::Rollout {
             app: app.clone(),
             number,
         });
-        Some((version, events))
+        Some((version, step, reached))
+    }
+
+    /// What each copy of the rollout's rehearsal did: its verdict, and from its own last
+    /// status the fuel and memory it used.
+    async fn rehearsal_report(&self, app: &AppId, number: u32) -> Option<Event> {
+        let judged: Vec<(RehearsalCopy, Option<Verdict>)> = {
+            let fleet = self.state.fleet();
+            let rollout = fleet.rollout(app, number)?;
+            rollout
+                .copies
+                .iter()
+                .map(|c| (c.clone(), rollout.verdicts.get(&c.device_id).cloned()))
+                .collect()
+        };
+        let statuses = self
+            .state
+            .log
+            .read_model::<DeploymentStatus>(subject::DEPLOYMENTS_BUCKET)
+            .await
+            .ok();
+        let mut copies = Vec::with_capacity(judged.len());
+        for (copy, verdict) in judged {
+            let status = match &statuses {
+                Some(model) => model
+                    .get(&format!("{app}.{}", copy.device_id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|entry| entry.value),
+                None => None,
+            };
+            copies.push(CopyReport {
+                passed: verdict == Some(Verdict::Passed),
+                reason: match verdict {
+                    Some(Verdict::Failed(why)) => Some(why),
+                    _ => None,
+                },
+                fuel_used: status.as_ref().map(|s| s.fuel_used),
+                memory_pages: status.as_ref().map(|s| s.memory_pages),
+                telemetry: None,
+                device_id: copy.device_id,
+                of: copy.of,
+            });
+        }
+        Some(
+            RolloutRehearsed {
+                app_id: app.clone(),
+                number,
+                copies,
+            }
+            .into(),
+        )
+    }
+
+    /// Starts the copies of a rehearsal that runs and removes those of one that is over: asked
+    /// of the renode-manager (simulated, whatever its backend) and enrollment, once per copy
+    /// in this process; both answer a repeat harmlessly.
+    fn tend_copies(&mut self) {
+        let (start, remove): (Vec<RehearsalCopy>, Vec<DeviceId>) = {
+            let fleet = self.state.fleet();
+            let mut start = Vec::new();
+            let mut remove = Vec::new();
+            for rollout in fleet.all_rollouts() {
+                for copy in &rollout.copies {
+                    let device = fleet.devices.get(&copy.device_id);
+                    if rollout.rehearsing() {
+                        if !device.is_some_and(wasmbed_fleet::Device::connected)
+                            && self.launched.insert(copy.device_id.clone())
+                        {
+                            start.push(copy.clone());
+                        }
+                    } else if rollout.rehearsal_over()
+                        && device.is_some_and(|d| !d.decommissioned())
+                        && self.removed.insert(copy.device_id.clone())
+                    {
+                        remove.push(copy.device_id.clone());
+                    }
+                }
+            }
+            (start, remove)
+        };
+        for copy in start {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let command = StartEmulator {
+                    device_id: copy.device_id.clone(),
+                    mcu: copy.mcu,
+                    simulated: true,
+                    labels: copy.labels,
+                };
+                if let Err(e) = wasmbed_bus::call(&client, &command, COPY_TIMEOUT).await {
+                    warn!(copy = %copy.device_id, error = %e, "rehearsal copy not started");
+                }
+            });
+        }
+        for device in remove {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let stop = StopEmulator {
+                    device_id: device.clone(),
+                };
+                if let Err(e) = wasmbed_bus::call(&client, &stop, COPY_TIMEOUT).await {
+                    warn!(copy = %device, error = %e, "rehearsal copy not stopped");
+                }
+                let decommission = DecommissionDevice {
+                    device_id: device.clone(),
+                    reason: "rehearsal over".into(),
+                };
+                if let Err(e) = wasmbed_bus::call(&client, &decommission, COPY_TIMEOUT).await {
+                    warn!(copy = %device, error = %e, "rehearsal copy not decommissioned");
+                }
+            });
+        }
     }
 }
 
@@ -119,23 +240,23 @@ fn reverting(fleet: &Fleet, app: &AppId, rollout: &Rollout, device: &DeviceId) -
     }
 }
 
-fn events_of(app: &AppId, number: u32, step: Step, reached: u32) -> Vec<Event> {
+fn event_of(app: &AppId, number: u32, step: Step, reached: u32) -> Option<Event> {
     let app_id = app.clone();
     match step {
-        Step::Nothing => Vec::new(),
-        Step::StartWave(wave) => vec![
+        Step::Nothing | Step::ReportRehearsal => None,
+        Step::StartWave(wave) => Some(
             RolloutWaveStarted {
                 app_id,
                 number,
                 wave,
             }
             .into(),
-        ],
+        ),
         Step::Judge {
             wave,
             passed,
             failed,
-        } => vec![
+        } => Some(
             RolloutDevicesJudged {
                 app_id,
                 number,
@@ -147,8 +268,8 @@ fn events_of(app: &AppId, number: u32, step: Step, reached: u32) -> Vec<Event> {
                     .collect(),
             }
             .into(),
-        ],
-        Step::WavePassed { wave, failed } => vec![
+        ),
+        Step::WavePassed { wave, failed } => Some(
             RolloutWavePassed {
                 app_id,
                 number,
@@ -156,12 +277,12 @@ fn events_of(app: &AppId, number: u32, step: Step, reached: u32) -> Vec<Event> {
                 failed,
             }
             .into(),
-        ],
+        ),
         Step::WaveFailed {
             wave,
             failed,
             allowed,
-        } => vec![
+        } => Some(
             RolloutWaveFailed {
                 app_id,
                 number,
@@ -170,8 +291,8 @@ fn events_of(app: &AppId, number: u32, step: Step, reached: u32) -> Vec<Event> {
                 allowed,
             }
             .into(),
-        ],
-        Step::RollBack { reason } => vec![
+        ),
+        Step::RollBack { reason } => Some(
             RolloutRollbackStarted {
                 app_id,
                 number,
@@ -179,12 +300,12 @@ fn events_of(app: &AppId, number: u32, step: Step, reached: u32) -> Vec<Event> {
                 devices: reached,
             }
             .into(),
-        ],
-        Step::Complete => vec![RolloutCompleted { app_id, number }.into()],
+        ),
+        Step::Complete => Some(RolloutCompleted { app_id, number }.into()),
         Step::FinishRollback {
             reverted,
             unreachable,
-        } => vec![
+        } => Some(
             RolloutRollbackFinished {
                 app_id,
                 number,
@@ -192,6 +313,6 @@ fn events_of(app: &AppId, number: u32, step: Step, reached: u32) -> Vec<Event> {
                 unreachable,
             }
             .into(),
-        ],
+        ),
     }
 }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use tracing::info;
 use wasmbed_eventlog::{AppendError, ExpectedVersion};
-use wasmbed_fleet::{App, Rollout, RolloutPhase};
+use wasmbed_fleet::{App, REHEARSAL_LABEL, Rollout, RolloutPhase};
 use wasmbed_schemas::command::{
     AbortRollout, Accepted, ApproveRollout, CommandError, ErrorCode, PauseRollout, ResumeRollout,
     RolloutStarted, StartRollout,
 };
 use wasmbed_schemas::event::{
-    Event, ModuleUploaded, PlannedWave, RolloutAborted, RolloutApproved, RolloutCreated,
-    RolloutGate, RolloutPaused, RolloutResumed,
+    Event, ModuleUploaded, PlannedWave, RehearsalCopy, RolloutAborted, RolloutApproved,
+    RolloutCreated, RolloutGate, RolloutPaused, RolloutResumed,
 };
 use wasmbed_schemas::rest::RolloutState;
 use wasmbed_schemas::rollout::{DEFAULT_DEADLINE_AFTER_SOAK_MS, MaxFailures, WaveSize};
@@ -115,6 +115,10 @@ pub(crate) async fn start_rollout(
     c: StartRollout,
 ) -> Result<RolloutStarted, CommandError> {
     let app = live_app(&state, &c.app_id)?;
+    let mut wave_specs = c.waves.clone();
+    if c.rehearse && wave_specs.first() != Some(&WaveSize::Rehearsal) {
+        wave_specs.insert(0, WaveSize::Rehearsal);
+    }
     if let Some(number) = app.rollout {
         let fleet = state.fleet();
         let aggregate = rollout_aggregate(&c.app_id, number);
@@ -123,7 +127,7 @@ pub(crate) async fn start_rollout(
                 .modules
                 .get(&rollout.to)
                 .is_some_and(|m| m.sha256 == c.module_sha256);
-            let same_waves = rollout.waves.iter().map(|w| &w.size).eq(c.waves.iter());
+            let same_waves = rollout.waves.iter().map(|w| &w.size).eq(wave_specs.iter());
             if same_module && same_waves {
                 // A retry of the command that started it.
                 return Ok(started_reply(number, rollout, fleet.version(&aggregate)));
@@ -156,8 +160,17 @@ pub(crate) async fn start_rollout(
     let number = app.rollouts + 1;
     let (devices, labels) = target(&state, &app);
     let ordered = plan::order(&format!("{}.{number}", c.app_id), &devices);
-    let planned = plan::plan(&ordered, &labels, &c.waves)
+    let mut planned = plan::plan(&ordered, &labels, &wave_specs)
         .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("waves: {e}")))?;
+    let copies = if wave_specs.first() == Some(&WaveSize::Rehearsal) {
+        let copies = rehearsal_copies(&state, &c.app_id, number, &ordered);
+        if let Some(first) = planned.first_mut() {
+            *first = copies.iter().map(|c| c.device_id.clone()).collect();
+        }
+        copies
+    } else {
+        Vec::new()
+    };
     let from = app.running_version();
     // A version this module already is, with the limits and config asked for (none asked:
     // whatever it has).
@@ -200,8 +213,7 @@ pub(crate) async fn start_rollout(
             version
         }
     };
-    let waves: Vec<PlannedWave> = c
-        .waves
+    let waves: Vec<PlannedWave> = wave_specs
         .iter()
         .zip(planned)
         .enumerate()
@@ -224,6 +236,7 @@ pub(crate) async fn start_rollout(
                 .unwrap_or(c.soak_ms + DEFAULT_DEADLINE_AFTER_SOAK_MS),
             max_failures: c.max_failures,
         },
+        copies,
     };
     info!(app = %c.app_id, rollout = number, ?from, to, "rollout created");
     // Rollouts are numbered densely: a second start on a stale view names a rollout that
@@ -240,6 +253,63 @@ pub(crate) async fn start_rollout(
         )
     })?;
     Ok(started_reply(number, rollout, sequence))
+}
+
+/// Copies a rehearsal runs on, at most.
+const MAX_COPIES: usize = 4;
+/// What a host-simulated device reports as its MCU (not a catalogue type), and the catalogue
+/// type its copies are started as instead.
+const SIMULATED_MCU: &str = "Simulated";
+const DEFAULT_COPY_MCU: &str = "Mps2An385";
+
+/// One simulated copy per distinct profile (MCU type and labels) of the target, in rollout
+/// order, at most [`MAX_COPIES`]; each labelled `rehearsal=<app>.<number>`, which keeps it out
+/// of every application's target.
+fn rehearsal_copies(
+    state: &Deployer,
+    app: &AppId,
+    number: u32,
+    ordered: &[DeviceId],
+) -> Vec<RehearsalCopy> {
+    let fleet = state.fleet();
+    let mut profiles = std::collections::BTreeSet::new();
+    let mut copies = Vec::new();
+    for id in ordered {
+        let Some(device) = fleet.devices.get(id) else {
+            continue;
+        };
+        let mcu = device
+            .mcu
+            .clone()
+            .filter(|m| m != SIMULATED_MCU)
+            .unwrap_or_else(|| DEFAULT_COPY_MCU.to_owned());
+        if !profiles.insert((mcu.clone(), device.labels.clone())) {
+            continue;
+        }
+        let Some(device_id) = copy_id(app, number, copies.len()) else {
+            continue;
+        };
+        let mut labels = device.labels.clone();
+        labels.insert(REHEARSAL_LABEL.to_owned(), format!("{app}.{number}"));
+        copies.push(RehearsalCopy {
+            device_id,
+            of: id.clone(),
+            mcu,
+            labels,
+        });
+        if copies.len() == MAX_COPIES {
+            break;
+        }
+    }
+    copies
+}
+
+/// `<app>-rh<number>-<i>`, the application's part shortened to fit an id.
+fn copy_id(app: &AppId, number: u32, i: usize) -> Option<DeviceId> {
+    let suffix = format!("-rh{number}-{i}");
+    let room = wasmbed_schemas::ids::MAX_ID_LEN.saturating_sub(suffix.len());
+    let prefix: String = app.as_str().chars().take(room).collect();
+    DeviceId::new(format!("{}{suffix}", prefix.trim_end_matches('-'))).ok()
 }
 
 fn conflict_or_unavailable(e: AppendError, conflict: &str) -> CommandError {

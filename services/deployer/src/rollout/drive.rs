@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use wasmbed_fleet::{Rollout, RolloutPhase, Verdict};
 use wasmbed_schemas::DeviceId;
 
+use wasmbed_schemas::rollout::MaxFailures;
+
 use super::gate::{self, DeviceVerdict, Gate, Observed, WaveVerdict};
 
 /// Where a device that got the new version is in a rollback.
@@ -36,6 +38,8 @@ pub enum Step {
         /// Devices that failed, with the reason.
         failed: Vec<(DeviceId, String)>,
     },
+    /// The rehearsal wave is decided: record what each copy did, before its pass or failure.
+    ReportRehearsal,
     /// The wave passed.
     WavePassed {
         /// The wave.
@@ -150,7 +154,22 @@ fn judge_wave(
         };
     }
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    match gate::wave(&verdicts, rollout.gate.max_failures) {
+    let rehearsal = wave == 0 && rollout.has_rehearsal();
+    // A rehearsal allows no failure: a copy that fails is the fleet failing later.
+    let allowed = if rehearsal {
+        MaxFailures::Count(0)
+    } else {
+        rollout.gate.max_failures
+    };
+    let verdict = gate::wave(&verdicts, allowed);
+    if rehearsal
+        && verdict != WaveVerdict::Pending
+        && rollout.rehearsal.is_empty()
+        && !rollout.copies.is_empty()
+    {
+        return Step::ReportRehearsal;
+    }
+    match verdict {
         WaveVerdict::Pending => Step::Nothing,
         WaveVerdict::Passed { failed } => Step::WavePassed {
             wave,
@@ -249,6 +268,7 @@ mod tests {
                         deadline_ms: 120_000,
                         max_failures,
                     },
+                    copies: Vec::new(),
                 },
             );
             case

@@ -29,6 +29,9 @@ pub enum PlanError {
     /// A wave adds nothing to the waves before it.
     #[error("wave {wave} ({size}) adds no device to the waves before it")]
     Empty { wave: usize, size: String },
+    /// A rehearsal is not the first wave.
+    #[error("wave {wave} is a rehearsal; a rehearsal can only be the first wave")]
+    RehearsalNotFirst { wave: usize },
     /// The waves leave devices out.
     #[error("the waves cover {covered} of the target's {target} devices; end with 100% or rest")]
     Uncovered { covered: usize, target: usize },
@@ -63,6 +66,14 @@ pub fn plan(
     for (index, size) in waves.iter().enumerate() {
         let wave_number = index + 1;
         let free = ordered.iter().filter(|d| !taken.contains(d));
+        if *size == WaveSize::Rehearsal {
+            // Its devices are copies, made by the caller; it takes none of the target.
+            if index != 0 {
+                return Err(PlanError::RehearsalNotFirst { wave: wave_number });
+            }
+            planned.push(Vec::new());
+            continue;
+        }
         let wave: Vec<&DeviceId> = match size {
             WaveSize::Count(_) | WaveSize::Percent(_) => {
                 let reach = reach(size, target);
@@ -82,7 +93,7 @@ pub fn plan(
                         .is_some_and(|have| wanted.iter().all(|(k, v)| have.get(k) == Some(v)))
                 })
                 .collect(),
-            WaveSize::Rest => free.collect(),
+            WaveSize::Rest | WaveSize::Rehearsal => free.collect(),
         };
         if wave.is_empty() {
             return Err(PlanError::Empty {
@@ -107,7 +118,7 @@ fn reach(size: &WaveSize, target: usize) -> usize {
     match *size {
         WaveSize::Count(n) => n as usize,
         WaveSize::Percent(p) => (target * usize::from(p)).div_ceil(100),
-        WaveSize::Selector(_) | WaveSize::Rest => target,
+        WaveSize::Selector(_) | WaveSize::Rest | WaveSize::Rehearsal => target,
     }
 }
 
@@ -227,6 +238,26 @@ mod tests {
             plan(&ordered, &labels, &waves("ring=canary")),
             Err(PlanError::Uncovered {
                 covered: 3,
+                target: 10
+            })
+        );
+    }
+
+    #[test]
+    fn a_rehearsal_takes_no_device_of_the_target_and_only_comes_first() {
+        let target = fleet(10);
+        let ordered = order("r", &target);
+        let none = BTreeMap::new();
+        let planned = plan(&ordered, &none, &waves("rehearsal,50%,rest")).unwrap_or_default();
+        assert_eq!(sizes(&planned), [0, 5, 5]);
+        assert_eq!(
+            plan(&ordered, &none, &waves("50%,rehearsal,rest")),
+            Err(PlanError::RehearsalNotFirst { wave: 2 })
+        );
+        assert_eq!(
+            plan(&ordered, &none, &waves("rehearsal")),
+            Err(PlanError::Uncovered {
+                covered: 0,
                 target: 10
             })
         );

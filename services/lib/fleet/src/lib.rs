@@ -12,5 +12,5 @@ mod render;
 mod rollout;
 
 pub use fold::Touched;
-pub use model::{App, Deployment, Device, Fleet, ModuleVersion, Pair, in_target};
+pub use model::{App, Deployment, Device, Fleet, ModuleVersion, Pair, REHEARSAL_LABEL, in_target};
 pub use rollout::{Rollout, RolloutPhase, Verdict};

@@ -144,9 +144,13 @@ impl App {
     }
 }
 
-/// Whether a device not decommissioned falls in `target`.
+/// The label of a rollout's simulated copies (`rehearsal=<app>.<number>`): no target holds
+/// them; only their rehearsal does.
+pub const REHEARSAL_LABEL: &str = "rehearsal";
+
+/// Whether a device not decommissioned, and not a rehearsal's copy, falls in `target`.
 pub fn in_target(target: &Target, id: &DeviceId, device: &Device) -> bool {
-    if device.decommissioned() {
+    if device.decommissioned() || device.labels.contains_key(REHEARSAL_LABEL) {
         return false;
     }
     match target {

@@ -4,8 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use wasmbed_schemas::event::{DeviceFailure, Event, PlannedWave, RolloutGate};
+use wasmbed_schemas::event::{
+    CopyReport, DeviceFailure, Event, PlannedWave, RehearsalCopy, RolloutGate,
+};
 use wasmbed_schemas::rest::{DesiredState, RolloutState, RolloutView, WaveState, WaveView};
+use wasmbed_schemas::rollout::WaveSize;
 use wasmbed_schemas::{AppId, DeviceId};
 
 use crate::fold::Touched;
@@ -67,6 +70,10 @@ pub struct Rollout {
     pub halted: Option<String>,
     /// When it was created.
     pub created: DateTime<Utc>,
+    /// The simulated copies of its rehearsal wave.
+    pub copies: Vec<RehearsalCopy>,
+    /// What each copy did, once the rehearsal was judged.
+    pub rehearsal: Vec<CopyReport>,
     wave_of: HashMap<DeviceId, u32>,
 }
 
@@ -82,15 +89,44 @@ impl Rollout {
             .is_some_and(|w| (w as usize) < self.started.len())
     }
 
-    /// Every device in a started wave.
+    /// Every real device (not a rehearsal copy) in a started wave.
     pub fn reached_devices(&self) -> impl Iterator<Item = &DeviceId> {
         self.waves[..self.started.len().min(self.waves.len())]
             .iter()
             .flat_map(|w| &w.devices)
+            .filter(|d| !self.is_copy(d))
+    }
+
+    /// `device` is one of its rehearsal's simulated copies.
+    pub fn is_copy(&self, device: &DeviceId) -> bool {
+        self.copies.iter().any(|c| &c.device_id == device)
+    }
+
+    /// Its first wave is a rehearsal on copies.
+    pub fn has_rehearsal(&self) -> bool {
+        self.waves
+            .first()
+            .is_some_and(|w| w.size == WaveSize::Rehearsal)
+    }
+
+    /// The rehearsal wave is running: its copies should run the new version.
+    pub fn rehearsing(&self) -> bool {
+        self.has_rehearsal()
+            && self.phase == RolloutPhase::Waves
+            && self.halted.is_none()
+            && self.current_wave() == Some(0)
+    }
+
+    /// The rehearsal is over (judged, halted or the rollout finished): its copies go.
+    pub fn rehearsal_over(&self) -> bool {
+        self.has_rehearsal() && !self.started.is_empty() && !self.rehearsing()
     }
 
     /// The version `device` should run while this rollout is the application's.
     pub fn wanted_version(&self, device: &DeviceId) -> Option<u32> {
+        if self.is_copy(device) {
+            return self.rehearsing().then_some(self.to);
+        }
         match self.phase {
             RolloutPhase::Waves if self.reached(device) => Some(self.to),
             RolloutPhase::Completed => Some(self.to),
@@ -195,6 +231,7 @@ impl Rollout {
                 })
                 .collect(),
             halted: self.halted.clone(),
+            rehearsal: self.rehearsal.clone(),
             created: self.created,
         }
     }
@@ -212,6 +249,11 @@ impl Fleet {
         Some((number, self.rollout(app, number)?))
     }
 
+    /// Every rollout of every application.
+    pub fn all_rollouts(&self) -> impl Iterator<Item = &Rollout> {
+        self.rollouts.values()
+    }
+
     /// The application's rollouts, newest first.
     pub fn rollouts_of<'a>(
         &'a self,
@@ -221,6 +263,12 @@ impl Fleet {
             .range((app.clone(), 0)..=(app.clone(), u32::MAX))
             .rev()
             .map(|((_, n), r)| (*n, r))
+    }
+
+    /// `device` is a copy the application's rollout in progress is rehearsing on now.
+    pub fn rehearses(&self, app: &AppId, device: &DeviceId) -> bool {
+        self.active_rollout(app)
+            .is_some_and(|(_, r)| r.rehearsing() && r.is_copy(device))
     }
 
     /// The version of `app` that should run on `device` now, if any: the application's version,
@@ -261,6 +309,8 @@ impl Fleet {
                     verdicts: BTreeMap::new(),
                     halted: None,
                     created: at,
+                    copies: e.copies.clone(),
+                    rehearsal: Vec::new(),
                     wave_of,
                 };
                 self.rollouts.insert((e.app_id.clone(), e.number), rollout);
@@ -280,6 +330,10 @@ impl Fleet {
                     let verdict = Verdict::Failed(failure.reason.clone());
                     r.verdicts.insert(failure.device_id.clone(), verdict);
                 }
+                false
+            }),
+            Event::RolloutRehearsed(e) => self.change_rollout(&e.app_id, e.number, |r| {
+                r.rehearsal.clone_from(&e.copies);
                 false
             }),
             Event::RolloutWavePassed(e) => self.change_rollout(&e.app_id, e.number, |r| {
