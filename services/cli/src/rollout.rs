@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wasmbed_bus::call;
 use wasmbed_eventlog::modules::upload_module;
@@ -23,27 +23,49 @@ use wasmbed_schemas::{AggregateKind, AppId, subject};
 
 use crate::device::{Bus, fleet, humantime_secs};
 
+/// A new version: the application, the module, its settings, how it is judged.
+#[derive(Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    bus: Bus,
+    /// The application.
+    app_id: AppId,
+    /// The WASM module.
+    file: PathBuf,
+    /// How long a device must run the new version, online, to pass.
+    #[arg(long, default_value = "30s", value_parser = humantime_secs)]
+    soak: Duration,
+    /// How long a device has to pass after its wave starts (default: soak + 2 min).
+    #[arg(long, value_parser = humantime_secs)]
+    deadline: Option<Duration>,
+    /// Fuel per call of an export in the new version (default: the application's).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory limit in 64 KiB pages of the new version (default: the application's).
+    #[arg(long)]
+    pages: Option<u32>,
+    /// Milliseconds between ticks in the new version (default: the application's).
+    #[arg(long)]
+    tick_ms: Option<u32>,
+    /// Configuration text of the new version (default: the application's).
+    #[arg(long)]
+    config: Option<String>,
+    /// Give up watching after this long (the rollout goes on).
+    #[arg(long, default_value = "30m", value_parser = humantime_secs)]
+    wait: Duration,
+}
+
 #[derive(Subcommand)]
 pub enum RolloutCommand {
     /// Upload a module and roll it out to the application's target in waves, each behind a
     /// health gate; watch it until it completes, rolls back or waits for an approval.
     Start {
         #[command(flatten)]
-        bus: Bus,
-        /// The application.
-        app_id: AppId,
-        /// The WASM module.
-        file: PathBuf,
+        version: VersionArgs,
         /// Cumulative counts or percentages of the target (`1,10%,100%`), label selectors
         /// (`ring=canary`), or `rest`.
         #[arg(long, default_value = "1,10%,50%,100%", value_parser = parse_waves_arg)]
         waves: Waves,
-        /// How long a device must run the new version, online, to pass.
-        #[arg(long, default_value = "30s", value_parser = humantime_secs)]
-        soak: Duration,
-        /// How long a device has to pass after its wave starts (default: soak + 2 min).
-        #[arg(long, value_parser = humantime_secs)]
-        deadline: Option<Duration>,
         /// Failures allowed per wave: a count (`2`) or a percentage (`5%`).
         #[arg(long, default_value = "0")]
         max_failures: MaxFailures,
@@ -54,24 +76,16 @@ pub enum RolloutCommand {
         /// renode-manager); a failed rehearsal touches no real device.
         #[arg(long)]
         rehearse: bool,
-        /// Fuel per call of an export in the new version (default: the application's).
-        #[arg(long)]
-        fuel: Option<u64>,
-        /// Memory limit in 64 KiB pages of the new version (default: the application's).
-        #[arg(long)]
-        pages: Option<u32>,
-        /// Milliseconds between ticks in the new version (default: the application's).
-        #[arg(long)]
-        tick_ms: Option<u32>,
-        /// Configuration text of the new version (default: the application's).
-        #[arg(long)]
-        config: Option<String>,
         /// Start it and return without watching.
         #[arg(long)]
         no_wait: bool,
-        /// Give up watching after this long (the rollout goes on).
-        #[arg(long, default_value = "30m", value_parser = humantime_secs)]
-        wait: Duration,
+    },
+    /// Run a module on simulated copies of the application's devices only, next to the fleet
+    /// (through the renode-manager), and report what each copy did; no real device is touched
+    /// and the application's version does not change. Exit 0 when every copy passed.
+    Rehearse {
+        #[command(flatten)]
+        version: VersionArgs,
     },
     /// The application's newest rollout: each wave, its devices, each failure and its reason.
     Status {
@@ -132,67 +146,29 @@ fn parse_waves_arg(text: &str) -> Result<Waves, String> {
 pub async fn run(command: RolloutCommand) -> Result<()> {
     match command {
         RolloutCommand::Start {
-            bus,
-            app_id,
-            file,
+            version,
             waves,
-            soak,
-            deadline,
             max_failures,
             approve_each,
             rehearse,
-            fuel,
-            pages,
-            tick_ms,
-            config,
             no_wait,
-            wait,
         } => {
-            let module =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let client = bus.connect().await?;
-            let log = EventLog::open(client.clone(), &LogOptions::default())
-                .await
-                .context("opening the event log")?;
-            let sha = upload_module(log.jetstream(), &module).await?;
-            let limits = if fuel.is_some() || pages.is_some() || tick_ms.is_some() {
-                let view = fleet(&client).await?;
-                let Some(app) = view.apps.get(&app_id).filter(|a| !a.deleted()) else {
-                    bail!("no application {app_id}");
-                };
-                Some(Limits {
-                    fuel_per_invocation: fuel.unwrap_or(app.limits.fuel_per_invocation),
-                    max_memory_pages: pages.unwrap_or(app.limits.max_memory_pages),
-                    tick_interval_ms: tick_ms.unwrap_or(app.limits.tick_interval_ms),
-                })
-            } else {
-                None
-            };
-            let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            let start = StartRollout {
-                app_id: app_id.clone(),
-                module_sha256: sha,
+            let plan = Plan {
                 waves: waves.0,
-                soak_ms: millis(soak),
-                deadline_ms: deadline.map(millis),
                 max_failures,
                 approve_each,
                 rehearse,
-                limits,
-                config: config.map(|text| Blob(text.into_bytes())),
             };
-            let started = call(&client, &start, bus.timeout).await?;
-            let from = started
-                .from_version
-                .map_or_else(|| "not running".to_owned(), |v| format!("v{v}"));
-            println!(
-                "rollout {} of {app_id}: {from} → v{} in waves of {:?} devices",
-                started.number, started.to_version, started.wave_devices
-            );
-            if no_wait {
-                return Ok(());
-            }
-            watch(&client, &log, &app_id, started.number, wait).await
+            start(version, plan, no_wait).await
+        }
+        RolloutCommand::Rehearse { version } => {
+            let plan = Plan {
+                waves: vec![WaveSize::Rehearsal],
+                max_failures: MaxFailures::Count(0),
+                approve_each: false,
+                rehearse: false,
+            };
+            start(version, plan, false).await
         }
         RolloutCommand::Status {
             bus,
@@ -295,6 +271,74 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
     }
 }
 
+/// How a rollout's waves go.
+struct Plan {
+    waves: Vec<WaveSize>,
+    max_failures: MaxFailures,
+    approve_each: bool,
+    rehearse: bool,
+}
+
+/// Uploads the module, starts the rollout and watches it unless `no_wait`.
+async fn start(version: VersionArgs, plan: Plan, no_wait: bool) -> Result<()> {
+    let VersionArgs {
+        bus,
+        app_id,
+        file,
+        soak,
+        deadline,
+        fuel,
+        pages,
+        tick_ms,
+        config,
+        wait,
+    } = version;
+    let module = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let client = bus.connect().await?;
+    let log = EventLog::open(client.clone(), &LogOptions::default())
+        .await
+        .context("opening the event log")?;
+    let sha = upload_module(log.jetstream(), &module).await?;
+    let limits = if fuel.is_some() || pages.is_some() || tick_ms.is_some() {
+        let view = fleet(&client).await?;
+        let Some(app) = view.apps.get(&app_id).filter(|a| !a.deleted()) else {
+            bail!("no application {app_id}");
+        };
+        Some(Limits {
+            fuel_per_invocation: fuel.unwrap_or(app.limits.fuel_per_invocation),
+            max_memory_pages: pages.unwrap_or(app.limits.max_memory_pages),
+            tick_interval_ms: tick_ms.unwrap_or(app.limits.tick_interval_ms),
+        })
+    } else {
+        None
+    };
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let start = StartRollout {
+        app_id: app_id.clone(),
+        module_sha256: sha,
+        waves: plan.waves,
+        soak_ms: millis(soak),
+        deadline_ms: deadline.map(millis),
+        max_failures: plan.max_failures,
+        approve_each: plan.approve_each,
+        rehearse: plan.rehearse,
+        limits,
+        config: config.map(|text| Blob(text.into_bytes())),
+    };
+    let started = call(&client, &start, bus.timeout).await?;
+    let from = started
+        .from_version
+        .map_or_else(|| "not running".to_owned(), |v| format!("v{v}"));
+    println!(
+        "rollout {} of {app_id}: {from} → v{} in waves of {:?} devices",
+        started.number, started.to_version, started.wave_devices
+    );
+    if no_wait {
+        return Ok(());
+    }
+    watch(&client, &log, &app_id, started.number, wait).await
+}
+
 fn version_text(v: Option<u32>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("v{v}"))
 }
@@ -350,6 +394,21 @@ pub fn status_text(r: &RolloutView) -> String {
     for failure in &r.failures {
         out.push_str(&format!("  {}: {}\n", failure.device_id, failure.reason));
     }
+    for copy in &r.rehearsal {
+        let verdict = match (&copy.reason, copy.passed) {
+            (_, true) => "passed".to_owned(),
+            (Some(why), false) => format!("failed: {why}"),
+            (None, false) => "failed".to_owned(),
+        };
+        let number = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        out.push_str(&format!(
+            "  rehearsal copy {} of {}: {verdict}; fuel of its last tick {}, memory pages {}\n",
+            copy.device_id,
+            copy.of,
+            number(copy.fuel_used),
+            number(copy.memory_pages.map(u64::from)),
+        ));
+    }
     out
 }
 
@@ -380,6 +439,16 @@ async fn watch(
         };
         bars.draw(&r);
         match r.state {
+            RolloutState::Completed if r.waves.iter().all(|w| w.size == "rehearsal") => {
+                bars.finish();
+                print!("{}", status_text(&r));
+                println!(
+                    "rehearsal of v{} passed on {} copies; no real device was touched",
+                    r.to_version,
+                    r.rehearsal.len()
+                );
+                return Ok(());
+            }
             RolloutState::Completed => {
                 bars.finish();
                 println!(

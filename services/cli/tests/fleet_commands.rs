@@ -140,6 +140,10 @@ async fn devices_and_apps_from_the_command_line() {
 #[tokio::test]
 async fn rollouts_from_the_command_line_say_how_they_ended_in_the_exit_status() {
     let system = System::start().await;
+    // Rehearsals start their copies through it.
+    let _manager = system
+        .start_manager(wasmbed_e2e::emulated::sim_backend())
+        .await;
     let (_, sim_a) = system.device("dev-a", &[]).await;
     let (_, sim_b) = system.device("dev-b", &[]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -215,6 +219,52 @@ async fn rollouts_from_the_command_line_say_how_they_ended_in_the_exit_status() 
     .await;
     assert!(!out.status.success());
     assert!(text(&out).1.contains("150%"), "{:?}", text(&out));
+
+    // A rehearsal alone runs only on a copy: one that exhausts its fuel says so and exits 1, a
+    // healthy one exits 0, and neither changes what the devices run.
+    let rehearse = |file: &str| {
+        [
+            "rollout".to_owned(),
+            "rehearse".to_owned(),
+            "counter".to_owned(),
+            file.to_owned(),
+            "--soak".to_owned(),
+            "300ms".to_owned(),
+        ]
+    };
+    let args = rehearse(&spin);
+    let out = wasmbed(
+        &system,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("rehearsal copy counter-rh3-0 of dev-")
+            && stdout.contains("fuel exhausted"),
+        "{stdout}"
+    );
+    let args = rehearse(&counter);
+    let out = wasmbed(
+        &system,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("rehearsal of v1 passed on 1 copies; no real device was touched"),
+        "{stdout}"
+    );
+    let out = wasmbed(&system, &["app", "list"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("counter") && l.contains("v2")),
+        "{stdout}"
+    );
     sim_a.stop().await;
     sim_b.stop().await;
 }

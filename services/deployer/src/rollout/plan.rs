@@ -104,7 +104,9 @@ pub fn plan(
         taken.extend(wave.iter().copied());
         planned.push(wave.into_iter().cloned().collect());
     }
-    if taken.len() < target {
+    // A rehearsal alone touches no device of the target: nothing to cover.
+    let rehearsal_only = waves.iter().all(|w| *w == WaveSize::Rehearsal);
+    if taken.len() < target && !rehearsal_only {
         return Err(PlanError::Uncovered {
             covered: taken.len(),
             target,
@@ -254,10 +256,15 @@ mod tests {
             plan(&ordered, &none, &waves("50%,rehearsal,rest")),
             Err(PlanError::RehearsalNotFirst { wave: 2 })
         );
+        // Alone, it covers nothing and need not: the rehearsal is all it is.
         assert_eq!(
-            plan(&ordered, &none, &waves("rehearsal")),
+            plan(&ordered, &none, &waves("rehearsal")).map(|p| sizes(&p)),
+            Ok(vec![0])
+        );
+        assert_eq!(
+            plan(&ordered, &none, &waves("rehearsal,50%")),
             Err(PlanError::Uncovered {
-                covered: 0,
+                covered: 5,
                 target: 10
             })
         );

@@ -109,6 +109,12 @@ impl Rollout {
             .is_some_and(|w| w.size == WaveSize::Rehearsal)
     }
 
+    /// It is a rehearsal and nothing else: no real device is in any wave, and completing it
+    /// changes no application's version.
+    pub fn rehearsal_only(&self) -> bool {
+        self.waves.iter().all(|w| w.size == WaveSize::Rehearsal)
+    }
+
     /// The rehearsal wave is running: its copies should run the new version.
     pub fn rehearsing(&self) -> bool {
         self.has_rehearsal()
@@ -402,13 +408,14 @@ impl Fleet {
         };
         rollout.phase = phase;
         let to = rollout.to;
+        let changes_the_app = phase == RolloutPhase::Completed && !rollout.rehearsal_only();
         let Some(app) = self.apps.get_mut(app_id) else {
             return Touched::Nothing;
         };
         if app.rollout == Some(number) {
             app.rollout = None;
         }
-        if phase == RolloutPhase::Completed && !app.deleted() {
+        if changes_the_app && !app.deleted() {
             app.desired = DesiredState::Running { version: to };
         }
         Touched::App(app_id.clone())
