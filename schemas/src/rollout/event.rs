@@ -80,7 +80,7 @@ pub struct CopyReport {
     pub fuel_used: Option<u64>,
     /// Linear memory pages it used, as it reported.
     pub memory_pages: Option<u32>,
-    /// Telemetry messages it published.
+    /// Telemetry messages it published (counted in the telemetry stream).
     pub telemetry: Option<u64>,
 }
 

@@ -674,20 +674,26 @@ async fn a_rehearsal_on_simulated_copies_stops_a_bad_version_before_any_real_dev
         })
         .await;
 
-    // A healthy version rehearses, passes, and goes on to the real devices.
+    // A healthy version rehearses, passes, and goes on to the real devices; the report counts
+    // the copy's telemetry.
     let rehearsed = StartRollout {
         rehearse: true,
-        ..spec(&[WaveSize::Rest], 300, MaxFailures::Count(0))
+        ..spec(&[WaveSize::Rest], 500, MaxFailures::Count(0))
     };
-    start(&system, &app, &healthy(2), rehearsed).await;
+    start(&system, &app, wasmbed_example_apps::SENSOR, rehearsed).await;
     let story = system
         .wait_events(&rollout_of(&app, 2), ends_with("RolloutCompleted"))
         .await;
-    assert!(
-        story
-            .iter()
-            .any(|e| matches!(e, Event::RolloutRehearsed(r) if r.copies.iter().all(|c| c.passed)))
-    );
+    let report = story
+        .iter()
+        .find_map(|e| match e {
+            Event::RolloutRehearsed(r) => Some(r.copies.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(report.iter().all(|c| c.passed), "{report:?}");
+    assert!(report[0].telemetry >= Some(1), "{report:?}");
+    assert!(report[0].memory_pages >= Some(1), "{report:?}");
     wait_reported_running(&system, &app, &devices, 3).await;
     for sim in sims {
         sim.stop().await;

@@ -4,6 +4,7 @@
 //! devices through the ordinary pass over dirty pairs: [`wasmbed_fleet::Fleet::wanted_version`].
 
 use chrono::Utc;
+use futures::TryStreamExt;
 use tracing::{info, warn};
 use wasmbed_eventlog::ExpectedVersion;
 use wasmbed_fleet::{Fleet, Rollout, Verdict};
@@ -119,7 +120,7 @@ impl Reconciler {
                 },
                 fuel_used: status.as_ref().map(|s| s.fuel_used),
                 memory_pages: status.as_ref().map(|s| s.memory_pages),
-                telemetry: None,
+                telemetry: self.telemetry_of(&copy.device_id, app).await,
                 device_id: copy.device_id,
                 of: copy.of,
             });
@@ -132,6 +133,26 @@ impl Reconciler {
             }
             .into(),
         )
+    }
+
+    /// Telemetry messages `device` published for `app`, counted in the telemetry stream.
+    async fn telemetry_of(&self, device: &DeviceId, app: &AppId) -> Option<u64> {
+        let stream = self
+            .state
+            .log
+            .jetstream()
+            .get_stream(subject::TELEMETRY_STREAM)
+            .await
+            .ok()?;
+        let mut subjects = stream
+            .info_with_subjects(subject::telemetry(device, app))
+            .await
+            .ok()?;
+        let mut total = 0u64;
+        while let Some((_, count)) = subjects.try_next().await.ok()? {
+            total += count as u64;
+        }
+        Some(total)
     }
 
     /// Starts the copies of a rehearsal that runs and removes those of one that is over: asked
