@@ -664,6 +664,14 @@ async fn a_rehearsal_on_simulated_copies_stops_a_bad_version_before_any_real_dev
                 .any(|e| matches!(e, Event::DeviceDecommissioned(_)))
         })
         .await;
+    // Blink targets every device, yet its running version never went to the copy.
+    let copy_deployment = system.events(&deployment(&app, &copy.device_id)).await;
+    assert!(
+        !copy_deployment
+            .iter()
+            .any(|e| matches!(e, Event::DeploymentRequested(r) if r.version == 1)),
+        "{copy_deployment:?}"
+    );
     assert!(copy_events.iter().any(|e| matches!(
         e,
         Event::DeviceRegistered(r) if r.labels.get("rehearsal").map(String::as_str) == Some("blink.1")
