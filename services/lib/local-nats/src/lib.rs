@@ -173,10 +173,17 @@ impl NatsProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(early_errors);
+        // What this start writes to the log comes after what is there (a restart appends).
+        let log_start = std::fs::metadata(&c.log_file).map_or(0, |m| m.len());
         self.child = Some(command.spawn()?);
         let started = Instant::now();
         while started.elapsed() < c.ready_timeout {
-            if jetstream_ready(c.monitor_port).await {
+            // The health answer alone could come from another server that took the monitoring
+            // port between `free_port` and this start; this process's own log says whether it
+            // is the one listening.
+            if jetstream_ready(c.monitor_port).await
+                && log_says_ready(&c.log_file, log_start, c.port)
+            {
                 debug!(port = c.port, elapsed = ?started.elapsed(), "nats-server ready");
                 return Ok(());
             }
@@ -203,6 +210,17 @@ impl Drop for NatsProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// This start's part of the server's own log says it listens on `port` and is ready.
+fn log_says_ready(log_file: &std::path::Path, from: u64, port: u16) -> bool {
+    let Ok(bytes) = std::fs::read(log_file) else {
+        return false;
+    };
+    let ours = String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default());
+    ours.contains(&format!(
+        "Listening for client connections on 127.0.0.1:{port}"
+    )) && ours.contains("Server is ready")
 }
 
 /// `GET /healthz?js-enabled-only=true` on the monitoring port answers 200.
