@@ -32,9 +32,15 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
-    /// It changes nothing any more.
-    pub fn finished(self) -> bool {
-        matches!(self, Self::RolledBack | Self::Completed)
+    /// In words, with the wave it is at (from 0) when one is being judged, waited for or
+    /// started: `judging (wave 2 of 3)`.
+    pub fn describe(self, wave: u32, waves: usize) -> String {
+        match self {
+            Self::Judging | Self::AwaitingApproval | Self::Starting => {
+                format!("{} (wave {} of {waves})", self.as_str(), wave + 1)
+            }
+            other => other.as_str().to_owned(),
+        }
     }
 
     /// In words, for people.

@@ -345,17 +345,7 @@ fn version_text(v: Option<u32>) -> String {
 
 /// The state in words, with the wave when one is being judged or waited for.
 fn state_text(r: &RolloutView) -> String {
-    match r.state {
-        RolloutState::Judging | RolloutState::AwaitingApproval | RolloutState::Starting => {
-            format!(
-                "{} (wave {} of {})",
-                r.state.as_str(),
-                r.wave + 1,
-                r.waves.len()
-            )
-        }
-        other => other.as_str().to_owned(),
-    }
+    r.state.describe(r.wave, r.waves.len())
 }
 
 fn wave_text(state: WaveState) -> &'static str {
@@ -431,7 +421,7 @@ async fn watch(
     // Followed first, folded second: what lands in between is applied twice, which the fold
     // ignores.
     let mut view: Fleet = fleet(client).await?;
-    let bars = Bars::new(&view, app, number)?;
+    let mut bars = Bars::new(&view, app, number)?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let Some(r) = view.rollout(app, number).map(|r| r.view(app, number)) else {
@@ -493,7 +483,7 @@ struct Bars {
     _multi: MultiProgress,
     waves: Vec<ProgressBar>,
     plain: bool,
-    last: std::cell::RefCell<String>,
+    last: String,
 }
 
 impl Bars {
@@ -525,11 +515,11 @@ impl Bars {
             _multi: multi,
             waves,
             plain,
-            last: std::cell::RefCell::new(String::new()),
+            last: String::new(),
         })
     }
 
-    fn draw(&self, r: &RolloutView) {
+    fn draw(&mut self, r: &RolloutView) {
         for (bar, w) in self.waves.iter().zip(&r.waves) {
             bar.set_position(u64::from(w.passed + w.failed));
             bar.set_message(format!("{} ({} failed)", wave_text(w.state), w.failed));
@@ -542,9 +532,9 @@ impl Bars {
                 passed.count(),
                 r.waves.len()
             );
-            if *self.last.borrow() != line {
+            if self.last != line {
                 println!("  {line}");
-                self.last.replace(line);
+                self.last = line;
             }
         }
     }

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use wasmbed_bus::Router;
 use wasmbed_eventlog::{AppendError, ExpectedVersion};
 use wasmbed_schemas::AggregateId;
+use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::*;
 use wasmbed_schemas::event::{
     ApplicationCreated, ApplicationDeleted, ApplicationDeployRequested, ApplicationStopRequested,
@@ -25,7 +26,7 @@ use wasmbed_schemas::rest::DesiredState;
 type State = Arc<Deployer>;
 
 /// Configuration bytes travel in one `Deploy` frame, so they must stay well under a frame.
-pub(crate) const MAX_CONFIG_LEN: usize = MODULE_CHUNK_LEN / 2;
+const MAX_CONFIG_LEN: usize = MODULE_CHUNK_LEN / 2;
 
 pub(crate) fn router() -> Router<Deployer> {
     Router::new(crate::SERVICE)
@@ -44,7 +45,8 @@ pub(crate) fn router() -> Router<Deployer> {
 /// While a rollout is in progress it decides what runs where; the application's own commands
 /// wait for it to finish or be aborted.
 fn no_rollout(state: &Deployer, id: &AppId) -> Result<(), CommandError> {
-    match state.fleet().apps.get(id).and_then(|a| a.rollout) {
+    let active = state.fleet().active_rollout(id).map(|(number, _)| number);
+    match active {
         Some(number) => Err(refuse(
             ErrorCode::Conflict,
             format!(
@@ -81,6 +83,20 @@ fn module_error(e: ModuleError) -> CommandError {
         }
         other => refuse(ErrorCode::Unavailable, other.to_string()),
     }
+}
+
+/// Configuration bytes travel in one `Deploy` frame: at most [`MAX_CONFIG_LEN`].
+pub(crate) fn check_config(config: &Blob) -> Result<(), CommandError> {
+    if config.0.len() > MAX_CONFIG_LEN {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "config is {} bytes; at most {MAX_CONFIG_LEN}",
+                config.0.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_limits(limits: &Limits) -> Result<(), CommandError> {
@@ -156,15 +172,7 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
     if c.name.trim().is_empty() {
         return Err(refuse(ErrorCode::InvalidRequest, "name must not be empty"));
     }
-    if c.config.0.len() > MAX_CONFIG_LEN {
-        return Err(refuse(
-            ErrorCode::InvalidRequest,
-            format!(
-                "config is {} bytes; at most {MAX_CONFIG_LEN}",
-                c.config.0.len()
-            ),
-        ));
-    }
+    check_config(&c.config)?;
     let existing = state.fleet().apps.get(&c.app_id).cloned();
     let needs_creation = match existing {
         None => true,

@@ -10,36 +10,14 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark: failing is failing
 
-use std::time::Duration;
+mod fleet;
 
-use wasmbed_e2e::System;
 use wasmbed_e2e::timed::{BenchFleet, bench_module, create, deploy, rollback, staged};
 use wasmbed_schemas::AppId;
 use wasmbed_schemas::rollout::WaveSize;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMBED_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let devices = env("WASMBED_BENCH_DEVICES", 1000) as usize;
-    let timeout = Duration::from_secs(env("WASMBED_BENCH_TIMEOUT_SECS", 300));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        // The production settings, not the tests' quick retries.
-        let system = System::start_with(wasmbed_deployer::DeployerConfig::default()).await;
+    fleet::run(|system, devices, timeout| async move {
         let fleet = BenchFleet::start(&system, devices).await;
         let module = bench_module(64 * 1024, 1);
         println!(

@@ -229,26 +229,8 @@ pub async fn staged(
     waves: Vec<WaveSize>,
     timeout: Duration,
 ) -> Timed {
-    let sha = upload_module(system.log.jetstream(), module).await.unwrap();
-    let start = StartRollout {
-        app_id: app.clone(),
-        module_sha256: sha,
-        waves,
-        soak_ms: 0,
-        deadline_ms: Some(timeout.as_millis() as u64),
-        max_failures: MaxFailures::Count(0),
-        approve_each: false,
-        rehearse: false,
-        limits: None,
-        config: None,
-    };
-    let (mut timed, started) = time_until_running(system, fleet, app, version, timeout, async {
-        call(&system.client, &start, Duration::from_secs(10))
-            .await
-            .unwrap()
-    })
-    .await;
-    let number = started.number;
+    let (mut timed, number) =
+        start_rollout(system, fleet, app, module, version, waves, 0, timeout).await;
     let started = Instant::now();
     wait_rollout(system, app, number, "RolloutCompleted", timeout).await;
     timed.all_running += started.elapsed();
@@ -265,26 +247,10 @@ pub async fn rollback(
     version: u32,
     timeout: Duration,
 ) -> Duration {
-    let sha = upload_module(system.log.jetstream(), module).await.unwrap();
-    let start = StartRollout {
-        app_id: app.clone(),
-        module_sha256: sha,
-        waves: vec![WaveSize::Rest],
-        soak_ms: 3_600_000,
-        deadline_ms: None,
-        max_failures: MaxFailures::Count(0),
-        approve_each: false,
-        rehearse: false,
-        limits: None,
-        config: None,
-    };
-    let (_, started) = time_until_running(system, fleet, app, version, timeout, async {
-        call(&system.client, &start, Duration::from_secs(10))
-            .await
-            .unwrap()
-    })
-    .await;
-    let number = started.number;
+    let waves = vec![WaveSize::Rest];
+    let hour = 3_600_000;
+    let (_, number) =
+        start_rollout(system, fleet, app, module, version, waves, hour, timeout).await;
     let started = Instant::now();
     let abort = AbortRollout {
         app_id: app.clone(),
@@ -295,6 +261,41 @@ pub async fn rollback(
         .unwrap();
     wait_rollout(system, app, number, "RolloutRollbackFinished", timeout).await;
     started.elapsed()
+}
+
+/// Starts a rollout of `module` (its `version` once recorded) and times it until every device
+/// runs it; returns the timing and the rollout's number.
+#[allow(clippy::too_many_arguments)] // a benchmark step: each is a knob of the run
+async fn start_rollout(
+    system: &System,
+    fleet: &BenchFleet,
+    app: &AppId,
+    module: &[u8],
+    version: u32,
+    waves: Vec<WaveSize>,
+    soak_ms: u64,
+    timeout: Duration,
+) -> (Timed, u32) {
+    let sha = upload_module(system.log.jetstream(), module).await.unwrap();
+    let start = StartRollout {
+        app_id: app.clone(),
+        module_sha256: sha,
+        waves,
+        soak_ms,
+        deadline_ms: Some(soak_ms + timeout.as_millis() as u64),
+        max_failures: MaxFailures::Count(0),
+        approve_each: false,
+        rehearse: false,
+        limits: None,
+        config: None,
+    };
+    let (timed, started) = time_until_running(system, fleet, app, version, timeout, async {
+        call(&system.client, &start, Duration::from_secs(10))
+            .await
+            .unwrap()
+    })
+    .await;
+    (timed, started.number)
 }
 
 /// Waits until the rollout's last event is `last`.

@@ -38,6 +38,20 @@ async fn start(system: &System, device: &DeviceId, mcu: &str) -> Result<Accepted
     }
 }
 
+/// A renode-manager whose QEMU backend has no firmware images (kept in the returned directory).
+async fn qemu_without_images(
+    system: &System,
+) -> (wasmbed_e2e::emulated::Manager, tempfile::TempDir) {
+    let nowhere = tempfile::tempdir().unwrap();
+    let manager = system
+        .start_manager(Backend::Qemu(QemuBackend {
+            qemu: "qemu-system-arm".into(),
+            images: nowhere.path().to_path_buf(),
+        }))
+        .await;
+    (manager, nowhere)
+}
+
 async fn stop(system: &System, device: &DeviceId) -> Result<Accepted, CallError> {
     let command = StopEmulator {
         device_id: device.clone(),
@@ -182,13 +196,7 @@ async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
     let system = System::start().await;
-    let nowhere = tempfile::tempdir().unwrap();
-    let _manager = system
-        .start_manager(Backend::Qemu(QemuBackend {
-            qemu: "qemu-system-arm".into(),
-            images: nowhere.path().to_path_buf(),
-        }))
-        .await;
+    let (_manager, _nowhere) = qemu_without_images(&system).await;
     let device = DeviceId::new("odd-1").unwrap();
     let cases = [
         ("Esp32DevkitC", ErrorCode::Refused, "not a Cortex-M"),
@@ -402,14 +410,8 @@ async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_start_runs_any_catalogue_board_in_the_simulator_with_its_labels() {
     let system = System::start().await;
-    let nowhere = tempfile::tempdir().unwrap();
     // A manager whose own backend (QEMU without images) could run none of these boards.
-    let _manager = system
-        .start_manager(Backend::Qemu(QemuBackend {
-            qemu: "qemu-system-arm".into(),
-            images: nowhere.path().to_path_buf(),
-        }))
-        .await;
+    let (_manager, _nowhere) = qemu_without_images(&system).await;
     let device = DeviceId::new("copy-1").unwrap();
     let refused = start(&system, &device, "Stm32F746gDisco")
         .await

@@ -134,6 +134,24 @@ async fn wait_reported_running(system: &System, app: &AppId, devices: &[DeviceId
     }
 }
 
+/// App `blink` (a quiet module, v1) created for every device and running on `devices`.
+async fn blink_running_v1(system: &System, devices: &[DeviceId]) -> AppId {
+    let app = AppId::new("blink").unwrap();
+    system
+        .create_app(&app, &healthy(1), Target::All, test_limits())
+        .await;
+    system.deploy_app(&app).await;
+    wait_reported_running(system, &app, devices, 1).await;
+    app
+}
+
+async fn approve(system: &System, app: &AppId) -> Result<Accepted, CallError> {
+    let command = ApproveRollout {
+        app_id: app.clone(),
+    };
+    call(&system.client, &command, T).await
+}
+
 fn rollout_of(app: &AppId, number: u32) -> AggregateId {
     AggregateId::Rollout {
         app: app.clone(),
@@ -193,12 +211,7 @@ async fn a_version_that_traps_on_a_fifth_of_fifty_devices_is_stopped_in_its_seco
         .take(3)
         .collect();
     let (devices, sims) = fleet(&system, 50, |d| canaries.contains(d)).await;
-    let app = AppId::new("blink").unwrap();
-    system
-        .create_app(&app, &healthy(1), Target::All, test_limits())
-        .await;
-    system.deploy_app(&app).await;
-    wait_reported_running(&system, &app, &devices, 1).await;
+    let app = blink_running_v1(&system, &devices).await;
 
     // Bad input changes nothing.
     let bad_sha = upload_module(system.log.jetstream(), &trapping_on_a_fifth())
@@ -234,16 +247,7 @@ async fn a_version_that_traps_on_a_fifth_of_fifty_devices_is_stopped_in_its_seco
         assert_eq!(got, code, "{message}");
         assert!(message.contains(needle), "{message:?} lacks {needle:?}");
     }
-    let (code, message) = refusal(
-        call(
-            &system.client,
-            &ApproveRollout {
-                app_id: app.clone(),
-            },
-            T,
-        )
-        .await,
-    );
+    let (code, message) = refusal(approve(&system, &app).await);
     assert_eq!(code, ErrorCode::NotFound, "{message}");
     assert!(
         system.events(&rollout_of(&app, 1)).await.is_empty(),
@@ -381,12 +385,7 @@ async fn a_version_that_traps_on_a_fifth_of_fifty_devices_is_stopped_in_its_seco
 async fn a_healthy_version_waits_for_each_approval_and_an_abort_mid_wave_rolls_back() {
     let system = System::start().await;
     let (devices, sims) = fleet(&system, 10, |_| false).await;
-    let app = AppId::new("blink").unwrap();
-    system
-        .create_app(&app, &healthy(1), Target::All, test_limits())
-        .await;
-    system.deploy_app(&app).await;
-    wait_reported_running(&system, &app, &devices, 1).await;
+    let app = blink_running_v1(&system, &devices).await;
 
     let waves = [WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Rest];
     let started = start(
@@ -417,26 +416,9 @@ async fn a_healthy_version_waits_for_each_approval_and_an_abort_mid_wave_rolls_b
                 .any(|e| matches!(e, Event::RolloutWaveStarted(s) if s.wave == wave)),
             "wave {wave} started without approval"
         );
-        call(
-            &system.client,
-            &ApproveRollout {
-                app_id: app.clone(),
-            },
-            T,
-        )
-        .await
-        .unwrap();
+        approve(&system, &app).await.unwrap();
         // Approving what no longer waits is refused.
-        let (code, message) = refusal(
-            call(
-                &system.client,
-                &ApproveRollout {
-                    app_id: app.clone(),
-                },
-                T,
-            )
-            .await,
-        );
+        let (code, message) = refusal(approve(&system, &app).await);
         assert_eq!(code, ErrorCode::Refused, "{message}");
         assert!(message.contains("not waiting"), "{message}");
     }
@@ -587,12 +569,7 @@ async fn a_rehearsal_on_simulated_copies_stops_a_bad_version_before_any_real_dev
         .start_manager(wasmbed_e2e::emulated::sim_backend())
         .await;
     let (devices, sims) = fleet(&system, 3, |_| false).await;
-    let app = AppId::new("blink").unwrap();
-    system
-        .create_app(&app, &healthy(1), Target::All, test_limits())
-        .await;
-    system.deploy_app(&app).await;
-    wait_reported_running(&system, &app, &devices, 1).await;
+    let app = blink_running_v1(&system, &devices).await;
 
     // A module that exhausts its fuel: the copy (an Mps2An385 profile) fails, nothing else runs it.
     let rehearsed = StartRollout {

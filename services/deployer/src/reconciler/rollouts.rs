@@ -3,6 +3,7 @@
 //! cannot record a step twice. What the recorded steps change (a wave started, a rollback) reaches
 //! devices through the ordinary pass over dirty pairs: [`wasmbed_fleet::Fleet::wanted_version`].
 
+use async_nats::jetstream::stream::Stream;
 use chrono::Utc;
 use futures::TryStreamExt;
 use tracing::{info, warn};
@@ -36,18 +37,18 @@ impl Reconciler {
             let fleet = self.state.fleet();
             fleet
                 .apps
-                .iter()
-                .filter_map(|(id, app)| Some((id.clone(), app.rollout?)))
+                .keys()
+                .filter_map(|id| Some((id.clone(), fleet.active_rollout(id)?.0)))
                 .collect()
         };
         for (app, number) in active {
             for _ in 0..STEPS_PER_PASS {
-                let Some((expected, step, reached)) = self.next_step(&app, number) else {
+                let Some((expected, step)) = self.next_step(&app, number) else {
                     break;
                 };
                 let event = match step {
                     Step::ReportRehearsal => self.rehearsal_report(&app, number).await,
-                    other => event_of(&app, number, other, reached),
+                    other => event_of(&app, number, other),
                 };
                 let Some(event) = event else { break };
                 info!(%app, rollout = number, event = event.type_name(), "rollout step");
@@ -61,9 +62,8 @@ impl Reconciler {
         self.tend_copies();
     }
 
-    /// The rollout's next step, the rollout's version it expects, and how many real devices
-    /// got the new version.
-    fn next_step(&self, app: &AppId, number: u32) -> Option<(u64, Step, u32)> {
+    /// The rollout's next step and the rollout's version it expects.
+    fn next_step(&self, app: &AppId, number: u32) -> Option<(u64, Step)> {
         let fleet = self.state.fleet();
         let rollout = fleet.rollout(app, number)?;
         let step = drive::next(
@@ -75,12 +75,11 @@ impl Reconciler {
         if step == Step::Nothing {
             return None;
         }
-        let reached = u32::try_from(rollout.reached_devices().count()).unwrap_or(u32::MAX);
         let version = fleet.version(&AggregateId::Rollout {
             app: app.clone(),
             number,
         });
-        Some((version, step, reached))
+        Some((version, step))
     }
 
     /// What each copy of the rollout's rehearsal did: its verdict, and from its own last
@@ -99,6 +98,13 @@ impl Reconciler {
             .state
             .log
             .read_model::<DeploymentStatus>(subject::DEPLOYMENTS_BUCKET)
+            .await
+            .ok();
+        let telemetry = self
+            .state
+            .log
+            .jetstream()
+            .get_stream(subject::TELEMETRY_STREAM)
             .await
             .ok();
         let mut copies = Vec::with_capacity(judged.len());
@@ -120,7 +126,10 @@ impl Reconciler {
                 },
                 fuel_used: status.as_ref().map(|s| s.fuel_used),
                 memory_pages: status.as_ref().map(|s| s.memory_pages),
-                telemetry: self.telemetry_of(&copy.device_id, app).await,
+                telemetry: match &telemetry {
+                    Some(stream) => telemetry_of(stream, &copy.device_id, app).await,
+                    None => None,
+                },
                 device_id: copy.device_id,
                 of: copy.of,
             });
@@ -133,26 +142,6 @@ impl Reconciler {
             }
             .into(),
         )
-    }
-
-    /// Telemetry messages `device` published for `app`, counted in the telemetry stream.
-    async fn telemetry_of(&self, device: &DeviceId, app: &AppId) -> Option<u64> {
-        let stream = self
-            .state
-            .log
-            .jetstream()
-            .get_stream(subject::TELEMETRY_STREAM)
-            .await
-            .ok()?;
-        let mut subjects = stream
-            .info_with_subjects(subject::telemetry(device, app))
-            .await
-            .ok()?;
-        let mut total = 0u64;
-        while let Some((_, count)) = subjects.try_next().await.ok()? {
-            total += count as u64;
-        }
-        Some(total)
     }
 
     /// Starts the copies of a rehearsal that runs and removes those of one that is over: asked
@@ -217,6 +206,19 @@ impl Reconciler {
     }
 }
 
+/// Telemetry messages `device` published for `app`, counted in the telemetry stream.
+async fn telemetry_of(stream: &Stream, device: &DeviceId, app: &AppId) -> Option<u64> {
+    let mut subjects = stream
+        .info_with_subjects(subject::telemetry(device, app))
+        .await
+        .ok()?;
+    let mut total = 0u64;
+    while let Some((_, count)) = subjects.try_next().await.ok()? {
+        total += count as u64;
+    }
+    Some(total)
+}
+
 /// How a device of the current wave is doing with the new version.
 fn observe(fleet: &Fleet, app: &AppId, rollout: &Rollout, device: &DeviceId) -> Observed {
     let on_new = fleet
@@ -261,7 +263,7 @@ fn reverting(fleet: &Fleet, app: &AppId, rollout: &Rollout, device: &DeviceId) -
     }
 }
 
-fn event_of(app: &AppId, number: u32, step: Step, reached: u32) -> Option<Event> {
+fn event_of(app: &AppId, number: u32, step: Step) -> Option<Event> {
     let app_id = app.clone();
     match step {
         Step::Nothing | Step::ReportRehearsal => None,
@@ -313,12 +315,12 @@ fn event_of(app: &AppId, number: u32, step: Step, reached: u32) -> Option<Event>
             }
             .into(),
         ),
-        Step::RollBack { reason } => Some(
+        Step::RollBack { reason, devices } => Some(
             RolloutRollbackStarted {
                 app_id,
                 number,
                 reason,
-                devices: reached,
+                devices,
             }
             .into(),
         ),

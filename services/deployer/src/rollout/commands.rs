@@ -16,36 +16,17 @@ use wasmbed_schemas::event::{
     Event, ModuleUploaded, PlannedWave, RehearsalCopy, RolloutAborted, RolloutApproved,
     RolloutCreated, RolloutGate, RolloutPaused, RolloutResumed,
 };
-use wasmbed_schemas::rest::RolloutState;
 use wasmbed_schemas::rollout::{DEFAULT_DEADLINE_AFTER_SOAK_MS, MaxFailures, WaveSize};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 
 use super::plan;
 use crate::Deployer;
-use crate::handlers::{
-    MAX_CONFIG_LEN, app_version, check_limits, checked_module, live_app, refuse,
-};
+use crate::handlers::{app_version, check_config, check_limits, checked_module, live_app, refuse};
 
 type State = Arc<Deployer>;
 
 /// The longest soak or deadline accepted: a day.
 const MAX_GATE_MS: u64 = 24 * 60 * 60 * 1000;
-
-/// What a rollout is doing, for error messages.
-fn doing(rollout: &Rollout) -> String {
-    let waves = rollout.waves.len();
-    match rollout.state() {
-        RolloutState::Judging => format!(
-            "is in wave {} of {waves}",
-            rollout.current_wave().unwrap_or_default() + 1
-        ),
-        RolloutState::AwaitingApproval => format!(
-            "waits for approval before wave {} of {waves}",
-            rollout.started.len() + 1
-        ),
-        other => format!("is {}", other.as_str()),
-    }
-}
 
 fn check_spec(c: &StartRollout) -> Result<(), CommandError> {
     let invalid = |m: String| Err(refuse(ErrorCode::InvalidRequest, m));
@@ -119,10 +100,10 @@ pub(crate) async fn start_rollout(
     if c.rehearse && wave_specs.first() != Some(&WaveSize::Rehearsal) {
         wave_specs.insert(0, WaveSize::Rehearsal);
     }
-    if let Some(number) = app.rollout {
+    {
         let fleet = state.fleet();
-        let aggregate = rollout_aggregate(&c.app_id, number);
-        if let Some(rollout) = fleet.rollout(&c.app_id, number) {
+        if let Some((number, rollout)) = fleet.active_rollout(&c.app_id) {
+            let aggregate = rollout_aggregate(&c.app_id, number);
             let same_module = app
                 .modules
                 .get(&rollout.to)
@@ -135,9 +116,9 @@ pub(crate) async fn start_rollout(
             return Err(refuse(
                 ErrorCode::Conflict,
                 format!(
-                    "app_id: rollout {number} of {} {}; abort it or wait for it to finish",
+                    "app_id: rollout {number} of {} is {}; abort it or wait for it to finish",
                     c.app_id,
-                    doing(rollout)
+                    rollout.describe()
                 ),
             ));
         }
@@ -147,17 +128,9 @@ pub(crate) async fn start_rollout(
         check_limits(limits)?;
     }
     if let Some(config) = &c.config {
-        if config.0.len() > MAX_CONFIG_LEN {
-            return Err(refuse(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "config is {} bytes; at most {MAX_CONFIG_LEN}",
-                    config.0.len()
-                ),
-            ));
-        }
+        check_config(config)?;
     }
-    let number = app.rollouts + 1;
+    let number = state.fleet().newest_rollout(&c.app_id) + 1;
     let (devices, labels) = target(&state, &app);
     let ordered = plan::order(&format!("{}.{number}", c.app_id), &devices);
     let mut planned = plan::plan(&ordered, &labels, &wave_specs)
@@ -376,7 +349,10 @@ pub(crate) async fn approve_rollout(
     steer(&state, &c.app_id, move |number, r| {
         let next = r.started.len();
         if !r.awaiting_approval() {
-            return Steer::Refuse(format!("is not waiting for approval: it {}", doing(r)));
+            return Steer::Refuse(format!(
+                "is not waiting for approval: it is {}",
+                r.describe()
+            ));
         }
         Steer::Record(
             RolloutApproved {
@@ -394,7 +370,7 @@ pub(crate) async fn pause_rollout(state: State, c: PauseRollout) -> Result<Accep
     let app_id = c.app_id.clone();
     steer(&state, &c.app_id, move |number, r| {
         if r.phase != RolloutPhase::Waves || r.halted.is_some() {
-            Steer::Refuse(format!("cannot be paused: it {}", doing(r)))
+            Steer::Refuse(format!("cannot be paused: it is {}", r.describe()))
         } else if r.paused {
             Steer::AlreadyDone
         } else {

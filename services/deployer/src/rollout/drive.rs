@@ -60,6 +60,8 @@ pub enum Step {
     RollBack {
         /// Why.
         reason: String,
+        /// Real devices that got the new version.
+        devices: u32,
     },
     /// Every wave passed.
     Complete,
@@ -107,6 +109,7 @@ pub fn next(
         }
         RolloutPhase::Waves if rollout.halted.is_some() => Step::RollBack {
             reason: rollout.halted.clone().unwrap_or_default(),
+            devices: u32::try_from(rollout.reached_devices().count()).unwrap_or(u32::MAX),
         },
         RolloutPhase::Waves => match rollout.current_wave() {
             Some(wave) => judge_wave(rollout, wave, observe, now),
@@ -553,7 +556,8 @@ mod tests {
         assert_eq!(
             aborted.next(&[], &[], 50),
             Step::RollBack {
-                reason: "aborted: enough".into()
+                reason: "aborted: enough".into(),
+                devices: 1,
             }
         );
     }

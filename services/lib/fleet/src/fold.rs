@@ -117,8 +117,6 @@ impl Fleet {
                         configs: std::collections::BTreeMap::new(),
                         desired: DesiredState::Idle,
                         rejected: None,
-                        rollout: None,
-                        rollouts: 0,
                     },
                 );
                 Touched::App(e.app_id.clone())

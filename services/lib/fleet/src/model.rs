@@ -99,10 +99,6 @@ pub struct App {
     pub desired: DesiredState,
     /// The last module refusal, if any.
     pub rejected: Option<String>,
-    /// The number of its rollout in progress.
-    pub rollout: Option<u32>,
-    /// The number of its newest rollout (0: none yet).
-    pub rollouts: u32,
 }
 
 impl App {

@@ -146,6 +146,18 @@ impl Rollout {
         (started > self.passed).then(|| started - 1)
     }
 
+    /// The wave being judged, or else the next to start (from 0; the last once all started).
+    pub fn wave(&self) -> u32 {
+        self.current_wave()
+            .unwrap_or(self.started.len() as u32)
+            .min(self.waves.len().saturating_sub(1) as u32)
+    }
+
+    /// Where it is in words: `judging (wave 2 of 3)`, `rolled back`.
+    pub fn describe(&self) -> String {
+        self.state().describe(self.wave(), self.waves.len())
+    }
+
     /// The next wave waits for approval.
     pub fn awaiting_approval(&self) -> bool {
         let next = self.started.len();
@@ -217,10 +229,7 @@ impl Rollout {
             app_id: app.clone(),
             number,
             state: self.state(),
-            wave: self
-                .current_wave()
-                .unwrap_or(self.started.len() as u32)
-                .min(self.waves.len().saturating_sub(1) as u32),
+            wave: self.wave(),
             from_version: self.from,
             to_version: self.to,
             gate: self.gate,
@@ -249,10 +258,18 @@ impl Fleet {
         self.rollouts.get(&(app.clone(), number))
     }
 
-    /// The application's rollout in progress, with its number.
+    /// The application's rollout in progress, with its number: its newest, unless finished
+    /// (one runs at a time).
     pub fn active_rollout(&self, app: &AppId) -> Option<(u32, &Rollout)> {
-        let number = self.apps.get(app)?.rollout?;
-        Some((number, self.rollout(app, number)?))
+        self.apps.get(app)?;
+        self.rollouts_of(app)
+            .next()
+            .filter(|(_, r)| !r.phase.finished())
+    }
+
+    /// The number of the application's newest rollout (0: none yet).
+    pub fn newest_rollout(&self, app: &AppId) -> u32 {
+        self.rollouts_of(app).next().map_or(0, |(n, _)| n)
     }
 
     /// Every rollout of every application.
@@ -263,8 +280,8 @@ impl Fleet {
     /// The application's rollouts, newest first.
     pub fn rollouts_of<'a>(
         &'a self,
-        app: &'a AppId,
-    ) -> impl Iterator<Item = (u32, &'a Rollout)> + 'a {
+        app: &AppId,
+    ) -> impl Iterator<Item = (u32, &'a Rollout)> + use<'a> {
         self.rollouts
             .range((app.clone(), 0)..=(app.clone(), u32::MAX))
             .rev()
@@ -291,11 +308,9 @@ impl Fleet {
     pub(crate) fn apply_rollout(&mut self, event: &Event, at: DateTime<Utc>) -> Touched {
         match event {
             Event::RolloutCreated(e) => {
-                let Some(app) = self.apps.get_mut(&e.app_id) else {
+                if !self.apps.contains_key(&e.app_id) {
                     return Touched::Nothing;
-                };
-                app.rollout = Some(e.number);
-                app.rollouts = app.rollouts.max(e.number);
+                }
                 let wave_of = e
                     .waves
                     .iter()
@@ -412,9 +427,6 @@ impl Fleet {
         let Some(app) = self.apps.get_mut(app_id) else {
             return Touched::Nothing;
         };
-        if app.rollout == Some(number) {
-            app.rollout = None;
-        }
         if changes_the_app && !app.deleted() {
             app.desired = DesiredState::Running { version: to };
         }
