@@ -77,7 +77,19 @@ pub fn run(provisioning: Provisioning, nic: Lan9118) -> ! {
         app_ram_bytes: APP_RAM_BYTES,
         max_module_len: MAX_MODULE_LEN,
         status_interval_ms: 5_000,
+        publishers: provisioning.publishers.clone(),
+        trust_serial: provisioning.trust_serial,
     });
+    log!(
+        "trust: {} publisher key(s) at serial {}{}",
+        provisioning.publishers.len(),
+        provisioning.trust_serial,
+        if provisioning.publishers.is_empty() {
+            " (runs unsigned modules)"
+        } else {
+            " (runs only signed releases)"
+        }
+    );
     let session_config = SessionConfig {
         firmware: String::from(FIRMWARE),
         enrollment_token: provisioning.enrollment_token.clone(),
@@ -185,6 +197,7 @@ impl Reporter {
         self.last.push(key);
         let state = match status.state {
             AppState::Running => "started",
+            AppState::Failed if status.refusal.is_some() => "refused",
             AppState::Failed => "trapped",
             AppState::Stopped => "stopped",
             _ => "changed",

@@ -24,6 +24,8 @@ pub enum AggregateKind {
     Emulator,
     /// One staged rollout of an application.
     Rollout,
+    /// The fleet's trusted publisher keys (one aggregate, id `fleet`).
+    Trust,
 }
 
 impl AggregateKind {
@@ -36,6 +38,7 @@ impl AggregateKind {
             Self::Gateway => "gateway",
             Self::Emulator => "emulator",
             Self::Rollout => "rollout",
+            Self::Trust => "trust",
         }
     }
 }
@@ -69,6 +72,8 @@ pub enum AggregateId {
         /// Its rollouts are numbered from 1.
         number: u32,
     },
+    /// The fleet's trusted publisher keys: its version is the serial of the last rotation.
+    Trust,
 }
 
 impl AggregateId {
@@ -81,6 +86,7 @@ impl AggregateId {
             Self::Gateway(_) => AggregateKind::Gateway,
             Self::Emulator(_) => AggregateKind::Emulator,
             Self::Rollout { .. } => AggregateKind::Rollout,
+            Self::Trust => AggregateKind::Trust,
         }
     }
 
@@ -93,6 +99,7 @@ impl AggregateId {
             Self::Gateway(id) => String::from(id.as_str()),
             Self::Deployment { app, device } => format!("{app}.{device}"),
             Self::Rollout { app, number } => format!("{app}.{number}"),
+            Self::Trust => String::from("fleet"),
         }
     }
 }

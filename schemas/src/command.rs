@@ -18,6 +18,8 @@ use crate::bytes::{Blob, PublicKey, Sha256};
 use crate::event::Target;
 use crate::frame::{Limits, RejectReason};
 use crate::ids::{AppId, DeviceId, GatewayId};
+use crate::release::SignedRelease;
+use crate::release::rotation::SignedRotation;
 pub use crate::rollout::command::*;
 use crate::subject::{self, Service};
 
@@ -164,6 +166,8 @@ commands! {
     PauseRollout: Deployer."pause_rollout" -> Accepted,
     ResumeRollout: Deployer."resume_rollout" -> Accepted,
     AbortRollout: Deployer."abort_rollout" -> Accepted,
+    TrustPublisher: Deployer."trust_publisher" -> Accepted,
+    RevokePublisher: Deployer."revoke_publisher" -> Accepted,
     StartEmulator: RenodeManager."start_emulator" -> Accepted,
     StopEmulator: RenodeManager."stop_emulator" -> Accepted,
     RestartEmulator: RenodeManager."restart_emulator" -> Accepted,
@@ -287,6 +291,9 @@ pub struct CreateApplication {
     pub config: Blob,
     /// Limits on each device.
     pub limits: Limits,
+    /// The publisher's signed release of the module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<SignedRelease>,
 }
 
 /// Roll an application out to its target.
@@ -303,6 +310,9 @@ pub struct UpdateApplication {
     pub app_id: AppId,
     /// SHA-256 of the new module.
     pub module_sha256: Sha256,
+    /// The publisher's signed release of the new module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<SignedRelease>,
 }
 
 /// Stop an application on every device.
@@ -347,4 +357,28 @@ pub struct StopEmulator {
 pub struct RestartEmulator {
     /// The device.
     pub device_id: DeviceId,
+}
+
+/// Trust a publisher key. The fleet's first key needs no rotation (the operator vouches for
+/// it); every later one comes with a rotation signed by a key trusted now, numbered one past
+/// the last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TrustPublisher {
+    /// The key.
+    pub public_key: PublicKey,
+    /// A name for people.
+    pub name: String,
+    /// The signed rotation that trusts it; absent only for the first key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<SignedRotation>,
+}
+
+/// Revoke a publisher key with a rotation signed by a key trusted now; at least one key stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RevokePublisher {
+    /// The signed rotation that revokes it.
+    pub rotation: SignedRotation,
+    /// Why, for people.
+    #[serde(default)]
+    pub reason: String,
 }

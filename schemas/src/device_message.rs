@@ -86,6 +86,10 @@ pub struct DeploymentStatus {
     pub memory_pages: u32,
     /// Why it failed, when it did.
     pub detail: Option<String>,
+    /// Telemetry it tried to publish on topics its release does not grant (refused on the
+    /// device, never sent).
+    #[serde(default)]
+    pub denied_publishes: u32,
     /// When the device reported this.
     pub reported_at: DateTime<Utc>,
 }

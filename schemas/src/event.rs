@@ -15,6 +15,8 @@ use crate::aggregate::AggregateId;
 use crate::bytes::{Blob, PublicKey, Sha256};
 use crate::frame::{Limits, RejectReason};
 use crate::ids::{AppId, DeviceId, GatewayId};
+use crate::release::rotation::SignedRotation;
+use crate::release::{Refusal, SignedRelease};
 pub use crate::rollout::event::*;
 
 /// The envelope layout version this crate writes and reads.
@@ -218,6 +220,10 @@ events! {
     RolloutRollbackFinished => |e| rollout(&e.app_id, e.number),
     /// A rollout completed.
     RolloutCompleted => |e| rollout(&e.app_id, e.number),
+    /// A publisher key is trusted: releases it signs may run.
+    PublisherTrusted => |_e| AggregateId::Trust,
+    /// A publisher key is revoked: releases it signed no longer run.
+    PublisherRevoked => |_e| AggregateId::Trust,
 }
 
 fn rollout(app: &AppId, number: u32) -> AggregateId {
@@ -382,6 +388,9 @@ pub struct DeviceDescribed {
     pub app_ram_bytes: u32,
     /// Version of the `wasmbed` host API its runtime offers.
     pub host_api_version: u16,
+    /// The serial of the last trust rotation it applied (0: it trusts no publisher key).
+    #[serde(default)]
+    pub trust_serial: u32,
 }
 
 /// Which devices an application runs on.
@@ -428,6 +437,9 @@ pub struct ModuleUploaded {
     /// Configuration bytes of this version; absent: the application's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Blob>,
+    /// The publisher's signed release of this module, checked when it was uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Box<SignedRelease>>,
 }
 
 /// A module was refused by validation.
@@ -525,6 +537,9 @@ pub struct DeploymentFailed {
     pub version: u32,
     /// Why (validation refusal, trap, fuel exhausted, digest mismatch, …).
     pub reason: String,
+    /// When the device refused the release: the typed reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
 
 /// The application should stop on the device.
@@ -628,4 +643,32 @@ pub struct EmulatorStartRefused {
     pub backend: String,
     /// Why, for people (the catalogue's reason, or the emulator host's error).
     pub reason: String,
+}
+
+/// A publisher key is trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PublisherTrusted {
+    /// The key.
+    pub public_key: PublicKey,
+    /// A name for people.
+    pub name: String,
+    /// The serial of this change in the trust chain.
+    pub serial: u32,
+    /// The rotation devices apply; absent for the fleet's first key, which reaches devices only
+    /// in their provisioning block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Box<SignedRotation>>,
+}
+
+/// A publisher key is revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PublisherRevoked {
+    /// The key.
+    pub public_key: PublicKey,
+    /// Why, for people.
+    pub reason: String,
+    /// The serial of this change in the trust chain.
+    pub serial: u32,
+    /// The rotation devices apply.
+    pub rotation: Box<SignedRotation>,
 }

@@ -4,7 +4,8 @@
 //! is sent, a module that imports anything else. Both read this table, so they cannot drift.
 //!
 //! Pointers and lengths are `i32` offsets into the app's exported `memory`. A negative return
-//! value is an error code ([`ERR_BOUNDS`], [`ERR_TOO_LARGE`], [`ERR_RATE`], [`ERR_INVALID`]).
+//! value is an error code ([`ERR_BOUNDS`], [`ERR_TOO_LARGE`], [`ERR_RATE`], [`ERR_INVALID`],
+//! [`ERR_DENIED`]).
 //!
 //! An application exports `memory`, `tick: () -> ()` (called every `tick_interval_ms`) and
 //! optionally `init: () -> ()` (called once, after instantiation). Each call gets
@@ -24,6 +25,8 @@ pub const ERR_TOO_LARGE: i32 = -2;
 pub const ERR_RATE: i32 = -3;
 /// A topic is not a valid topic (see [`is_valid_topic`]).
 pub const ERR_INVALID: i32 = -4;
+/// The app's signed release does not grant this topic; nothing was sent.
+pub const ERR_DENIED: i32 = -5;
 
 /// Longest telemetry topic, bytes.
 pub const MAX_TOPIC_LEN: usize = 64;
@@ -68,6 +71,8 @@ pub struct HostFunction {
     pub results: &'static [ValType],
     /// What it does.
     pub doc: &'static str,
+    /// The host API version that introduced it.
+    pub since: u16,
 }
 
 use ValType::{I32, I64};
@@ -80,19 +85,23 @@ pub const FUNCTIONS: &[HostFunction] = &[
         results: &[I32],
         doc: "log(level, ptr, len): a UTF-8 log line; level 0 error, 1 warn, 2 info, 3 debug. \
               Returns 0 or an error code.",
+        since: 1,
     },
     HostFunction {
         name: "publish",
         params: &[I32, I32, I32, I32],
         results: &[I32],
         doc: "publish(topic_ptr, topic_len, payload_ptr, payload_len): telemetry on the app's \
-              subject, the topic in a header. Returns 0 or an error code.",
+              subject, the topic in a header. Returns 0, or an error code ([`ERR_DENIED`] \
+              when the app's signed release does not grant the topic).",
+        since: 1,
     },
     HostFunction {
         name: "now_ms",
         params: &[],
         results: &[I64],
         doc: "now_ms(): milliseconds on the device's monotonic clock.",
+        since: 1,
     },
     HostFunction {
         name: "device_id",
@@ -100,6 +109,7 @@ pub const FUNCTIONS: &[HostFunction] = &[
         results: &[I32],
         doc: "device_id(ptr, cap): writes the device id; returns its length (written only when \
               it fits in cap) or an error code.",
+        since: 1,
     },
     HostFunction {
         name: "config",
@@ -107,12 +117,23 @@ pub const FUNCTIONS: &[HostFunction] = &[
         results: &[I32],
         doc: "config(ptr, cap): writes the app's configuration bytes; returns their length \
               (written only when it fits in cap) or an error code.",
+        since: 1,
     },
 ];
 
 /// The host function named `name`, if there is one.
 pub fn function(name: &str) -> Option<&'static HostFunction> {
     FUNCTIONS.iter().find(|f| f.name == name)
+}
+
+/// The host API version a device must offer to link every function in `names`; names this
+/// table does not know need a version newer than [`VERSION`].
+pub fn version_needed<'a>(names: impl IntoIterator<Item = &'a alloc::string::String>) -> u16 {
+    names
+        .into_iter()
+        .map(|name| function(name).map_or(VERSION + 1, |f| f.since))
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

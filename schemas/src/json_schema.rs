@@ -8,6 +8,8 @@ use crate::device_message::{
     DeploymentStatus, DeviceLogLine, HeartbeatReport, LatestTelemetry, SessionRevoked,
 };
 use crate::event::EventEnvelope;
+use crate::release::SignedRelease;
+use crate::release::rotation::SignedRotation;
 
 /// Every schema, as `(path under schemas/json, schema)`.
 pub fn all() -> Vec<(String, schemars::Schema)> {
@@ -40,6 +42,15 @@ pub fn all() -> Vec<(String, schemars::Schema)> {
     out.push((
         "deployment-status.json".to_owned(),
         schemars::schema_for!(DeploymentStatus),
+    ));
+    // Files tools write and read: `wasmbed release sign` and `wasmbed release rotate`.
+    out.push((
+        "release.json".to_owned(),
+        schemars::schema_for!(SignedRelease),
+    ));
+    out.push((
+        "trust-rotation.json".to_owned(),
+        schemars::schema_for!(SignedRotation),
     ));
     command_schemas(&mut out);
     out

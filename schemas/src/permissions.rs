@@ -151,6 +151,7 @@ impl Principal {
                     events(AggregateKind::Deployment),
                     events(AggregateKind::Device),
                     events(AggregateKind::Rollout),
+                    events(AggregateKind::Trust),
                     subject::DEVICE_DOWNLINK_ALL.to_string(),
                     // A rollout's rehearsal starts simulated copies and removes them.
                     calls(Service::RenodeManager),

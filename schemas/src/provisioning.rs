@@ -4,7 +4,7 @@
 //! with `sysbus WriteDoubleWord` of [`Provisioning::words`]); the firmware reads it at start.
 //! One encoder and one decoder, here, serve every backend and the firmware.
 //!
-//! Layout, version 1, all integers little-endian:
+//! Layout, version 2, all integers little-endian:
 //!
 //! | offset | size | field |
 //! |---|---|---|
@@ -20,6 +20,8 @@
 //! | … | 2+n | `u16` length + device id (informational; may be empty) |
 //! | … | 2+n | `u16` length + the Wasmbed CA certificate, DER |
 //! | … | 2+n | `u16` length + enrollment (pairing) token; empty for none |
+//! | … | 4 | `u32` serial of the last trust rotation the publisher keys include |
+//! | … | 2+32k | `u16` length + k trusted publisher keys (Ed25519, 32 bytes each); none: unsigned modules run |
 //! | … | 4 | the first 4 bytes of SHA-256 over every byte before them |
 //!
 //! The block never exceeds [`MAX_LEN`] bytes, the region the firmware's `memory.x` reserves.
@@ -29,12 +31,15 @@ use alloc::vec::Vec;
 
 use sha2::{Digest, Sha256};
 
+use crate::bytes::PublicKey;
+use crate::release::rotation::MAX_TRUSTED_KEYS;
+
 /// Where the block lives in the guest's RAM (the seeds' address).
 pub const ADDRESS: u32 = 0x2000_1000;
 /// The size of the reserved region.
 pub const MAX_LEN: usize = 4096;
 /// The layout version this module writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 const MAGIC: [u8; 4] = *b"WBPV";
 
 /// Everything an emulated device needs to find, verify and prove itself to a gateway.
@@ -56,6 +61,11 @@ pub struct Provisioning {
     pub ca_der: Vec<u8>,
     /// Pairing token for enrolling during a pairing window.
     pub enrollment_token: Option<String>,
+    /// The publisher keys whose signed releases the device runs (the fleet's trust anchor);
+    /// empty: it runs unsigned modules.
+    pub publishers: Vec<PublicKey>,
+    /// The serial of the last trust rotation `publishers` includes.
+    pub trust_serial: u32,
 }
 
 impl core::fmt::Debug for Provisioning {
@@ -67,6 +77,8 @@ impl core::fmt::Debug for Provisioning {
             .field("device_id", &self.device_id)
             .field("ca_der_len", &self.ca_der.len())
             .field("provisioned_at", &self.provisioned_at)
+            .field("publishers", &self.publishers)
+            .field("trust_serial", &self.trust_serial)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +140,12 @@ impl Provisioning {
         put_field(&mut out, &self.ca_der, "ca_der")?;
         let token = self.enrollment_token.as_deref().unwrap_or("");
         put_field(&mut out, token.as_bytes(), "enrollment_token")?;
+        out.extend_from_slice(&self.trust_serial.to_le_bytes());
+        if self.publishers.len() > MAX_TRUSTED_KEYS {
+            return Err(ProvisioningError::Field("publishers"));
+        }
+        let keys: Vec<u8> = self.publishers.iter().flat_map(|k| k.0).collect();
+        put_field(&mut out, &keys, "publishers")?;
         let rest = out.len() + 4 - (header_at + 8);
         let rest = u16::try_from(rest).map_err(|_| ProvisioningError::TooLarge(out.len() + 4))?;
         out[header_at + 6..header_at + 8].copy_from_slice(&rest.to_le_bytes());
@@ -180,6 +198,19 @@ impl Provisioning {
         let device_id = text(r.field()?, "device_id")?;
         let ca_der = r.field()?.to_vec();
         let token = text(r.field()?, "enrollment_token")?;
+        let trust_serial = u32::from_le_bytes(r.array()?);
+        let keys = r.field()?;
+        if keys.len() % 32 != 0 || keys.len() / 32 > MAX_TRUSTED_KEYS {
+            return Err(ProvisioningError::Field("publishers"));
+        }
+        let publishers = keys
+            .chunks_exact(32)
+            .map(|k| {
+                let mut key = [0; 32];
+                key.copy_from_slice(k);
+                PublicKey(key)
+            })
+            .collect();
         if r.at + 4 != end {
             return Err(ProvisioningError::Field("length"));
         }
@@ -192,6 +223,8 @@ impl Provisioning {
             device_id,
             ca_der,
             enrollment_token: (!token.is_empty()).then_some(token),
+            publishers,
+            trust_serial,
         })
     }
 }
@@ -267,6 +300,8 @@ mod tests {
             device_id: "dev-1".into(),
             ca_der: vec![0x30, 0x82, 1, 2, 3],
             enrollment_token: Some("pair-me".into()),
+            publishers: vec![PublicKey([3; 32]), PublicKey([4; 32])],
+            trust_serial: 5,
         }
     }
 
@@ -344,5 +379,8 @@ mod tests {
         let mut p = sample();
         p.server_name.clear();
         assert_eq!(p.encode(), Err(ProvisioningError::Field("server_name")));
+        let mut p = sample();
+        p.publishers = vec![PublicKey([1; 32]); MAX_TRUSTED_KEYS + 1];
+        assert_eq!(p.encode(), Err(ProvisioningError::Field("publishers")));
     }
 }

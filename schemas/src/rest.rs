@@ -93,6 +93,9 @@ pub struct DeviceView {
     pub app_ram_bytes: Option<u32>,
     /// Firmware, as it reported.
     pub firmware: Option<String>,
+    /// The serial of the last trust rotation it applied (0: it runs unsigned modules).
+    #[serde(default)]
+    pub trust_serial: u32,
     /// When its state last changed.
     pub since: Option<DateTime<Utc>>,
     /// Its last heartbeat, as the telemetry service saved it (about once a second).
@@ -114,6 +117,48 @@ pub struct ModuleVersionView {
     pub limits: Option<Limits>,
     /// Its own configuration bytes, when not the application's.
     pub config: Option<Blob>,
+    /// Who signed it and what it may do, when it has a signed release.
+    #[serde(default)]
+    pub release: Option<ReleaseView>,
+}
+
+/// The signed release of a module version, as people read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReleaseView {
+    /// The publisher key that signed it.
+    pub publisher: PublicKey,
+    /// The publisher's name, when the fleet knows the key.
+    pub publisher_name: Option<String>,
+    /// What it grants.
+    pub capabilities: crate::release::Capabilities,
+    /// When it was signed (Unix seconds).
+    pub issued_at: u64,
+}
+
+/// A publisher key the fleet knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PublisherView {
+    /// The key.
+    pub public_key: PublicKey,
+    /// Its name.
+    pub name: String,
+    /// The serial of the change that trusted it.
+    pub trusted_at: u32,
+    /// When that was recorded.
+    pub since: DateTime<Utc>,
+    /// The serial of its revocation, once revoked.
+    pub revoked_at: Option<u32>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
+}
+
+/// The fleet's trust chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TrustView {
+    /// The serial of the last change.
+    pub serial: u32,
+    /// Every key ever trusted, revoked ones included.
+    pub publishers: Vec<PublisherView>,
 }
 
 /// What an application should be doing.

@@ -9,7 +9,11 @@ use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::*;
 use wasmbed_schemas::event::*;
 use wasmbed_schemas::frame::{Limits, RejectReason};
-use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId, PublicKey, Sha256, subject};
+use wasmbed_schemas::release::rotation::{SignedRotation, TrustChange, TrustRotation};
+use wasmbed_schemas::release::{Capabilities, Refusal, ReleaseManifest, SignedRelease};
+use wasmbed_schemas::{
+    AggregateId, AppId, DeviceId, GatewayId, PublicKey, Sha256, Signature, subject,
+};
 
 fn dev() -> DeviceId {
     DeviceId::new("dev-1").unwrap()
@@ -25,6 +29,39 @@ fn limits() -> Limits {
         fuel_per_invocation: 10_000,
         max_memory_pages: 1,
         tick_interval_ms: 100,
+    }
+}
+
+fn release() -> SignedRelease {
+    SignedRelease {
+        manifest: ReleaseManifest {
+            app_id: app(),
+            version: 1,
+            module_sha256: Sha256([3; 32]),
+            module_len: 65536,
+            issued_at: 1_800_000_000,
+            capabilities: Capabilities {
+                imports: ["publish".to_owned()].into(),
+                topics: ["temp".to_owned()].into(),
+                max_memory_pages: 1,
+                max_fuel_per_tick: 10_000,
+            },
+        },
+        publisher: PublicKey([4; 32]),
+        signature: Signature([5; 64]),
+    }
+}
+
+fn rotation(change: TrustChange) -> SignedRotation {
+    SignedRotation {
+        rotation: TrustRotation {
+            serial: 2,
+            change,
+            key: PublicKey([6; 32]),
+            issued_at: 1_800_000_000,
+        },
+        signer: PublicKey([4; 32]),
+        signature: Signature([7; 64]),
     }
 }
 
@@ -93,6 +130,7 @@ fn every_event() -> Vec<Event> {
             size_bytes: 65536,
             limits: None,
             config: None,
+            release: Some(Box::new(release())),
         }
         .into(),
         DeploymentRequested {
@@ -117,7 +155,22 @@ fn every_event() -> Vec<Event> {
             app_id: app(),
             device_id: dev(),
             version: 1,
-            reason: "fuel exhausted".into(),
+            reason: "signed by a key this device does not trust".into(),
+            refusal: Some(Refusal::UntrustedKey),
+        }
+        .into(),
+        PublisherTrusted {
+            public_key: PublicKey([6; 32]),
+            name: "second".into(),
+            serial: 2,
+            rotation: Some(Box::new(rotation(TrustChange::Trust))),
+        }
+        .into(),
+        PublisherRevoked {
+            public_key: PublicKey([6; 32]),
+            reason: "leaked".into(),
+            serial: 3,
+            rotation: Box::new(rotation(TrustChange::Revoke)),
         }
         .into(),
         DeploymentStopped {
@@ -132,6 +185,7 @@ fn every_event() -> Vec<Event> {
             firmware: "wasmbed-firmware 0.1.0".into(),
             app_ram_bytes: 262_144,
             host_api_version: 1,
+            trust_serial: 2,
         }
         .into(),
         ModuleRejected {
@@ -378,6 +432,7 @@ fn every_command_and_reply_round_trips() {
             target: Target::All,
             config: Blob::default(),
             limits: limits(),
+            release: Some(release()),
         },
         accepted,
     );
@@ -386,6 +441,22 @@ fn every_command_and_reply_round_trips() {
         UpdateApplication {
             app_id: app(),
             module_sha256: Sha256([2; 32]),
+            release: None,
+        },
+        accepted,
+    );
+    round_trip(
+        TrustPublisher {
+            public_key: PublicKey([6; 32]),
+            name: "second".into(),
+            rotation: Some(rotation(TrustChange::Trust)),
+        },
+        accepted,
+    );
+    round_trip(
+        RevokePublisher {
+            rotation: rotation(TrustChange::Revoke),
+            reason: "leaked".into(),
         },
         accepted,
     );

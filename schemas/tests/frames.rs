@@ -8,10 +8,32 @@ use wasmbed_schemas::frame::codec::{
     DecodeError, EncodeError, LEN_PREFIX, Malformation, decode, encode, encode_to_vec, frame_len,
 };
 use wasmbed_schemas::frame::*;
+use wasmbed_schemas::release::rotation::{SignedRotation, TrustChange, TrustRotation};
+use wasmbed_schemas::release::{Capabilities, Refusal, ReleaseManifest, SignedRelease};
 use wasmbed_schemas::{AppId, DeviceId, GatewayId, Nonce, PublicKey, Sha256, Signature};
 
 fn app() -> AppId {
     AppId::new("blink").unwrap()
+}
+
+fn release() -> SignedRelease {
+    SignedRelease {
+        manifest: ReleaseManifest {
+            app_id: app(),
+            version: 3,
+            module_sha256: Sha256([5; 32]),
+            module_len: 65536,
+            issued_at: 1_800_000_000,
+            capabilities: Capabilities {
+                imports: ["log".to_owned(), "publish".to_owned()].into(),
+                topics: ["temp".to_owned()].into(),
+                max_memory_pages: 2,
+                max_fuel_per_tick: 1_000_000,
+            },
+        },
+        publisher: PublicKey([6; 32]),
+        signature: Signature([7; 64]),
+    }
 }
 
 /// One of every frame variant.
@@ -87,6 +109,7 @@ fn every_frame() -> Vec<Frame> {
             sha256: Sha256([5; 32]),
             limits,
             config: Blob(b"{\"period\":1}".to_vec()),
+            release: Some(Box::new(release())),
         }),
         Frame::Stop(Stop { app_id: app() }),
         Frame::AppStatus(AppStatus {
@@ -96,12 +119,15 @@ fn every_frame() -> Vec<Frame> {
             fuel_used: 1_000_000,
             memory_pages: 1,
             detail: Some("fuel exhausted".into()),
+            refusal: Some(Refusal::UntrustedKey),
+            denied_publishes: 3,
         }),
         Frame::DeviceInfo(DeviceInfo {
             mcu: "Mps2An385".into(),
             firmware: "wasmbed-fw 0.1.0".into(),
             app_ram_bytes: 131072,
             host_api_version: 1,
+            trust_serial: 4,
         }),
         Frame::Error(ErrorFrame {
             code: FrameErrorCode::DigestMismatch,
@@ -112,6 +138,16 @@ fn every_frame() -> Vec<Frame> {
             reason: "gateway shutting down".into(),
             reconnect_after_ms: 500,
         }),
+        Frame::TrustUpdate(Box::new(SignedRotation {
+            rotation: TrustRotation {
+                serial: 5,
+                change: TrustChange::Revoke,
+                key: PublicKey([8; 32]),
+                issued_at: 1_800_000_001,
+            },
+            signer: PublicKey([6; 32]),
+            signature: Signature([9; 64]),
+        })),
     ]
 }
 

@@ -18,12 +18,15 @@ pub mod codec;
 pub mod msgpack;
 pub mod scan;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Blob, Nonce, PublicKey, Sha256, Signature};
 use crate::ids::{AppId, DeviceId, GatewayId};
+use crate::release::rotation::SignedRotation;
+use crate::release::{Refusal, SignedRelease};
 
 pub use auth::{AUTH_DOMAIN, auth_transcript};
 
@@ -81,6 +84,9 @@ pub enum Frame {
     Error(ErrorFrame),
     /// gateway → device: the gateway is going away; reconnect later.
     GoAway(GoAway),
+    /// gateway → device: one change of the trusted publisher keys; the device answers with
+    /// [`DeviceInfo`] carrying the serial it holds afterwards.
+    TrustUpdate(Box<SignedRotation>),
 }
 
 impl Frame {
@@ -106,6 +112,7 @@ impl Frame {
             Self::DeviceInfo(_) => "DeviceInfo",
             Self::Error(_) => "Error",
             Self::GoAway(_) => "GoAway",
+            Self::TrustUpdate(_) => "TrustUpdate",
         }
     }
 }
@@ -308,6 +315,10 @@ pub struct Deploy {
     pub limits: Limits,
     /// Opaque configuration bytes the app reads through the host API.
     pub config: Blob,
+    /// The publisher's signed release of this module. A device that trusts publisher keys
+    /// runs nothing without one, and only what it grants.
+    #[serde(default)]
+    pub release: Option<Box<SignedRelease>>,
 }
 
 /// gateway → device: stop an application.
@@ -332,6 +343,12 @@ pub struct AppStatus {
     pub memory_pages: u32,
     /// Why it failed, when `state` is `Failed`.
     pub detail: Option<String>,
+    /// When it failed because the device refused its release: the typed reason.
+    #[serde(default)]
+    pub refusal: Option<Refusal>,
+    /// Telemetry it tried to publish on topics its release does not grant (refused, not sent).
+    #[serde(default)]
+    pub denied_publishes: u32,
 }
 
 /// Where an application is on a device.
@@ -360,6 +377,10 @@ pub struct DeviceInfo {
     pub app_ram_bytes: u32,
     /// Version of the `wasmbed` host API the runtime offers.
     pub host_api_version: u16,
+    /// The serial of the last trust rotation the device applied; 0 for a device that trusts no
+    /// publisher key (it runs unsigned modules).
+    #[serde(default)]
+    pub trust_serial: u32,
 }
 
 /// either way: a request could not be served.

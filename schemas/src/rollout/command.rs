@@ -46,6 +46,9 @@ pub struct StartRollout {
     /// Configuration bytes of the new version (absent: the application's).
     #[serde(default)]
     pub config: Option<Blob>,
+    /// The publisher's signed release of the module (when it is a new version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<crate::release::SignedRelease>,
 }
 
 fn default_soak_ms() -> u64 {

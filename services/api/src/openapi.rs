@@ -10,11 +10,12 @@ use axum::routing::{MethodRouter, delete, get, post};
 use schemars::generate::SchemaGenerator;
 use schemars::{JsonSchema, Schema};
 use serde_json::{Value, json};
-use wasmbed_schemas::command::{RegisterDevice, RolloutStarted};
+use wasmbed_schemas::command::{RegisterDevice, RevokePublisher, RolloutStarted, TrustPublisher};
+use wasmbed_schemas::release::SignedRelease;
 use wasmbed_schemas::rest::{
     AbortReason, ApplicationView, Decommission, DeviceView, EmulatorView, ErrorBody, EventPage,
     GatewayView, LoggedEvent, NewApplication, NewEmulator, NewRollout, Recorded, RolloutView,
-    TelemetryMessage,
+    TelemetryMessage, TrustView,
 };
 
 use crate::{Api, rollouts, routes, streams};
@@ -130,7 +131,8 @@ pub(crate) fn routes() -> Vec<Route> {
         route(
             Method::POST,
             "/api/v1/applications",
-            "Create an application: `metadata` (JSON) and `module` (WASM) parts",
+            "Create an application: `metadata` (JSON), `module` (WASM) and, when signed, \
+             `release` (JSON) parts",
             Multipart(Some(schema::<NewApplication>)),
             Json(schema::<Recorded>),
             post(routes::create_app),
@@ -162,7 +164,7 @@ pub(crate) fn routes() -> Vec<Route> {
         route(
             Method::POST,
             "/api/v1/applications/{id}/update",
-            "A new version: a `module` (WASM) part",
+            "A new version: a `module` (WASM) part and, when signed, a `release` (JSON) part",
             Multipart(None),
             Json(schema::<Recorded>),
             post(routes::update_app),
@@ -177,6 +179,30 @@ pub(crate) fn routes() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/api/v1/publishers",
+            "The fleet's publisher keys and the serial of its trust chain",
+            Empty,
+            Json(schema::<TrustView>),
+            get(routes::show_trust),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/publishers",
+            "Trust a publisher key (after the first, with a rotation signed by a trusted key)",
+            Json(schema::<TrustPublisher>),
+            Json(schema::<Recorded>),
+            post(routes::trust_publisher),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/publishers/revoke",
+            "Revoke a publisher key with a rotation signed by a trusted key",
+            Json(schema::<RevokePublisher>),
+            Json(schema::<Recorded>),
+            post(routes::revoke_publisher),
+        ),
+        route(
+            Method::GET,
             "/api/v1/applications/{id}/rollouts",
             "The application's rollouts, newest first: waves, devices per state, each failure",
             Empty,
@@ -186,7 +212,8 @@ pub(crate) fn routes() -> Vec<Route> {
         route(
             Method::POST,
             "/api/v1/applications/{id}/rollouts",
-            "Start a staged rollout: `metadata` (JSON: waves, gate) and `module` (WASM) parts",
+            "Start a staged rollout: `metadata` (JSON: waves, gate), `module` (WASM) and, when \
+             signed, `release` (JSON) parts",
             Multipart(Some(schema::<NewRollout>)),
             Json(schema::<RolloutStarted>),
             post(rollouts::start),
@@ -322,7 +349,10 @@ fn content(body: &Body, generator: &mut SchemaGenerator) -> Option<Value> {
             json!({"application/json": {"schema": s(generator)}})
         }
         Body::Multipart(metadata) => {
-            let mut properties = json!({"module": {"type": "string", "format": "binary"}});
+            let mut properties = json!({
+                "module": {"type": "string", "format": "binary"},
+                "release": schema::<SignedRelease>(generator).to_value(),
+            });
             if let Some(s) = metadata {
                 properties["metadata"] = s(generator).to_value();
             }

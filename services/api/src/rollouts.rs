@@ -72,6 +72,7 @@ pub(crate) async fn start(
             rehearse: new.rehearse,
             limits: new.limits,
             config: new.config,
+            release: upload.release,
         },
     )
     .await?;

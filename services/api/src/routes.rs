@@ -14,13 +14,14 @@ use wasmbed_bus::call;
 use wasmbed_eventlog::modules::{MAX_MODULE_LEN, upload_module};
 use wasmbed_schemas::command::{
     Command, CreateApplication, DecommissionDevice, DeleteApplication, DeployApplication,
-    RegisterDevice, RestartEmulator, StartEmulator, StopApplication, StopEmulator,
-    UpdateApplication,
+    RegisterDevice, RestartEmulator, RevokePublisher, StartEmulator, StopApplication, StopEmulator,
+    TrustPublisher, UpdateApplication,
 };
 use wasmbed_schemas::frame::Limits;
+use wasmbed_schemas::release::SignedRelease;
 use wasmbed_schemas::rest::{
     ApplicationView, Decommission, DeviceView, EmulatorView, EventPage, GatewayView, LoggedEvent,
-    NewApplication, NewEmulator, Recorded,
+    NewApplication, NewEmulator, Recorded, TrustView,
 };
 use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 
@@ -126,16 +127,19 @@ pub(crate) async fn show_app(
         .ok_or_else(|| ApiError::NotFound(format!("no application {id}")))
 }
 
-/// The parts of a multipart upload: `metadata` (JSON) and `module` (bytes).
+/// The parts of a multipart upload: `metadata` (JSON), `module` (bytes) and `release` (JSON
+/// of a signed release, optional).
 pub(crate) struct Upload {
     pub(crate) metadata: Option<Vec<u8>>,
     pub(crate) module: Option<Vec<u8>>,
+    pub(crate) release: Option<SignedRelease>,
 }
 
 pub(crate) async fn read_upload(mut multipart: Multipart) -> Result<Upload, ApiError> {
     let mut upload = Upload {
         metadata: None,
         module: None,
+        release: None,
     };
     let bad = |e: axum::extract::multipart::MultipartError| {
         ApiError::BadRequest(format!("multipart body: {}", e.body_text()))
@@ -145,6 +149,11 @@ pub(crate) async fn read_upload(mut multipart: Multipart) -> Result<Upload, ApiE
         let bytes = field.bytes().await.map_err(bad)?;
         match name.as_str() {
             "metadata" => upload.metadata = Some(bytes.to_vec()),
+            "release" => {
+                let release = serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::BadRequest(format!("release: {e}")))?;
+                upload.release = Some(release);
+            }
             "module" => {
                 if bytes.len() > MAX_MODULE_LEN {
                     return Err(ApiError::BadRequest(format!(
@@ -156,7 +165,7 @@ pub(crate) async fn read_upload(mut multipart: Multipart) -> Result<Upload, ApiE
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown multipart field {other:?}; expected metadata and module"
+                    "unknown multipart field {other:?}; expected metadata, module and release"
                 )));
             }
         }
@@ -199,6 +208,7 @@ pub(crate) async fn create_app(
         target: new.target,
         config: new.config,
         limits: new.limits.unwrap_or(DEFAULT_LIMITS),
+        release: upload.release,
     };
     let accepted = send(&api, &command).await?;
     api.wait_for(accepted.sequence).await;
@@ -224,6 +234,7 @@ pub(crate) async fn update_app(
         &UpdateApplication {
             app_id,
             module_sha256: sha256,
+            release: upload.release,
         },
     )
     .await?;
@@ -245,6 +256,24 @@ pub(crate) async fn forward<C: Command<Reply = wasmbed_schemas::command::Accepte
         sequence: accepted.sequence,
         sha256: None,
     }))
+}
+
+pub(crate) async fn show_trust(State(api): S) -> Json<TrustView> {
+    Json(api.view().trust_view())
+}
+
+pub(crate) async fn trust_publisher(
+    State(api): S,
+    json: Result<Json<TrustPublisher>, JsonRejection>,
+) -> Result<Json<Recorded>, ApiError> {
+    forward(&api, body(json)?).await
+}
+
+pub(crate) async fn revoke_publisher(
+    State(api): S,
+    json: Result<Json<RevokePublisher>, JsonRejection>,
+) -> Result<Json<Recorded>, ApiError> {
+    forward(&api, body(json)?).await
 }
 
 pub(crate) async fn deploy_app(

@@ -17,6 +17,7 @@ use wasmbed_api::Access;
 
 mod support;
 use support::{start_api, token};
+use wasmbed_e2e::releases::{ALL_IMPORTS, grants, public, publisher, signed};
 use wasmbed_e2e::{System, T};
 use wasmbed_test_support::{http_get, http_request, workspace_root};
 
@@ -251,7 +252,19 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
     )
     .await;
 
-    // The page is open; the app is created and deployed now, through the api.
+    // The page is open; a publisher key is trusted, and the app is created with its signed
+    // release and deployed now, through the api.
+    let key = publisher(4);
+    system.trust(&key, None).await.unwrap();
+    let limits = wasmbed_api::DEFAULT_LIMITS;
+    let release = signed(
+        &wasmbed_schemas::AppId::new("sensor").unwrap(),
+        1,
+        wasmbed_example_apps::SENSOR,
+        grants(ALL_IMPORTS, &["temperature"], &limits),
+        &key,
+    );
+    let release = serde_json::to_vec(&release).unwrap();
     let metadata =
         serde_json::to_vec(&json!({"app_id": "sensor", "target": {"kind": "all"}})).unwrap();
     let body = multipart(
@@ -259,6 +272,7 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
         &[
             ("metadata", &metadata),
             ("module", wasmbed_example_apps::SENSOR),
+            ("release", &release),
         ],
     );
     let auth = format!("Bearer {ADMIN}");
@@ -290,6 +304,24 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
     .await;
     page.wait_for("document.getElementById('stat-running').textContent", "1")
         .await;
+    // Who signed it and what it may do; the publisher in the trust table.
+    let released = page
+        .eval(r#"document.querySelector('#apps tr[data-app="sensor"] td.release').textContent"#)
+        .await;
+    let released = released.as_str().unwrap();
+    assert!(
+        released.contains(&format!("key {}", public(&key))),
+        "{released}"
+    );
+    assert!(released.contains("topics temperature"), "{released}");
+    page.wait_for(
+        &format!(
+            "document.querySelector('#publishers tr[data-publisher=\"{}\"]') ? 'listed' : 'absent'",
+            public(&key)
+        ),
+        "listed",
+    )
+    .await;
     let timeline = page
         .eval("document.getElementById('events').textContent")
         .await;

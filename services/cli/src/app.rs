@@ -22,6 +22,7 @@ use wasmbed_schemas::rest::DesiredState;
 use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 
 use crate::device::{Bus, fleet, humantime_secs, phase_text};
+use crate::release::SigningArgs;
 
 #[derive(Subcommand)]
 pub enum AppCommand {
@@ -34,7 +35,8 @@ pub enum AppCommand {
         /// Where: `all`, device ids (`dev-1,dev-2`), or labels (`label:room=lab,floor=2`).
         #[arg(long)]
         to: String,
-        /// The application id (default: the file name without `.wasm`).
+        /// The application id (default: the one `--release` names, else the file name without
+        /// `.wasm`).
         #[arg(long)]
         app_id: Option<AppId>,
         /// Configuration text the app reads through the host API.
@@ -52,6 +54,8 @@ pub enum AppCommand {
         /// Give up waiting after this long.
         #[arg(long, default_value = "120s", value_parser = humantime_secs)]
         wait: Duration,
+        #[command(flatten)]
+        signing: Box<SigningArgs>,
     },
     /// Every application and where it runs.
     List {
@@ -108,11 +112,12 @@ pub async fn run(command: AppCommand) -> Result<()> {
             pages,
             tick_ms,
             wait,
+            signing,
         } => {
             let target = target(&to)?;
             let module =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let app_id = match app_id {
+            let app_id = match app_id.or(signing.given_app()?) {
                 Some(id) => id,
                 None => {
                     let stem = file
@@ -128,7 +133,14 @@ pub async fn run(command: AppCommand) -> Result<()> {
                 max_memory_pages: pages,
                 tick_interval_ms: tick_ms,
             };
-            deploy(&bus, module, app_id, target, config, limits, wait).await
+            let new = NewApp {
+                module,
+                app_id,
+                target,
+                config,
+                limits,
+            };
+            deploy(&bus, new, &signing, wait).await
         }
         AppCommand::List { bus } => {
             let view = fleet(&bus.connect().await?).await?;
@@ -183,15 +195,23 @@ pub async fn run(command: AppCommand) -> Result<()> {
     }
 }
 
-async fn deploy(
-    bus: &Bus,
+/// What `app deploy` was asked to run.
+struct NewApp {
     module: Vec<u8>,
     app_id: AppId,
     target: Target,
     config: String,
     limits: Limits,
-    wait: Duration,
-) -> Result<()> {
+}
+
+async fn deploy(bus: &Bus, new: NewApp, signing: &SigningArgs, wait: Duration) -> Result<()> {
+    let NewApp {
+        module,
+        app_id,
+        target,
+        config,
+        limits,
+    } = new;
     let client = bus.connect().await?;
     let log = EventLog::open(client.clone(), &LogOptions::default())
         .await
@@ -203,9 +223,9 @@ async fn deploy(
     // A deleted application is left for the deployer to refuse: ids are not reused.
     let existing = fleet.apps.get(&app_id).filter(|app| !app.deleted());
     let latest = existing.and_then(wasmbed_fleet::App::latest);
-    let version = match latest {
+    let version = match &latest {
         None => 1,
-        Some((v, m)) if m.sha256 == sha => v,
+        Some((v, m)) if m.sha256 == sha => *v,
         Some((v, _)) => v + 1,
     };
     let targets: BTreeSet<DeviceId> = fleet
@@ -228,15 +248,17 @@ async fn deploy(
                 module_sha256: sha,
                 target: target.clone(),
                 config: Blob(config.into_bytes()),
+                release: signing.release_for(&app_id, version, &module, &limits)?,
                 limits,
             };
             call(&client, &create, bus.timeout).await?;
         }
         (Some(_), Some((_, m))) if m.sha256 == sha => {}
-        (Some(_), _) => {
+        (Some(app), _) => {
             let update = UpdateApplication {
                 app_id: app_id.clone(),
                 module_sha256: sha,
+                release: signing.release_for(&app_id, version, &module, &app.limits)?,
             };
             call(&client, &update, bus.timeout).await?;
         }

@@ -6,6 +6,7 @@ mod device;
 mod emulated;
 mod emulator;
 mod events;
+mod release;
 mod rollout;
 mod serve;
 mod tail;
@@ -38,6 +39,10 @@ enum Command {
     /// abort, list.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// Signed releases: publisher keys (keygen), signing modules (sign), the fleet's trusted
+    /// keys (trust, revoke, list).
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
     /// Emulated devices: start, stop, restart, list.
     #[command(subcommand)]
     Emulator(emulator::EmulatorCommand),
@@ -77,6 +82,7 @@ async fn main() {
     let result: Result<()> = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Events(command) => events::run(command).await,
+        Command::Release(command) => release::run(command).await,
         Command::Emulator(command) => emulator::run(command).await,
         Command::Device(command) => device::run(command).await,
         Command::App(command) => app::run(command).await,

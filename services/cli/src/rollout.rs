@@ -22,6 +22,7 @@ use wasmbed_schemas::rollout::{MaxFailures, WaveSize, parse_waves};
 use wasmbed_schemas::{AggregateKind, AppId, subject};
 
 use crate::device::{Bus, fleet, humantime_secs};
+use crate::release::SigningArgs;
 
 /// A new version: the application, the module, its settings, how it is judged.
 #[derive(Args)]
@@ -53,6 +54,8 @@ pub struct VersionArgs {
     /// Give up watching after this long (the rollout goes on).
     #[arg(long, default_value = "30m", value_parser = humantime_secs)]
     wait: Duration,
+    #[command(flatten)]
+    signing: SigningArgs,
 }
 
 #[derive(Subcommand)]
@@ -292,6 +295,7 @@ async fn start(version: VersionArgs, plan: Plan, no_wait: bool) -> Result<()> {
         tick_ms,
         config,
         wait,
+        signing,
     } = version;
     let module = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let client = bus.connect().await?;
@@ -299,19 +303,19 @@ async fn start(version: VersionArgs, plan: Plan, no_wait: bool) -> Result<()> {
         .await
         .context("opening the event log")?;
     let sha = upload_module(log.jetstream(), &module).await?;
-    let limits = if fuel.is_some() || pages.is_some() || tick_ms.is_some() {
-        let view = fleet(&client).await?;
-        let Some(app) = view.apps.get(&app_id).filter(|a| !a.deleted()) else {
-            bail!("no application {app_id}");
-        };
-        Some(Limits {
-            fuel_per_invocation: fuel.unwrap_or(app.limits.fuel_per_invocation),
-            max_memory_pages: pages.unwrap_or(app.limits.max_memory_pages),
-            tick_interval_ms: tick_ms.unwrap_or(app.limits.tick_interval_ms),
-        })
-    } else {
-        None
+    let view = fleet(&client).await?;
+    let Some(app) = view.apps.get(&app_id).filter(|a| !a.deleted()) else {
+        bail!("no application {app_id}");
     };
+    let limits = (fuel.is_some() || pages.is_some() || tick_ms.is_some()).then(|| Limits {
+        fuel_per_invocation: fuel.unwrap_or(app.limits.fuel_per_invocation),
+        max_memory_pages: pages.unwrap_or(app.limits.max_memory_pages),
+        tick_interval_ms: tick_ms.unwrap_or(app.limits.tick_interval_ms),
+    });
+    // Signed for the version it becomes if it is new; the deployer ignores the release of a
+    // version the application has already (recorded with its own).
+    let version = app.latest().map_or(1, |(v, _)| v + 1);
+    let release = signing.release_for(&app_id, version, &module, &limits.unwrap_or(app.limits))?;
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let start = StartRollout {
         app_id: app_id.clone(),
@@ -324,6 +328,7 @@ async fn start(version: VersionArgs, plan: Plan, no_wait: bool) -> Result<()> {
         rehearse: plan.rehearse,
         limits,
         config: config.map(|text| Blob(text.into_bytes())),
+        release,
     };
     let started = call(&client, &start, bus.timeout).await?;
     let from = started

@@ -150,6 +150,9 @@ pub struct DeployerArgs {
     /// RAM budget for apps, in KiB, on devices that have not reported their own.
     #[arg(long, env = "WASMBED_DEFAULT_APP_RAM_KIB", default_value_t = 256)]
     default_app_ram_kib: u32,
+    /// Accept only modules with a release signed by a trusted publisher key.
+    #[arg(long, env = "WASMBED_REQUIRE_SIGNED")]
+    require_signed: bool,
 }
 
 /// Where the bus is.
@@ -317,6 +320,7 @@ pub async fn run(command: ServeCommand) -> Result<()> {
             let client = connect(&args.nats, Principal::Deployer).await?;
             let config = wasmbed_deployer::DeployerConfig {
                 default_app_ram_bytes: args.default_app_ram_kib.saturating_mul(1024),
+                require_signed: args.require_signed,
                 runtime: args.nats.runtime(),
                 ..Default::default()
             };

@@ -21,7 +21,7 @@ use wasmbed_local_nats::{
 };
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::{
-    CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice,
+    CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice, TrustPublisher,
 };
 use wasmbed_schemas::event::Target;
 use wasmbed_schemas::frame::Limits;
@@ -77,6 +77,11 @@ pub struct UpArgs {
     /// The example app to deploy to every device (`sensor`, `counter`), or `none`.
     #[arg(long, env = "WASMBED_EXAMPLE_APP", default_value = "sensor")]
     example_app: String,
+    /// Accept modules without a signed release (by default only releases signed by a trusted
+    /// publisher key are accepted; `up` makes the first key, `publisher.key` in the state
+    /// directory, and provisions every device with it).
+    #[arg(long, env = "WASMBED_ALLOW_UNSIGNED")]
+    allow_unsigned: bool,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -142,9 +147,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     let deployer = tokio::spawn(wasmbed_deployer::run(
         connect(Principal::Deployer).await?,
-        wasmbed_deployer::DeployerConfig::default(),
+        wasmbed_deployer::DeployerConfig {
+            require_signed: !args.allow_unsigned,
+            ..Default::default()
+        },
         until_stopped(stopping.clone()),
     ));
+    let publisher = crate::release::keygen(&state.join(crate::release::STATE_KEY))?;
+    let trust = trust_first_key(&client, &publisher).await?;
 
     let api_listener = TcpListener::bind(("127.0.0.1", args.api_port))
         .await
@@ -166,7 +176,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     ));
 
     let connector = Connector::new(&ca, "localhost")?;
-    let sim_config = Arc::new(SimConfig::new(vec![gateway_addr]));
+    let mut sim_config = SimConfig::new(vec![gateway_addr]);
+    // Provisioned like every board: the fleet's publisher keys as of now.
+    sim_config.agent.publishers = trust.trusted();
+    sim_config.agent.trust_serial = trust.serial;
+    let sim_config = Arc::new(sim_config);
     let mut devices = Vec::new();
     for n in 1..=args.devices {
         let id = DeviceId::new(format!("sim-{n}"))?;
@@ -202,7 +216,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let boards_line =
         crate::emulated::start(&client, args.emulated, board_prefix, &emulator_kind).await?;
 
-    let app_line = deploy_example(&client, &args.example_app).await?;
+    let app_line = deploy_example(&client, &args.example_app, &publisher).await?;
 
     say!("wasmbed is up");
     say!("  nats:    {}", nats.url());
@@ -225,6 +239,16 @@ pub async fn run(args: UpArgs) -> Result<()> {
     );
     say!("  emulated: {boards_line}");
     say!("  apps:    {app_line}");
+    say!(
+        "  releases: signed by {} ({}){}",
+        crate::release::public(&publisher),
+        state.join(crate::release::STATE_KEY).display(),
+        if args.allow_unsigned {
+            "; unsigned modules accepted too"
+        } else {
+            "; unsigned modules are refused"
+        }
+    );
     say!("  state:   {}", state.display());
     say!(
         "Watch the log: wasmbed events tail --from-start --nats {}",
@@ -276,9 +300,63 @@ fn api_token(state: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// Deploys one of the built-in example apps to every device (idempotent across restarts);
-/// returns a line for the banner.
-async fn deploy_example(client: &async_nats::Client, name: &str) -> Result<String> {
+/// Trusts `key` as the fleet's first publisher key (nothing to do when it is trusted already);
+/// returns the trust chain as it stands.
+async fn trust_first_key(
+    client: &async_nats::Client,
+    key: &SigningKey,
+) -> Result<wasmbed_fleet::Publishers> {
+    let public = crate::release::public(key);
+    let publishers = crate::device::fleet(client).await?.publishers;
+    if publishers.trusted().contains(&public) {
+        return Ok(publishers);
+    }
+    if publishers.serial > 0 {
+        tracing::warn!(%public, "the state directory's publisher key is not trusted by this fleet");
+        return Ok(publishers);
+    }
+    let trust = TrustPublisher {
+        public_key: public,
+        name: "wasmbed up".to_owned(),
+        rotation: None,
+    };
+    retry_until_answered(client, &trust)
+        .await
+        .context("trusting the publisher key")?;
+    Ok(crate::device::fleet(client).await?.publishers)
+}
+
+/// Calls `command`, retrying while nobody answers (a service still catching up on the log).
+async fn retry_until_answered<C: wasmbed_schemas::command::Command>(
+    client: &async_nats::Client,
+    command: &C,
+) -> Result<C::Reply> {
+    for _ in 0..100 {
+        match call(client, command, Duration::from_millis(500)).await {
+            Err(wasmbed_bus::CallError::Transport { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+    bail!("{} did not answer within 60 s", C::SERVICE.as_str())
+}
+
+/// The topic each example app publishes on.
+fn example_topic(name: &str) -> &'static str {
+    match name {
+        "counter" => "count",
+        _ => "temperature",
+    }
+}
+
+/// Deploys one of the built-in example apps to every device (idempotent across restarts),
+/// signed by `publisher`; returns a line for the banner.
+async fn deploy_example(
+    client: &async_nats::Client,
+    name: &str,
+    publisher: &SigningKey,
+) -> Result<String> {
     if name == "none" {
         return Ok("none deployed (--example-app none)".to_owned());
     }
@@ -291,6 +369,13 @@ async fn deploy_example(client: &async_nats::Client, name: &str) -> Result<Strin
     let js = async_nats::jetstream::new(client.clone());
     let sha = wasmbed_deployer::upload_module(&js, module).await?;
     let app_id = AppId::new(name)?;
+    let limits = Limits {
+        fuel_per_invocation: 1_000_000,
+        max_memory_pages: 2,
+        tick_interval_ms: 1000,
+    };
+    let topics = [example_topic(name).to_owned()];
+    let release = crate::release::sign(publisher, &app_id, 1, module, &limits, &topics)?;
     // The deployer may still be catching up on the log: retry until it answers.
     let create = CreateApplication {
         app_id: app_id.clone(),
@@ -298,26 +383,11 @@ async fn deploy_example(client: &async_nats::Client, name: &str) -> Result<Strin
         module_sha256: sha,
         target: Target::All,
         config: Blob(b"embedded".to_vec()),
-        limits: Limits {
-            fuel_per_invocation: 1_000_000,
-            max_memory_pages: 2,
-            tick_interval_ms: 1000,
-        },
+        limits,
+        release: Some(release),
     };
-    let mut answered = None;
-    for _ in 0..100 {
-        match call(client, &create, Duration::from_millis(500)).await {
-            Err(wasmbed_bus::CallError::Transport { .. }) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => {
-                answered = Some(other);
-                break;
-            }
-        }
-    }
-    answered
-        .context("the deployer did not answer within 60 s")?
+    retry_until_answered(client, &create)
+        .await
         .with_context(|| format!("creating the {name} app"))?;
     call(
         client,

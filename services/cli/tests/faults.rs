@@ -449,6 +449,7 @@ async fn fault_a_deployer_killed_mid_wave_finishes_the_rollout_once() {
         rehearse: false,
         limits: None,
         config: None,
+        release: None,
     };
     let started = call(&cluster.client, &start, T).await.unwrap();
     let rollout = AggregateId::Rollout {

@@ -268,3 +268,208 @@ async fn rollouts_from_the_command_line_say_how_they_ended_in_the_exit_status() 
     sim_a.stop().await;
     sim_b.stop().await;
 }
+
+#[tokio::test]
+async fn publisher_keys_signed_releases_and_rotations_from_the_command_line() {
+    let system = System::start_with(wasmbed_deployer::DeployerConfig {
+        require_signed: true,
+        ..wasmbed_e2e::deployer_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    // A key pair: the secret only for its owner.
+    let out = wasmbed(&system, &["release", "keygen", &path("first.key")]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path("first.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let first = std::fs::read_to_string(path("first.pub")).unwrap();
+    let first = wasmbed_schemas::PublicKey::from_hex(first.trim()).unwrap();
+    let out = wasmbed(
+        &system,
+        &[
+            "release",
+            "trust",
+            &path("first.pub"),
+            "--name",
+            "release team",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // A device provisioned to trust it.
+    let (device, key) = system.register("cli-signed", &[]).await;
+    let mut sim = system.trusting_sim(key, &[first], 1);
+    sim.wait_for(|s| s.connected, wasmbed_e2e::T).await.unwrap();
+    let module = path("counter.wasm");
+    std::fs::write(&module, wasmbed_example_apps::COUNTER).unwrap();
+
+    // Unsigned: refused by the fleet's policy, with the reason.
+    let out = wasmbed(
+        &system,
+        &[
+            "app",
+            "deploy",
+            &module,
+            "--to",
+            device.as_str(),
+            "--unsigned",
+        ],
+    )
+    .await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("require_signed"), "{stderr}");
+    // Signing a module that publishes needs its topics.
+    let out = wasmbed(
+        &system,
+        &[
+            "app",
+            "deploy",
+            &module,
+            "--to",
+            device.as_str(),
+            "--key",
+            &path("first.key"),
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("--topics"), "{:?}", text(&out));
+    let out = wasmbed(
+        &system,
+        &[
+            "app",
+            "deploy",
+            &module,
+            "--to",
+            device.as_str(),
+            "--key",
+            &path("first.key"),
+            "--topics",
+            "count",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("all 1 devices run counter v1"), "{stdout}");
+    assert!(stderr.contains("topics count"), "{stderr}");
+
+    // Signed beforehand into a file beside the module, deployed as the next version.
+    let second = path("counter-2.wasm");
+    std::fs::write(
+        &second,
+        wasmbed_e2e::padded(wasmbed_example_apps::COUNTER, 4096),
+    )
+    .unwrap();
+    let out = wasmbed(
+        &system,
+        &[
+            "release",
+            "sign",
+            &second,
+            "--key",
+            &path("first.key"),
+            "--app-id",
+            "counter",
+            "--version",
+            "2",
+            "--topics",
+            "count",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let release = format!("{second}.release.json");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&release).unwrap()).unwrap();
+    assert_eq!(written["manifest"]["version"], 2);
+    let out = wasmbed(
+        &system,
+        &[
+            "app",
+            "deploy",
+            &second,
+            "--to",
+            device.as_str(),
+            "--release",
+            &release,
+        ],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("run counter v2"), "{stdout}");
+
+    // Rotation: a second key trusted by the first, then the first revoked by the second; the
+    // device applies both.
+    let out = wasmbed(&system, &["release", "keygen", &path("second.key")]).await;
+    assert!(out.status.success());
+    let out = wasmbed(
+        &system,
+        &[
+            "release",
+            "trust",
+            &path("second.pub"),
+            "--name",
+            "next team",
+        ],
+    )
+    .await;
+    assert!(!out.status.success(), "a second key needs a signer");
+    let out = wasmbed(
+        &system,
+        &[
+            "release",
+            "trust",
+            &path("second.pub"),
+            "--name",
+            "next team",
+            "--signer",
+            &path("first.key"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = wasmbed(
+        &system,
+        &[
+            "release",
+            "revoke",
+            &path("first.pub"),
+            "--signer",
+            &path("second.key"),
+            "--reason",
+            "rotated",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = wasmbed(&system, &["release", "list"]).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("trust serial 3"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("release team") && l.contains(" 3 ")),
+        "{stdout}"
+    );
+    system
+        .wait_events(
+            &wasmbed_schemas::AggregateId::Device(device.clone()),
+            |events| {
+                events.iter().any(|e| {
+                    matches!(e, wasmbed_schemas::event::Event::DeviceDescribed(d) if d.trust_serial == 3)
+                })
+            },
+        )
+        .await;
+    sim.stop().await;
+}

@@ -18,9 +18,10 @@ use wasmbed_schemas::frame::{Limits, MODULE_CHUNK_LEN};
 use wasmbed_schemas::{AppId, Sha256};
 
 use crate::rollout::commands as rollout;
-use crate::{Deployer, validate};
+use crate::{Deployer, release, validate};
 use wasmbed_eventlog::modules::ModuleError;
 use wasmbed_fleet::App;
+use wasmbed_schemas::release::SignedRelease;
 use wasmbed_schemas::rest::DesiredState;
 
 type State = Arc<Deployer>;
@@ -40,6 +41,8 @@ pub(crate) fn router() -> Router<Deployer> {
         .route(rollout::pause_rollout)
         .route(rollout::resume_rollout)
         .route(rollout::abort_rollout)
+        .route(crate::trust::trust_publisher)
+        .route(crate::trust::revoke_publisher)
 }
 
 /// While a rollout is in progress it decides what runs where; the application's own commands
@@ -141,15 +144,43 @@ pub(crate) fn live_app(state: &Deployer, id: &AppId) -> Result<App, CommandError
     }
 }
 
-/// Loads and validates a module; a refusal is recorded as `ModuleRejected` and answered.
+/// A module about to become `version` of an application: its digest, the limits it will run
+/// under and its signed release.
+pub(crate) struct NewVersion<'a> {
+    pub(crate) sha: &'a Sha256,
+    pub(crate) version: u32,
+    pub(crate) limits: &'a Limits,
+    pub(crate) release: Option<&'a SignedRelease>,
+}
+
+/// Loads and validates a module and its release; a refusal is recorded as `ModuleRejected`
+/// and answered.
 pub(crate) async fn checked_module(
     state: &Deployer,
     app: &AppId,
-    sha: &Sha256,
-    limits: &Limits,
+    new: NewVersion<'_>,
 ) -> Result<u64, CommandError> {
+    let NewVersion {
+        sha,
+        version,
+        limits,
+        release,
+    } = new;
     let bytes = state.modules.get(sha).await.map_err(module_error)?;
-    if let Err(reason) = validate(&bytes, limits) {
+    let checked = validate(&bytes, limits).and_then(|facts| {
+        let upload = release::Upload {
+            app,
+            version,
+            module: &bytes,
+            facts: &facts,
+            limits,
+            release,
+        };
+        let publishers = state.fleet().publishers.clone();
+        release::judge(&upload, &publishers, state.config.require_signed)
+            .map_err(|refused| format!("release: {}", refused.message))
+    });
+    if let Err(reason) = checked {
         info!(%app, %sha, %reason, "module rejected");
         let event = ModuleRejected {
             app_id: app.clone(),
@@ -204,7 +235,13 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
             }
         }
     };
-    let size_bytes = checked_module(&state, &c.app_id, &c.module_sha256, &c.limits).await?;
+    let new = NewVersion {
+        sha: &c.module_sha256,
+        version: 1,
+        limits: &c.limits,
+        release: c.release.as_ref(),
+    };
+    let size_bytes = checked_module(&state, &c.app_id, new).await?;
     let mut expected = ExpectedVersion::Exactly(app_version(&state, &c.app_id));
     if needs_creation {
         let created = ApplicationCreated {
@@ -227,6 +264,7 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
         size_bytes,
         limits: None,
         config: None,
+        release: c.release.map(Box::new),
     };
     let sequence = state
         .record(expected, uploaded.into())
@@ -265,13 +303,22 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
     let app = live_app(&state, &c.app_id)?;
     no_rollout(&state, &c.app_id)?;
     let latest = app.latest();
-    if latest.is_some_and(|(_, m)| m.sha256 == c.module_sha256) {
+    if latest
+        .as_ref()
+        .is_some_and(|(_, m)| m.sha256 == c.module_sha256)
+    {
         return Ok(Accepted {
             sequence: app_version(&state, &c.app_id),
         });
     }
-    let size_bytes = checked_module(&state, &c.app_id, &c.module_sha256, &app.limits).await?;
-    let version = latest.map_or(1, |(v, _)| v + 1);
+    let version = latest.as_ref().map_or(1, |(v, _)| v + 1);
+    let new = NewVersion {
+        sha: &c.module_sha256,
+        version,
+        limits: &app.limits,
+        release: c.release.as_ref(),
+    };
+    let size_bytes = checked_module(&state, &c.app_id, new).await?;
     let sequence = record_app_event(
         &state,
         &c.app_id,
@@ -282,6 +329,7 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
             size_bytes,
             limits: None,
             config: None,
+            release: c.release.map(Box::new),
         }
         .into(),
     )

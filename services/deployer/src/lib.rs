@@ -12,7 +12,9 @@
 
 mod handlers;
 mod reconciler;
+mod release;
 pub mod rollout;
+mod trust;
 mod validate;
 
 use std::future::Future;
@@ -47,6 +49,8 @@ pub struct DeployerConfig {
     /// Deliveries of one version to one device that may fail (digest mismatch) before the
     /// deployment is recorded as failed.
     pub max_delivery_attempts: u32,
+    /// Only modules with a signed release by a trusted publisher are accepted.
+    pub require_signed: bool,
     /// Replicas, health endpoint, drain grace.
     pub runtime: RuntimeOptions,
 }
@@ -57,6 +61,7 @@ impl Default for DeployerConfig {
             default_app_ram_bytes: 256 * 1024,
             step_timeout: Duration::from_secs(5),
             max_delivery_attempts: 3,
+            require_signed: false,
             runtime: RuntimeOptions::default(),
         }
     }
@@ -121,6 +126,7 @@ fn followed_subjects() -> Vec<String> {
         AggregateKind::Application,
         AggregateKind::Deployment,
         AggregateKind::Rollout,
+        AggregateKind::Trust,
     ]
     .into_iter()
     .map(subject::events_of_kind)

@@ -2,18 +2,22 @@
 //! host API with the documented signatures, export what the runtime calls, and fit the memory
 //! limits. Nothing is sent to a device before this passes.
 
+use std::collections::BTreeSet;
+
 use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::host_api::{self, ValType};
 use wasmparser::types::EntityType;
 use wasmparser::{ValType as WasmValType, Validator, WasmFeatures};
 
 /// What the deployer needs to know about a valid module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleFacts {
     /// Pages of linear memory it starts with.
     pub min_pages: u64,
     /// Pages it declares as its maximum, if any.
     pub max_pages: Option<u64>,
+    /// The `wasmbed` host functions it imports.
+    pub imports: BTreeSet<String>,
 }
 
 fn same_type(ours: ValType, theirs: WasmValType) -> bool {
@@ -42,6 +46,7 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<ModuleFacts, String> {
     let mut imports: Vec<(&str, &str, EntityType)> =
         types.core_imports().into_iter().flatten().collect();
     imports.sort_by_key(|(m, n, _)| (*m, *n));
+    let names = imports.iter().map(|(_, n, _)| (*n).to_owned()).collect();
     for (module, name, entity) in imports {
         if module != host_api::MODULE {
             return Err(format!(
@@ -116,5 +121,6 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<ModuleFacts, String> {
     Ok(ModuleFacts {
         min_pages: memory.initial,
         max_pages: memory.maximum,
+        imports: names,
     })
 }

@@ -1,6 +1,7 @@
 //! One handler per enrollment command.
 
 use std::sync::Arc;
+use wasmbed_device_core::is_full_order;
 
 use chrono::Utc;
 use tracing::{info, warn};
@@ -55,14 +56,6 @@ async fn record(
         envelope,
     });
     Ok(appended.sequence)
-}
-
-/// Whether `key` can authenticate anyone: the canonical encoding of an Ed25519 point outside
-/// the small-order subgroup (a signature by a small-order key can be forged without its
-/// secret; a non-canonical encoding would let one key go by two byte strings).
-fn is_full_order(key: &PublicKey) -> bool {
-    ed25519_dalek::VerifyingKey::from_bytes(&key.0)
-        .is_ok_and(|point| !point.is_weak() && point.to_edwards().compress().to_bytes() == key.0)
 }
 
 async fn register_device(state: State, c: RegisterDevice) -> Result<Accepted, CommandError> {

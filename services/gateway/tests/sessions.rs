@@ -220,6 +220,8 @@ async fn downlink_frames_reach_the_device_and_uplink_frames_reach_the_bus() {
         fuel_used: 10,
         memory_pages: 1,
         detail: None,
+        refusal: None,
+        denied_publishes: 0,
     });
     device.send(status.clone()).await;
     // The device's own agent speaks too (its DeviceInfo, its answer to the Stop): every

@@ -392,6 +392,7 @@ async fn an_applications_rollout_phase_and_wave_are_in_its_status() {
         rehearse: false,
         limits: None,
         config: None,
+        release: None,
     };
     wasmbed_bus::call(&system.client, &start, T).await.unwrap();
     let judging = wait_until(&server, "the rollout judged", |s| {

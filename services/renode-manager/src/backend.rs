@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::provisioning::Provisioning;
+use wasmbed_schemas::{DeviceId, PublicKey};
 
 use crate::catalogue::{Mcu, Unsupported};
 use crate::docker::{ContainerBackend, ContainerError};
@@ -37,19 +37,26 @@ pub struct Launch<'a> {
     pub ca_pem: &'a str,
     /// The name their certificate carries.
     pub server_name: &'a str,
+    /// The publisher keys it trusts (the fleet's, now); empty: it runs unsigned modules.
+    pub publishers: &'a [PublicKey],
+    /// The serial of the last trust rotation `publishers` includes.
+    pub trust_serial: u32,
 }
 
 impl Launch<'_> {
     /// The provisioning block for a board on an emulator's user network (QEMU's, or Renode's
     /// TAP in a container sharing the host's network): the host's loopback is `10.0.2.2`.
     pub fn guest_block(&self) -> Result<Provisioning, ProvisionError> {
-        provision::block(
+        let mut block = provision::block(
             provision::guest_endpoints(self.gateways),
             self.secret,
             self.device.as_str(),
             self.ca_pem,
             self.server_name,
-        )
+        )?;
+        block.publishers = self.publishers.to_vec();
+        block.trust_serial = self.trust_serial;
+        Ok(block)
     }
 }
 
@@ -162,6 +169,8 @@ async fn start_sim(launch: &Launch<'_>) -> Result<Emulator, StartError> {
         .map_err(|e| StartError::Sim(e.to_string()))?;
     let mut config = wasmbed_sim::SimConfig::new(gateways);
     config.agent.mcu = launch.mcu.name.clone();
+    config.agent.publishers = launch.publishers.to_vec();
+    config.agent.trust_serial = launch.trust_serial;
     let mut device = wasmbed_sim::SimDevice::spawn(
         connector,
         Arc::new(config),

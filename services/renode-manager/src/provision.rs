@@ -22,7 +22,7 @@ pub enum ProvisionError {
 
 /// The block for board `device_id` with secret `device_secret` that dials `endpoints`, trusts
 /// `ca_pem` and expects the gateway to be named `server_name`; a fresh entropy seed and the
-/// current time.
+/// current time; it trusts no publisher key until [`Provisioning::publishers`] is set.
 pub fn block(
     endpoints: Vec<String>,
     device_secret: [u8; 32],
@@ -43,6 +43,8 @@ pub fn block(
         device_id: device_id.into(),
         ca_der: pem::certificate_der(ca_pem)?,
         enrollment_token: None,
+        publishers: Vec::new(),
+        trust_serial: 0,
     })
 }
 

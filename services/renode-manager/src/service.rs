@@ -16,13 +16,14 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use wasmbed_eventlog::{EventLog, ExpectedVersion};
+use wasmbed_fleet::Publishers;
 use wasmbed_schemas::command::{
     Accepted, CommandError, ErrorCode, GetCaCertificate, RegisterDevice, RestartEmulator,
     StartEmulator, StopEmulator,
 };
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
-use wasmbed_schemas::{AggregateKind, DeviceId, GatewayId, PublicKey};
+use wasmbed_schemas::{AggregateId, AggregateKind, DeviceId, GatewayId, PublicKey};
 use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 
 use crate::backend::{Backend, Launch};
@@ -243,11 +244,30 @@ impl Manager {
                 "no gateway has announced itself yet; start one first",
             ));
         }
+        let publishers = self.publishers().await?;
         Ok(Prepared {
             secret,
             gateways,
             ca_pem,
+            trust_serial: publishers.serial,
+            publishers: publishers.trusted(),
         })
+    }
+
+    /// The fleet's trusted publisher keys now, read from the log at each start, so a board
+    /// provisioned right after a rotation already has it.
+    async fn publishers(&self) -> Result<Publishers, CommandError> {
+        let events = self.log.read(&AggregateId::Trust).await.map_err(|e| {
+            refuse(
+                ErrorCode::Unavailable,
+                format!("reading the trusted publishers: {e}"),
+            )
+        })?;
+        let mut publishers = Publishers::default();
+        for stored in &events {
+            publishers.apply(&stored.envelope.event, stored.envelope.time);
+        }
+        Ok(publishers)
     }
 }
 
@@ -256,6 +276,8 @@ pub(crate) struct Prepared {
     pub(crate) secret: [u8; 32],
     pub(crate) gateways: Vec<String>,
     pub(crate) ca_pem: String,
+    pub(crate) publishers: Vec<PublicKey>,
+    pub(crate) trust_serial: u32,
 }
 
 impl Prepared {
@@ -272,6 +294,8 @@ impl Prepared {
             gateways: &self.gateways,
             ca_pem: &self.ca_pem,
             server_name: &manager.config.server_name,
+            publishers: &self.publishers,
+            trust_serial: self.trust_serial,
         }
     }
 }

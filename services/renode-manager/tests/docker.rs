@@ -170,6 +170,8 @@ fn launch<'a>(
         gateways,
         ca_pem: CA,
         server_name: "localhost",
+        publishers: &[],
+        trust_serial: 0,
     }
 }
 

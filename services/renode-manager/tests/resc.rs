@@ -19,6 +19,8 @@ fn block() -> Provisioning {
         device_id: "board-1".into(),
         ca_der: vec![0x30, 0x82, 0x01, 0x0a, 0xde, 0xad, 0xbe, 0xef],
         enrollment_token: None,
+        publishers: vec![wasmbed_schemas::PublicKey([3; 32])],
+        trust_serial: 2,
     }
 }
 

@@ -312,6 +312,7 @@ impl Cluster {
                 target: Target::All,
                 config: Blob(b"lab".to_vec()),
                 limits: test_limits(),
+                release: None,
             },
             T,
         )

@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod docker;
 pub mod emulated;
 pub mod gateway;
+pub mod releases;
 pub mod timed;
 
 /// How long any single wait in these tests may take.
@@ -284,6 +285,7 @@ impl System {
                 target,
                 config: Blob(b"lab".to_vec()),
                 limits,
+                release: None,
             },
             T,
         )

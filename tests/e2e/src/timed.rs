@@ -125,6 +125,7 @@ pub async fn create(system: &System, app: &AppId, module: &[u8]) {
             target: Target::All,
             config: Blob::default(),
             limits: bench_limits(),
+            release: None,
         },
         Duration::from_secs(10),
     )
@@ -288,6 +289,7 @@ async fn start_rollout(
         rehearse: false,
         limits: None,
         config: None,
+        release: None,
     };
     let (timed, started) = time_until_running(system, fleet, app, version, timeout, async {
         call(&system.client, &start, Duration::from_secs(10))

@@ -265,6 +265,7 @@ async fn modules_that_cannot_run_are_refused_before_any_byte_is_sent() {
             target: target.clone(),
             config: Blob::default(),
             limits: test_limits(),
+            release: None,
         },
         T,
     )
@@ -288,6 +289,7 @@ async fn modules_that_cannot_run_are_refused_before_any_byte_is_sent() {
             target: target.clone(),
             config: Blob::default(),
             limits: test_limits(),
+            release: None,
         },
         T,
     )
@@ -404,6 +406,7 @@ async fn update(system: &System, app: &AppId, module: &[u8]) -> Sha256 {
         &UpdateApplication {
             app_id: app.clone(),
             module_sha256: sha,
+            release: None,
         },
         T,
     )

@@ -7,12 +7,15 @@
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use wasmbed_deployer::DeployerConfig;
 use wasmbed_e2e::emulated::qemu_config;
-use wasmbed_e2e::{System, T, deployment, test_limits};
+use wasmbed_e2e::releases::{ALL_IMPORTS, Uplink, grants, public, publisher, signed};
+use wasmbed_e2e::{System, T, deployer_config, deployment, padded, test_limits};
 use wasmbed_example_apps::{SENSOR, SPIN};
 use wasmbed_renode_manager::firmware::Board;
 use wasmbed_renode_manager::qemu::QemuDevice;
 use wasmbed_schemas::event::{Event, Target};
+use wasmbed_schemas::release::Refusal;
 use wasmbed_schemas::subject::header;
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 
@@ -169,6 +172,95 @@ async fn the_emulated_board_runs_apps_traps_a_loop_and_comes_back_after_a_gatewa
     qemu.wait_for_nth_line("enrolled:", 2, T)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
+    while telemetry.next().now_or_never().is_some() {}
+    telemetry_from(&mut telemetry, &device).await;
+    eprintln!("UART of {device}:\n{}", uart());
+    qemu.stop().await;
+}
+
+#[tokio::test]
+async fn the_firmware_runs_a_signed_release_and_refuses_what_its_publisher_did_not_sign() {
+    let system = System::start_with(DeployerConfig {
+        require_signed: true,
+        ..deployer_config()
+    })
+    .await;
+    let a = publisher(1);
+    system.trust(&a, None).await.unwrap();
+    let (device, key) = system.register("qemu-signed", &[]).await;
+    let mut block = system.provisioning(&key, &device, None);
+    block.publishers = vec![public(&a)];
+    block.trust_serial = 1;
+    let qemu = QemuDevice::start(&qemu_config(Board::Mps2An385), &block)
+        .await
+        .unwrap();
+    let uart = || qemu.lines().join("\n");
+    qemu.wait_for_line("enrolled:", BOOT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
+    assert!(
+        uart().contains("trust: 1 publisher key(s) at serial 1 (runs only signed releases)"),
+        "{}",
+        uart()
+    );
+    let mut telemetry = system
+        .client
+        .subscribe("wasmbed.telemetry.>")
+        .await
+        .unwrap();
+    let sensor = AppId::new("sensor").unwrap();
+    let limits = test_limits();
+    let module = padded(SENSOR, SENSOR.len() + 256);
+    let release = signed(
+        &sensor,
+        1,
+        &module,
+        grants(ALL_IMPORTS, &["temperature"], &limits),
+        &a,
+    );
+    system
+        .create_signed_app(
+            &sensor,
+            &module,
+            Target::Devices(vec![device.clone()]),
+            limits,
+            Some(release.clone()),
+        )
+        .await
+        .unwrap();
+    system.deploy_app(&sensor).await;
+    telemetry_from(&mut telemetry, &device).await;
+
+    // Past the deployer, as the operator user: the module changed by one byte after signing,
+    // and a release by a key the board does not trust. The firmware refuses both.
+    let mut uplink = Uplink::of(&system, &device).await;
+    let mut tampered = module.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let intruder = AppId::new("intruder").unwrap();
+    let cases = [
+        (&sensor, tampered, Some(release), Refusal::Module),
+        (
+            &intruder,
+            module.clone(),
+            Some(signed(
+                &intruder,
+                1,
+                &module,
+                grants(ALL_IMPORTS, &["temperature"], &limits),
+                &publisher(9),
+            )),
+            Refusal::UntrustedKey,
+        ),
+    ];
+    for (app, bytes, release, expected) in cases {
+        system
+            .inject(&device, app, 1, &bytes, release, limits)
+            .await;
+        let status = uplink.status(app, |s| s.refusal.is_some()).await;
+        assert_eq!(status.refusal, Some(expected), "{status:?}\n{}", uart());
+    }
+    // The signed app still publishes.
     while telemetry.next().now_or_never().is_some() {}
     telemetry_from(&mut telemetry, &device).await;
     eprintln!("UART of {device}:\n{}", uart());

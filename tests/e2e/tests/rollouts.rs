@@ -186,6 +186,7 @@ fn spec(waves: &[WaveSize], soak_ms: u64, max_failures: MaxFailures) -> StartRol
         rehearse: false,
         limits: None,
         config: None,
+        release: None,
     }
 }
 

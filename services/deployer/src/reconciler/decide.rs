@@ -8,6 +8,7 @@ use wasmbed_schemas::event::{
     DeploymentRefused, DeploymentRequested, DeploymentStopRequested, DeploymentTransferStarted,
 };
 use wasmbed_schemas::frame::{Deploy, Frame, ModuleBegin, Stop};
+use wasmbed_schemas::host_api;
 use wasmbed_schemas::rest::DeploymentPhase as Phase;
 
 use super::{Effects, Reconciler, Step, deployment};
@@ -23,6 +24,29 @@ pub(crate) struct Wanted {
     pub(crate) budget_bytes: u64,
     /// The module of this version is known (its upload event was folded).
     pub(crate) module_known: bool,
+    /// The host API version its granted imports need (0 when unsigned: the device judges).
+    pub(crate) needs_api: u16,
+    /// The host API version the device offers, once it described itself.
+    pub(crate) device_api: Option<u16>,
+}
+
+/// Why a version does not fit a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misfit {
+    /// Not enough memory for apps.
+    Memory {
+        /// Memory it may use.
+        needs_bytes: u64,
+        /// Memory the device has.
+        budget_bytes: u64,
+    },
+    /// The device's runtime does not offer the host functions its release grants.
+    HostApi {
+        /// The version needed.
+        needs: u16,
+        /// The version offered.
+        offers: u16,
+    },
 }
 
 /// What the log says the device has of the application.
@@ -50,10 +74,8 @@ pub(crate) enum Decision {
     Refuse {
         /// The version.
         version: u32,
-        /// Memory it may use.
-        needs_bytes: u64,
-        /// Memory the device has.
-        budget_bytes: u64,
+        /// Why.
+        misfit: Misfit,
     },
     /// Send `ModuleBegin` (first recording `DeploymentTransferStarted` when `first`).
     Transfer {
@@ -110,14 +132,25 @@ pub(crate) fn decide(want: Option<Wanted>, current: Option<Current>, send: Senda
 }
 
 fn request(want: Wanted) -> Decision {
-    if want.needs_bytes > want.budget_bytes {
-        Decision::Refuse {
-            version: want.version,
+    let misfit = if want.needs_bytes > want.budget_bytes {
+        Some(Misfit::Memory {
             needs_bytes: want.needs_bytes,
             budget_bytes: want.budget_bytes,
-        }
+        })
     } else {
-        Decision::Request(want.version)
+        want.device_api
+            .filter(|offers| *offers < want.needs_api)
+            .map(|offers| Misfit::HostApi {
+                needs: want.needs_api,
+                offers,
+            })
+    };
+    match misfit {
+        Some(misfit) => Decision::Refuse {
+            version: want.version,
+            misfit,
+        },
+        None => Decision::Request(want.version),
     }
 }
 
@@ -141,6 +174,14 @@ impl Reconciler {
                         .unwrap_or(self.state.config.default_app_ram_bytes),
                 ),
                 module_known: a.modules.contains_key(&version),
+                needs_api: a
+                    .modules
+                    .get(&version)
+                    .and_then(|m| m.release.as_ref())
+                    .map_or(0, |r| {
+                        host_api::version_needed(&r.manifest.capabilities.imports)
+                    }),
+                device_api: device.host_api_version,
             });
         let current = fleet.deployment(pair).map(|d| Current {
             version: d.version,
@@ -163,21 +204,30 @@ impl Reconciler {
             }
             Decision::Refuse {
                 version: refused,
-                needs_bytes,
-                budget_bytes,
+                misfit,
             } => {
                 self.links.remove(pair);
                 let pages = app.map_or(0, |a| a.limits_of(refused).max_memory_pages);
-                let event = DeploymentRefused {
-                    app_id,
-                    device_id,
-                    version: refused,
-                    reason: format!(
+                let reason = match misfit {
+                    Misfit::Memory {
+                        needs_bytes,
+                        budget_bytes,
+                    } => format!(
                         "needs up to {} KiB of memory (limits.max_memory_pages = {pages}), \
                          the device has {} KiB for apps",
                         needs_bytes / 1024,
                         budget_bytes / 1024
                     ),
+                    Misfit::HostApi { needs, offers } => format!(
+                        "its release grants host functions of host API version {needs}; the \
+                         device offers version {offers}"
+                    ),
+                };
+                let event = DeploymentRefused {
+                    app_id,
+                    device_id,
+                    version: refused,
+                    reason,
                 };
                 fx.record(version, pair, event.into());
             }
@@ -218,6 +268,7 @@ impl Reconciler {
                     sha256: module.sha256,
                     limits: app.limits_of(running),
                     config: app.config_of(running).clone(),
+                    release: module.release.clone(),
                 };
                 fx.sends.push((device_id, Frame::Deploy(deploy)));
             }
@@ -255,6 +306,8 @@ mod tests {
             needs_bytes: 64 * 1024,
             budget_bytes: 256 * 1024,
             module_known: true,
+            needs_api: 1,
+            device_api: Some(1),
         }
     }
 
@@ -350,8 +403,10 @@ mod tests {
         };
         let refused = Decision::Refuse {
             version: 3,
-            needs_bytes: 512 * 1024,
-            budget_bytes: 256 * 1024,
+            misfit: Misfit::Memory {
+                needs_bytes: 512 * 1024,
+                budget_bytes: 256 * 1024,
+            },
         };
         for current in [None, at(2, Phase::Running), at(3, Phase::Stopped)] {
             assert_eq!(
@@ -366,6 +421,33 @@ mod tests {
         };
         assert_eq!(
             decide(Some(exact), None, Sendable(true)),
+            Decision::Request(3)
+        );
+    }
+
+    #[test]
+    fn a_release_granting_more_host_api_than_the_device_offers_is_refused() {
+        let newer = Wanted {
+            needs_api: 2,
+            ..wanted(3)
+        };
+        assert_eq!(
+            decide(Some(newer), None, Sendable(true)),
+            Decision::Refuse {
+                version: 3,
+                misfit: Misfit::HostApi {
+                    needs: 2,
+                    offers: 1
+                },
+            }
+        );
+        // A device that has not described itself yet is not refused for it: it judges itself.
+        let unknown = Wanted {
+            device_api: None,
+            ..newer
+        };
+        assert_eq!(
+            decide(Some(unknown), None, Sendable(true)),
             Decision::Request(3)
         );
     }

@@ -28,6 +28,7 @@ use wasmbed_fleet::{Pair, Touched};
 
 mod decide;
 mod rollouts;
+mod trust;
 mod uplink;
 
 /// The step in flight for one pair in the device's current session.
@@ -107,6 +108,12 @@ pub(crate) struct Reconciler {
     /// Rehearsal copies this process asked to start, and to remove.
     launched: HashSet<DeviceId>,
     removed: HashSet<DeviceId>,
+    /// The fleet's trust serial at the last trust pass.
+    trust_serial: u32,
+    /// Devices whose trusted keys may lag the fleet's.
+    trust_due: HashSet<DeviceId>,
+    /// The (session, serial) each device was last sent rotations for.
+    trust_pushed: HashMap<DeviceId, (Option<String>, u32)>,
 }
 
 impl Reconciler {
@@ -124,6 +131,9 @@ impl Reconciler {
             dirty: HashSet::new(),
             launched: HashSet::new(),
             removed: HashSet::new(),
+            trust_serial: 0,
+            trust_due: HashSet::new(),
+            trust_pushed: HashMap::new(),
         }
     }
 
@@ -179,6 +189,7 @@ impl Reconciler {
             }
             self.drive_rollouts().await;
             self.reconcile().await;
+            self.push_trust().await;
         }
     }
 
@@ -194,6 +205,7 @@ impl Reconciler {
                     .extend(fleet.devices.keys().map(|d| (app.clone(), d.clone())));
             }
             Touched::Device { device, session } => {
+                self.trust_due.insert(device.clone());
                 if session {
                     // Whatever was in flight went to a session that is gone.
                     self.links.retain(|(_, d), _| *d != device);

@@ -131,6 +131,7 @@ impl Reconciler {
             fuel_used: status.fuel_used,
             memory_pages: status.memory_pages,
             detail: status.detail.clone(),
+            denied_publishes: status.denied_publishes,
             reported_at: chrono::Utc::now(),
         });
         let Some(dep) = fleet.deployment(&pair) else {
@@ -167,6 +168,7 @@ impl Reconciler {
                         reason: status
                             .detail
                             .unwrap_or_else(|| "failed on the device".to_owned()),
+                        refusal: status.refusal,
                     };
                     fx.record(version, &pair, failed.into());
                 }
@@ -209,6 +211,7 @@ impl Reconciler {
             device_id: device.clone(),
             version: dep.version,
             reason,
+            refusal: None,
         };
         match error.code {
             FrameErrorCode::DigestMismatch
@@ -255,8 +258,13 @@ impl Reconciler {
 }
 
 fn on_info(fleet: &Fleet, device: &DeviceId, info: DeviceInfo, fx: &mut Effects) {
-    let known = fleet.devices.get(device).and_then(|d| d.app_ram_bytes);
-    if known == Some(info.app_ram_bytes) {
+    let known = fleet.devices.get(device).is_some_and(|d| {
+        d.app_ram_bytes == Some(info.app_ram_bytes)
+            && d.host_api_version == Some(info.host_api_version)
+            && d.trust_serial == info.trust_serial
+            && d.firmware.as_deref() == Some(info.firmware.as_str())
+    });
+    if known {
         return;
     }
     // Device events come from several services; this one commutes, so no version check.
@@ -269,6 +277,7 @@ fn on_info(fleet: &Fleet, device: &DeviceId, info: DeviceInfo, fx: &mut Effects)
                 firmware: info.firmware,
                 app_ram_bytes: info.app_ram_bytes,
                 host_api_version: info.host_api_version,
+                trust_serial: info.trust_serial,
             }
             .into(),
         ),

@@ -21,7 +21,9 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 
 use super::plan;
 use crate::Deployer;
-use crate::handlers::{app_version, check_config, check_limits, checked_module, live_app, refuse};
+use crate::handlers::{
+    NewVersion, app_version, check_config, check_limits, checked_module, live_app, refuse,
+};
 
 type State = Arc<Deployer>;
 
@@ -168,8 +170,14 @@ pub(crate) async fn start_rollout(
         Some(version) => version,
         None => {
             let limits = c.limits.unwrap_or(app.limits);
-            let size_bytes = checked_module(&state, &c.app_id, &c.module_sha256, &limits).await?;
             let version = app.latest().map_or(1, |(v, _)| v + 1);
+            let new = NewVersion {
+                sha: &c.module_sha256,
+                version,
+                limits: &limits,
+                release: c.release.as_ref(),
+            };
+            let size_bytes = checked_module(&state, &c.app_id, new).await?;
             let uploaded = ModuleUploaded {
                 app_id: c.app_id.clone(),
                 version,
@@ -177,6 +185,7 @@ pub(crate) async fn start_rollout(
                 size_bytes,
                 limits: c.limits.filter(|l| *l != app.limits),
                 config: c.config.clone().filter(|cfg| *cfg != app.config),
+                release: c.release.clone().map(Box::new),
             };
             let expected = ExpectedVersion::Exactly(app_version(&state, &c.app_id));
             state

@@ -8,11 +8,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use wasmbed_schemas::frame::{
-    AppState, AppStatus, Deploy, DeviceInfo, ErrorFrame, Frame, FrameErrorCode,
+    AppState, AppStatus, Deploy, DeviceInfo, ErrorFrame, Frame, FrameErrorCode, Log, LogLevel,
 };
-use wasmbed_schemas::{AppId, DeviceId, host_api};
+use wasmbed_schemas::release::Refusal;
+use wasmbed_schemas::{AppId, DeviceId, PublicKey, host_api};
 
-use crate::runtime::{Runtime, StartRequest};
+use crate::release::TrustStore;
+use crate::runtime::{Runtime, StartFailure, StartRequest};
 use crate::transfer::{Receiver, TransferReply};
 
 /// What the device is and how much it accepts.
@@ -28,6 +30,10 @@ pub struct AgentConfig {
     pub max_module_len: u32,
     /// How often every running app's status is reported.
     pub status_interval_ms: u64,
+    /// The publisher keys it was provisioned to trust; empty: it runs unsigned modules.
+    pub publishers: Vec<PublicKey>,
+    /// The serial of the last trust rotation `publishers` includes.
+    pub trust_serial: u32,
 }
 
 /// Module transfers and running apps of one device.
@@ -35,6 +41,7 @@ pub struct Agent {
     config: AgentConfig,
     receiver: Receiver,
     runtime: Runtime,
+    trust: TrustStore,
     outbox: Vec<Frame>,
     next_status_ms: u64,
 }
@@ -45,6 +52,7 @@ impl Agent {
         Self {
             receiver: Receiver::new(config.max_module_len),
             runtime: Runtime::new(),
+            trust: TrustStore::new(config.trust_serial, config.publishers.clone()),
             outbox: Vec::new(),
             next_status_ms: 0,
             config,
@@ -54,12 +62,7 @@ impl Agent {
     /// A session opened: tell the gateway what the device is and which apps run.
     pub fn on_established(&mut self, device_id: &DeviceId) {
         self.runtime.set_device_id(device_id.as_str());
-        self.outbox.push(Frame::DeviceInfo(DeviceInfo {
-            mcu: self.config.mcu.clone(),
-            firmware: self.config.firmware.clone(),
-            app_ram_bytes: self.config.app_ram_bytes,
-            host_api_version: host_api::VERSION,
-        }));
+        self.queue_info();
         let statuses = self.runtime.statuses();
         self.outbox
             .extend(statuses.into_iter().map(Frame::AppStatus));
@@ -81,6 +84,18 @@ impl Agent {
                 self.queue_reply(reply);
             }
             Frame::Deploy(deploy) => self.deploy(deploy, now_ms),
+            Frame::TrustUpdate(rotation) => {
+                if let Err(refusal) = self.trust.apply(&rotation) {
+                    self.outbox.push(Frame::Log(Log {
+                        level: LogLevel::Warn,
+                        app_id: None,
+                        message: alloc::format!("trust rotation not applied: {refusal}"),
+                    }));
+                }
+                // Whatever happened, the gateway learns the serial the device holds, so what
+                // is missing can be sent in order.
+                self.queue_info();
+            }
             Frame::Stop(stop) => {
                 let version = self.runtime.status(&stop.app_id).map_or(0, |s| s.version);
                 self.runtime.stop(&stop.app_id);
@@ -120,6 +135,21 @@ impl Agent {
         core::mem::take(&mut self.outbox)
     }
 
+    /// The publisher keys trusted now.
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    fn queue_info(&mut self) {
+        self.outbox.push(Frame::DeviceInfo(DeviceInfo {
+            mcu: self.config.mcu.clone(),
+            firmware: self.config.firmware.clone(),
+            app_ram_bytes: self.config.app_ram_bytes,
+            host_api_version: host_api::VERSION,
+            trust_serial: self.trust.serial(),
+        }));
+    }
+
     /// Whether `app` is running.
     pub fn is_running(&self, app: &AppId) -> bool {
         self.runtime.status(app).is_some()
@@ -132,6 +162,7 @@ impl Agent {
             sha256,
             limits,
             config,
+            release,
         } = deploy;
         if self.runtime.is_running(&app_id, version, &sha256) {
             if let Some(s) = self.runtime.status(&app_id) {
@@ -147,6 +178,17 @@ impl Agent {
             }));
             return;
         };
+        let grants =
+            match self
+                .trust
+                .admit(release.as_deref(), &app_id, version, &module.bytes, &limits)
+            {
+                Ok(grants) => grants,
+                Err(refusal) => {
+                    self.outbox.push(refused(app_id, version, refusal));
+                    return;
+                }
+            };
         let request = StartRequest {
             app_id: app_id.clone(),
             version,
@@ -154,6 +196,7 @@ impl Agent {
             module: &module.bytes,
             limits,
             config: config.0,
+            grants,
         };
         let mut sent = Vec::new();
         let started = self.runtime.start(request, now_ms, &mut sent);
@@ -164,9 +207,12 @@ impl Agent {
                     self.outbox.push(Frame::AppStatus(s));
                 }
             }
-            Err(reason) => {
-                self.outbox
-                    .push(status(app_id, version, AppState::Failed, Some(reason)));
+            Err(StartFailure { detail, refusal }) => {
+                let mut failed = status(app_id, version, AppState::Failed, Some(detail));
+                if let Frame::AppStatus(s) = &mut failed {
+                    s.refusal = refusal;
+                }
+                self.outbox.push(failed);
             }
         }
     }
@@ -189,5 +235,21 @@ fn status(app_id: AppId, version: u32, state: AppState, detail: Option<String>) 
         fuel_used: 0,
         memory_pages: 0,
         detail,
+        refusal: None,
+        denied_publishes: 0,
+    })
+}
+
+/// The release of `version` was refused: nothing of it runs.
+fn refused(app_id: AppId, version: u32, refusal: Refusal) -> Frame {
+    Frame::AppStatus(AppStatus {
+        app_id,
+        version,
+        state: AppState::Failed,
+        fuel_used: 0,
+        memory_pages: 0,
+        detail: Some(alloc::format!("release refused: {refusal}")),
+        refusal: Some(refusal),
+        denied_publishes: 0,
     })
 }

@@ -27,4 +27,4 @@ pub mod transfer;
 pub use agent::{Agent, AgentConfig};
 pub use backoff::Backoff;
 pub use session::{CloseReason, SendError, Session, SessionConfig, SessionEvent};
-pub use signer::Signer;
+pub use signer::{Signer, is_full_order};

@@ -4,15 +4,20 @@
 //! the linker holding the `wasmbed` host API are shared. A trap or running out of fuel stops
 //! only that app; its failure is reported and every other app keeps its schedule.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
 use wasmbed_schemas::frame::{AppState, AppStatus, Frame, Limits, Log, LogLevel, Telemetry};
-use wasmbed_schemas::host_api::{self, ERR_BOUNDS, ERR_INVALID, ERR_RATE, ERR_TOO_LARGE};
+use wasmbed_schemas::host_api::{
+    self, ERR_BOUNDS, ERR_DENIED, ERR_INVALID, ERR_RATE, ERR_TOO_LARGE,
+};
+use wasmbed_schemas::release::Refusal;
 use wasmbed_schemas::{AppId, Sha256};
+
+use crate::release::Grants;
 use wasmi::{
     Caller, Config, Engine, Extern, Instance, Linker, Memory, Module, Store, StoreLimits,
     StoreLimitsBuilder, TrapCode, TypedFunc,
@@ -31,6 +36,10 @@ struct AppHost {
     messages_this_call: usize,
     outbox: Vec<Frame>,
     limits: StoreLimits,
+    /// The topics its release grants; `None`: any.
+    topics: Option<BTreeSet<String>>,
+    /// Publishes refused because the topic is not granted.
+    denied_publishes: u32,
 }
 
 struct App {
@@ -58,6 +67,26 @@ pub struct StartRequest<'a> {
     pub limits: Limits,
     /// Configuration bytes the app reads.
     pub config: Vec<u8>,
+    /// What its verified release grants; `None`: no restriction (an open device).
+    pub grants: Option<Grants>,
+}
+
+/// Why an app did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// For people.
+    pub detail: String,
+    /// Set when the module asks for more than its release grants.
+    pub refusal: Option<Refusal>,
+}
+
+impl From<String> for StartFailure {
+    fn from(detail: String) -> Self {
+        Self {
+            detail,
+            refusal: None,
+        }
+    }
 }
 
 /// The apps running on this device.
@@ -102,10 +131,22 @@ impl Runtime {
         request: StartRequest<'_>,
         now_ms: u64,
         out: &mut Vec<Frame>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StartFailure> {
         self.apps.remove(&request.app_id);
         let module = Module::new(&self.engine, request.module)
             .map_err(|e| format!("module does not load: {e}"))?;
+        if let Some(grants) = &request.grants
+            && let Some(name) = module
+                .imports()
+                .map(|import| (import.module(), import.name()))
+                .find(|(m, name)| *m != host_api::MODULE || !grants.imports.contains(*name))
+                .map(|(m, name)| format!("{m}.{name}"))
+        {
+            return Err(StartFailure {
+                detail: format!("the module imports {name}, which its release does not grant"),
+                refusal: Some(Refusal::Capability),
+            });
+        }
         let memory_limit =
             (request.limits.max_memory_pages as usize).saturating_mul(PAGE_BYTES as usize);
         let host = AppHost {
@@ -116,6 +157,8 @@ impl Runtime {
             telemetry_seq: 0,
             messages_this_call: 0,
             outbox: Vec::new(),
+            topics: request.grants.map(|g| g.topics),
+            denied_publishes: 0,
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_limit)
                 .memories(1)
@@ -153,7 +196,7 @@ impl Runtime {
         if let Some(init) = init {
             let result = call(&mut app, init, now_ms);
             out.append(&mut app.store.data_mut().outbox);
-            result?;
+            result.map_err(StartFailure::from)?;
         }
         self.apps.insert(request.app_id, app);
         Ok(())
@@ -200,6 +243,8 @@ impl Runtime {
                     fuel_used: app.fuel_used,
                     memory_pages: pages(&app),
                     detail: Some(reason),
+                    refusal: None,
+                    denied_publishes: app.store.data().denied_publishes,
                 }));
             }
         }
@@ -219,6 +264,8 @@ impl Runtime {
             fuel_used: a.fuel_used,
             memory_pages: pages(a),
             detail: None,
+            refusal: None,
+            denied_publishes: a.store.data().denied_publishes,
         })
     }
 
@@ -368,6 +415,10 @@ fn host_linker(engine: &Engine) -> Linker<AppHost> {
                 Err(code) => return code,
             };
             let host = caller.data_mut();
+            if host.topics.as_ref().is_some_and(|t| !t.contains(&topic)) {
+                host.denied_publishes = host.denied_publishes.saturating_add(1);
+                return ERR_DENIED;
+            }
             if !take_message_slot(host) {
                 return ERR_RATE;
             }

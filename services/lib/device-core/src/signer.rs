@@ -19,3 +19,11 @@ impl Signer for ed25519_dalek::SigningKey {
         Signature(ed25519_dalek::Signer::sign(self, message).to_bytes())
     }
 }
+
+/// Whether `key` can authenticate anyone: the canonical encoding of an Ed25519 point outside
+/// the small-order subgroup (a signature by a small-order key can be forged without its
+/// secret; a non-canonical encoding would let one key go by two byte strings).
+pub fn is_full_order(key: &PublicKey) -> bool {
+    ed25519_dalek::VerifyingKey::from_bytes(&key.0)
+        .is_ok_and(|point| !point.is_weak() && point.to_edwards().compress().to_bytes() == key.0)
+}

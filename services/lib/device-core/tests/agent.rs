@@ -17,6 +17,8 @@ fn agent() -> Agent {
         app_ram_bytes: 256 * 1024,
         max_module_len: 256 * 1024,
         status_interval_ms: 60_000,
+        publishers: Vec::new(),
+        trust_serial: 0,
     });
     agent.on_established(&DeviceId::new("dev-1").unwrap());
     agent
@@ -78,6 +80,7 @@ fn deploy(agent: &mut Agent, id: &AppId, module: &[u8], config: &[u8], now: u64)
             sha256: sha(module),
             limits: limits(),
             config: Blob(config.to_vec()),
+            release: None,
         }),
         now,
     );
@@ -553,6 +556,7 @@ fn deploy_version(agent: &mut Agent, id: &AppId, module: &[u8], version: u32) ->
             sha256: sha(module),
             limits: limits(),
             config: Blob(b"kitchen".to_vec()),
+            release: None,
         }),
         0,
     );
@@ -608,6 +612,8 @@ fn a_previous_module_that_does_not_fit_beside_the_current_is_sent_again() {
         app_ram_bytes: 256 * 1024,
         max_module_len: room as u32,
         status_interval_ms: 60_000,
+        publishers: Vec::new(),
+        trust_serial: 0,
     });
     agent.on_established(&DeviceId::new("dev-1").unwrap());
     agent.take_frames();

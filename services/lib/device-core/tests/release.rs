@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use sha2::Digest;
-use wasmbed_device_core::release::{ReleaseRefusal, verify_release};
+use wasmbed_device_core::release::verify_release;
+use wasmbed_schemas::release::Refusal;
 use wasmbed_schemas::release::{Capabilities, ReleaseManifest, SignedRelease};
 use wasmbed_schemas::{AppId, PublicKey, Sha256, Signature};
 
@@ -83,7 +84,7 @@ fn every_field_changed_after_signing_is_refused() {
         change(&mut release.manifest);
         assert_eq!(
             verify_release(&release, &trusted(), &blink(), MODULE),
-            Err(ReleaseRefusal::Signature),
+            Err(Refusal::Signature),
             "{field}"
         );
     }
@@ -110,57 +111,21 @@ fn untrusted_keys_bad_signatures_other_apps_and_other_bytes_are_refused() {
         &'a SignedRelease,
         &'a [PublicKey],
         &'a [u8],
-        ReleaseRefusal,
+        Refusal,
     );
     let cases: Vec<Case> = vec![
-        (
-            "stranger",
-            &stranger,
-            &keys,
-            MODULE,
-            ReleaseRefusal::UntrustedKey,
-        ),
-        (
-            "no keys",
-            &release,
-            &[],
-            MODULE,
-            ReleaseRefusal::UntrustedKey,
-        ),
-        (
-            "flipped",
-            &flipped,
-            &keys,
-            MODULE,
-            ReleaseRefusal::Signature,
-        ),
-        (
-            "borrowed",
-            &borrowed,
-            &keys,
-            MODULE,
-            ReleaseRefusal::Signature,
-        ),
-        (
-            "one byte",
-            &release,
-            &keys,
-            &changed,
-            ReleaseRefusal::Module,
-        ),
-        (
-            "one more byte",
-            &release,
-            &keys,
-            &longer,
-            ReleaseRefusal::Module,
-        ),
+        ("stranger", &stranger, &keys, MODULE, Refusal::UntrustedKey),
+        ("no keys", &release, &[], MODULE, Refusal::UntrustedKey),
+        ("flipped", &flipped, &keys, MODULE, Refusal::Signature),
+        ("borrowed", &borrowed, &keys, MODULE, Refusal::Signature),
+        ("one byte", &release, &keys, &changed, Refusal::Module),
+        ("one more byte", &release, &keys, &longer, Refusal::Module),
         (
             "other app",
             &other_app,
             &keys,
             MODULE,
-            ReleaseRefusal::OtherApp,
+            Refusal::OtherRelease,
         ),
     ];
     for (name, release, keys, module, expected) in cases {

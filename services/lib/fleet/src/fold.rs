@@ -103,6 +103,8 @@ impl Fleet {
                 d.app_ram_bytes = Some(e.app_ram_bytes);
                 d.firmware = Some(e.firmware.clone());
                 d.mcu.get_or_insert_with(|| e.mcu.clone());
+                d.host_api_version = Some(e.host_api_version);
+                d.trust_serial = e.trust_serial;
                 device_touched(&e.device_id, false)
             }
             Event::ApplicationCreated(e) => {
@@ -126,6 +128,7 @@ impl Fleet {
                     sha256: e.sha256,
                     size_bytes: e.size_bytes,
                     limits: e.limits,
+                    release: e.release.clone(),
                 };
                 app.modules.insert(e.version, module);
                 if let Some(config) = &e.config {
@@ -238,6 +241,10 @@ impl Fleet {
             }
             rollout if stored.envelope.aggregate.kind() == AggregateKind::Rollout => {
                 self.apply_rollout(rollout, at)
+            }
+            trust @ (Event::PublisherTrusted(_) | Event::PublisherRevoked(_)) => {
+                self.publishers.apply(trust, at);
+                Touched::Nothing
             }
             _ => Touched::Nothing,
         }

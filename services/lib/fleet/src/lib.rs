@@ -10,7 +10,9 @@ mod fold;
 mod model;
 mod render;
 mod rollout;
+mod trust;
 
 pub use fold::Touched;
 pub use model::{App, Deployment, Device, Fleet, ModuleVersion, Pair, REHEARSAL_LABEL, in_target};
 pub use rollout::{Rollout, RolloutPhase, Verdict};
+pub use trust::{Publisher, Publishers};

@@ -30,6 +30,10 @@ pub struct Device {
     pub app_ram_bytes: Option<u32>,
     /// Firmware it reported.
     pub firmware: Option<String>,
+    /// The host API version its runtime offers, as it reported it.
+    pub host_api_version: Option<u16>,
+    /// The serial of the last trust rotation it applied (0: it trusts no publisher key).
+    pub trust_serial: u32,
     /// When its last event was written.
     pub since: Option<DateTime<Utc>>,
     /// Its last heartbeat (from the liveness read model, not the log).
@@ -47,6 +51,8 @@ impl Device {
             session: None,
             app_ram_bytes: None,
             firmware: None,
+            host_api_version: None,
+            trust_serial: 0,
             since: None,
             last_heard: None,
         }
@@ -70,7 +76,7 @@ impl Device {
 }
 
 /// One module version of an application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleVersion {
     /// Its digest: the object-store key.
     pub sha256: Sha256,
@@ -78,6 +84,8 @@ pub struct ModuleVersion {
     pub size_bytes: u64,
     /// Its own limits, when not the application's.
     pub limits: Option<Limits>,
+    /// The publisher's signed release of it.
+    pub release: Option<Box<wasmbed_schemas::release::SignedRelease>>,
 }
 
 /// An application.
@@ -122,7 +130,10 @@ impl App {
 
     /// The newest module version.
     pub fn latest(&self) -> Option<(u32, ModuleVersion)> {
-        self.modules.iter().next_back().map(|(v, m)| (*v, *m))
+        self.modules
+            .iter()
+            .next_back()
+            .map(|(v, m)| (*v, m.clone()))
     }
 
     /// Whether `device` is in the target.
@@ -191,6 +202,8 @@ pub struct Fleet {
     pub emulators: BTreeMap<DeviceId, EmulatorView>,
     /// Rollouts by application and number.
     pub(crate) rollouts: BTreeMap<(AppId, u32), crate::Rollout>,
+    /// The trusted publisher keys and their rotation chain.
+    pub publishers: crate::Publishers,
     /// The last sequence folded in, of any aggregate.
     pub sequence: u64,
     /// Changes with every change of anything above (events and heartbeats alike).

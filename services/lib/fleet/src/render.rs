@@ -4,11 +4,36 @@
 //! what a reporting device says now; otherwise it is the device's last report, as of `since`.
 
 use wasmbed_schemas::rest::{
-    ApplicationView, DeploymentView, DeviceView, GatewayView, ModuleVersionView,
+    ApplicationView, DeploymentView, DeviceView, GatewayView, ModuleVersionView, PublisherView,
+    ReleaseView, TrustView,
 };
 use wasmbed_schemas::{AppId, DeviceId};
 
 use crate::model::{App, Deployment, Device, Fleet};
+
+impl Fleet {
+    /// The trust chain: every publisher key, in the order they were trusted.
+    pub fn trust_view(&self) -> TrustView {
+        let mut publishers: Vec<PublisherView> = self
+            .publishers
+            .keys
+            .iter()
+            .map(|(key, p)| PublisherView {
+                public_key: *key,
+                name: p.name.clone(),
+                trusted_at: p.trusted_at,
+                since: p.since,
+                revoked_at: p.revoked.as_ref().map(|(serial, _)| *serial),
+                revoked_reason: p.revoked.as_ref().map(|(_, why)| why.clone()),
+            })
+            .collect();
+        publishers.sort_by_key(|p| p.trusted_at);
+        TrustView {
+            serial: self.publishers.serial,
+            publishers,
+        }
+    }
+}
 
 fn deployment_view(deployment: &Deployment, device: Option<&Device>) -> DeploymentView {
     DeploymentView {
@@ -38,6 +63,7 @@ impl Fleet {
             session_id: d.session.clone(),
             app_ram_bytes: d.app_ram_bytes,
             firmware: d.firmware.clone(),
+            trust_serial: d.trust_serial,
             since: d.since,
             last_heard: d.last_heard,
             apps: self
@@ -70,6 +96,16 @@ impl Fleet {
                     size_bytes: m.size_bytes,
                     limits: m.limits,
                     config: app.configs.get(version).cloned(),
+                    release: m.release.as_ref().map(|r| ReleaseView {
+                        publisher: r.publisher,
+                        publisher_name: self
+                            .publishers
+                            .keys
+                            .get(&r.publisher)
+                            .map(|p| p.name.clone()),
+                        capabilities: r.manifest.capabilities.clone(),
+                        issued_at: r.manifest.issued_at,
+                    }),
                 })
                 .collect(),
             desired: app.desired,

@@ -103,6 +103,7 @@ fn running_app(log: &mut Log, name: &str, device: &str) {
         size_bytes: 10,
         limits: None,
         config: None,
+        release: None,
     });
     log.apply(ApplicationDeployRequested {
         app_id: app(name),

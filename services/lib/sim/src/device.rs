@@ -46,6 +46,8 @@ pub fn default_agent_config() -> AgentConfig {
         app_ram_bytes: 512 * 1024,
         max_module_len: 512 * 1024,
         status_interval_ms: 10_000,
+        publishers: Vec::new(),
+        trust_serial: 0,
     }
 }
 

@@ -16,7 +16,14 @@
 //! ```
 //!
 //! Integers are big-endian. Sets are kept sorted and unique by their type, so two manifests that
-//! grant the same capabilities sign the same bytes.
+//! grant the same capabilities sign the same bytes. Each set holds at most [`MAX_GRANTS`] names
+//! of 1 to [`MAX_GRANT_LEN`] bytes, so a signed release always fits one `Deploy` frame.
+//!
+//! The signed release travels as a JSON file next to the module (`<module>.release.json`, see
+//! the JSON Schema `schemas/json/release.json`), in commands and events as JSON, and to the
+//! device inside the `Deploy` frame. [`rotation`] is how the keys a device trusts change.
+
+pub mod rotation;
 
 use alloc::collections::BTreeSet;
 use alloc::string::String;
@@ -31,10 +38,51 @@ use crate::ids::AppId;
 pub const RELEASE_DOMAIN: &[u8] = b"wasmbed-release-v1\0";
 
 /// Most host functions or topics one manifest may list.
-pub const MAX_GRANTS: usize = 256;
+pub const MAX_GRANTS: usize = 32;
+
+/// Longest host function name or topic a manifest may grant, bytes (a topic's own limit).
+pub const MAX_GRANT_LEN: usize = crate::host_api::MAX_TOPIC_LEN;
+
+/// Why a device, or the deployer on its behalf, refuses to run a release. Stable: it is what a
+/// `DeploymentFailed` event's `refusal` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "std", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The device trusts publisher keys, and this module came without a signed release.
+    #[error("the module is not signed and this device runs only signed releases")]
+    Unsigned,
+    /// The publisher key is not one the device trusts.
+    #[error("signed by a key this device does not trust")]
+    UntrustedKey,
+    /// The publisher key was trusted once and has been revoked.
+    #[error("signed by a key that was revoked")]
+    RevokedKey,
+    /// The signature does not verify over the manifest.
+    #[error("the signature does not match the manifest")]
+    Signature,
+    /// The manifest has no signed bytes (too many or malformed grants).
+    #[error("the manifest is malformed")]
+    Manifest,
+    /// The manifest is for another application or version.
+    #[error("the manifest is for another application or version")]
+    OtherRelease,
+    /// The module is not the one the manifest names (digest or length).
+    #[error("the module is not the one the manifest was signed for")]
+    Module,
+    /// The module imports a host function the manifest does not grant, or the device does not
+    /// offer.
+    #[error("the module imports a host function its manifest does not grant")]
+    Capability,
+    /// The limits asked for exceed what the manifest allows.
+    #[error("the limits exceed what the manifest allows")]
+    Limits,
+}
 
 /// What a module may do on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "std", derive(schemars::JsonSchema))]
 pub struct Capabilities {
     /// The `wasmbed` host functions it may import.
     pub imports: BTreeSet<String>,
@@ -49,6 +97,7 @@ pub struct Capabilities {
 /// What a publisher vouches for: this module, as this version of this app, with these
 /// capabilities.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "std", derive(schemars::JsonSchema))]
 pub struct ReleaseManifest {
     /// The application.
     pub app_id: AppId,
@@ -66,6 +115,7 @@ pub struct ReleaseManifest {
 
 /// A manifest with its publisher's key and signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "std", derive(schemars::JsonSchema))]
 pub struct SignedRelease {
     /// What is vouched for.
     pub manifest: ReleaseManifest,
@@ -81,8 +131,8 @@ pub enum ManifestError {
     /// More host functions or topics than [`MAX_GRANTS`].
     #[error("a manifest lists at most {MAX_GRANTS} host functions and {MAX_GRANTS} topics")]
     TooManyGrants,
-    /// A name or topic is empty or longer than 255 bytes.
-    #[error("a granted name or topic must be 1 to 255 bytes: {0:?}")]
+    /// A name or topic is empty or longer than [`MAX_GRANT_LEN`] bytes.
+    #[error("a granted name or topic must be 1 to {MAX_GRANT_LEN} bytes: {0:?}")]
     BadGrant(String),
 }
 
@@ -109,7 +159,7 @@ impl ReleaseManifest {
             out.extend_from_slice(&(set.len() as u16).to_be_bytes());
             for name in set {
                 let bytes = name.as_bytes();
-                if bytes.is_empty() || bytes.len() > 255 {
+                if bytes.is_empty() || bytes.len() > MAX_GRANT_LEN {
                     return Err(ManifestError::BadGrant(name.clone()));
                 }
                 out.push(bytes.len() as u8);
@@ -199,7 +249,9 @@ mod tests {
             Err(ManifestError::BadGrant(String::new()))
         );
         let mut long = manifest();
-        long.capabilities.imports.insert("x".repeat(256));
+        long.capabilities
+            .imports
+            .insert("x".repeat(MAX_GRANT_LEN + 1));
         assert!(matches!(
             long.signed_bytes(),
             Err(ManifestError::BadGrant(_))
