@@ -17,10 +17,7 @@ use wasmbed_deployer::DeployerConfig;
 use wasmbed_device_core::Signer;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_gateway::GatewayConfig;
-use wasmbed_schemas::bytes::Blob;
-use wasmbed_schemas::command::{
-    CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice,
-};
+use wasmbed_schemas::command::{DeployApplication, GetCaCertificate, RegisterDevice};
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::permissions::Principal;
@@ -271,26 +268,11 @@ impl System {
         }
     }
 
-    /// Uploads `module` and creates application `app` for `target` (config `lab`).
+    /// Uploads `module` and creates application `app` for `target` (config `lab`), unsigned.
     pub async fn create_app(&self, app: &AppId, module: &[u8], target: Target, limits: Limits) {
-        let sha = wasmbed_deployer::upload_module(self.log.jetstream(), module)
+        self.create_signed_app(app, module, target, limits, None)
             .await
             .unwrap();
-        call(
-            &self.client,
-            &CreateApplication {
-                app_id: app.clone(),
-                name: app.to_string(),
-                module_sha256: sha,
-                target,
-                config: Blob(b"lab".to_vec()),
-                limits,
-                release: None,
-            },
-            T,
-        )
-        .await
-        .unwrap();
     }
 
     /// Waits until `app` failed on `device`; returns why.

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use wasmbed_bus::CallError;
+use wasmbed_bus::{CallError, call};
 use wasmbed_deployer::DeployerConfig;
 use wasmbed_e2e::releases::{ALL_IMPORTS, Uplink, grants, public, publisher, signed};
 use wasmbed_e2e::{System, T, deployer_config, deployment, padded, test_limits};
 use wasmbed_example_apps::{COUNTER, SENSOR};
-use wasmbed_schemas::command::ErrorCode;
+use wasmbed_schemas::command::{ErrorCode, StartEmulator};
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::release::Refusal;
 use wasmbed_schemas::{AggregateId, AppId, DeviceId, subject};
@@ -284,4 +284,62 @@ async fn a_rotation_reaches_a_device_that_was_offline_and_the_revoked_key_signs_
     let status = uplink.status(&other, |s| s.refusal.is_some()).await;
     assert_eq!(status.refusal, Some(Refusal::RevokedKey));
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn boards_the_renode_manager_starts_are_provisioned_with_the_fleets_keys() {
+    let system = System::start_with(signing()).await;
+    let (a, b) = (publisher(1), publisher(2));
+    system.trust(&a, None).await.unwrap();
+    system.trust(&b, Some((&a, 2))).await.unwrap();
+    let _manager = system
+        .start_manager(wasmbed_e2e::emulated::sim_backend())
+        .await;
+    let device = DeviceId::new("emu-signed").unwrap();
+    let start = StartEmulator {
+        device_id: device.clone(),
+        mcu: "Mps2An385".into(),
+        simulated: true,
+        labels: Default::default(),
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    while let Err(e) = call(&system.client, &start, T).await {
+        assert!(tokio::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its first description already holds serial 2: both keys came with its provisioning, not
+    // by rotation afterwards.
+    let events = system
+        .wait_events(&AggregateId::Device(device.clone()), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::DeviceDescribed(_)))
+        })
+        .await;
+    let first = events.iter().find_map(|e| match e {
+        Event::DeviceDescribed(d) => Some(d.trust_serial),
+        _ => None,
+    });
+    assert_eq!(first, Some(2));
+    // And it runs what the second key signed.
+    let counter = AppId::new("counter").unwrap();
+    let limits = test_limits();
+    system
+        .create_signed_app(
+            &counter,
+            COUNTER,
+            Target::Devices(vec![device.clone()]),
+            limits,
+            Some(signed(
+                &counter,
+                1,
+                COUNTER,
+                grants(ALL_IMPORTS, &["count"], &limits),
+                &b,
+            )),
+        )
+        .await
+        .unwrap();
+    system.deploy_app(&counter).await;
+    wait_running(&system, &counter, &device).await;
 }
