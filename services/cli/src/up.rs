@@ -424,6 +424,7 @@ async fn start_nats(state: &Path, port: u16, users: &NatsUsers) -> Result<NatsPr
         config_file: Some(config_file),
         ready_timeout: Duration::from_secs(20),
         env: users.env(),
+        extra_args: Vec::new(),
     })
     .await
     .with_context(|| format!("starting nats-server on 127.0.0.1:{port}"))

@@ -1,8 +1,13 @@
 //! Test helpers shared by every crate's integration tests.
 //!
 //! [`NatsServer`] starts a real `nats-server -js` on a free loopback port with its store in a
-//! temporary directory, waits until JetStream is ready, and kills the server when dropped. No
-//! test talks to an in-memory stand-in for NATS.
+//! temporary directory, waits until JetStream is ready, and kills the server when dropped;
+//! [`NatsCluster`] does the same for a routed 3-node JetStream cluster. No test talks to an
+//! in-memory stand-in for NATS.
+
+mod cluster;
+
+pub use cluster::{CLUSTER_NAME, NatsCluster};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +84,7 @@ impl NatsServer {
                 config_file: Some(config_file.clone()),
                 ready_timeout: Duration::from_secs(10),
                 env: users.env(),
+                extra_args: Vec::new(),
             })
             .await;
             match started {

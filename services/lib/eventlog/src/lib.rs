@@ -72,6 +72,7 @@ impl Default for LogOptions {
 pub struct EventLog {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
+    replicas: usize,
 }
 
 impl EventLog {
@@ -86,7 +87,16 @@ impl EventLog {
             .get_stream(subject::EVENTS_STREAM)
             .await
             .map_err(|e| SetupError::Stream(subject::EVENTS_STREAM.to_owned(), e.to_string()))?;
-        Ok(Self { js, stream })
+        Ok(Self {
+            js,
+            stream,
+            replicas: options.replicas,
+        })
+    }
+
+    /// Replicas of the streams and buckets this handle creates.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The JetStream context the log uses.

@@ -71,6 +71,7 @@ impl EventLog {
                     bucket: bucket.to_owned(),
                     history: 1,
                     storage: async_nats::jetstream::stream::StorageType::File,
+                    num_replicas: self.replicas,
                     ..Default::default()
                 })
                 .await

@@ -51,6 +51,8 @@ pub struct NatsProcessConfig {
     pub ready_timeout: Duration,
     /// Extra environment of the server (the users' passwords, see [`NatsUsers::env`]).
     pub env: Vec<(String, String)>,
+    /// More flags (a cluster member's name, cluster listen address and routes).
+    pub extra_args: Vec<String>,
 }
 
 /// A running `nats-server`; killed when dropped.
@@ -102,6 +104,22 @@ impl NatsProcess {
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// What the server wrote to its log file (every start).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.config.log_file).unwrap_or_default()
+    }
+
+    /// The monitoring port.
+    pub fn monitor_port(&self) -> u16 {
+        self.config.monitor_port
+    }
+
+    /// Whether the server runs and its full health check passes (in a cluster: JetStream has
+    /// a meta leader and every stream and consumer it holds is current).
+    pub async fn healthy(&self) -> bool {
+        self.child.is_some() && health(self.config.monitor_port, "/healthz").await
     }
 
     /// Kills the server with SIGKILL: nothing is flushed, on purpose (crash tests).
@@ -170,6 +188,7 @@ impl NatsProcess {
             .arg(&c.store_dir)
             .arg("-l")
             .arg(&c.log_file)
+            .args(&c.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(early_errors);
@@ -225,13 +244,18 @@ fn log_says_ready(log_file: &std::path::Path, from: u64, port: u16) -> bool {
 
 /// `GET /healthz?js-enabled-only=true` on the monitoring port answers 200.
 async fn jetstream_ready(monitor_port: u16) -> bool {
+    health(monitor_port, "/healthz?js-enabled-only=true").await
+}
+
+/// `GET path` on the monitoring port answers 200.
+async fn health(monitor_port: u16, path: &'static str) -> bool {
     tokio::task::spawn_blocking(move || {
         let addr = SocketAddr::from(([127, 0, 0, 1], monitor_port));
         let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let request = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
         if stream.write_all(request.as_bytes()).is_err() {
             return false;
         }

@@ -1,0 +1,177 @@
+//! [`NatsCluster`]: three real `nats-server -js` processes on loopback, routed into one
+//! JetStream cluster, each with its own store, all with the project's users and permissions.
+//! Any node can be killed (SIGKILL), restarted on its store, or stopped.
+
+use std::time::Duration;
+
+use wasmbed_local_nats::{
+    NatsProcess, NatsProcessConfig, NatsProcessError, NatsUsers, connect_options, find_binary,
+    free_port, write_secured_config,
+};
+use wasmbed_schemas::permissions::Principal;
+
+use crate::{HarnessError, workspace_root};
+
+/// The cluster's name (routes only join servers of the same name).
+pub const CLUSTER_NAME: &str = "wasmbed";
+
+/// A 3-node JetStream cluster of a test's own, killed on drop.
+pub struct NatsCluster {
+    nodes: Vec<NatsProcess>,
+    users: NatsUsers,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three routed nodes and waits until JetStream has a meta leader.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start().await {
+                Ok(cluster) => return Ok(cluster),
+                // A port found free was taken by a parallel test before a node bound it.
+                Err(HarnessError::Process(NatsProcessError::NotReady(..))) if attempt < 3 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_start() -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("wasmbed-nats-cluster-")
+            .tempdir()?;
+        let binary = find_binary(&workspace_root())?;
+        let users = NatsUsers::generate()?;
+        let read = |name: &str| std::fs::read_to_string(workspace_root().join("nats").join(name));
+        let config_file = write_secured_config(
+            dir.path(),
+            &read("nats-server.conf")?,
+            &read("permissions.conf")?,
+            Some(Principal::Operator),
+        )?;
+        let cluster_ports = [free_port()?, free_port()?, free_port()?];
+        let mut nodes = Vec::new();
+        for (i, own) in cluster_ports.iter().enumerate() {
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .filter(|p| *p != own)
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            let node = dir.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&node)?;
+            let process = NatsProcess::start(NatsProcessConfig {
+                binary: binary.clone(),
+                port: free_port()?,
+                monitor_port: free_port()?,
+                store_dir: node.join("store"),
+                log_file: node.join("nats-server.log"),
+                config_file: Some(config_file.clone()),
+                ready_timeout: Duration::from_secs(10),
+                env: users.env(),
+                extra_args: vec![
+                    "-n".into(),
+                    format!("node-{}", i + 1),
+                    "--cluster_name".into(),
+                    CLUSTER_NAME.into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{own}"),
+                    "--routes".into(),
+                    routes.join(","),
+                ],
+            })
+            .await?;
+            nodes.push(process);
+        }
+        let cluster = Self {
+            nodes,
+            users,
+            _dir: dir,
+        };
+        cluster.wait_healthy(Duration::from_secs(20)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every running node passes its full health check (a meta leader is known,
+    /// streams and consumers are current).
+    pub async fn wait_healthy(&self, within: Duration) -> Result<(), HarnessError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut all = true;
+            for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
+                all &= node.healthy().await;
+            }
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::Process(NatsProcessError::NotReady(
+                    within,
+                    "the cluster did not become healthy".into(),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The client URLs of the running nodes, comma separated (what a client is given).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.pid().is_some())
+            .map(NatsProcess::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of node `i` (0-based).
+    pub fn node_url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// The running nodes' client addresses.
+    pub fn addresses(&self) -> Vec<async_nats::ServerAddr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.pid().is_some())
+            .filter_map(|n| n.url().parse().ok())
+            .collect()
+    }
+
+    /// A client of the operator, knowing every node (it moves to another when one goes).
+    pub async fn client(&self) -> Result<async_nats::Client, HarnessError> {
+        Ok(async_nats::connect(self.addresses()).await?)
+    }
+
+    /// A client as `principal`, knowing every node.
+    pub async fn client_as(
+        &self,
+        principal: Principal,
+    ) -> Result<async_nats::Client, HarnessError> {
+        Ok(
+            connect_options(principal, Some(self.users.password(principal)))
+                .connect(self.addresses())
+                .await?,
+        )
+    }
+
+    /// Kills node `i` (SIGKILL): nothing flushed.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Stops node `i` cleanly (it leaves the cluster in order).
+    pub async fn stop(&mut self, i: usize) {
+        self.nodes[i].stop(Duration::from_secs(10)).await;
+    }
+
+    /// Starts node `i` again on its ports and store (after a kill or a stop).
+    pub async fn restart(&mut self, i: usize) -> Result<(), HarnessError> {
+        Ok(self.nodes[i].restart().await?)
+    }
+
+    /// The server log of node `i`.
+    pub fn log(&self, i: usize) -> String {
+        self.nodes[i].log()
+    }
+}
