@@ -233,7 +233,9 @@ fn lock(stats: &Mutex<Stats>) -> std::sync::MutexGuard<'_, Stats> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Appends a transition; marks it recorded only once the log has it, so a failure is retried.
+/// Appends a transition under its derived id (another instance recording the same transition
+/// is de-duplicated by the log); marks it recorded only once the log has it, so a failure is
+/// retried.
 async fn record(log: &EventLog, liveness: &mut Liveness, transition: Transition) {
     let event = match &transition {
         Transition::WentOffline { device, last_seen } => DeviceWentOffline {
@@ -246,13 +248,13 @@ async fn record(log: &EventLog, liveness: &mut Liveness, transition: Transition)
         }
         .into(),
     };
-    match log
-        .append(ExpectedVersion::Any, &EventEnvelope::new(event))
-        .await
-    {
-        Ok(_) => {
+    let mut envelope = EventEnvelope::new(event);
+    envelope.event_id = liveness.event_id(&transition);
+    envelope.correlation_id = envelope.event_id;
+    match log.append(ExpectedVersion::Any, &envelope).await {
+        Ok(appended) => {
             info!(?transition, "liveness transition recorded");
-            liveness.recorded(&transition);
+            liveness.recorded(&transition, appended.sequence);
         }
         Err(e) => warn!(error = %e, ?transition, "liveness transition not recorded; will retry"),
     }

@@ -1,10 +1,17 @@
 //! Online/offline decisions, without I/O: what the log says each device was last recorded as,
 //! when it was last heard, and which transitions are due.
+//!
+//! Several instances may run at once: each decides from the same log and the same heartbeats,
+//! and a transition's event id is derived from the device, the kind of transition and the
+//! sequence of the device's previous transition ([`Liveness::event_id`]). Two instances that
+//! record the same transition append the same id, and the log's de-duplication keeps one.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
 use wasmbed_eventlog::StoredEvent;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::event::Event;
@@ -40,6 +47,8 @@ struct DeviceLiveness {
     /// What the log last recorded: `Some(false)` after `DeviceWentOffline`, `Some(true)` after
     /// `DeviceBackOnline`, `None` before any transition.
     recorded_online: Option<bool>,
+    /// The log sequence of the last transition recorded (0: none).
+    last_transition: u64,
     last_seen: Option<DateTime<Utc>>,
 }
 
@@ -54,8 +63,8 @@ impl Liveness {
     pub fn apply(&mut self, stored: &StoredEvent) {
         let time = stored.envelope.time;
         match &stored.envelope.event {
-            Event::DeviceWentOffline(e) => self.entry(&e.device_id).recorded_online = Some(false),
-            Event::DeviceBackOnline(e) => self.entry(&e.device_id).recorded_online = Some(true),
+            Event::DeviceWentOffline(e) => self.fold(&e.device_id, false, stored.sequence),
+            Event::DeviceBackOnline(e) => self.fold(&e.device_id, true, stored.sequence),
             Event::DeviceConnected(e) => self.seen(&e.device_id, time),
             _ => {}
         }
@@ -103,13 +112,41 @@ impl Liveness {
         due
     }
 
-    /// Marks a transition as recorded in the log.
-    pub fn recorded(&mut self, transition: &Transition) {
+    /// Marks a transition as recorded in the log at `sequence`.
+    pub fn recorded(&mut self, transition: &Transition, sequence: u64) {
         match transition {
-            Transition::WentOffline { device, .. } => {
-                self.entry(device).recorded_online = Some(false)
-            }
-            Transition::BackOnline { device } => self.entry(device).recorded_online = Some(true),
+            Transition::WentOffline { device, .. } => self.fold(device, false, sequence),
+            Transition::BackOnline { device } => self.fold(device, true, sequence),
+        }
+    }
+
+    /// The event id of `transition`: the same for every instance that decides it from the
+    /// same history (device, kind, and the sequence of the device's previous transition).
+    pub fn event_id(&self, transition: &Transition) -> Uuid {
+        let device = transition.device();
+        let previous = self.devices.get(device).map_or(0, |d| d.last_transition);
+        let kind: u8 = match transition {
+            Transition::WentOffline { .. } => 1,
+            Transition::BackOnline { .. } => 2,
+        };
+        let digest = Sha256::new()
+            .chain_update(b"wasmbed-liveness-transition\0")
+            .chain_update(device.as_str().as_bytes())
+            .chain_update([0, kind])
+            .chain_update(previous.to_be_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    fn fold(&mut self, device: &DeviceId, online: bool, sequence: u64) {
+        let d = self.entry(device);
+        // An older transition folded after a newer one (an instance's own append, then the
+        // follower) changes nothing.
+        if sequence >= d.last_transition {
+            d.recorded_online = Some(online);
+            d.last_transition = sequence;
         }
     }
 
@@ -167,14 +204,14 @@ mod tests {
                 last_seen: t(0)
             }]
         );
-        l.recorded(&due[0]);
+        l.recorded(&due[0], 7);
         assert_eq!(l.due(t(100), t(0), TIMEOUT), [], "recorded once");
         assert_eq!(l.online(), 0);
         assert_eq!(
             l.heard(&dev(1), t(101)),
             Some(Transition::BackOnline { device: dev(1) })
         );
-        l.recorded(&Transition::BackOnline { device: dev(1) });
+        l.recorded(&Transition::BackOnline { device: dev(1) }, 9);
         assert_eq!(l.heard(&dev(1), t(102)), None, "recorded once");
         assert_eq!(l.online(), 1);
     }
@@ -198,6 +235,36 @@ mod tests {
     fn devices_never_heard_from_are_not_declared_offline() {
         let l = Liveness::default();
         assert_eq!(l.due(t(1000), t(0), TIMEOUT), []);
+    }
+
+    /// Two instances that decide the same transition from the same history give it the same
+    /// id; the next transition, or another device's, gets another.
+    #[test]
+    fn the_same_transition_has_the_same_id_whoever_decides_it() {
+        let (mut a, mut b) = (Liveness::default(), Liveness::default());
+        for l in [&mut a, &mut b] {
+            l.heard(&dev(1), t(0));
+            l.heard(&dev(2), t(0));
+        }
+        let offline = a.due(t(16), t(0), TIMEOUT);
+        assert_eq!(offline, b.due(t(17), t(0), TIMEOUT));
+        let first = a.event_id(&offline[0]);
+        assert_eq!(first, b.event_id(&offline[0]));
+        assert_ne!(first, a.event_id(&offline[1]));
+        // A records it (sequence 40); B learns it from the log.
+        a.recorded(&offline[0], 40);
+        b.fold(&dev(1), false, 40);
+        let back = a.heard(&dev(1), t(20)).unwrap();
+        assert_eq!(Some(back.clone()), b.heard(&dev(1), t(20)));
+        assert_eq!(a.event_id(&back), b.event_id(&back));
+        // The next time it goes offline is another transition with another id.
+        a.recorded(&back, 41);
+        let again = a.due(t(40), t(0), TIMEOUT);
+        assert_eq!(again[0].device(), &dev(1));
+        assert_ne!(a.event_id(&again[0]), first);
+        // An older transition folded late does not undo a newer one.
+        a.fold(&dev(1), false, 40);
+        assert_eq!(a.devices[&dev(1)].last_transition, 41);
     }
 
     #[test]

@@ -52,6 +52,17 @@ async fn wait_story(log: &EventLog, device: &DeviceId, want: &[&str]) {
 
 #[tokio::test]
 async fn a_device_that_disappears_goes_offline_once_and_comes_back_online_once() {
+    offline_once_and_back_once(1).await;
+}
+
+/// Two telemetry services at once decide every transition, both append it under the same
+/// derived id, and the log keeps one; one of them killed, the other carries on alone.
+#[tokio::test]
+async fn two_telemetry_services_record_each_transition_once_and_one_survives_the_other() {
+    offline_once_and_back_once(2).await;
+}
+
+async fn offline_once_and_back_once(instances: usize) {
     let nats = NatsServer::start().await.unwrap();
     let client = nats.client().await.unwrap();
     let ca_dir = tempfile::tempdir().unwrap();
@@ -89,25 +100,25 @@ async fn a_device_that_disappears_goes_offline_once_and_comes_back_online_once()
         },
         never(),
     ));
-    let telemetry_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let telemetry_addr = telemetry_http.local_addr().unwrap();
-    tokio::spawn(wasmbed_telemetry::run(
-        nats.client().await.unwrap(),
-        TelemetryConfig {
-            heartbeat_interval: HEARTBEAT,
-            missed_heartbeats: 3,
-            sweep_interval: Duration::from_millis(50),
-            runtime: Default::default(),
-        },
-        telemetry_http,
-        never(),
-    ));
-    for addr in [gateway_http_addr, telemetry_addr] {
-        let path = if addr == gateway_http_addr {
-            "/ready"
-        } else {
-            "/health"
-        };
+    let mut telemetry = Vec::new();
+    let mut ready = vec![(gateway_http_addr, "/ready")];
+    for _ in 0..instances {
+        let telemetry_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ready.push((telemetry_http.local_addr().unwrap(), "/health"));
+        telemetry.push(tokio::spawn(wasmbed_telemetry::run(
+            nats.client().await.unwrap(),
+            TelemetryConfig {
+                heartbeat_interval: HEARTBEAT,
+                missed_heartbeats: 3,
+                sweep_interval: Duration::from_millis(50),
+                runtime: Default::default(),
+            },
+            telemetry_http,
+            never(),
+        )));
+    }
+    let telemetry_addr = ready[1].0;
+    for (addr, path) in ready {
         let deadline = tokio::time::Instant::now() + T;
         while http_get(addr, path).await.0 != 200 {
             assert!(tokio::time::Instant::now() < deadline, "{addr} never ready");
@@ -154,6 +165,12 @@ async fn a_device_that_disappears_goes_offline_once_and_comes_back_online_once()
         liveness_story(&log, &device).await,
         ["connected", "disconnected", "offline"]
     );
+
+    // With two instances, the first is killed (its task dropped mid-loop): the other records
+    // the next transition alone.
+    if instances > 1 {
+        telemetry.remove(0).abort();
+    }
 
     // Back: connected again, and back online once.
     let mut sim = SimDevice::spawn(connector, config, key);
