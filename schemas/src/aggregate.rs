@@ -4,6 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use serde::{Deserialize, Serialize};
 
+use crate::bytes::PublicKey;
 use crate::ids::{AppId, DeviceId, GatewayId};
 
 /// The kinds of aggregates in the event log. Each is one subject token.
@@ -26,6 +27,8 @@ pub enum AggregateKind {
     Rollout,
     /// The fleet's trusted publisher keys (one aggregate, id `fleet`).
     Trust,
+    /// A device public key: which device it belongs to (id: the key in hex).
+    DeviceKey,
 }
 
 impl AggregateKind {
@@ -39,6 +42,7 @@ impl AggregateKind {
             Self::Emulator => "emulator",
             Self::Rollout => "rollout",
             Self::Trust => "trust",
+            Self::DeviceKey => "device_key",
         }
     }
 }
@@ -74,6 +78,8 @@ pub enum AggregateId {
     },
     /// The fleet's trusted publisher keys: its version is the serial of the last rotation.
     Trust,
+    /// A device public key, claimed once by the device it belongs to.
+    DeviceKey(PublicKey),
 }
 
 impl AggregateId {
@@ -87,6 +93,7 @@ impl AggregateId {
             Self::Emulator(_) => AggregateKind::Emulator,
             Self::Rollout { .. } => AggregateKind::Rollout,
             Self::Trust => AggregateKind::Trust,
+            Self::DeviceKey(_) => AggregateKind::DeviceKey,
         }
     }
 
@@ -100,6 +107,7 @@ impl AggregateId {
             Self::Deployment { app, device } => format!("{app}.{device}"),
             Self::Rollout { app, number } => format!("{app}.{number}"),
             Self::Trust => String::from("fleet"),
+            Self::DeviceKey(key) => alloc::format!("{key}"),
         }
     }
 }

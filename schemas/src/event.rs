@@ -224,6 +224,9 @@ events! {
     PublisherTrusted => |_e| AggregateId::Trust,
     /// A publisher key is revoked: releases it signed no longer run.
     PublisherRevoked => |_e| AggregateId::Trust,
+    /// A device public key was claimed by the device it belongs to, before its registration or
+    /// enrollment: appended only to an empty key subject, so one key never has two devices.
+    DeviceKeyClaimed => |e| AggregateId::DeviceKey(e.public_key),
 }
 
 fn rollout(app: &AppId, number: u32) -> AggregateId {
@@ -671,4 +674,13 @@ pub struct PublisherRevoked {
     pub serial: u32,
     /// The rotation devices apply.
     pub rotation: Box<SignedRotation>,
+}
+
+/// A device key belongs to a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceKeyClaimed {
+    /// The key.
+    pub public_key: PublicKey,
+    /// The device it belongs to.
+    pub device_id: DeviceId,
 }

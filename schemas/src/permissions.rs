@@ -125,6 +125,7 @@ impl Principal {
             Self::Enrollment => {
                 publish.extend([
                     events(AggregateKind::Device),
+                    events(AggregateKind::DeviceKey),
                     events(AggregateKind::Gateway),
                     subject::DEVICE_REVOKED_ALL.to_string(),
                 ]);

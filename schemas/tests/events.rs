@@ -166,6 +166,11 @@ fn every_event() -> Vec<Event> {
             rotation: Some(Box::new(rotation(TrustChange::Trust))),
         }
         .into(),
+        DeviceKeyClaimed {
+            public_key: PublicKey([1; 32]),
+            device_id: dev(),
+        }
+        .into(),
         PublisherRevoked {
             public_key: PublicKey([6; 32]),
             reason: "leaked".into(),

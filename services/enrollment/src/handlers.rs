@@ -8,11 +8,12 @@ use tracing::{info, warn};
 use wasmbed_bus::Router;
 
 use wasmbed_eventlog::{AppendError, ExpectedVersion, StoredEvent};
+use wasmbed_schemas::AggregateId;
 use wasmbed_schemas::command::*;
 use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{
-    DeviceDecommissioned, DeviceEnrolled, DeviceRegistered, EnrollmentPath, EnrollmentRefused,
-    Event, EventEnvelope,
+    DeviceDecommissioned, DeviceEnrolled, DeviceKeyClaimed, DeviceRegistered, EnrollmentPath,
+    EnrollmentRefused, Event, EventEnvelope,
 };
 use wasmbed_schemas::frame::RejectReason;
 use wasmbed_schemas::{DeviceId, PublicKey, subject};
@@ -57,6 +58,50 @@ async fn record(
     });
     Ok(appended.sequence)
 }
+/// Claims `key` for `device` on the key's own subject, appended only while that subject is
+/// empty: of two registrations of one key racing (in one instance or two), one claim lands and
+/// the other finds it. A retry by the same device finds its own claim and goes on.
+async fn claim_key(
+    state: &Enrollment,
+    key: PublicKey,
+    device: &DeviceId,
+) -> Result<(), CommandError> {
+    let claim = EventEnvelope::new(
+        DeviceKeyClaimed {
+            public_key: key,
+            device_id: device.clone(),
+        }
+        .into(),
+    );
+    match state.log.append(ExpectedVersion::NONE, &claim).await {
+        Ok(_) => Ok(()),
+        Err(AppendError::Conflict { .. }) => {
+            let claims = state
+                .log
+                .read(&AggregateId::DeviceKey(key))
+                .await
+                .map_err(internal)?;
+            let owner = claims
+                .iter()
+                .find_map(|stored| match &stored.envelope.event {
+                    Event::DeviceKeyClaimed(c) => Some(c.device_id.clone()),
+                    _ => None,
+                });
+            match owner {
+                Some(owner) if owner == *device => Ok(()),
+                Some(owner) => Err(refuse(
+                    ErrorCode::AlreadyExists,
+                    format!("public_key is already registered to {owner}"),
+                )),
+                None => Err(refuse(
+                    ErrorCode::Conflict,
+                    "public_key changed concurrently; retry",
+                )),
+            }
+        }
+        Err(e) => Err(internal(e)),
+    }
+}
 
 async fn register_device(state: State, c: RegisterDevice) -> Result<Accepted, CommandError> {
     if !is_full_order(&c.public_key) {
@@ -89,6 +134,7 @@ async fn register_device(state: State, c: RegisterDevice) -> Result<Accepted, Co
             };
         }
     }
+    claim_key(&state, c.public_key, &c.device_id).await?;
     let event = DeviceRegistered {
         device_id: c.device_id.clone(),
         public_key: c.public_key,
@@ -262,6 +308,15 @@ async fn authorize_device(state: State, c: AuthorizeDevice) -> Result<Authorizat
             let Some(device_id) = paired_device_id(&c.public_key) else {
                 return Err(refuse(ErrorCode::Internal, "could not derive a device id"));
             };
+            if claim_key(&state, c.public_key, &device_id).await.is_err() {
+                return refused(
+                    &state,
+                    &c,
+                    RejectReason::Unavailable,
+                    "the key was registered concurrently; try again",
+                )
+                .await;
+            }
             let event = DeviceEnrolled {
                 device_id: device_id.clone(),
                 public_key: c.public_key,

@@ -449,3 +449,57 @@ async fn gateway_certificates_are_signed_from_a_csr_with_the_cas_own_limits() {
     assert_eq!(refusal_code(garbage), ErrorCode::InvalidRequest);
     service.stop().await;
 }
+
+/// Two instances at once, and each key registered under two ids at the same moment (the queue
+/// group hands each command to either instance): one id wins per key, the other is told who
+/// has it, and the log holds one claim and one registration per key.
+#[tokio::test]
+async fn a_key_is_never_registered_to_two_devices_by_two_instances() {
+    let server = NatsServer::start().await.unwrap();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let first = start(&server, ca_dir.path()).await;
+    let second = start(&server, ca_dir.path()).await;
+    let client = server.client().await.unwrap();
+    const KEYS: u8 = 20;
+    let mut calls = Vec::new();
+    for n in 0..KEYS {
+        for id in [format!("one-{n}"), format!("two-{n}")] {
+            let client = client.clone();
+            calls.push(tokio::spawn(async move {
+                call(&client, &register(&id, 100 + n), T).await
+            }));
+        }
+    }
+    let mut results = Vec::new();
+    for task in calls {
+        results.push(task.await.unwrap());
+    }
+    for (n, pair) in results.chunks(2).enumerate() {
+        let won: Vec<bool> = pair.iter().map(Result::is_ok).collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "key {n}: {pair:?}");
+        let lost = pair.iter().find_map(|r| r.as_ref().err()).unwrap();
+        assert!(
+            matches!(lost, CallError::Refused(e) if e.code == ErrorCode::AlreadyExists),
+            "{lost:?}"
+        );
+        let claims = history(&server, AggregateId::DeviceKey(key(100 + n as u8))).await;
+        assert_eq!(claims.len(), 1, "key {n}: {claims:?}");
+    }
+    let log = EventLog::open(client.clone(), &LogOptions::default())
+        .await
+        .unwrap();
+    let mut registered = 0;
+    let mut after = 0;
+    loop {
+        let page = log.page(None, after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        registered += page
+            .iter()
+            .filter(|e| matches!(e.envelope.event, Event::DeviceRegistered(_)))
+            .count();
+    }
+    assert_eq!(registered, usize::from(KEYS));
+    first.stop().await;
+    second.stop().await;
+}
