@@ -165,6 +165,8 @@ impl Principal {
                     format!("$O.{}.>", subject::MODULES_OBJECT_STORE),
                 ]);
                 publish.extend(key_value(subject::DEPLOYMENTS_BUCKET));
+                // One reconciler at a time: the deployer's lease.
+                publish.extend(lease(self.name()));
                 subscribe.extend([
                     calls(Service::Deployer),
                     subject::DEVICE_UPLINK_ALL.to_string(),
@@ -248,6 +250,13 @@ fn jetstream_stream(stream: &str) -> Vec<String> {
 /// The stream behind a KV bucket.
 fn key_value_stream(bucket: &str) -> String {
     format!("KV_{bucket}")
+}
+
+/// Taking and renewing the lease `name` (and creating the leases bucket), no other key.
+fn lease(name: &str) -> Vec<String> {
+    let mut subjects = jetstream_stream(&key_value_stream(subject::LEASES_BUCKET));
+    subjects.push(format!("$KV.{}.{name}", subject::LEASES_BUCKET));
+    subjects
 }
 
 /// Reading and writing one KV bucket (its stream and its keys).

@@ -41,6 +41,9 @@ pub const MODULES_OBJECT_STORE: &str = "wasmbed-modules";
 pub const LIVENESS_BUCKET: &str = "wasmbed-liveness";
 /// KV bucket: each application on each device as last reported (`<app>.<device>`).
 pub const DEPLOYMENTS_BUCKET: &str = "wasmbed-deployments";
+/// KV bucket: the leases that let one instance of a service act (key: the lease's name, the
+/// service's own; value: the holder). Values expire unless renewed.
+pub const LEASES_BUCKET: &str = "wasmbed-leases";
 
 /// The subject of one aggregate's events.
 pub fn event(aggregate: &AggregateId) -> String {

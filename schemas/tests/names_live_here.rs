@@ -26,6 +26,7 @@ fn forbidden() -> Vec<String> {
             subject::MODULES_OBJECT_STORE,
             subject::DEPLOYMENTS_BUCKET,
             subject::TELEMETRY_LATEST_BUCKET,
+            subject::LEASES_BUCKET,
         ]
         .map(|name| format!("\"{name}\"")),
     );

@@ -12,6 +12,9 @@
 //! A service supplies its fold and its handlers; everything else is here, once.
 
 mod health;
+mod lease;
+
+pub use lease::{LEASE_TTL, Lease, LeaseError};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,159 @@
+//! A lease: one instance of a service acts, the others wait, and a holder that loses the lease
+//! stops acting before anyone else can take it.
+//!
+//! The lease is a key of the KV bucket `wasmbed-leases` whose values expire after the bucket's
+//! `max_age` (the lease's time to live). An instance takes it with a create (which succeeds only
+//! while the key does not exist) and keeps it with updates that expect its last revision, one
+//! every third of the TTL. The revision of the create is the holder's **term** (a fencing
+//! token: it only grows from one holder to the next).
+//!
+//! Why the holder stops first: it counts its lease as held only until the start of its last
+//! successful renewal plus the TTL minus a margin. The server stores that renewal after it was
+//! sent, and the key expires a full TTL after it is stored, so the holder has given up at least
+//! the margin before the key can expire and another instance can create it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use wasmbed_eventlog::EventLog;
+
+use wasmbed_schemas::subject::LEASES_BUCKET;
+
+/// How long a lease outlives its last renewal. Every lease shares it: it is the bucket's
+/// `max_age`.
+pub const LEASE_TTL: Duration = Duration::from_secs(4);
+
+/// Why a lease could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("the leases bucket: {0}")]
+pub struct LeaseError(String);
+
+/// A lease being contended for or held, until dropped (which releases it).
+pub struct Lease {
+    name: String,
+    state: watch::Receiver<Option<u64>>,
+    task: JoinHandle<()>,
+    kv: kv::Store,
+}
+
+impl Lease {
+    /// Starts contending for lease `name` as `holder` (a name for people: host and process).
+    pub async fn start(log: &EventLog, name: &str, holder: String) -> Result<Self, LeaseError> {
+        let js = log.jetstream();
+        let kv = match js.get_key_value(LEASES_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: LEASES_BUCKET.to_owned(),
+                    history: 1,
+                    max_age: LEASE_TTL,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    num_replicas: log.replicas(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| LeaseError(e.to_string()))?,
+        };
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(contend(kv.clone(), name.to_owned(), holder, tx));
+        Ok(Self {
+            name: name.to_owned(),
+            state: rx,
+            task,
+            kv,
+        })
+    }
+
+    /// The term while held (the revision that took it), `None` while another holds it.
+    pub fn term(&self) -> Option<u64> {
+        *self.state.borrow()
+    }
+
+    /// Changes of [`Lease::term`].
+    pub fn watch(&self) -> watch::Receiver<Option<u64>> {
+        self.state.clone()
+    }
+
+    /// Gives the lease up: stops renewing and, if held, deletes the key so another instance
+    /// takes over at once instead of after the TTL.
+    pub async fn release(self) {
+        self.task.abort();
+        if self.term().is_some()
+            && let Err(e) = self.kv.delete(&self.name).await
+        {
+            warn!(lease = %self.name, error = %e, "lease not released; it expires by itself");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A renewal may take at most this much of the TTL.
+fn renew_every() -> Duration {
+    LEASE_TTL / 4
+}
+
+/// Given up this long before the key can expire.
+fn margin() -> Duration {
+    LEASE_TTL / 4
+}
+
+async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Sender<Option<u64>>) {
+    let value: bytes::Bytes = holder.clone().into();
+    // (term, revision, held until)
+    let mut held: Option<(u64, u64, Instant)> = None;
+    loop {
+        match held {
+            None => {
+                let attempt = Instant::now();
+                match tokio::time::timeout(renew_every(), kv.create(&name, value.clone())).await {
+                    Ok(Ok(revision)) => {
+                        let until = attempt + LEASE_TTL - margin();
+                        held = Some((revision, revision, until));
+                        info!(lease = %name, %holder, term = revision, "lease taken");
+                        let _ = state.send(Some(revision));
+                    }
+                    Ok(Err(e)) => debug!(lease = %name, error = %e, "lease held elsewhere"),
+                    Err(_) => debug!(lease = %name, "taking the lease timed out"),
+                }
+                tokio::time::sleep(renew_every()).await;
+            }
+            Some((term, revision, until)) => {
+                let attempt = Instant::now();
+                let renewed =
+                    tokio::time::timeout(renew_every(), kv.update(&name, value.clone(), revision))
+                        .await;
+                match renewed {
+                    Ok(Ok(next)) => held = Some((term, next, attempt + LEASE_TTL - margin())),
+                    Ok(Err(e)) => {
+                        // Someone else's value is there (ours expired, or it was deleted): ours
+                        // is gone for good.
+                        warn!(lease = %name, error = %e, "lease lost");
+                        held = None;
+                        let _ = state.send(None);
+                        continue;
+                    }
+                    Err(_) => debug!(lease = %name, "renewal timed out"),
+                }
+                if let Some((_, _, until)) = held
+                    && Instant::now() >= until
+                {
+                    warn!(lease = %name, "lease not renewed in time; given up");
+                    held = None;
+                    let _ = state.send(None);
+                    continue;
+                }
+                let next = (attempt + renew_every()).min(until);
+                tokio::time::sleep_until(next).await;
+            }
+        }
+    }
+}
