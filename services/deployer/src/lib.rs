@@ -22,13 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 use wasmbed_eventlog::{AppendError, EventLog, ExpectedVersion, StoredEvent};
 use wasmbed_fleet::Fleet;
 use wasmbed_schemas::AggregateKind;
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
-use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
+use wasmbed_service::{Lease, Runtime, RuntimeError, RuntimeOptions};
 
 pub use validate::{ModuleFacts, validate};
 pub use wasmbed_eventlog::modules::{
@@ -83,6 +83,9 @@ pub enum DeployerError {
     /// Subscribing failed.
     #[error("subscribing: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// The lease could not be set up.
+    #[error(transparent)]
+    Lease(wasmbed_service::LeaseError),
 }
 
 /// State shared by the command handlers and the reconciler.
@@ -163,17 +166,88 @@ pub async fn run(
 
     let (touched_tx, touched_rx) = mpsc::unbounded_channel();
     let state = Arc::new(Deployer {
-        log,
+        log: log.clone(),
         modules,
         fleet: Mutex::new(fleet),
-        touched: touched_tx,
+        touched: touched_tx.clone(),
         config,
     });
-    let uplink = client
-        .queue_subscribe(subject::DEVICE_UPLINK_ALL, "deployer".to_owned())
-        .await?;
-    let reconciler = reconciler::Reconciler::new(state.clone(), client.clone(), statuses);
-    runtime.spawn(reconciler.run(follow, uplink, touched_rx));
+    // Every instance folds the log (its commands read the view); only the holder of the lease
+    // reconciles, talks to devices and drives rollouts.
+    let folding = state.clone();
+    runtime.spawn(async move {
+        let mut follow = follow;
+        while let Some(next) = follow.next().await {
+            match next {
+                Ok((event, _)) => {
+                    let touched = folding.fleet().apply(&event);
+                    let _ = touched_tx.send(touched);
+                }
+                Err(e) => warn!(error = %e, "event skipped"),
+            }
+        }
+        warn!("event log follow ended");
+    });
+    let holder = format!("deployer pid {} #{:08x}", std::process::id(), rand_u32());
+    let lease = Lease::start(&log, SERVICE.as_str(), holder)
+        .await
+        .map_err(DeployerError::Lease)?;
+    runtime.spawn(lead(
+        state.clone(),
+        client.clone(),
+        statuses,
+        touched_rx,
+        lease.watch(),
+    ));
     runtime.serve(handlers::router(), state, shutdown).await?;
+    lease.release().await;
     Ok(())
+}
+
+/// While this instance holds the lease: subscribes to the devices' uplinks and reconciles;
+/// when the lease ends, stops at once and waits to hold it again (starting afresh: what is in
+/// flight is re-derived from the log and the devices' answers).
+async fn lead(
+    state: Arc<Deployer>,
+    client: async_nats::Client,
+    statuses: wasmbed_eventlog::ReadModel<wasmbed_schemas::device_message::DeploymentStatus>,
+    mut touched: mpsc::UnboundedReceiver<wasmbed_fleet::Touched>,
+    mut term: tokio::sync::watch::Receiver<Option<u64>>,
+) {
+    loop {
+        // Not acting: what changes meanwhile is dropped (a reconciler starts from the whole
+        // view), so a stale backlog (old session changes among it) cannot void what the new
+        // reconciler sends.
+        while term.borrow().is_none() {
+            tokio::select! {
+                changed = term.changed() => if changed.is_err() { return },
+                t = touched.recv() => if t.is_none() { return },
+            }
+        }
+        while touched.try_recv().is_ok() {}
+        let taken = *term.borrow();
+        info!(term = ?taken, "deployer lease held; reconciling");
+        let uplink = match client
+            .queue_subscribe(subject::DEVICE_UPLINK_ALL, "deployer".to_owned())
+            .await
+        {
+            Ok(uplink) => uplink,
+            Err(e) => {
+                warn!(error = %e, "subscribing to the uplinks failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let reconciler =
+            reconciler::Reconciler::new(state.clone(), client.clone(), statuses.clone());
+        reconciler.run(uplink, &mut touched, term.clone()).await;
+        info!("deployer lease ended; reconciling stopped");
+    }
+}
+
+/// A random tag telling instances of one process apart in the lease's holder name.
+fn rand_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    u32::from_le_bytes(bytes)
 }

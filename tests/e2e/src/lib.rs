@@ -244,14 +244,20 @@ impl System {
 
     /// Starts a deployer and waits until it answers commands.
     pub async fn start_deployer(&mut self) {
+        self.deployer = Some(self.another_deployer().await);
+    }
+
+    /// One more deployer instance beside any running (it waits for the lease to reconcile),
+    /// once it answers commands.
+    pub async fn another_deployer(&self) -> Running {
         let client = self.nats.client_as(Principal::Deployer).await.unwrap();
         let config = self.deployer_config.clone();
-        self.deployer = Some(Running::spawn(|stopped| async move {
+        let running = Running::spawn(|stopped| async move {
             let _ = wasmbed_deployer::run(client, config, async move {
                 let _ = stopped.await;
             })
             .await;
-        }));
+        });
         let probe = DeployApplication {
             app_id: AppId::new("readiness-probe").unwrap(),
         };
@@ -266,6 +272,7 @@ impl System {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        running
     }
 
     /// Uploads `module` and creates application `app` for `target` (config `lab`), unsigned.

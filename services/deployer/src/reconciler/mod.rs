@@ -1,8 +1,9 @@
 //! The reconciler: closes the gap between what should run and what each device has.
 //!
-//! One task owns the in-flight steps ([`Link`]s) and is fed by three inputs: the log follower
-//! (events from any service), the devices' uplink frames (acks and app statuses), and the
-//! command handlers (what they recorded). Each input marks (app, device) pairs dirty; the pass
+//! One task owns the in-flight steps ([`Link`]s) and is fed by two inputs: what changed in the
+//! fleet view (folded from the log by the service, and recorded by the command handlers), and
+//! the devices' uplink frames (acks and app statuses). It runs only in the instance holding the
+//! deployer's lease, and returns as soon as that lease ends. Each input marks (app, device) pairs dirty; the pass
 //! over dirty pairs decides events to record and frames to send. Events are recorded with a
 //! concurrency check on the deployment's version, so two decisions on a stale view cannot both
 //! land.
@@ -12,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use wasmbed_eventlog::{ExpectedVersion, Follow, ReadModel, StoredEvent};
+use wasmbed_eventlog::{ExpectedVersion, ReadModel, StoredEvent};
 use wasmbed_schemas::device_message::DeploymentStatus;
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::frame::codec::encode_to_vec;
@@ -137,11 +138,13 @@ impl Reconciler {
         }
     }
 
+    /// Reconciles until the lease's term ends (`None`): then it returns at once, before the
+    /// lease can be taken by another instance.
     pub(crate) async fn run(
         mut self,
-        mut follow: Follow,
         mut uplink: async_nats::Subscriber,
-        mut touched: mpsc::UnboundedReceiver<Touched>,
+        touched: &mut mpsc::UnboundedReceiver<Touched>,
+        mut term: watch::Receiver<Option<u64>>,
     ) {
         let everything: Vec<Pair> = {
             let fleet = self.state.fleet();
@@ -156,18 +159,15 @@ impl Reconciler {
         let mut timer = tokio::time::interval(Duration::from_millis(250));
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if term.borrow().is_none() {
+                return;
+            }
             tokio::select! {
-                next = follow.next() => match next {
-                    Some(Ok((event, _))) => {
-                        let t = self.state.fleet().apply(&event);
-                        self.mark(t);
-                    }
-                    Some(Err(e)) => warn!(error = %e, "event skipped"),
-                    None => {
-                        warn!("event log follow ended; reconciler stops");
+                changed = term.changed() => {
+                    if changed.is_err() || term.borrow().is_none() {
                         return;
                     }
-                },
+                }
                 Some(t) = touched.recv() => self.mark(t),
                 message = uplink.next() => match message {
                     Some(message) => {
