@@ -208,7 +208,8 @@ impl Principal {
                     subject::DEVICE_LOG_ALL.to_string(),
                 ]);
             }
-            Self::Projector => {}
+            // One applier at a time: the projector's lease.
+            Self::Projector => publish.extend(lease(self.name())),
             Self::Operator => return None,
         }
         Some(Permissions {

@@ -4,9 +4,10 @@
 
 use std::future::Future;
 
+use tokio::sync::watch;
 use tracing::info;
 use wasmbed_eventlog::StoredEvent;
-use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
+use wasmbed_service::{Lease, LeaseError, Runtime, RuntimeError, RuntimeOptions};
 
 use crate::applier::{Applier, ApplyError};
 use crate::projection::Projection;
@@ -45,9 +46,14 @@ pub enum ProjectorError {
     /// The durable consumer failed.
     #[error(transparent)]
     Projection(#[from] wasmbed_eventlog::ProjectionError),
+    /// The lease could not be set up.
+    #[error(transparent)]
+    Lease(LeaseError),
 }
 
-/// Runs until `shutdown` completes.
+/// Runs until `shutdown` completes. Any number of instances may run: only the holder of the
+/// projector's lease reads the durable consumer and applies (one applier keeps the log's
+/// order); another takes over from the consumer's acknowledged position when it goes.
 pub async fn run(
     nats: async_nats::Client,
     kube: kube::Client,
@@ -55,40 +61,89 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
     let runtime = Runtime::start(nats, "projector", &config.runtime).await?;
-    let log = runtime.log();
-    let mut durable = log.projection(&config.consumer, Vec::new()).await?;
-    let applied = durable.acknowledged().await?;
-    let mut model = Projection::new(config.namespace.clone());
-    if applied > 0 {
-        // The resources already show everything up to `applied`: rebuild the view to there.
-        let mut history = log.follow(Vec::new()).await?;
-        while let Some(next) = history.next().await {
-            let (event, _) = next?;
-            model.fold(&event);
-            if event.sequence >= applied {
-                break;
-            }
+    let holder = format!("projector pid {}", std::process::id());
+    let lease = Lease::start(runtime.log(), "projector", holder)
+        .await
+        .map_err(ProjectorError::Lease)?;
+    runtime.mark_ready();
+    let (stop_tx, stop) = watch::channel(false);
+    let (_, projected) = tokio::join!(
+        async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        },
+        project_while_held(&runtime, &config, kube, lease.watch(), stop)
+    );
+    lease.release().await;
+    runtime.stop().await;
+    projected
+}
+
+/// Whether the applier should stop: the service stops, or the lease ended.
+async fn stop_or_lost(mut stop: watch::Receiver<bool>, mut term: watch::Receiver<Option<u64>>) {
+    loop {
+        if *stop.borrow() || term.borrow().is_none() {
+            return;
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            r = term.changed() => if r.is_err() { return },
         }
     }
-    info!(resumed_after = applied, namespace = %config.namespace, "projector ready");
-    runtime.mark_ready();
-    let applier = Applier::new(kube, config.namespace);
-    let projected = durable
-        .run(
-            |event: &StoredEvent| {
-                let changes = model.apply(event);
-                let applier = applier.clone();
-                async move {
-                    for change in changes {
-                        applier.apply(&change).await?;
-                    }
-                    Ok::<(), ApplyError>(())
+}
+
+async fn project_while_held(
+    runtime: &Runtime,
+    config: &ProjectorConfig,
+    kube: kube::Client,
+    mut term: watch::Receiver<Option<u64>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ProjectorError> {
+    let log = runtime.log();
+    let applier = Applier::new(kube, config.namespace.clone());
+    loop {
+        while term.borrow().is_none() {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                r = stop.changed() => if r.is_err() { return Ok(()) },
+                r = term.changed() => if r.is_err() { return Ok(()) },
+            }
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let mut durable = log.projection(&config.consumer, Vec::new()).await?;
+        let applied = durable.acknowledged().await?;
+        let mut model = Projection::new(config.namespace.clone());
+        if applied > 0 {
+            // The resources already show everything up to `applied`: rebuild the view to there.
+            let mut history = log.follow(Vec::new()).await?;
+            while let Some(next) = history.next().await {
+                let (event, _) = next?;
+                model.fold(&event);
+                if event.sequence >= applied {
+                    break;
                 }
-            },
-            shutdown,
-        )
-        .await;
-    runtime.stop().await;
-    projected?;
-    Ok(())
+            }
+        }
+        info!(resumed_after = applied, namespace = %config.namespace, "projector lease held; applying");
+        durable
+            .run(
+                |event: &StoredEvent| {
+                    let changes = model.apply(event);
+                    let applier = applier.clone();
+                    async move {
+                        for change in changes {
+                            applier.apply(&change).await?;
+                        }
+                        Ok::<(), ApplyError>(())
+                    }
+                },
+                stop_or_lost(stop.clone(), term.clone()),
+            )
+            .await?;
+        info!("projector stopped applying");
+    }
 }

@@ -425,3 +425,41 @@ async fn an_applications_rollout_phase_and_wave_are_in_its_status() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// Two projectors on one durable consumer: the lease holder alone applies, so nothing is
+/// applied twice; the holder killed, the other resumes from the consumer's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projectors_apply_each_event_once_and_the_survivor_resumes() {
+    let (system, _sim) = fleet().await;
+    let (server, kube) = api_server().await;
+    let (_stop_a, task_a) = projector(&system, kube.clone(), "projector");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (stop_b, task_b) = projector(&system, kube, "projector");
+    wait_until(&server, "the fleet projected", projected).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let once = server.requests.lock().unwrap().len();
+    // The first took the lease (it started first): killed, nothing released.
+    task_a.abort();
+    let _ = task_a.await;
+    let killed = std::time::Instant::now();
+    system.register("dev-4", &[]).await;
+    wait_until(&server, "dev-4 projected by the survivor", |s| {
+        s.contains_key("devices/dev-4")
+    })
+    .await;
+    eprintln!(
+        "projector: the survivor applied the next event {:?} after the holder was killed \
+         (lease TTL {:?})",
+        killed.elapsed(),
+        wasmbed_service::LEASE_TTL
+    );
+    // Nothing applied before the kill was applied again by the survivor.
+    let requests = server.requests.lock().unwrap().clone();
+    let again: Vec<&Seen> = requests[once..]
+        .iter()
+        .filter(|r| !r.path.contains("/devices/dev-4") && !r.path.contains("/applications/sensor"))
+        .collect();
+    assert!(again.is_empty(), "{again:#?}");
+    let _ = stop_b.send(());
+    task_b.await.unwrap();
+}
