@@ -29,6 +29,8 @@ pub enum AggregateKind {
     Trust,
     /// A device public key: which device it belongs to (id: the key in hex).
     DeviceKey,
+    /// Pairing windows (one aggregate, id `fleet`).
+    Pairing,
 }
 
 impl AggregateKind {
@@ -43,6 +45,7 @@ impl AggregateKind {
             Self::Rollout => "rollout",
             Self::Trust => "trust",
             Self::DeviceKey => "device_key",
+            Self::Pairing => "pairing",
         }
     }
 }
@@ -80,6 +83,8 @@ pub enum AggregateId {
     Trust,
     /// A device public key, claimed once by the device it belongs to.
     DeviceKey(PublicKey),
+    /// The pairing windows.
+    Pairing,
 }
 
 impl AggregateId {
@@ -94,6 +99,7 @@ impl AggregateId {
             Self::Rollout { .. } => AggregateKind::Rollout,
             Self::Trust => AggregateKind::Trust,
             Self::DeviceKey(_) => AggregateKind::DeviceKey,
+            Self::Pairing => AggregateKind::Pairing,
         }
     }
 
@@ -106,7 +112,7 @@ impl AggregateId {
             Self::Gateway(id) => String::from(id.as_str()),
             Self::Deployment { app, device } => format!("{app}.{device}"),
             Self::Rollout { app, number } => format!("{app}.{number}"),
-            Self::Trust => String::from("fleet"),
+            Self::Trust | Self::Pairing => String::from("fleet"),
             Self::DeviceKey(key) => alloc::format!("{key}"),
         }
     }

@@ -227,6 +227,8 @@ events! {
     /// A device public key was claimed by the device it belongs to, before its registration or
     /// enrollment: appended only to an empty key subject, so one key never has two devices.
     DeviceKeyClaimed => |e| AggregateId::DeviceKey(e.public_key),
+    /// A pairing window opened: every enrollment instance accepts its token until it closes.
+    PairingWindowOpened => |_e| AggregateId::Pairing,
 }
 
 fn rollout(app: &AppId, number: u32) -> AggregateId {
@@ -683,4 +685,14 @@ pub struct DeviceKeyClaimed {
     pub public_key: PublicKey,
     /// The device it belongs to.
     pub device_id: DeviceId,
+}
+
+/// A pairing window opened. Only the token's digest is in the log: the token itself is given
+/// to the operator who opened the window, never recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PairingWindowOpened {
+    /// SHA-256 of the token.
+    pub token_sha256: Sha256,
+    /// When it closes.
+    pub expires_at: DateTime<Utc>,
 }

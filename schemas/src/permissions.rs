@@ -126,6 +126,7 @@ impl Principal {
                 publish.extend([
                     events(AggregateKind::Device),
                     events(AggregateKind::DeviceKey),
+                    events(AggregateKind::Pairing),
                     events(AggregateKind::Gateway),
                     subject::DEVICE_REVOKED_ALL.to_string(),
                 ]);

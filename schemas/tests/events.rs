@@ -171,6 +171,11 @@ fn every_event() -> Vec<Event> {
             device_id: dev(),
         }
         .into(),
+        PairingWindowOpened {
+            token_sha256: Sha256([9; 32]),
+            expires_at: chrono::Utc::now(),
+        }
+        .into(),
         PublisherRevoked {
             public_key: PublicKey([6; 32]),
             reason: "leaked".into(),

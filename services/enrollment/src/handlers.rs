@@ -13,7 +13,7 @@ use wasmbed_schemas::command::*;
 use wasmbed_schemas::device_message::SessionRevoked;
 use wasmbed_schemas::event::{
     DeviceDecommissioned, DeviceEnrolled, DeviceKeyClaimed, DeviceRegistered, EnrollmentPath,
-    EnrollmentRefused, Event, EventEnvelope,
+    EnrollmentRefused, Event, EventEnvelope, PairingWindowOpened,
 };
 use wasmbed_schemas::frame::RejectReason;
 use wasmbed_schemas::{DeviceId, PublicKey, subject};
@@ -230,11 +230,17 @@ async fn open_pairing_window(
     getrandom::fill(&mut secret).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
     let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let expires_at = Utc::now() + chrono::Duration::seconds(i64::from(c.duration_secs));
+    let opened = PairingWindowOpened {
+        token_sha256: wasmbed_schemas::Sha256(crate::pairing::digest(&token)),
+        expires_at,
+    };
+    // Recorded first: every instance learns the window from the log.
     state
-        .pairing
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .open(&token, expires_at);
+        .log
+        .append(ExpectedVersion::Any, &EventEnvelope::new(opened.into()))
+        .await
+        .map_err(internal)?;
+    state.pairing().open(&token, expires_at);
     info!(%expires_at, "pairing window opened");
     Ok(PairingWindow { token, expires_at })
 }
@@ -290,13 +296,10 @@ async fn authorize_device(state: State, c: AuthorizeDevice) -> Result<Authorizat
             }
         }
         None => {
-            let token_ok = c.enrollment_token.as_deref().is_some_and(|token| {
-                state
-                    .pairing
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .accepts(token, Utc::now())
-            });
+            let token_ok = c
+                .enrollment_token
+                .as_deref()
+                .is_some_and(|token| state.pairing().accepts(token, Utc::now()));
             if !token_ok {
                 let message = if c.enrollment_token.is_some() {
                     "unknown key and no open pairing window accepts its token"

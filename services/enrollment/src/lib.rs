@@ -86,6 +86,19 @@ impl Enrollment {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    pub(crate) fn pairing(&self) -> std::sync::MutexGuard<'_, pairing::PairingWindows> {
+        self.pairing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Folds a `PairingWindowOpened` into the open windows.
+fn pairing_window(windows: &mut pairing::PairingWindows, event: &wasmbed_schemas::event::Event) {
+    if let wasmbed_schemas::event::Event::PairingWindowOpened(e) = event {
+        windows.open_digest(e.token_sha256.0, e.expires_at);
+    }
 }
 
 /// Runs the service until `shutdown` completes: loads the CA, catches up on device history,
@@ -100,18 +113,30 @@ pub async fn run(
     let mut registry = Registry::default();
     let follow = runtime
         .restore(
-            vec![subject::events_of_kind(AggregateKind::Device)],
+            vec![
+                subject::events_of_kind(AggregateKind::Device),
+                subject::events_of_kind(AggregateKind::Pairing),
+            ],
             &mut registry,
             Registry::apply,
         )
         .await?;
     info!(devices = registry.len(), "device history loaded");
+    let mut pairing = pairing::PairingWindows::default();
+    let opened = runtime
+        .log()
+        .read(&wasmbed_schemas::AggregateId::Pairing)
+        .await
+        .map_err(RuntimeError::from)?;
+    for stored in &opened {
+        pairing_window(&mut pairing, &stored.envelope.event);
+    }
 
     let state = Arc::new(Enrollment {
         client,
         log: runtime.log().clone(),
         registry: Mutex::new(registry),
-        pairing: Mutex::default(),
+        pairing: Mutex::new(pairing),
         refusals: wasmbed_eventlog::refusals::RefusalAudit::new(
             config.audit_window,
             config.audit_in_full,
@@ -120,7 +145,10 @@ pub async fn run(
         config,
     });
     let following = state.clone();
-    runtime.keep_following(follow, move |event| following.registry().apply(event));
+    runtime.keep_following(follow, move |event| {
+        following.registry().apply(event);
+        pairing_window(&mut following.pairing(), &event.envelope.event);
+    });
     let auditor = state.clone();
     runtime.spawn(async move { auditor.refusals.close_windows(&auditor.log).await });
     runtime.serve(handlers::router(), state, shutdown).await?;

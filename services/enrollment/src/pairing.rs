@@ -1,5 +1,6 @@
 //! Pairing windows: while one is open, a device presenting its token may enroll without being
-//! registered first. Windows live in memory: a restart of enrollment closes them (the safe side).
+//! registered first. Each window is a `PairingWindowOpened` event carrying the token's digest,
+//! so every enrollment instance (and one restarted) accepts its token until it closes.
 //!
 //! Only each token's SHA-256 is kept, and a presented token is compared with every open
 //! window's digest in constant time: neither the time an answer takes nor a memory dump says
@@ -15,14 +16,22 @@ pub struct PairingWindows {
     open: Vec<([u8; 32], DateTime<Utc>)>,
 }
 
-fn digest(token: &str) -> [u8; 32] {
+/// The digest of `token` the log keeps.
+pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
 impl PairingWindows {
     /// Opens a window with `token` until `expires_at`.
     pub fn open(&mut self, token: &str, expires_at: DateTime<Utc>) {
-        self.open.push((digest(token), expires_at));
+        self.open_digest(digest(token), expires_at);
+    }
+
+    /// Opens a window whose token has `digest` (from the log) until `expires_at`.
+    pub fn open_digest(&mut self, digest: [u8; 32], expires_at: DateTime<Utc>) {
+        if !self.open.contains(&(digest, expires_at)) {
+            self.open.push((digest, expires_at));
+        }
     }
 
     /// Whether `token` belongs to a window open at `now`. Expired windows are dropped.

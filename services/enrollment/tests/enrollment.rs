@@ -503,3 +503,38 @@ async fn a_key_is_never_registered_to_two_devices_by_two_instances() {
     first.stop().await;
     second.stop().await;
 }
+
+/// A pairing window opened through one instance is open in every instance (and survives a
+/// restart): it is in the log, as its token's digest.
+#[tokio::test]
+async fn a_pairing_window_is_open_in_every_instance() {
+    let server = NatsServer::start().await.unwrap();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let first = start(&server, ca_dir.path()).await;
+    let second = start(&server, ca_dir.path()).await;
+    let client = server.client().await.unwrap();
+    let window = call(&client, &OpenPairingWindow { duration_secs: 60 }, T)
+        .await
+        .unwrap();
+    // The token itself is nowhere in the log.
+    let opened = history(&server, AggregateId::Pairing).await;
+    assert_eq!(opened.len(), 1);
+    assert!(
+        !serde_json::to_string(&opened)
+            .unwrap()
+            .contains(&window.token)
+    );
+    // Every authorization goes to either instance: all are allowed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 60..80u8 {
+        let answer = call(&client, &authorize(n, Some(&window.token)), T)
+            .await
+            .unwrap();
+        assert!(
+            matches!(answer, Authorization::Allowed { .. }),
+            "key {n}: {answer:?}"
+        );
+    }
+    first.stop().await;
+    second.stop().await;
+}
