@@ -185,6 +185,8 @@ impl Principal {
                     calls(Service::Enrollment),
                     subject::EMULATOR_UART_ALL.to_string(),
                 ]);
+                // One owner of the emulators at a time: the manager's lease.
+                publish.extend(lease(self.name()));
                 subscribe.push(calls(Service::RenodeManager));
             }
             Self::Api => {

@@ -521,3 +521,85 @@ async fn fault_a_deployer_killed_mid_wave_finishes_the_rollout_once() {
         device.stop().await;
     }
 }
+
+/// Two renode-managers (processes, simulator backend, one key directory): the lease holder
+/// owns the emulators and answers the commands. `kill -9` of it: the other takes the lease,
+/// starts the dead one's emulators again (its devices reconnect) and answers from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_a_killed_renode_manager_hands_its_emulators_to_the_other() {
+    use wasmbed_schemas::command::StartEmulator;
+    let mut cluster = Cluster::start(std::path::Path::new(WASMBED)).await;
+    cluster.start_renode_manager("rm-a").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.start_renode_manager("rm-b").await;
+    let start = |n: usize| StartEmulator {
+        device_id: DeviceId::new(format!("emu-{n}")).unwrap(),
+        mcu: "Mps2An385".into(),
+        simulated: false,
+        labels: BTreeMap::new(),
+    };
+    let devices: Vec<DeviceId> = (0..3)
+        .map(|n| DeviceId::new(format!("emu-{n}")).unwrap())
+        .collect();
+    for n in 0..3 {
+        call(&cluster.client, &start(n), T).await.unwrap();
+    }
+    wait_sessions(&cluster, &devices, 1).await;
+
+    cluster.kill("rm-a").await;
+    let killed = Instant::now();
+    wait_sessions(&cluster, &devices, 2).await;
+    let adopted = killed.elapsed();
+    // A new board answers through the survivor.
+    call(&cluster.client, &start(3), T).await.unwrap();
+    let answered = killed.elapsed();
+    // Settled: each board runs once (no second copy fighting for the session).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = cluster.all_events().await;
+    let counts: Vec<usize> = devices.iter().map(|d| connections(&events, d)).collect();
+    let started: usize = devices
+        .iter()
+        .map(|d| {
+            events
+                .iter()
+                .filter(
+                    |e| matches!(&e.envelope.event, Event::EmulatorStarted(s) if s.device_id == *d),
+                )
+                .count()
+        })
+        .sum();
+    let audit = LogAudit::of(&events);
+    eprintln!(
+        "faults: renode-manager kill -9 with 3 emulators: the other instance took the lease and \
+         restarted all 3 (each connected again) {adopted:?} after the kill; a new start answered \
+         {answered:?} after it; sessions per device {counts:?}, EmulatorStarted {started} for the \
+         3. Log: {} events, {} duplicates.",
+        audit.events, audit.duplicate_ids
+    );
+    assert_eq!(counts, [2, 2, 2], "a board runs twice or flaps");
+    assert_eq!(started, 6);
+    assert_eq!(audit.duplicate_ids, 0);
+    assert!(adopted < Duration::from_secs(10), "{adopted:?}");
+}
+
+fn connections(events: &[wasmbed_eventlog::StoredEvent], device: &DeviceId) -> usize {
+    device_events(events, device)
+        .filter(|e| matches!(e, Event::DeviceConnected(_)))
+        .count()
+}
+
+/// Waits until every one of `devices` connected at least `at_least` times.
+async fn wait_sessions(cluster: &Cluster, devices: &[DeviceId], at_least: usize) {
+    let deadline = Instant::now() + T;
+    loop {
+        let events = cluster.all_events().await;
+        if devices.iter().all(|d| connections(&events, d) >= at_least) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devices never connected {at_least} times"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -24,7 +24,7 @@ use wasmbed_schemas::command::{
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
 use wasmbed_schemas::{AggregateId, AggregateKind, DeviceId, GatewayId, PublicKey};
-use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
+use wasmbed_service::{Lease, LeaseError, Runtime, RuntimeError, RuntimeOptions};
 
 use crate::backend::{Backend, Launch};
 use crate::catalogue::{Catalogue, Mcu};
@@ -103,6 +103,9 @@ pub enum ManagerError {
     /// The service runtime failed (log, follow, commands, health endpoint).
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The lease could not be set up.
+    #[error(transparent)]
+    Lease(LeaseError),
 }
 
 /// State shared by the handlers and the supervisors.
@@ -441,11 +444,36 @@ pub async fn run(
     );
     let following = state.clone();
     runtime.keep_following(follow, move |event| following.apply(&event.envelope.event));
-    let router = wasmbed_bus::Router::new(SERVICE)
-        .route::<StartEmulator, _, _>(start)
-        .route::<StopEmulator, _, _>(stop)
-        .route::<RestartEmulator, _, _>(restart);
-    let served = runtime.serve(router, state.clone(), shutdown).await;
+    // One instance owns the emulators and answers the commands: the lease holder. Taking the
+    // lease, it adopts what the log shows running; losing it, it lets its emulators go quietly
+    // (no exit recorded), for the next holder to adopt.
+    let holder = format!("renode-manager pid {}", std::process::id());
+    let lease = Lease::start(runtime.log(), SERVICE.as_str(), holder)
+        .await
+        .map_err(ManagerError::Lease)?;
+    let owner = state.clone();
+    let mut term = lease.watch();
+    runtime.spawn(async move {
+        loop {
+            if term.borrow().is_some() {
+                adopt(&owner).await;
+            } else {
+                owner.running().clear();
+            }
+            if term.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let router = || {
+        wasmbed_bus::Router::new(SERVICE)
+            .route::<StartEmulator, _, _>(start)
+            .route::<StopEmulator, _, _>(stop)
+            .route::<RestartEmulator, _, _>(restart)
+    };
+    let served = runtime
+        .serve_while_held(router, state.clone(), lease.watch(), shutdown)
+        .await;
     let controls: Vec<_> = state
         .running()
         .values()
@@ -454,8 +482,99 @@ pub async fn run(
     for control in controls {
         let _ = supervisor::ask(&control, supervisor::Request::Stop).await;
     }
+    lease.release().await;
     served?;
     Ok(())
+}
+
+/// Starts again, under this instance, every emulator the log shows running that it does not
+/// supervise (its owner died or let it go). A QEMU process the dead owner left behind on this
+/// host is killed first, so one board never runs twice.
+async fn adopt(state: &Arc<Manager>) {
+    let filter = Some(subject::events_of_kind(AggregateKind::Emulator));
+    let events = match state.log.page(filter, 0, usize::MAX).await {
+        Ok(events) => events,
+        Err(e) => {
+            warn!(error = %e, "reading the emulators to adopt failed");
+            return;
+        }
+    };
+    let mut last: BTreeMap<DeviceId, Option<(String, String, String)>> = BTreeMap::new();
+    for stored in &events {
+        match &stored.envelope.event {
+            Event::EmulatorStarted(e) => {
+                last.insert(
+                    e.device_id.clone(),
+                    Some((e.mcu.clone(), e.backend.clone(), e.instance.clone())),
+                );
+            }
+            Event::EmulatorExited(e) if e.restart_in_ms.is_none() => {
+                last.insert(e.device_id.clone(), None);
+            }
+            _ => {}
+        }
+    }
+    for (device, running) in last {
+        let Some((mcu, backend, instance)) = running else {
+            continue;
+        };
+        if state.running().contains_key(&device) {
+            continue;
+        }
+        if let Some(pid) = instance.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+            kill_orphaned_qemu(pid);
+        }
+        let labels = registered_labels(state, &device).await;
+        let simulated = backend == "sim" && !matches!(state.config.backend, Backend::Sim);
+        let command = StartEmulator {
+            device_id: device.clone(),
+            mcu,
+            simulated,
+            labels,
+        };
+        match start(state.clone(), command).await {
+            Ok(_) => info!(%device, "emulator adopted"),
+            Err(e) => warn!(%device, error = %e.message, "emulator not adopted"),
+        }
+    }
+}
+
+/// The labels `device` was registered with, but the manager's own `emulated`.
+async fn registered_labels(state: &Manager, device: &DeviceId) -> BTreeMap<String, String> {
+    let events = state
+        .log
+        .read(&wasmbed_schemas::AggregateId::Device(device.clone()))
+        .await
+        .unwrap_or_default();
+    let mut labels = events
+        .iter()
+        .find_map(|stored| match &stored.envelope.event {
+            Event::DeviceRegistered(e) => Some(e.labels.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    labels.remove("emulated");
+    labels
+}
+
+/// Kills `pid` if it is a QEMU that is not this process's child (left by a dead owner).
+fn kill_orphaned_qemu(pid: u32) {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let parent = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    let is_qemu = String::from_utf8_lossy(&cmdline).contains("qemu-system");
+    if is_qemu && parent != Some(std::process::id()) {
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+        info!(pid, ?killed, "orphaned QEMU of a dead owner killed");
+    }
 }
 
 /// Sends `request` and waits for the supervisor's answer.

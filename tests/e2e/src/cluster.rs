@@ -165,6 +165,31 @@ impl Cluster {
         self.specs.insert(name.to_owned(), spec);
     }
 
+    /// Adds and starts a renode-manager `name` with the simulator backend; every manager of the
+    /// cluster shares one device key directory (the factory's secrets), as adoption needs.
+    pub async fn start_renode_manager(&mut self, name: &str) -> Duration {
+        let health: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
+        let keys = self.dir.path().join("device-keys").display().to_string();
+        self.add(
+            name,
+            Spec {
+                principal: Principal::RenodeManager,
+                args: args(&[
+                    "serve",
+                    "renode-manager",
+                    "--backend",
+                    "sim",
+                    "--key-dir",
+                    &keys,
+                    "--health-listen",
+                    &health.to_string(),
+                ]),
+                ready: Ready::Http(health, "/ready"),
+            },
+        );
+        self.start_service(name).await
+    }
+
     /// The TLS address of gateway `id`.
     pub fn gateway(&self, id: &str) -> SocketAddr {
         self.gateways.iter().find(|g| g.0 == id).unwrap().1

@@ -207,6 +207,67 @@ impl Runtime {
         Ok(())
     }
 
+    /// Serves the commands of `router()` only while `term` says this instance holds its lease
+    /// (a [`Lease`]), until `shutdown` completes: an instance without the lease does not even
+    /// subscribe, so every command reaches the holder.
+    pub async fn serve_while_held<S: Send + Sync + 'static>(
+        self,
+        router: impl Fn() -> Router<S>,
+        state: Arc<S>,
+        mut term: tokio::sync::watch::Receiver<Option<u64>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RuntimeError> {
+        self.mark_ready();
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let serving = async {
+            loop {
+                while term.borrow().is_none() {
+                    if *stop.borrow() {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        r = stop.changed() => if r.is_err() { return Ok(()) },
+                        r = term.changed() => if r.is_err() { return Ok(()) },
+                    }
+                }
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                info!(service = self.service, term = ?*term.borrow(), "lease held; serving");
+                let (mut until_stop, mut until_lost) = (stop.clone(), term.clone());
+                let ended = async move {
+                    loop {
+                        if *until_stop.borrow() || until_lost.borrow().is_none() {
+                            return;
+                        }
+                        tokio::select! {
+                            r = until_stop.changed() => if r.is_err() { return },
+                            r = until_lost.changed() => if r.is_err() { return },
+                        }
+                    }
+                };
+                wasmbed_bus::serve(
+                    self.client.clone(),
+                    router(),
+                    state.clone(),
+                    ended,
+                    self.options.drain_grace,
+                )
+                .await?;
+                info!(service = self.service, "lease ended; not serving");
+            }
+        };
+        let (_, served): ((), Result<(), RuntimeError>) = tokio::join!(
+            async {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            },
+            serving
+        );
+        self.stop().await;
+        served
+    }
+
     /// Runs the background tasks until `shutdown` completes (a service without commands).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         self.mark_ready();
