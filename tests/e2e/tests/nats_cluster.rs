@@ -1,0 +1,277 @@
+//! The whole system on a real 3-node JetStream cluster (three `nats-server` processes routed on
+//! loopback, streams and buckets with three replicas): simulated devices heart-beating and
+//! sending telemetry, a deployment in flight, and the node leading the event stream killed with
+//! SIGKILL, then restarted on its store. Printed: what was acknowledged against what is in the
+//! log, how the devices and the telemetry fared, how long the node took to catch up.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use wasmbed_bus::call;
+use wasmbed_e2e::cluster::LogAudit;
+use wasmbed_e2e::{T, deployment, test_limits};
+use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
+use wasmbed_gateway::{GatewayConfig, Listeners};
+use wasmbed_schemas::bytes::Blob;
+use wasmbed_schemas::command::{
+    CreateApplication, DeployApplication, GetCaCertificate, RegisterDevice,
+};
+use wasmbed_schemas::event::{Event, Target};
+use wasmbed_schemas::permissions::Principal;
+use wasmbed_schemas::{AppId, DeviceId, GatewayId, subject};
+use wasmbed_service::RuntimeOptions;
+use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
+use wasmbed_test_support::NatsCluster;
+
+/// `WASMBED_CLUSTER_DEVICES` sets the fleet size (default 60, the CI variant; 200 in the
+/// README's figure).
+fn fleet_size() -> usize {
+    std::env::var("WASMBED_CLUSTER_DEVICES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(60)
+}
+
+fn replicated() -> RuntimeOptions {
+    RuntimeOptions {
+        replicas: 3,
+        ..RuntimeOptions::default()
+    }
+}
+
+async fn all_events(log: &EventLog) -> Vec<StoredEvent> {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = log.page(None, after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        events.extend(page);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted() {
+    let devices_n = fleet_size();
+    let mut cluster = NatsCluster::start().await.unwrap();
+    let operator = cluster.client().await.unwrap();
+    let never = std::future::pending::<()>;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut enrollment = wasmbed_enrollment::EnrollmentConfig::new(ca_dir.path().to_path_buf());
+    enrollment.runtime = replicated();
+    tokio::spawn(wasmbed_enrollment::run(
+        cluster.client_as(Principal::Enrollment).await.unwrap(),
+        enrollment,
+        never(),
+    ));
+    let mut ca = None;
+    for _ in 0..200 {
+        if let Ok(reply) = call(&operator, &GetCaCertificate {}, Duration::from_millis(300)).await {
+            ca = Some(reply.certificate_pem);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca = ca.expect("enrollment answers");
+    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_addr = tls.local_addr().unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_http = http.local_addr().unwrap();
+    let mut gateway = GatewayConfig::new(GatewayId::new("gw-cluster").unwrap());
+    gateway.heartbeat_interval = Duration::from_millis(500);
+    gateway.runtime = replicated();
+    tokio::spawn(wasmbed_gateway::run(
+        cluster.client_as(Principal::Gateway).await.unwrap(),
+        gateway,
+        Listeners { tls, http },
+        never(),
+    ));
+    tokio::spawn(wasmbed_deployer::run(
+        cluster.client_as(Principal::Deployer).await.unwrap(),
+        wasmbed_deployer::DeployerConfig {
+            runtime: replicated(),
+            ..wasmbed_e2e::deployer_config()
+        },
+        never(),
+    ));
+    let telemetry_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(wasmbed_telemetry::run(
+        cluster.client_as(Principal::Telemetry).await.unwrap(),
+        wasmbed_telemetry::TelemetryConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            missed_heartbeats: 6,
+            sweep_interval: Duration::from_millis(100),
+            runtime: replicated(),
+        },
+        telemetry_http,
+        never(),
+    ));
+    let deadline = Instant::now() + T;
+    while wasmbed_test_support::http_get(gateway_http, "/ready")
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "gateway never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = EventLog::open(operator.clone(), &LogOptions { replicas: 3 })
+        .await
+        .unwrap();
+
+    // The fleet: registered, connected, heart-beating.
+    let connector = Connector::new(&ca, "localhost").unwrap();
+    let mut config = SimConfig::new(vec![gateway_addr]);
+    config.backoff_base = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(500);
+    let config = Arc::new(config);
+    let mut devices = Vec::new();
+    let mut sims = Vec::new();
+    for n in 0..devices_n {
+        let key = random_key();
+        let id = DeviceId::new(format!("node-dev-{n}")).unwrap();
+        call(
+            &operator,
+            &RegisterDevice {
+                device_id: id.clone(),
+                public_key: wasmbed_device_core::Signer::public_key(&key),
+                mcu: None,
+                labels: BTreeMap::new(),
+            },
+            T,
+        )
+        .await
+        .unwrap();
+        devices.push(id);
+        sims.push(SimDevice::spawn(connector.clone(), config.clone(), key));
+    }
+    for sim in &mut sims {
+        sim.wait_for(|s| s.connected, T).await.unwrap();
+    }
+    let telemetry = Arc::new(AtomicU64::new(0));
+    let counting = telemetry.clone();
+    let mut sub = operator.subscribe(subject::TELEMETRY_ALL).await.unwrap();
+    tokio::spawn(async move {
+        while sub.next().await.is_some() {
+            counting.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+
+    // The counter app publishes every tick on every device; a deployment in flight at the kill.
+    let app = AppId::new("counter").unwrap();
+    let sha = wasmbed_deployer::upload_module(log.jetstream(), wasmbed_example_apps::COUNTER)
+        .await
+        .unwrap();
+    let mut limits = test_limits();
+    limits.tick_interval_ms = 200;
+    call(
+        &operator,
+        &CreateApplication {
+            app_id: app.clone(),
+            name: "counter".into(),
+            module_sha256: sha,
+            target: Target::All,
+            config: Blob::default(),
+            limits,
+            release: None,
+        },
+        T,
+    )
+    .await
+    .unwrap();
+    call(
+        &operator,
+        &DeployApplication {
+            app_id: app.clone(),
+        },
+        T,
+    )
+    .await
+    .unwrap();
+
+    let info = log
+        .jetstream()
+        .get_stream(subject::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let leader = info.cluster.and_then(|c| c.leader).unwrap();
+    let victim: usize = leader.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    let acknowledged_before = all_events(&log).await;
+    let sessions_before: Vec<u32> = sims.iter().map(|s| s.status().sessions).collect();
+    let telemetry_at_kill = telemetry.load(Ordering::Relaxed);
+    cluster.kill(victim);
+    let killed = Instant::now();
+
+    // Telemetry resumes; the deployment completes on every device.
+    let resumed = loop {
+        if telemetry.load(Ordering::Relaxed) > telemetry_at_kill + devices_n as u64 {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < T, "telemetry never resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for device in &devices {
+        let deadline = Instant::now() + T * 2;
+        loop {
+            let events = log
+                .read(&deployment(&app, device))
+                .await
+                .unwrap_or_default();
+            if events
+                .iter()
+                .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{device} never ran the app");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let deployed = killed.elapsed();
+    let reconnected = sims
+        .iter()
+        .zip(&sessions_before)
+        .filter(|(s, before)| s.status().sessions > **before)
+        .count();
+
+    // The killed node comes back on its store and catches up.
+    let restarted = Instant::now();
+    cluster.restart(victim).await.unwrap();
+    cluster.wait_healthy(Duration::from_secs(60)).await.unwrap();
+    let caught_up = restarted.elapsed();
+
+    let after = all_events(&log).await;
+    let audit = LogAudit::of(&after);
+    let ids: std::collections::HashSet<_> = after.iter().map(|e| e.envelope.event_id).collect();
+    let lost = acknowledged_before
+        .iter()
+        .filter(|e| !ids.contains(&e.envelope.event_id))
+        .count();
+    let offline = audit.count("DeviceWentOffline");
+    eprintln!(
+        "nats cluster: {devices_n} devices, the event stream's leader {leader} killed with a \
+         deployment in flight: telemetry resumed {resumed:?} after; every device ran the app \
+         {deployed:?} after; {reconnected} devices opened a new session, {offline} recorded \
+         offline; {leader} restarted and current {caught_up:?} later. Log: {} events, \
+         {} acknowledged before the kill, {lost} of them lost, {} duplicates.",
+        audit.events,
+        acknowledged_before.len(),
+        audit.duplicate_ids
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(audit.duplicate_ids, 0);
+    for sim in sims {
+        sim.stop().await;
+    }
+}
