@@ -17,7 +17,8 @@ use wasmbed_enrollment::EnrollmentConfig;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_gateway::{GatewayConfig, Listeners};
 use wasmbed_local_nats::{
-    NatsProcess, NatsProcessConfig, NatsUsers, find_binary, free_port, write_secured_config,
+    ClusterConfig, NatsProcess, NatsProcessConfig, NatsUsers, find_binary, free_port,
+    start_cluster, write_secured_config,
 };
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::{
@@ -82,6 +83,62 @@ pub struct UpArgs {
     /// directory, and provisions every device with it).
     #[arg(long, env = "WASMBED_ALLOW_UNSIGNED")]
     allow_unsigned: bool,
+    /// 3: a 3-node JetStream cluster (client ports --nats-port and the next two), every stream
+    /// and bucket with three replicas, and two instances of every service (to watch failover on
+    /// one machine: kill a node or an instance and see the rest carry on). 1: one of each.
+    #[arg(long, env = "WASMBED_REPLICAS", default_value_t = 1, value_parser = replicas_arg)]
+    replicas: usize,
+}
+
+fn replicas_arg(text: &str) -> Result<usize, String> {
+    match text {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err(format!(
+            "{text:?}: 1 (one server, one of each service) or 3 (a cluster)"
+        )),
+    }
+}
+
+/// The local nats-server: one process, or the nodes of a cluster.
+struct Nats {
+    nodes: Vec<NatsProcess>,
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsProcess::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn addresses(&self) -> Vec<async_nats::ServerAddr> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.url().parse().ok())
+            .collect()
+    }
+
+    async fn stop(&mut self, grace: Duration) {
+        for node in &mut self.nodes {
+            node.stop(grace).await;
+        }
+    }
+}
+
+/// A task of one more instance of a service, whatever its error type.
+type Extra = (&'static str, tokio::task::JoinHandle<Result<()>>);
+
+fn extra<E: Into<anyhow::Error>>(
+    name: &'static str,
+    task: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> Extra {
+    (
+        name,
+        tokio::spawn(async move { task.await.map_err(Into::into) }),
+    )
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -91,35 +148,77 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // Every service is its own NATS user (nats/permissions.conf), with a password made for
     // this run; a client without credentials (the CLI on this machine) is the operator.
     let users = NatsUsers::generate().context("making the NATS users' passwords")?;
-    let mut nats = start_nats(&state, args.nats_port, &users).await?;
+    let replicas = args.replicas;
+    let mut nats = start_nats(&state, args.nats_port, &users, replicas).await?;
+    let addresses = nats.addresses();
     let connect = |principal: Principal| {
-        let url = nats.url();
+        let addresses = addresses.clone();
         let password = users.password(principal).to_owned();
         async move {
             wasmbed_local_nats::connect_options(principal, Some(&password))
-                .connect(url)
+                .connect(addresses)
                 .await
                 .with_context(|| {
                     format!("connecting {} to the local nats-server", principal.name())
                 })
         }
     };
-    EventLog::open(connect(Principal::Operator).await?, &LogOptions::default())
+    // A new cluster elects its meta leader first: creating the streams waits for it.
+    let mut opened = None;
+    for _ in 0..100 {
+        match EventLog::open(
+            connect(Principal::Operator).await?,
+            &LogOptions { replicas },
+        )
         .await
-        .context("creating the event log")?;
+        {
+            Ok(log) => {
+                opened = Some(log);
+                break;
+            }
+            Err(e) if replicas > 1 => {
+                tracing::debug!(error = %e, "the cluster is not ready yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).context("creating the event log"),
+        }
+    }
+    opened.context("the NATS cluster did not become ready within 20 s")?;
+    let runtime = || wasmbed_service::RuntimeOptions {
+        replicas,
+        ..Default::default()
+    };
+    let instances = if replicas > 1 { 2 } else { 1 };
+    let mut extras: Vec<Extra> = Vec::new();
 
     let (stop, stopping) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let enrollment_config = || {
+        let mut config = EnrollmentConfig::new(state.join("ca"));
+        config.runtime = runtime();
+        config
+    };
     let enrollment = tokio::spawn(wasmbed_enrollment::run(
         connect(Principal::Enrollment).await?,
-        EnrollmentConfig::new(state.join("ca")),
+        enrollment_config(),
         until_stopped(stopping.clone()),
     ));
     // The gateway asks enrollment for its certificate: start it once enrollment answers.
     let client = connect(Principal::Operator).await?;
     let ca = wait_for_ca(&client).await?;
+    // The second enrollment once the first has made the CA (they share its directory).
+    for _ in 1..instances {
+        extras.push(extra(
+            "enrollment",
+            wasmbed_enrollment::run(
+                connect(Principal::Enrollment).await?,
+                enrollment_config(),
+                until_stopped(stopping.clone()),
+            ),
+        ));
+    }
     let tls = TcpListener::bind(("127.0.0.1", args.gateway_port))
         .await
         .with_context(|| format!("binding the gateway to 127.0.0.1:{}", args.gateway_port))?;
@@ -127,32 +226,76 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding 127.0.0.1:{}", args.gateway_http_port))?;
     let (gateway_addr, http_addr) = (tls.local_addr()?, http.local_addr()?);
+    let gateway_config = |id: &str| -> Result<GatewayConfig> {
+        let mut config = GatewayConfig::new(GatewayId::new(id)?);
+        config.runtime = runtime();
+        Ok(config)
+    };
     let gateway = tokio::spawn(wasmbed_gateway::run(
         connect(Principal::Gateway).await?,
-        GatewayConfig::new(GatewayId::new("gateway-1")?),
+        gateway_config("gateway-1")?,
         Listeners { tls, http },
         until_stopped(stopping.clone()),
     ));
+    let mut gateway_addrs = vec![gateway_addr];
+    for n in 2..=instances {
+        let tls = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let http = TcpListener::bind(("127.0.0.1", 0)).await?;
+        gateway_addrs.push(tls.local_addr()?);
+        extras.push(extra(
+            "gateway",
+            wasmbed_gateway::run(
+                connect(Principal::Gateway).await?,
+                gateway_config(&format!("gateway-{n}"))?,
+                Listeners { tls, http },
+                until_stopped(stopping.clone()),
+            ),
+        ));
+    }
 
     let telemetry_http = TcpListener::bind(("127.0.0.1", args.telemetry_http_port))
         .await
         .with_context(|| format!("binding 127.0.0.1:{}", args.telemetry_http_port))?;
     let telemetry_addr = telemetry_http.local_addr()?;
+    let telemetry_config = || wasmbed_telemetry::TelemetryConfig {
+        runtime: runtime(),
+        ..Default::default()
+    };
     let telemetry = tokio::spawn(wasmbed_telemetry::run(
         connect(Principal::Telemetry).await?,
-        wasmbed_telemetry::TelemetryConfig::default(),
+        telemetry_config(),
         telemetry_http,
         until_stopped(stopping.clone()),
     ));
-
+    let deployer_config = || wasmbed_deployer::DeployerConfig {
+        require_signed: !args.allow_unsigned,
+        runtime: runtime(),
+        ..Default::default()
+    };
     let deployer = tokio::spawn(wasmbed_deployer::run(
         connect(Principal::Deployer).await?,
-        wasmbed_deployer::DeployerConfig {
-            require_signed: !args.allow_unsigned,
-            ..Default::default()
-        },
+        deployer_config(),
         until_stopped(stopping.clone()),
     ));
+    for _ in 1..instances {
+        extras.push(extra(
+            "telemetry",
+            wasmbed_telemetry::run(
+                connect(Principal::Telemetry).await?,
+                telemetry_config(),
+                TcpListener::bind(("127.0.0.1", 0)).await?,
+                until_stopped(stopping.clone()),
+            ),
+        ));
+        extras.push(extra(
+            "deployer",
+            wasmbed_deployer::run(
+                connect(Principal::Deployer).await?,
+                deployer_config(),
+                until_stopped(stopping.clone()),
+            ),
+        ));
+    }
     let publisher = crate::release::keygen(&state.join(crate::release::STATE_KEY))?;
     let trust = trust_first_key(&client, &publisher).await?;
 
@@ -161,22 +304,37 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .with_context(|| format!("binding the api to 127.0.0.1:{}", args.api_port))?;
     let api_addr = api_listener.local_addr()?;
     let api_token = api_token(&state)?;
+    let api_config = || wasmbed_api::ApiConfig {
+        tokens: vec![wasmbed_api::Token {
+            name: "up".into(),
+            secret: api_token.clone(),
+            access: wasmbed_api::Access::ReadWrite,
+        }],
+        runtime: runtime(),
+    };
     let api = tokio::spawn(wasmbed_api::run(
         connect(Principal::Api).await?,
-        wasmbed_api::ApiConfig {
-            tokens: vec![wasmbed_api::Token {
-                name: "up".into(),
-                secret: api_token.clone(),
-                access: wasmbed_api::Access::ReadWrite,
-            }],
-            runtime: Default::default(),
-        },
+        api_config(),
         api_listener,
         until_stopped(stopping.clone()),
     ));
+    let mut api_addrs = vec![api_addr];
+    for _ in 1..instances {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        api_addrs.push(listener.local_addr()?);
+        extras.push(extra(
+            "api",
+            wasmbed_api::run(
+                connect(Principal::Api).await?,
+                api_config(),
+                listener,
+                until_stopped(stopping.clone()),
+            ),
+        ));
+    }
 
     let connector = Connector::new(&ca, "localhost")?;
-    let mut sim_config = SimConfig::new(vec![gateway_addr]);
+    let mut sim_config = SimConfig::new(gateway_addrs.clone());
     // Provisioned like every board: the fleet's publisher keys as of now.
     sim_config.agent.publishers = trust.trusted();
     sim_config.agent.trust_serial = trust.serial;
@@ -202,8 +360,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     }
 
-    let (manager_config, emulator_kind) =
+    let (mut manager_config, emulator_kind) =
         crate::emulated::manager_config(&state, args.firmware.clone(), &args.qemu)?;
+    manager_config.runtime = runtime();
+    for _ in 1..instances {
+        extras.push(extra(
+            "renode-manager",
+            wasmbed_renode_manager::run(
+                connect(Principal::RenodeManager).await?,
+                manager_config.clone(),
+                until_stopped(stopping.clone()),
+            ),
+        ));
+    }
     let board_prefix = match manager_config.backend {
         wasmbed_renode_manager::backend::Backend::Qemu(_) => "qemu",
         _ => "emu",
@@ -219,6 +388,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let app_line = deploy_example(&client, &args.example_app, &publisher).await?;
 
     say!("wasmbed is up");
+    if replicas > 1 {
+        say!(
+            "  cluster: {} JetStream nodes (stores in {}), three replicas of every stream; two \
+             instances of every service (the second gateway on {}, the second api on {})",
+            nats.nodes.len(),
+            state.join("nats-cluster").display(),
+            gateway_addrs
+                .get(1)
+                .map_or_else(String::new, ToString::to_string),
+            api_addrs
+                .get(1)
+                .map_or_else(String::new, ToString::to_string)
+        );
+    }
     say!("  nats:    {}", nats.url());
     say!("  gateway: {gateway_addr} (TLS 1.3)  http://{http_addr}/metrics");
     say!("  fleet:   http://{telemetry_addr}/metrics");
@@ -252,7 +435,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     say!("  state:   {}", state.display());
     say!(
         "Watch the log: wasmbed events tail --from-start --nats {}",
-        nats.url()
+        nats.nodes[0].url()
     );
     say!("Ctrl-C stops everything.");
 
@@ -271,6 +454,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         deployer.await,
         api.await,
     );
+    for (name, task) in extras {
+        task.await
+            .with_context(|| format!("{name} task"))?
+            .with_context(|| format!("the second {name}"))?;
+    }
     nats.stop(Duration::from_secs(10)).await;
     gateway.context("gateway task")??;
     enrollment.context("enrollment task")??;
@@ -403,7 +591,7 @@ async fn deploy_example(
     ))
 }
 
-async fn start_nats(state: &Path, port: u16, users: &NatsUsers) -> Result<NatsProcess> {
+async fn start_nats(state: &Path, port: u16, users: &NatsUsers, replicas: usize) -> Result<Nats> {
     let config_file = write_secured_config(
         state,
         NATS_CONFIG,
@@ -411,12 +599,29 @@ async fn start_nats(state: &Path, port: u16, users: &NatsUsers) -> Result<NatsPr
         Some(Principal::Operator),
     )
     .context("writing the nats-server config")?;
+    let binary = find_binary(&std::env::current_dir()?)?;
+    if replicas > 1 {
+        let client_ports = (0..replicas)
+            .map(|i| if port == 0 { 0 } else { port + i as u16 })
+            .collect();
+        let nodes = start_cluster(&ClusterConfig {
+            binary,
+            client_ports,
+            dir: state.join("nats-cluster"),
+            config_file: Some(config_file),
+            env: users.env(),
+            name: "wasmbed".into(),
+        })
+        .await
+        .with_context(|| format!("starting a {replicas}-node nats-server cluster"))?;
+        return Ok(Nats { nodes });
+    }
     let port = match port {
         0 => free_port()?,
         port => port,
     };
-    NatsProcess::start(NatsProcessConfig {
-        binary: find_binary(&std::env::current_dir()?)?,
+    let node = NatsProcess::start(NatsProcessConfig {
+        binary,
         port,
         monitor_port: free_port()?,
         store_dir: state.join("nats"),
@@ -427,7 +632,8 @@ async fn start_nats(state: &Path, port: u16, users: &NatsUsers) -> Result<NatsPr
         extra_args: Vec::new(),
     })
     .await
-    .with_context(|| format!("starting nats-server on 127.0.0.1:{port}"))
+    .with_context(|| format!("starting nats-server on 127.0.0.1:{port}"))?;
+    Ok(Nats { nodes: vec![node] })
 }
 
 async fn wait_for_ca(client: &async_nats::Client) -> Result<String> {

@@ -19,6 +19,16 @@ const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 
 /// Starts `wasmbed up` on free ports; returns it and the lines it printed up to "Ctrl-C".
 async fn up(state: &Path, devices: usize, emulated: usize) -> (Child, Vec<String>) {
+    up_with(state, devices, emulated, &[]).await
+}
+
+/// The same with more arguments.
+async fn up_with(
+    state: &Path,
+    devices: usize,
+    emulated: usize,
+    more: &[&str],
+) -> (Child, Vec<String>) {
     let nats_server = wasmbed_local_nats::find_binary(&workspace_root()).unwrap();
     if emulated > 0 {
         firmware::build(&workspace_root(), Board::Mps2An385).unwrap();
@@ -41,6 +51,7 @@ async fn up(state: &Path, devices: usize, emulated: usize) -> (Child, Vec<String
         .args(["--devices", &devices.to_string()])
         .args(["--emulated", &emulated.to_string(), "--firmware"])
         .arg(&firmware)
+        .args(more)
         .env("WASMBED_STATE_DIR", state)
         .env("WASMBED_NATS_SERVER", &nats_server)
         .stdout(Stdio::piped())
@@ -398,4 +409,94 @@ async fn a_bus_only_service_answers_health_while_it_has_nats() {
     }
     assert_eq!(status, 503, "still healthy without NATS");
     let _ = deployer.kill().await;
+}
+
+/// The process whose command line contains `needle` (a nats-server node, by its store path).
+fn pid_of(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+}
+
+#[tokio::test]
+async fn up_with_three_replicas_runs_a_cluster_that_outlives_a_node() {
+    use futures::StreamExt;
+    let state = tempfile::tempdir().unwrap();
+    let (child, printed) = up_with(state.path(), 2, 0, &["--replicas", "3"]).await;
+    assert!(
+        field(&printed, "cluster:").starts_with("3 JetStream nodes"),
+        "{printed:?}"
+    );
+    let urls: Vec<String> = field(&printed, "nats:")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    let client = async_nats::connect(urls[0].as_str()).await.unwrap();
+    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
+        .await
+        .unwrap();
+    // Two instances of the gateway announced themselves.
+    let gateways: Vec<Event> = log
+        .page(Some("wasmbed.events.v1.gateway.>".into()), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope.event)
+        .collect();
+    let started = gateways
+        .iter()
+        .filter(|e| matches!(e, Event::GatewayStarted(_)))
+        .count();
+    assert_eq!(started, 2, "{gateways:?}");
+    let mut telemetry = client.subscribe("wasmbed.telemetry.>").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), telemetry.next())
+        .await
+        .expect("telemetry flows");
+
+    // A node killed: telemetry keeps flowing through the other two.
+    let store = state.path().join("nats-cluster/node-2/store");
+    let pid = pid_of(&store.display().to_string()).expect("node 2 runs");
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let killed = std::time::Instant::now();
+    while tokio::time::timeout(Duration::from_millis(10), telemetry.next())
+        .await
+        .is_ok()
+    {}
+    tokio::time::timeout(Duration::from_secs(20), telemetry.next())
+        .await
+        .expect("telemetry after a node was killed");
+    eprintln!(
+        "up --replicas 3: node 2 killed; telemetry flowing again {:?} after",
+        killed.elapsed()
+    );
+
+    // Ctrl-C stops everything, the two nodes left included.
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    let mut child = child;
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("up exits after Ctrl-C")
+        .unwrap();
+    assert_eq!(
+        pid_of(&state.path().join("nats-cluster").display().to_string()),
+        None
+    );
 }

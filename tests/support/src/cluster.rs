@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use wasmbed_local_nats::{
-    NatsProcess, NatsProcessConfig, NatsProcessError, NatsUsers, connect_options, find_binary,
-    free_port, write_secured_config,
+    ClusterConfig, NatsProcess, NatsProcessError, NatsUsers, connect_options, find_binary,
+    start_cluster, write_secured_config,
 };
 use wasmbed_schemas::permissions::Principal;
 
@@ -50,39 +50,15 @@ impl NatsCluster {
             &read("permissions.conf")?,
             Some(Principal::Operator),
         )?;
-        let cluster_ports = [free_port()?, free_port()?, free_port()?];
-        let mut nodes = Vec::new();
-        for (i, own) in cluster_ports.iter().enumerate() {
-            let routes: Vec<String> = cluster_ports
-                .iter()
-                .filter(|p| *p != own)
-                .map(|p| format!("nats://127.0.0.1:{p}"))
-                .collect();
-            let node = dir.path().join(format!("node-{}", i + 1));
-            std::fs::create_dir_all(&node)?;
-            let process = NatsProcess::start(NatsProcessConfig {
-                binary: binary.clone(),
-                port: free_port()?,
-                monitor_port: free_port()?,
-                store_dir: node.join("store"),
-                log_file: node.join("nats-server.log"),
-                config_file: Some(config_file.clone()),
-                ready_timeout: Duration::from_secs(10),
-                env: users.env(),
-                extra_args: vec![
-                    "-n".into(),
-                    format!("node-{}", i + 1),
-                    "--cluster_name".into(),
-                    CLUSTER_NAME.into(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{own}"),
-                    "--routes".into(),
-                    routes.join(","),
-                ],
-            })
-            .await?;
-            nodes.push(process);
-        }
+        let nodes = start_cluster(&ClusterConfig {
+            binary,
+            client_ports: vec![0; 3],
+            dir: dir.path().to_path_buf(),
+            config_file: Some(config_file),
+            env: users.env(),
+            name: CLUSTER_NAME.into(),
+        })
+        .await?;
         let cluster = Self {
             nodes,
             users,

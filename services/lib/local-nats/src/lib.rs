@@ -266,3 +266,67 @@ async fn health(monitor_port: u16, path: &'static str) -> bool {
     .await
     .unwrap_or(false)
 }
+
+/// How to run a JetStream cluster of routed nodes on this host.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The `nats-server` binary.
+    pub binary: PathBuf,
+    /// Each node's client port (0: a free one); as many nodes as ports.
+    pub client_ports: Vec<u16>,
+    /// Node `i` keeps its store in `<dir>/node-<i>/store` and logs to `<dir>/node-<i>/nats-server.log`.
+    pub dir: PathBuf,
+    /// The config file every node reads (flags override its name, ports and store).
+    pub config_file: Option<PathBuf>,
+    /// Extra environment of the servers (the users' passwords).
+    pub env: Vec<(String, String)>,
+    /// The cluster's name.
+    pub name: String,
+}
+
+/// Starts the nodes of `config`, routed to each other, each ready for clients (a meta leader
+/// may still be being elected: see [`NatsProcess::healthy`]).
+pub async fn start_cluster(config: &ClusterConfig) -> Result<Vec<NatsProcess>, NatsProcessError> {
+    let mut cluster_ports = Vec::new();
+    for _ in &config.client_ports {
+        cluster_ports.push(free_port()?);
+    }
+    let mut nodes = Vec::new();
+    for (i, (client_port, own)) in config.client_ports.iter().zip(&cluster_ports).enumerate() {
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .filter(|p| *p != own)
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let dir = config.dir.join(format!("node-{}", i + 1));
+        std::fs::create_dir_all(&dir)?;
+        let port = match client_port {
+            0 => free_port()?,
+            port => *port,
+        };
+        nodes.push(
+            NatsProcess::start(NatsProcessConfig {
+                binary: config.binary.clone(),
+                port,
+                monitor_port: free_port()?,
+                store_dir: dir.join("store"),
+                log_file: dir.join("nats-server.log"),
+                config_file: config.config_file.clone(),
+                ready_timeout: Duration::from_secs(20),
+                env: config.env.clone(),
+                extra_args: vec![
+                    "-n".into(),
+                    format!("node-{}", i + 1),
+                    "--cluster_name".into(),
+                    config.name.clone(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{own}"),
+                    "--routes".into(),
+                    routes.join(","),
+                ],
+            })
+            .await?,
+        );
+    }
+    Ok(nodes)
+}
