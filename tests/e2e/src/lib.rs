@@ -86,7 +86,21 @@ pub struct System {
     pub telemetry: Option<Running>,
     deployer_config: DeployerConfig,
     _enrollment: Running,
+    /// The second instances of enrollment, the deployer and telemetry, when
+    /// `WASMBED_E2E_INSTANCES=2` runs the suite with two of each.
+    _second: Vec<Running>,
     _ca_dir: tempfile::TempDir,
+}
+
+/// How many instances of enrollment, the deployer and telemetry a [`System`] runs:
+/// `WASMBED_E2E_INSTANCES` (1 or 2; the test command runs the deploy, rollout and release suites
+/// with 2 as well, which must give the same results as one).
+pub fn instances() -> usize {
+    std::env::var("WASMBED_E2E_INSTANCES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, 2)
 }
 
 /// The deployer settings tests use: quick retries.
@@ -197,22 +211,48 @@ impl System {
             telemetry: None,
             deployer_config: services.deployer.clone().unwrap_or_else(deployer_config),
             _enrollment: enrollment,
+            _second: Vec::new(),
             _ca_dir: ca_dir,
         };
+        if instances() > 1 {
+            let client = system.nats.client_as(Principal::Enrollment).await.unwrap();
+            let mut config =
+                wasmbed_enrollment::EnrollmentConfig::new(system._ca_dir.path().to_path_buf());
+            config.gateway_certificate_validity = services.certificate_validity;
+            system._second.push(Running::spawn(|stopped| async move {
+                let _ = wasmbed_enrollment::run(client, config, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            }));
+        }
         if services.gateway {
             system.start_gateway().await;
         }
         if services.deployer.is_some() {
             system.start_deployer().await;
+            if instances() > 1 {
+                let second = system.another_deployer().await;
+                system._second.push(second);
+            }
         }
         if services.telemetry {
             system.start_telemetry().await;
+            if instances() > 1 {
+                let second = system.spawn_telemetry().await;
+                system._second.push(second);
+            }
         }
         system
     }
 
     /// Starts the telemetry service (liveness with the gateway's 500 ms heartbeats).
     async fn start_telemetry(&mut self) {
+        self.telemetry = Some(self.spawn_telemetry().await);
+    }
+
+    /// One telemetry instance, once it answers `/health`.
+    async fn spawn_telemetry(&self) -> Running {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();
         let client = self.nats.client_as(Principal::Telemetry).await.unwrap();
@@ -222,13 +262,14 @@ impl System {
             sweep_interval: Duration::from_millis(100),
             runtime: Default::default(),
         };
-        self.telemetry = Some(Running::spawn(|stopped| async move {
+        let running = Running::spawn(|stopped| async move {
             let _ = wasmbed_telemetry::run(client, config, http, async move {
                 let _ = stopped.await;
             })
             .await;
-        }));
+        });
         wait_ok(addr, "/health").await;
+        running
     }
 
     /// Starts the gateway (again) on the same address.
