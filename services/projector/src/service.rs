@@ -7,7 +7,7 @@ use std::future::Future;
 use tokio::sync::watch;
 use tracing::info;
 use wasmbed_eventlog::StoredEvent;
-use wasmbed_service::{Lease, LeaseError, Runtime, RuntimeError, RuntimeOptions};
+use wasmbed_service::{Lease, LeaseError, Runtime, RuntimeError, RuntimeOptions, stopped_or_lost};
 
 use crate::applier::{Applier, ApplyError};
 use crate::projection::Projection;
@@ -79,19 +79,6 @@ pub async fn run(
     projected
 }
 
-/// Whether the applier should stop: the service stops, or the lease ended.
-async fn stop_or_lost(mut stop: watch::Receiver<bool>, mut term: watch::Receiver<Option<u64>>) {
-    loop {
-        if *stop.borrow() || term.borrow().is_none() {
-            return;
-        }
-        tokio::select! {
-            r = stop.changed() => if r.is_err() { return },
-            r = term.changed() => if r.is_err() { return },
-        }
-    }
-}
-
 async fn project_while_held(
     runtime: &Runtime,
     config: &ProjectorConfig,
@@ -141,7 +128,7 @@ async fn project_while_held(
                         Ok::<(), ApplyError>(())
                     }
                 },
-                stop_or_lost(stop.clone(), term.clone()),
+                stopped_or_lost(stop.clone(), term.clone()),
             )
             .await?;
         info!("projector stopped applying");

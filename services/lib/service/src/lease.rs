@@ -157,3 +157,20 @@ async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Send
         }
     }
 }
+
+/// Completes when `stop` turns true or the lease behind `term` ends (or either sender goes):
+/// what a holder's work waits on to stop at once.
+pub async fn stopped_or_lost(
+    mut stop: watch::Receiver<bool>,
+    mut term: watch::Receiver<Option<u64>>,
+) {
+    loop {
+        if *stop.borrow() || term.borrow().is_none() {
+            return;
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            r = term.changed() => if r.is_err() { return },
+        }
+    }
+}

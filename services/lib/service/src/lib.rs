@@ -14,7 +14,7 @@
 mod health;
 mod lease;
 
-pub use lease::{LEASE_TTL, Lease, LeaseError};
+pub use lease::{LEASE_TTL, Lease, LeaseError, stopped_or_lost};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -234,18 +234,7 @@ impl Runtime {
                     return Ok(());
                 }
                 info!(service = self.service, term = ?*term.borrow(), "lease held; serving");
-                let (mut until_stop, mut until_lost) = (stop.clone(), term.clone());
-                let ended = async move {
-                    loop {
-                        if *until_stop.borrow() || until_lost.borrow().is_none() {
-                            return;
-                        }
-                        tokio::select! {
-                            r = until_stop.changed() => if r.is_err() { return },
-                            r = until_lost.changed() => if r.is_err() { return },
-                        }
-                    }
-                };
+                let ended = stopped_or_lost(stop.clone(), term.clone());
                 wasmbed_bus::serve(
                     self.client.clone(),
                     router(),
