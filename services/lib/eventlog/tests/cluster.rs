@@ -24,6 +24,22 @@ fn registered(n: usize) -> EventEnvelope {
     )
 }
 
+/// The whole log; a read that fails while the cluster settles (a consumer request meeting an
+/// election) is read again.
+async fn read_all(log: &EventLog) -> Vec<wasmbed_eventlog::StoredEvent> {
+    let mut attempts = 0;
+    loop {
+        match log.page(None, 0, usize::MAX).await {
+            Ok(events) => return events,
+            Err(e) => {
+                attempts += 1;
+                assert!(attempts < 20, "the log cannot be read: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn no_acknowledged_event_is_lost_or_doubled_when_a_node_is_killed_mid_append() {
     let mut cluster = NatsCluster::start().await.unwrap();
@@ -84,7 +100,7 @@ async fn no_acknowledged_event_is_lost_or_doubled_when_a_node_is_killed_mid_appe
 
     // The whole log: every acknowledged event exactly once, at the sequence acknowledged.
     let mut seen: HashMap<uuid::Uuid, u64> = HashMap::new();
-    for stored in log.page(None, 0, usize::MAX).await.unwrap() {
+    for stored in read_all(&log).await {
         assert!(
             seen.insert(stored.envelope.event_id, stored.sequence)
                 .is_none(),
