@@ -199,6 +199,9 @@ pub(crate) async fn checked_module(
 }
 
 async fn create_application(state: State, c: CreateApplication) -> Result<Accepted, CommandError> {
+    state
+        .catch_up(&AggregateId::Application(c.app_id.clone()))
+        .await;
     check_limits(&c.limits)?;
     if c.name.trim().is_empty() {
         return Err(refuse(ErrorCode::InvalidRequest, "name must not be empty"));
@@ -274,6 +277,9 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
 }
 
 async fn deploy_application(state: State, c: DeployApplication) -> Result<Accepted, CommandError> {
+    state
+        .catch_up(&AggregateId::Application(c.app_id.clone()))
+        .await;
     let app = live_app(&state, &c.app_id)?;
     no_rollout(&state, &c.app_id)?;
     let Some((latest, _)) = app.latest() else {
@@ -300,6 +306,9 @@ async fn deploy_application(state: State, c: DeployApplication) -> Result<Accept
 }
 
 async fn update_application(state: State, c: UpdateApplication) -> Result<Accepted, CommandError> {
+    state
+        .catch_up(&AggregateId::Application(c.app_id.clone()))
+        .await;
     let app = live_app(&state, &c.app_id)?;
     no_rollout(&state, &c.app_id)?;
     let latest = app.latest();
@@ -350,6 +359,9 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
 }
 
 async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, CommandError> {
+    state
+        .catch_up(&AggregateId::Application(c.app_id.clone()))
+        .await;
     let app = live_app(&state, &c.app_id)?;
     no_rollout(&state, &c.app_id)?;
     if app.desired == DesiredState::Stopped {
@@ -369,6 +381,9 @@ async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, 
 }
 
 async fn delete_application(state: State, c: DeleteApplication) -> Result<Accepted, CommandError> {
+    state
+        .catch_up(&AggregateId::Application(c.app_id.clone()))
+        .await;
     no_rollout(&state, &c.app_id)?;
     let app = match state.fleet().apps.get(&c.app_id).cloned() {
         Some(app) if app.deleted() => {

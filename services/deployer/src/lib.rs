@@ -104,6 +104,18 @@ impl Deployer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Waits (up to 2 s) until the view holds every event of `aggregate` in the log, so a
+    /// command answered by another instance a moment ago is seen by this one.
+    pub(crate) async fn catch_up(&self, aggregate: &wasmbed_schemas::AggregateId) {
+        let Ok(last) = self.log.last_version(aggregate).await else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.fleet().version(aggregate) < last && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Appends `event` and applies it at once, so the next decision sees it even before the
     /// log follower does; tells the reconciler what changed.
     pub(crate) async fn record(

@@ -58,6 +58,22 @@ fn nats(e: impl std::fmt::Display) -> ReadError {
 }
 
 impl EventLog {
+    /// The sequence of `aggregate`'s last event (its version), 0 when it has none: what a view
+    /// must have folded to hold everything written to the aggregate so far (another instance's
+    /// writes included).
+    pub async fn last_version(&self, aggregate: &AggregateId) -> Result<u64, ReadError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&subject::event(aggregate))
+            .await
+        {
+            Ok(message) => Ok(message.sequence),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
     /// Every event of one aggregate, oldest first.
     #[instrument(skip(self))]
     pub async fn read(&self, aggregate: &AggregateId) -> Result<Vec<StoredEvent>, ReadError> {
