@@ -7,7 +7,9 @@ use std::future::Future;
 use tokio::sync::watch;
 use tracing::info;
 use wasmbed_eventlog::StoredEvent;
-use wasmbed_service::{Lease, LeaseError, Runtime, RuntimeError, RuntimeOptions, stopped_or_lost};
+use wasmbed_service::{
+    Lease, LeaseError, Runtime, RuntimeError, RuntimeOptions, held_unless_stopped, stopped_or_lost,
+};
 
 use crate::applier::{Applier, ApplyError};
 use crate::projection::Projection;
@@ -89,16 +91,7 @@ async fn project_while_held(
     let log = runtime.log();
     let applier = Applier::new(kube, config.namespace.clone());
     loop {
-        while term.borrow().is_none() {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            tokio::select! {
-                r = stop.changed() => if r.is_err() { return Ok(()) },
-                r = term.changed() => if r.is_err() { return Ok(()) },
-            }
-        }
-        if *stop.borrow() {
+        if !held_unless_stopped(&mut stop, &mut term).await {
             return Ok(());
         }
         let mut durable = log.projection(&config.consumer, Vec::new()).await?;

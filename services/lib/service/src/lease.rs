@@ -174,3 +174,23 @@ pub async fn stopped_or_lost(
         }
     }
 }
+
+/// Waits until the lease behind `term` is held (`true`) or `stop` turns true or a sender goes
+/// (`false`): what a holder's work waits on to start.
+pub async fn held_unless_stopped(
+    stop: &mut watch::Receiver<bool>,
+    term: &mut watch::Receiver<Option<u64>>,
+) -> bool {
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        if term.borrow().is_some() {
+            return true;
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return false },
+            r = term.changed() => if r.is_err() { return false },
+        }
+    }
+}

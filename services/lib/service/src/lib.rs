@@ -14,7 +14,7 @@
 mod health;
 mod lease;
 
-pub use lease::{LEASE_TTL, Lease, LeaseError, stopped_or_lost};
+pub use lease::{LEASE_TTL, Lease, LeaseError, held_unless_stopped, stopped_or_lost};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -221,16 +221,7 @@ impl Runtime {
         let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
         let serving = async {
             loop {
-                while term.borrow().is_none() {
-                    if *stop.borrow() {
-                        return Ok(());
-                    }
-                    tokio::select! {
-                        r = stop.changed() => if r.is_err() { return Ok(()) },
-                        r = term.changed() => if r.is_err() { return Ok(()) },
-                    }
-                }
-                if *stop.borrow() {
+                if !held_unless_stopped(&mut stop, &mut term).await {
                     return Ok(());
                 }
                 info!(service = self.service, term = ?*term.borrow(), "lease held; serving");
