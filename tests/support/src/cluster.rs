@@ -90,21 +90,6 @@ impl NatsCluster {
         }
     }
 
-    /// The client URLs of the running nodes, comma separated (what a client is given).
-    pub fn url(&self) -> String {
-        self.nodes
-            .iter()
-            .filter(|n| n.pid().is_some())
-            .map(NatsProcess::url)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The client URL of node `i` (0-based).
-    pub fn node_url(&self, i: usize) -> String {
-        self.nodes[i].url()
-    }
-
     /// The running nodes' client addresses.
     pub fn addresses(&self) -> Vec<async_nats::ServerAddr> {
         self.nodes
@@ -144,10 +129,5 @@ impl NatsCluster {
     /// Starts node `i` again on its ports and store (after a kill or a stop).
     pub async fn restart(&mut self, i: usize) -> Result<(), HarnessError> {
         Ok(self.nodes[i].restart().await?)
-    }
-
-    /// The server log of node `i`.
-    pub fn log(&self, i: usize) -> String {
-        self.nodes[i].log()
     }
 }

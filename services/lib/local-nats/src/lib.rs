@@ -106,16 +106,6 @@ impl NatsProcess {
         self.child.as_ref().map(Child::id)
     }
 
-    /// What the server wrote to its log file (every start).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.config.log_file).unwrap_or_default()
-    }
-
-    /// The monitoring port.
-    pub fn monitor_port(&self) -> u16 {
-        self.config.monitor_port
-    }
-
     /// Whether the server runs and its full health check passes (in a cluster: JetStream has
     /// a meta leader and every stream and consumer it holds is current).
     pub async fn healthy(&self) -> bool {
