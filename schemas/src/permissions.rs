@@ -109,8 +109,10 @@ impl Principal {
         let mut subscribe = vec![format!("{}.>", self.inbox_prefix())];
         // Every service opens the event log, which makes sure the log's streams and the module
         // store exist (`wasmbed_eventlog::definitions`).
+        // Readers of the log follow its streams' leader elections (`LiveReader`).
         for stream in [subject::EVENTS_STREAM, subject::TELEMETRY_STREAM] {
             publish.extend(jetstream_stream(stream));
+            subscribe.push(subject::stream_leader_elected(stream));
         }
         publish.extend(jetstream_stream(&object_store_stream(
             subject::MODULES_OBJECT_STORE,

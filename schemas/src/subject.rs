@@ -30,6 +30,12 @@ pub const EVENTS_STREAM: &str = "WASMBED_EVENTS";
 pub const EVENTS_ALL: &str = "wasmbed.events.v1.>";
 /// The JetStream stream holding telemetry history (separate from the log, with its own limits).
 pub const TELEMETRY_STREAM: &str = "WASMBED_TELEMETRY";
+
+/// The JetStream advisory published when `stream` has a new leader (in a cluster, after its
+/// leader's node died): consumers that lived there are gone and readers start new ones.
+pub fn stream_leader_elected(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}")
+}
 /// All telemetry.
 pub const TELEMETRY_ALL: &str = "wasmbed.telemetry.>";
 /// The KV bucket of the latest telemetry per device and app (key `<device>.<app>`).

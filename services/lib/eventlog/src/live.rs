@@ -23,6 +23,8 @@ use tracing::{debug, warn};
 
 /// How often a reader looks for a reconnect.
 const RECONNECT_CHECK: Duration = Duration::from_millis(100);
+/// After this long without a message a reader asks the stream whether it missed one.
+const SILENCE: Duration = Duration::from_secs(1);
 
 /// Why a live read failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,14 @@ pub struct LiveReader {
     statistics: Arc<async_nats::Statistics>,
     connects: u64,
     check: tokio::time::Interval,
+    /// The stream's leader elections: the consumer lived with the old leader and died with it
+    /// (the client library would notice only after missing its idle heartbeats, about 10 s).
+    leader_elected: Option<async_nats::Subscriber>,
+    /// When the last message arrived, or the stream was last asked about the silence since.
+    heard: tokio::time::Instant,
+    /// The consumer's stream returned an error: it is never polled again (the client library
+    /// panics when a failed ordered stream is polled once more), a fresh one replaces it.
+    failed: bool,
 }
 
 impl LiveReader {
@@ -77,6 +87,16 @@ impl LiveReader {
             ordered(client, &stream, &name, filter_subjects.clone(), start).await?;
         let mut check = tokio::time::interval(RECONNECT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let leader_elected = match client
+            .subscribe(wasmbed_schemas::subject::stream_leader_elected(&name))
+            .await
+        {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                warn!(error = %e, stream = name, "leader elections not followed");
+                None
+            }
+        };
         let reader = Self {
             messages,
             client: client.clone(),
@@ -88,27 +108,53 @@ impl LiveReader {
             statistics,
             connects,
             check,
+            leader_elected,
+            heard: tokio::time::Instant::now(),
+            failed: false,
         };
         Ok((reader, pending))
     }
 
-    /// The next message; waits for one once caught up. `None` when the connection is gone for
-    /// good. Cancel-safe.
+    /// The next message; waits for one once caught up. After an error the next call reads from
+    /// a fresh consumer, right after the last message delivered; while none can be made (the
+    /// connection is gone) each call waits a moment and returns why. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<Message, LiveReadError>> {
         let message = loop {
+            if self.failed {
+                self.check.tick().await;
+                if let Err(e) = self.resume().await {
+                    return Some(Err(e));
+                }
+                self.failed = false;
+                continue;
+            }
             tokio::select! {
                 message = self.messages.next() => break message?,
-                _ = self.check.tick() => self.resume_after_reconnect().await,
+                _ = self.check.tick() => {
+                    self.resume_after_reconnect().await;
+                    if self.heard.elapsed() >= SILENCE {
+                        self.heard = tokio::time::Instant::now();
+                        self.failed = self.missed_a_message().await;
+                    }
+                }
+                Some(_) = next_advisory(&mut self.leader_elected) => {
+                    debug!(stream = self.name, "new stream leader: a fresh consumer");
+                    self.failed = true;
+                }
             }
         };
         Some(match message {
             Ok(message) => {
+                self.heard = tokio::time::Instant::now();
                 if let Ok(info) = message.info() {
                     self.last_sequence = info.stream_sequence;
                 }
                 Ok(message)
             }
-            Err(e) => Err(read_error(&self.name, e)),
+            Err(e) => {
+                self.failed = true;
+                Err(read_error(&self.name, e))
+            }
         })
     }
 
@@ -119,23 +165,77 @@ impl LiveReader {
         if connects == self.connects {
             return;
         }
+        match self.resume().await {
+            Ok(()) => self.connects = connects,
+            Err(e) => warn!(error = %e, "resuming after a reconnect failed; retrying"),
+        }
+    }
+
+    /// Whether the stream holds a message for this reader, stored a while ago, that never
+    /// arrived: the consumer died with the server that held it (a cluster node killed without
+    /// a leader election of the stream), or is stuck. A new message still on its way is not
+    /// counted (the server's clock is compared with this one: they are assumed within a
+    /// second; a larger skew costs only needless fresh consumers).
+    async fn missed_a_message(&mut self) -> bool {
+        let from = match (self.last_sequence, self.start) {
+            (0, DeliverPolicy::All) => 1,
+            (0, DeliverPolicy::ByStartSequence { start_sequence }) => start_sequence,
+            // Started at a time or at the end: nothing to compare with before a first message.
+            (0, _) => return false,
+            (last, _) => last + 1,
+        };
+        let filters = match self.filter_subjects.as_slice() {
+            [] => vec![">".to_owned()],
+            filters => filters.to_vec(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        for filter in filters {
+            let Ok(first) = self
+                .stream
+                .get_first_raw_message_by_subject(&filter, from)
+                .await
+            else {
+                continue;
+            };
+            if now - first.time.unix_timestamp_nanos() > SILENCE.as_nanos() as i128 {
+                warn!(
+                    stream = self.name,
+                    missed = first.sequence,
+                    "a stored message never arrived: a fresh consumer"
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A fresh consumer right after the last delivered message.
+    async fn resume(&mut self) -> Result<(), LiveReadError> {
         let filters = self.filter_subjects.clone();
         let from = match self.last_sequence {
             0 => self.start,
             last => after_sequence(last),
         };
-        match ordered(&self.client, &self.stream, &self.name, filters, from).await {
-            Ok((messages, _)) => {
-                debug!(
-                    stream = self.name,
-                    after = self.last_sequence,
-                    "resumed after a reconnect"
-                );
-                self.messages = messages;
-                self.connects = connects;
-            }
-            Err(e) => warn!(error = %e, "resuming after a reconnect failed; retrying"),
-        }
+        let (messages, _) = ordered(&self.client, &self.stream, &self.name, filters, from).await?;
+        debug!(
+            stream = self.name,
+            after = self.last_sequence,
+            "resumed with a fresh consumer"
+        );
+        self.messages = messages;
+        Ok(())
+    }
+}
+
+/// The next advisory, or never when there is no subscription.
+async fn next_advisory(
+    subscriber: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match subscriber {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
     }
 }
 
