@@ -133,7 +133,7 @@ async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Send
                         .await;
                 match renewed {
                     Ok(Ok(next)) => held = Some((term, next, attempt + LEASE_TTL - margin())),
-                    Ok(Err(e)) => {
+                    Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                         // Someone else's value is there (ours expired, or it was deleted): ours
                         // is gone for good.
                         warn!(lease = %name, error = %e, "lease lost");
@@ -141,6 +141,9 @@ async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Send
                         let _ = state.send(None);
                         continue;
                     }
+                    // The bucket cannot answer now (its leader is being elected): like a
+                    // timeout, the lease counts as held until `until`.
+                    Ok(Err(e)) => debug!(lease = %name, error = %e, "renewal failed"),
                     Err(_) => debug!(lease = %name, "renewal timed out"),
                 }
                 if let Some((_, _, until)) = held
