@@ -8,20 +8,21 @@
 
 mod liveness;
 mod metrics;
+mod recorder;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-use wasmbed_eventlog::{EventLog, ExpectedVersion, LiveReader, ReadModel};
+use wasmbed_eventlog::{LiveReader, ReadModel};
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::device_message::{HeartbeatReport, LatestTelemetry};
-use wasmbed_schemas::event::{DeviceBackOnline, DeviceWentOffline, EventEnvelope};
 use wasmbed_schemas::subject::{self, header};
 use wasmbed_schemas::{AggregateKind, AppId, DeviceId};
 use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
@@ -29,6 +30,7 @@ use wasmbed_service::{Runtime, RuntimeError, RuntimeOptions};
 pub use liveness::{Liveness, Transition};
 
 use crate::metrics::Stats;
+use crate::recorder::{Recorder, Saves};
 
 /// The KV bucket of last-seen times.
 pub const LIVENESS_BUCKET: &str = wasmbed_schemas::subject::LIVENESS_BUCKET;
@@ -138,9 +140,11 @@ pub async fn run(
     let http = tokio::spawn(metrics::serve(http, stats.clone(), async move {
         let _ = http_stopped.await;
     }));
+    let (mut recorder, mut outcomes) = Recorder::start(log.clone(), saved, latest_model);
     let mut sweep = tokio::time::interval(config.sweep_interval);
     let timeout = config.heartbeat_interval * config.missed_heartbeats;
     let mut unsaved: HashSet<DeviceId> = HashSet::new();
+    let mut hearing = Hearing::new(&client, started);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -149,19 +153,9 @@ pub async fn run(
                 Ok((event, _)) => liveness.apply(&event),
                 Err(e) => warn!(error = %e, "device event skipped"),
             },
+            Some(outcome) = outcomes.recv() => recorder.finished(&mut liveness, outcome),
             Some(message) = heartbeats.next() => {
-                let Ok(report) = serde_json::from_slice::<HeartbeatReport>(&message.payload) else {
-                    warn!(subject = %message.subject, "heartbeat report does not decode; ignored");
-                    continue;
-                };
-                if message.subject.as_str() != subject::device_heartbeat(&report.device_id) {
-                    warn!(subject = %message.subject, "heartbeat report names another device; ignored");
-                    continue;
-                }
-                unsaved.insert(report.device_id.clone());
-                if let Some(transition) = liveness.heard(&report.device_id, report.received_at) {
-                    record(&log, &mut liveness, transition).await;
-                }
+                heard(&message, &mut liveness, &mut recorder, &mut unsaved);
             }
             Some(message) = telemetry.next() => {
                 let message = match message {
@@ -182,29 +176,89 @@ pub async fn run(
                 }
             }
             _ = sweep.tick() => {
-                for transition in liveness.due(Utc::now(), started, timeout) {
-                    record(&log, &mut liveness, transition).await;
+                // Heartbeats already delivered count before silence is judged.
+                while let Some(Some(message)) = heartbeats.next().now_or_never() {
+                    heard(&message, &mut liveness, &mut recorder, &mut unsaved);
                 }
-                for (device, at) in liveness.last_seen().filter(|(d, _)| unsaved.contains(*d)) {
-                    if let Err(e) = saved.put(device.as_str(), &at).await {
-                        warn!(error = %e, "last-seen time not saved");
-                    }
+                let now = Utc::now();
+                for transition in liveness.due(now, hearing.since(now), timeout) {
+                    recorder.record(&liveness, transition);
                 }
-                unsaved.clear();
-                for value in latest.drain().filter_map(|(_, message)| latest_of(&message)) {
-                    let key = format!("{}.{}", value.device_id, value.app_id);
-                    if let Err(e) = latest_model.put(&key, &value).await {
-                        warn!(error = %e, "latest telemetry not saved");
-                    }
+                if !recorder.saving() {
+                    let last_seen = liveness
+                        .last_seen()
+                        .filter(|(d, _)| unsaved.contains(*d))
+                        .map(|(d, at)| (d.clone(), at))
+                        .collect();
+                    unsaved.clear();
+                    let latest = latest
+                        .drain()
+                        .filter_map(|(_, message)| latest_of(&message))
+                        .collect();
+                    recorder.save(Saves { last_seen, latest });
                 }
                 lock(&stats).online = liveness.online();
             }
         }
     }
+    recorder.stop().await;
     let _ = stop_http.send(());
     let _ = http.await;
     runtime.stop().await;
     Ok(())
+}
+
+/// Takes in one heartbeat report: the device's last-seen time, and its return if it was
+/// recorded offline.
+fn heard(
+    message: &async_nats::Message,
+    liveness: &mut Liveness,
+    recorder: &mut Recorder,
+    unsaved: &mut HashSet<DeviceId>,
+) {
+    let Ok(report) = serde_json::from_slice::<HeartbeatReport>(&message.payload) else {
+        warn!(subject = %message.subject, "heartbeat report does not decode; ignored");
+        return;
+    };
+    if message.subject.as_str() != subject::device_heartbeat(&report.device_id) {
+        warn!(subject = %message.subject, "heartbeat report names another device; ignored");
+        return;
+    }
+    unsaved.insert(report.device_id.clone());
+    if let Some(transition) = liveness.heard(&report.device_id, report.received_at) {
+        recorder.record(liveness, transition);
+    }
+}
+
+/// Since when the service has been hearing heartbeats without a gap: its start, or the last
+/// time its NATS connection was made again (reports published while it was away are lost).
+struct Hearing {
+    statistics: Arc<async_nats::Statistics>,
+    connects: u64,
+    since: DateTime<Utc>,
+}
+
+impl Hearing {
+    fn new(client: &async_nats::Client, started: DateTime<Utc>) -> Self {
+        let statistics = client.statistics();
+        let connects = statistics.connects.load(Ordering::Relaxed);
+        Self {
+            statistics,
+            connects,
+            since: started,
+        }
+    }
+
+    /// The moment hearing began, as of `now`: a reconnect since the last call moves it to now.
+    fn since(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let connects = self.statistics.connects.load(Ordering::Relaxed);
+        if connects != self.connects {
+            warn!("the NATS connection was made again: every device gets a full timeout");
+            self.connects = connects;
+            self.since = now;
+        }
+        self.since
+    }
 }
 
 /// The device, app and content of a telemetry message, from the headers the gateway sets.
@@ -231,31 +285,4 @@ fn lock(stats: &Mutex<Stats>) -> std::sync::MutexGuard<'_, Stats> {
     stats
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Appends a transition under its derived id (another instance recording the same transition
-/// is de-duplicated by the log); marks it recorded only once the log has it, so a failure is
-/// retried.
-async fn record(log: &EventLog, liveness: &mut Liveness, transition: Transition) {
-    let event = match &transition {
-        Transition::WentOffline { device, last_seen } => DeviceWentOffline {
-            device_id: device.clone(),
-            last_seen: *last_seen,
-        }
-        .into(),
-        Transition::BackOnline { device } => DeviceBackOnline {
-            device_id: device.clone(),
-        }
-        .into(),
-    };
-    let mut envelope = EventEnvelope::new(event);
-    envelope.event_id = liveness.event_id(&transition);
-    envelope.correlation_id = envelope.event_id;
-    match log.append(ExpectedVersion::Any, &envelope).await {
-        Ok(appended) => {
-            info!(?transition, "liveness transition recorded");
-            liveness.recorded(&transition, appended.sequence);
-        }
-        Err(e) => warn!(error = %e, ?transition, "liveness transition not recorded; will retry"),
-    }
 }

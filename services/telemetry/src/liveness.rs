@@ -85,12 +85,13 @@ impl Liveness {
     }
 
     /// The devices silent for longer than `timeout` that are not yet recorded offline. A device
-    /// is given at least `timeout` from `started` (the service's start), so a restart does not
-    /// declare offline devices that simply have not had the chance to heart-beat since.
+    /// is given at least `timeout` from `listening_since` (the service's start, or the moment it
+    /// could hear heartbeats again after losing its connection), so a restart or a deaf spell of
+    /// the service itself does not declare offline devices it simply did not hear.
     pub fn due(
         &self,
         now: DateTime<Utc>,
-        started: DateTime<Utc>,
+        listening_since: DateTime<Utc>,
         timeout: Duration,
     ) -> Vec<Transition> {
         let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
@@ -99,7 +100,7 @@ impl Liveness {
             .iter()
             .filter_map(|(device, d)| {
                 let last_seen = d.last_seen?;
-                let silent_since = last_seen.max(started);
+                let silent_since = last_seen.max(listening_since);
                 (d.recorded_online != Some(false) && now - silent_since > timeout).then(|| {
                     Transition::WentOffline {
                         device: device.clone(),
@@ -224,6 +225,23 @@ mod tests {
         assert_eq!(l.due(t(60), t(50), TIMEOUT), []);
         assert_eq!(
             l.due(t(66), t(50), TIMEOUT),
+            [Transition::WentOffline {
+                device: dev(1),
+                last_seen: t(0)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_deaf_spell_of_the_service_is_not_the_devices_silence() {
+        let mut l = Liveness::default();
+        l.heard(&dev(1), t(0));
+        l.heard(&dev(2), t(30));
+        // The service lost its connection at t=5 and heard again from t=25: neither device is
+        // due before 25 + 15; then only the one not heard since.
+        assert_eq!(l.due(t(39), t(25), TIMEOUT), []);
+        assert_eq!(
+            l.due(t(41), t(25), TIMEOUT),
             [Transition::WentOffline {
                 device: dev(1),
                 last_seen: t(0)
