@@ -158,7 +158,7 @@ pub struct DeployerArgs {
 /// Where the bus is.
 #[derive(Args, Clone)]
 pub struct NatsArgs {
-    /// The NATS server.
+    /// The NATS server, or the nodes of a cluster comma-separated.
     #[arg(
         long = "nats",
         env = "NATS_URL",
@@ -409,16 +409,23 @@ fn manager_config(args: ManagerArgs) -> Result<wasmbed_renode_manager::ManagerCo
 }
 
 /// A connection as the service's own NATS user that keeps retrying, so a service may start
-/// before NATS.
+/// before NATS. `--nats` may list several servers, comma-separated (the nodes of a cluster):
+/// the client moves to another when one goes.
 pub async fn connect(nats: &NatsArgs, principal: Principal) -> Result<async_nats::Client> {
     let options = wasmbed_local_nats::connect_options(principal, nats.nats_password.as_deref());
+    let servers: Vec<&str> = nats.nats_url.split(',').map(str::trim).collect();
     let options = match nats.nats_password {
         Some(_) => options,
-        None => wasmbed_local_nats::with_url_credentials(options, &nats.nats_url),
+        None => wasmbed_local_nats::with_url_credentials(options, servers[0]),
     };
+    let addresses = servers
+        .iter()
+        .map(|url| url.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--nats {}", nats.nats_url))?;
     options
         .retry_on_initial_connect()
-        .connect(&nats.nats_url)
+        .connect(addresses)
         .await
         .with_context(|| format!("connecting to {}", nats.nats_url))
 }
