@@ -101,6 +101,12 @@ fn renew_every() -> Duration {
     LEASE_TTL / 4
 }
 
+/// How often an instance without the lease tries to take it: a dead holder's key expires a
+/// TTL after its last renewal, and is taken at most this much later.
+fn contend_every() -> Duration {
+    LEASE_TTL / 16
+}
+
 /// Given up this long before the key can expire.
 fn margin() -> Duration {
     LEASE_TTL / 4
@@ -124,7 +130,7 @@ async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Send
                     Ok(Err(e)) => debug!(lease = %name, error = %e, "lease held elsewhere"),
                     Err(_) => debug!(lease = %name, "taking the lease timed out"),
                 }
-                tokio::time::sleep(renew_every()).await;
+                tokio::time::sleep(contend_every()).await;
             }
             Some((term, revision, until)) => {
                 let attempt = Instant::now();
