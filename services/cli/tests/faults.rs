@@ -13,17 +13,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use ed25519_dalek::SigningKey;
 use tokio::time::Instant;
-use wasmbed_bus::{CallError, call};
+use wasmbed_bus::call;
 use wasmbed_deployer::upload_module;
-use wasmbed_e2e::cluster::{Cluster, HEARTBEAT_MS, LogAudit, between, device_events};
+use wasmbed_e2e::cluster::{
+    Cluster, HEARTBEAT_MS, LogAudit, between, connections, device_events, register,
+    register_continuously, wait_connected, wait_sessions,
+};
 use wasmbed_e2e::{T, deployment, padded};
 use wasmbed_schemas::command::{RegisterDevice, StartRollout};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::rollout::{MaxFailures, WaveSize};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
-use wasmbed_sim::{SimDevice, random_key};
+use wasmbed_sim::random_key;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 
@@ -32,46 +34,6 @@ fn fleet_size() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(12)
-}
-
-/// Registers `n` devices `dev-0..`; returns their ids and keys.
-async fn register(cluster: &Cluster, n: usize) -> (Vec<DeviceId>, Vec<SigningKey>) {
-    let mut ids = Vec::new();
-    let mut keys = Vec::new();
-    for i in 0..n {
-        let key = random_key();
-        let id = DeviceId::new(format!("dev-{i}")).unwrap();
-        call(
-            &cluster.client,
-            &RegisterDevice {
-                device_id: id.clone(),
-                public_key: wasmbed_device_core::Signer::public_key(&key),
-                mcu: None,
-                labels: BTreeMap::new(),
-            },
-            T,
-        )
-        .await
-        .unwrap();
-        ids.push(id);
-        keys.push(key);
-    }
-    (ids, keys)
-}
-
-/// Waits until every device is connected with at least `sessions` sessions so far; returns the
-/// time each took from `since`, shortest first.
-async fn wait_connected(devices: &mut [SimDevice], sessions: u32, since: Instant) -> Vec<Duration> {
-    let waits = devices.iter_mut().map(|device| async move {
-        device
-            .wait_for(|s| s.connected && s.sessions >= sessions, T)
-            .await
-            .unwrap();
-        since.elapsed()
-    });
-    let mut times = futures::future::join_all(waits).await;
-    times.sort();
-    times
 }
 
 fn millis(d: Duration) -> u128 {
@@ -171,36 +133,6 @@ async fn fault_a_killed_gateway_loses_no_event_and_its_devices_land_on_the_other
     for device in devices {
         device.stop().await;
     }
-}
-
-/// Sends `RegisterDevice` for fresh ids every 20 ms until told to stop; returns the ids whose
-/// registration was acknowledged, refused, and unanswered.
-fn register_continuously(
-    client: async_nats::Client,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<(Vec<DeviceId>, usize, usize)> {
-    tokio::spawn(async move {
-        let (mut acknowledged, mut refused, mut unanswered) = (Vec::new(), 0, 0);
-        for i in 0.. {
-            if *stop.borrow() {
-                break;
-            }
-            let id = DeviceId::new(format!("cmd-{i}")).unwrap();
-            let command = RegisterDevice {
-                device_id: id.clone(),
-                public_key: wasmbed_device_core::Signer::public_key(&random_key()),
-                mcu: None,
-                labels: BTreeMap::new(),
-            };
-            match call(&client, &command, Duration::from_millis(500)).await {
-                Ok(_) => acknowledged.push(id),
-                Err(CallError::Refused(_)) => refused += 1,
-                Err(_) => unanswered += 1,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (acknowledged, refused, unanswered)
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +250,7 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
 
     let restarted = Instant::now();
     let restarted_at = Utc::now();
-    cluster.nats.restart().await.unwrap();
+    cluster.nats.server().restart().await.unwrap();
     let server_back = restarted.elapsed();
     let telemetry = cluster.count_telemetry().await;
 
@@ -580,26 +512,4 @@ async fn fault_a_killed_renode_manager_hands_its_emulators_to_the_other() {
     assert_eq!(started, 6);
     assert_eq!(audit.duplicate_ids, 0);
     assert!(adopted < Duration::from_secs(10), "{adopted:?}");
-}
-
-fn connections(events: &[wasmbed_eventlog::StoredEvent], device: &DeviceId) -> usize {
-    device_events(events, device)
-        .filter(|e| matches!(e, Event::DeviceConnected(_)))
-        .count()
-}
-
-/// Waits until every one of `devices` connected at least `at_least` times.
-async fn wait_sessions(cluster: &Cluster, devices: &[DeviceId], at_least: usize) {
-    let deadline = Instant::now() + T;
-    loop {
-        let events = cluster.all_events().await;
-        if devices.iter().all(|d| connections(&events, d) >= at_least) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "devices never connected {at_least} times"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -27,6 +27,7 @@ use wasmbed_test_support::{NatsServer, http_get};
 
 pub mod cluster;
 pub mod docker;
+pub mod downlinks;
 pub mod emulated;
 pub mod gateway;
 pub mod releases;

@@ -6,31 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
 use wasmbed_bus::call;
+use wasmbed_e2e::downlinks::count_transfers;
 use wasmbed_e2e::{System, T, deployment, test_limits};
 use wasmbed_example_apps::{COUNTER, SENSOR};
 use wasmbed_schemas::command::UpdateApplication;
 use wasmbed_schemas::event::{Event, Target};
-use wasmbed_schemas::frame::Frame;
-use wasmbed_schemas::frame::codec::decode;
 use wasmbed_schemas::{AppId, DeviceId, subject};
-
-/// `ModuleBegin` frames per (device, version) seen on the downlinks so far.
-fn count_begins(seen: &mut BTreeMap<(String, u32), usize>, sub: &mut async_nats::Subscriber) {
-    while let Some(Some(message)) = sub.next().now_or_never() {
-        if let Ok((Frame::ModuleBegin(begin), _)) = decode(&message.payload) {
-            let device = message
-                .subject
-                .as_str()
-                .rsplit('.')
-                .next()
-                .unwrap_or("")
-                .to_owned();
-            *seen.entry((device, begin.version)).or_default() += 1;
-        }
-    }
-}
 
 async fn all_running(system: &System, app: &AppId, devices: &[DeviceId], version: u32) {
     for device in devices {
@@ -66,7 +48,7 @@ async fn two_deployers_send_each_frame_once_and_the_survivor_finishes_the_work()
     all_running(&system, &app, &devices, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut begins = BTreeMap::new();
-    count_begins(&mut begins, &mut downlinks);
+    count_transfers(&mut begins, &mut downlinks);
     assert_eq!(begins.len(), devices.len(), "{begins:?}");
     assert!(
         begins.values().all(|n| *n == 1),
@@ -89,7 +71,7 @@ async fn two_deployers_send_each_frame_once_and_the_survivor_finishes_the_work()
     all_running(&system, &app, &devices, 2).await;
     let took = killed.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    count_begins(&mut begins, &mut downlinks);
+    count_transfers(&mut begins, &mut downlinks);
     eprintln!(
         "replicas: leader killed; the survivor ran v2 on all {} devices {took:?} after the kill \
          (lease TTL {:?}); transfers per device and version: {:?}",

@@ -19,7 +19,7 @@ pub const CLUSTER_NAME: &str = "wasmbed";
 pub struct NatsCluster {
     nodes: Vec<NatsProcess>,
     users: NatsUsers,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
@@ -59,11 +59,7 @@ impl NatsCluster {
             name: CLUSTER_NAME.into(),
         })
         .await?;
-        let cluster = Self {
-            nodes,
-            users,
-            _dir: dir,
-        };
+        let cluster = Self { nodes, users, dir };
         cluster.wait_healthy(Duration::from_secs(20)).await?;
         Ok(cluster)
     }
@@ -96,6 +92,30 @@ impl NatsCluster {
             .iter()
             .filter(|n| n.pid().is_some())
             .filter_map(|n| n.url().parse().ok())
+            .collect()
+    }
+
+    /// Every node's URL, comma-separated (what `NATS_URL` takes for a cluster).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsProcess::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The users' passwords.
+    pub fn users(&self) -> &NatsUsers {
+        &self.users
+    }
+
+    /// Lines of the nodes' logs where a user was refused a subject.
+    pub fn permission_violations(&self) -> Vec<String> {
+        (1..=self.nodes.len())
+            .flat_map(|n| {
+                let log = self.dir.path().join(format!("node-{n}/nats-server.log"));
+                crate::permission_violations(&std::fs::read_to_string(log).unwrap_or_default())
+            })
             .collect()
     }
 

@@ -155,11 +155,7 @@ impl NatsServer {
     /// Lines of the server's log where a user was refused a subject (a service's permissions
     /// in `nats/permissions.conf` lack something it needs).
     pub fn permission_violations(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("Violation"))
-            .map(str::to_owned)
-            .collect()
+        permission_violations(&self.log())
     }
 
     /// Kills the server (SIGKILL) without restarting it.
@@ -171,6 +167,14 @@ impl NatsServer {
     pub async fn restart(&mut self) -> Result<(), HarnessError> {
         Ok(self.process.restart().await?)
     }
+}
+
+/// The lines of a nats-server log where a user was refused a subject.
+fn permission_violations(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("Violation"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `GET path` over HTTP/1.0 on 127.0.0.1: `(status, body)`, or `(0, "")` when nothing

@@ -1,7 +1,13 @@
-//! The system as separate processes, for tests that break things: a real nats-server and each
-//! service a `wasmbed serve …` child process of its own, connected as its own NATS user. A
-//! service can be killed with SIGKILL and started again on the same ports; the server can be
-//! killed and restarted on its store.
+//! The system as separate processes, for tests that break things: a real nats-server (or a
+//! 3-node JetStream cluster) and each service a `wasmbed serve …` child process of its own,
+//! connected as its own NATS user. A service can be killed with SIGKILL and started again on the
+//! same ports; a server can be killed and restarted on its store.
+
+mod load;
+mod nats;
+
+pub use load::{connections, register, register_continuously, wait_connected, wait_sessions};
+pub use nats::Nats;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -23,10 +29,11 @@ use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::command::{CreateApplication, DeployApplication, GetCaCertificate};
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::permissions::Principal;
+use wasmbed_schemas::subject::LEASES_BUCKET;
 use wasmbed_schemas::subject::header;
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
-use wasmbed_test_support::{NatsServer, http_get};
+use wasmbed_test_support::{NatsCluster, NatsServer, http_get};
 
 use crate::{T, test_limits};
 
@@ -54,8 +61,8 @@ enum Ready {
 
 /// The system as processes.
 pub struct Cluster {
-    /// The server (restartable on its store).
-    pub nats: NatsServer,
+    /// The server or the cluster (restartable on its store).
+    pub nats: Nats,
     /// The test's own connection (the operator).
     pub client: async_nats::Client,
     /// The event log.
@@ -74,11 +81,21 @@ impl Cluster {
     /// telemetry service, each from `binary` (the `wasmbed` executable), and waits until each
     /// is ready.
     pub async fn start(binary: &Path) -> Self {
-        let nats = NatsServer::start().await.unwrap();
+        Self::start_on(binary, Nats::One(NatsServer::start().await.unwrap()), 1).await
+    }
+
+    /// The same on a 3-node JetStream cluster, with two instances of enrollment, the deployer
+    /// and telemetry (the second of each named `<service>-2`).
+    pub async fn start_replicated(binary: &Path) -> Self {
+        Self::start_on(binary, Nats::Three(NatsCluster::start().await.unwrap()), 2).await
+    }
+
+    async fn start_on(binary: &Path, nats: Nats, instances: usize) -> Self {
         let client = nats.client().await.unwrap();
-        let log = EventLog::open(client.clone(), &LogOptions::default())
-            .await
-            .unwrap();
+        let options = LogOptions {
+            replicas: nats.replicas(),
+        };
+        let log = EventLog::open(client.clone(), &options).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = Self {
             nats,
@@ -92,15 +109,17 @@ impl Cluster {
             dir,
         };
         let ca_dir = cluster.dir.path().join("ca").display().to_string();
-        cluster.add(
-            "enrollment",
-            Spec {
-                principal: Principal::Enrollment,
-                args: args(&["serve", "enrollment", "--ca-dir", &ca_dir]),
-                ready: Ready::Enrollment,
-            },
-        );
-        cluster.start_service("enrollment").await;
+        for name in instance_names("enrollment", instances) {
+            cluster.add(
+                &name,
+                Spec {
+                    principal: Principal::Enrollment,
+                    args: args(&["serve", "enrollment", "--ca-dir", &ca_dir]),
+                    ready: Ready::Enrollment,
+                },
+            );
+            cluster.start_service(&name).await;
+        }
         let ca = call(&cluster.client, &GetCaCertificate {}, T)
             .await
             .unwrap();
@@ -130,35 +149,60 @@ impl Cluster {
             cluster.gateways.push((id.to_owned(), tls, http));
             cluster.start_service(id).await;
         }
-        cluster.add(
-            "deployer",
-            Spec {
-                principal: Principal::Deployer,
-                args: args(&["serve", "deployer"]),
-                ready: Ready::Deployer,
-            },
-        );
-        cluster.start_service("deployer").await;
-        let http: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
-        cluster.add(
-            "telemetry",
-            Spec {
-                principal: Principal::Telemetry,
-                args: args(&[
-                    "serve",
-                    "telemetry",
-                    "--http-listen",
-                    &http.to_string(),
-                    "--heartbeat-interval-ms",
-                    &HEARTBEAT_MS.to_string(),
-                    "--missed-heartbeats",
-                    "3",
-                ]),
-                ready: Ready::Http(http, "/health"),
-            },
-        );
-        cluster.start_service("telemetry").await;
+        for name in instance_names("deployer", instances) {
+            cluster.add(
+                &name,
+                Spec {
+                    principal: Principal::Deployer,
+                    args: args(&["serve", "deployer"]),
+                    ready: Ready::Deployer,
+                },
+            );
+            cluster.start_service(&name).await;
+        }
+        for name in instance_names("telemetry", instances) {
+            let http: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
+            cluster.add(
+                &name,
+                Spec {
+                    principal: Principal::Telemetry,
+                    args: args(&[
+                        "serve",
+                        "telemetry",
+                        "--http-listen",
+                        &http.to_string(),
+                        "--heartbeat-interval-ms",
+                        &HEARTBEAT_MS.to_string(),
+                        "--missed-heartbeats",
+                        "3",
+                    ]),
+                    ready: Ready::Http(http, "/health"),
+                },
+            );
+            cluster.start_service(&name).await;
+        }
         cluster
+    }
+
+    /// Which instance holds lease `lease` now (`deployer`, `renode-manager`): the one whose
+    /// process id the lease's value names.
+    pub async fn lease_holder(&self, lease: &str) -> Option<String> {
+        let kv = self
+            .log
+            .jetstream()
+            .get_key_value(LEASES_BUCKET)
+            .await
+            .ok()?;
+        let value = kv.get(lease).await.ok()??;
+        let holder = String::from_utf8_lossy(&value).into_owned();
+        self.running
+            .iter()
+            .find(|(_, child)| {
+                child
+                    .id()
+                    .is_some_and(|pid| holder.contains(&format!("pid {pid}")))
+            })
+            .map(|(name, _)| name.clone())
     }
 
     fn add(&mut self, name: &str, spec: Spec) {
@@ -168,6 +212,12 @@ impl Cluster {
     /// Adds and starts a renode-manager `name` with the simulator backend; every manager of the
     /// cluster shares one device key directory (the factory's secrets), as adoption needs.
     pub async fn start_renode_manager(&mut self, name: &str) -> Duration {
+        self.add_renode_manager(name);
+        self.start_service(name).await
+    }
+
+    /// Adds a renode-manager `name` as above without starting it.
+    pub fn add_renode_manager(&mut self, name: &str) {
         let health: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
         let keys = self.dir.path().join("device-keys").display().to_string();
         self.add(
@@ -187,7 +237,6 @@ impl Cluster {
                 ready: Ready::Http(health, "/ready"),
             },
         );
-        self.start_service(name).await
     }
 
     /// The TLS address of gateway `id`.
@@ -203,8 +252,32 @@ impl Cluster {
     /// Starts service `name` (again, on the same ports and state) and waits until it is
     /// ready; returns how long that took.
     pub async fn start_service(&mut self, name: &str) -> Duration {
+        self.start_services(&[name]).await
+    }
+
+    /// Starts services `names` at the same moment, then waits until each is ready; returns
+    /// how long that took.
+    pub async fn start_services(&mut self, names: &[&str]) -> Duration {
         let started = Instant::now();
-        let spec = self.specs[name].clone();
+        for name in names {
+            self.spawn(name);
+        }
+        let deadline = started + T;
+        for name in names {
+            while !self.is_ready(self.specs[*name].ready).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} was not ready within {T:?}; its log:\n{}",
+                    self.service_log(name)
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        started.elapsed()
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let spec = &self.specs[name];
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,6 +286,7 @@ impl Cluster {
         let child = Command::new(&self.binary)
             .args(&spec.args)
             .env("NATS_URL", self.nats.url())
+            .env("WASMBED_REPLICAS", self.nats.replicas().to_string())
             .env(
                 "WASMBED_NATS_PASSWORD",
                 self.nats.users().password(spec.principal),
@@ -228,16 +302,6 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.running.insert(name.to_owned(), child);
-        let deadline = started + T;
-        while !self.is_ready(spec.ready).await {
-            assert!(
-                Instant::now() < deadline,
-                "{name} was not ready within {T:?}; its log:\n{}",
-                self.service_log(name)
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        started.elapsed()
     }
 
     async fn is_ready(&self, ready: Ready) -> bool {
@@ -475,6 +539,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// From `from` to `to`, in milliseconds.
 pub fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
     (to - from).num_milliseconds()
+}
+
+/// `service`, then `service-2`, … : `instances` names.
+fn instance_names(service: &str, instances: usize) -> Vec<String> {
+    (1..=instances)
+        .map(|n| match n {
+            1 => service.to_owned(),
+            n => format!("{service}-{n}"),
+        })
+        .collect()
 }
 
 fn args(list: &[&str]) -> Vec<String> {
