@@ -19,6 +19,7 @@ use wasmbed_schemas::frame::RejectReason;
 use wasmbed_schemas::{DeviceId, PublicKey, subject};
 
 use crate::Enrollment;
+use crate::registry::DeviceRecord;
 
 type State = Arc<Enrollment>;
 
@@ -75,32 +76,70 @@ async fn claim_key(
     );
     match state.log.append(ExpectedVersion::NONE, &claim).await {
         Ok(_) => Ok(()),
-        Err(AppendError::Conflict { .. }) => {
-            let claims = state
-                .log
-                .read(&AggregateId::DeviceKey(key))
-                .await
-                .map_err(internal)?;
-            let owner = claims
-                .iter()
-                .find_map(|stored| match &stored.envelope.event {
-                    Event::DeviceKeyClaimed(c) => Some(c.device_id.clone()),
-                    _ => None,
-                });
-            match owner {
-                Some(owner) if owner == *device => Ok(()),
-                Some(owner) => Err(refuse(
-                    ErrorCode::AlreadyExists,
-                    format!("public_key is already registered to {owner}"),
-                )),
-                None => Err(refuse(
-                    ErrorCode::Conflict,
-                    "public_key changed concurrently; retry",
-                )),
-            }
-        }
+        Err(AppendError::Conflict { .. }) => match key_owner(state, key).await? {
+            Some(owner) if owner == *device => Ok(()),
+            Some(owner) => Err(refuse(
+                ErrorCode::AlreadyExists,
+                format!("public_key is already registered to {owner}"),
+            )),
+            None => Err(refuse(
+                ErrorCode::Conflict,
+                "public_key changed concurrently; retry",
+            )),
+        },
         Err(e) => Err(internal(e)),
     }
+}
+
+/// The device that claimed `key`, by the log.
+async fn key_owner(state: &Enrollment, key: PublicKey) -> Result<Option<DeviceId>, CommandError> {
+    let claims = state
+        .log
+        .read(&AggregateId::DeviceKey(key))
+        .await
+        .map_err(internal)?;
+    Ok(claims
+        .iter()
+        .find_map(|stored| match &stored.envelope.event {
+            Event::DeviceKeyClaimed(c) => Some(c.device_id.clone()),
+            _ => None,
+        }))
+}
+
+/// What this instance may not have applied yet about `key`: another instance registered it a
+/// moment ago, and the claim and the registration are in the log before this instance's
+/// follower brings them. The device that claimed the key is read and folded in.
+async fn catch_up_on_key(
+    state: &Enrollment,
+    key: PublicKey,
+) -> Result<Option<DeviceRecord>, CommandError> {
+    let Some(owner) = key_owner(state, key).await? else {
+        return Ok(None);
+    };
+    let events = state
+        .log
+        .read(&AggregateId::Device(owner))
+        .await
+        .map_err(internal)?;
+    let mut registry = state.registry();
+    for stored in &events {
+        registry.apply(stored);
+    }
+    Ok(registry.by_key(&key).cloned())
+}
+
+/// Pairing windows another instance opened a moment ago, folded in.
+async fn catch_up_on_pairing(state: &Enrollment) -> Result<(), CommandError> {
+    let events = state
+        .log
+        .read(&AggregateId::Pairing)
+        .await
+        .map_err(internal)?;
+    let mut windows = state.pairing();
+    for stored in &events {
+        crate::pairing_window(&mut windows, &stored.envelope.event);
+    }
+    Ok(())
 }
 
 async fn register_device(state: State, c: RegisterDevice) -> Result<Accepted, CommandError> {
@@ -264,6 +303,10 @@ async fn authorize_device(state: State, c: AuthorizeDevice) -> Result<Authorizat
         .await;
     }
     let known = state.registry().by_key(&c.public_key).cloned();
+    let known = match known {
+        Some(known) => Some(known),
+        None => catch_up_on_key(&state, c.public_key).await?,
+    };
     match known {
         Some(d) if d.decommissioned => {
             refused(
@@ -296,10 +339,16 @@ async fn authorize_device(state: State, c: AuthorizeDevice) -> Result<Authorizat
             }
         }
         None => {
-            let token_ok = c
-                .enrollment_token
-                .as_deref()
-                .is_some_and(|token| state.pairing().accepts(token, Utc::now()));
+            let accepted = |state: &Enrollment| {
+                c.enrollment_token
+                    .as_deref()
+                    .is_some_and(|token| state.pairing().accepts(token, Utc::now()))
+            };
+            let mut token_ok = accepted(&state);
+            if !token_ok && c.enrollment_token.is_some() {
+                catch_up_on_pairing(&state).await?;
+                token_ok = accepted(&state);
+            }
             if !token_ok {
                 let message = if c.enrollment_token.is_some() {
                     "unknown key and no open pairing window accepts its token"

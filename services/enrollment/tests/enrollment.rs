@@ -520,12 +520,38 @@ async fn a_pairing_window_is_open_in_every_instance() {
             .unwrap()
             .contains(&window.token)
     );
-    // Every authorization goes to either instance: all are allowed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every authorization goes to either instance, at once: all are allowed.
     for n in 60..80u8 {
         let answer = call(&client, &authorize(n, Some(&window.token)), T)
             .await
             .unwrap();
+        assert!(
+            matches!(answer, Authorization::Allowed { .. }),
+            "key {n}: {answer:?}"
+        );
+    }
+    first.stop().await;
+    second.stop().await;
+}
+
+/// A device registered through one instance is allowed at once by the other: an instance that
+/// does not know a key yet looks for its claim in the log before refusing it. (On one server
+/// the other instance's follower is usually quicker than the next request, so this guards the
+/// outcome; the gap itself showed in the two-instance runs of the e2e suites.)
+#[tokio::test]
+async fn a_device_registered_through_one_instance_is_allowed_by_the_other_at_once() {
+    let server = NatsServer::start().await.unwrap();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let first = start(&server, ca_dir.path()).await;
+    let second = start(&server, ca_dir.path()).await;
+    let client = server.client().await.unwrap();
+    // Each request goes to either instance: about half of the authorizations reach the one
+    // that did not record the registration.
+    for n in 140..180u8 {
+        call(&client, &register(&format!("quick-{n}"), n), T)
+            .await
+            .unwrap();
+        let answer = call(&client, &authorize(n, None), T).await.unwrap();
         assert!(
             matches!(answer, Authorization::Allowed { .. }),
             "key {n}: {answer:?}"
