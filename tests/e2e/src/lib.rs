@@ -104,7 +104,6 @@ pub fn instances() -> usize {
         .clamp(1, 2)
 }
 
-/// The deployer settings tests use: quick retries.
 /// Limits for the example apps in tests: 100k fuel per call, 2 pages, a tick every 100 ms.
 pub fn test_limits() -> Limits {
     Limits {
@@ -114,6 +113,7 @@ pub fn test_limits() -> Limits {
     }
 }
 
+/// The deployer settings tests use: quick retries.
 pub fn deployer_config() -> DeployerConfig {
     DeployerConfig {
         step_timeout: Duration::from_millis(1500),
