@@ -21,11 +21,11 @@ use wasmbed_e2e::cluster::{
     Cluster, HEARTBEAT_MS, LogAudit, between, connections, device_events, register,
     register_continuously, wait_connected, wait_sessions,
 };
-use wasmbed_e2e::downlinks::count_transfers;
+use wasmbed_e2e::downlinks::Transfers;
 use wasmbed_e2e::{T, deployment};
 use wasmbed_schemas::command::{RegisterDevice, StartEmulator};
 use wasmbed_schemas::event::Event;
-use wasmbed_schemas::{AppId, DeviceId, subject};
+use wasmbed_schemas::{AppId, DeviceId};
 use wasmbed_sim::random_key;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
@@ -241,11 +241,7 @@ async fn failover_two_instances_started_at_the_same_moment_one_acts() {
     let (ids, keys) = register(&cluster, n).await;
     let mut devices = cluster.devices(&keys, vec![cluster.gateway("gw-a")]);
     wait_connected(&mut devices, 1, Instant::now()).await;
-    let mut downlinks = cluster
-        .client
-        .subscribe(subject::DEVICE_DOWNLINK_ALL)
-        .await
-        .unwrap();
+    let counting = Transfers::count(&cluster.client).await;
     let counter = AppId::new("counter").unwrap();
     cluster
         .deploy(&counter, wasmbed_example_apps::COUNTER)
@@ -267,8 +263,7 @@ async fn failover_two_instances_started_at_the_same_moment_one_acts() {
     // Long enough for a second transfer or a second copy of a board to show.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let mut transfers = BTreeMap::new();
-    count_transfers(&mut transfers, &mut downlinks);
+    let transfers = counting.so_far();
     let deployer = cluster.lease_holder("deployer").await.unwrap();
     let manager = cluster.lease_holder("renode-manager").await.unwrap();
     let events = cluster.all_events().await;

@@ -3,16 +3,15 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use wasmbed_bus::call;
-use wasmbed_e2e::downlinks::count_transfers;
+use wasmbed_e2e::downlinks::Transfers;
 use wasmbed_e2e::{System, T, deployment, test_limits};
 use wasmbed_example_apps::{COUNTER, SENSOR};
 use wasmbed_schemas::command::UpdateApplication;
 use wasmbed_schemas::event::{Event, Target};
-use wasmbed_schemas::{AppId, DeviceId, subject};
+use wasmbed_schemas::{AppId, DeviceId};
 
 async fn all_running(system: &System, app: &AppId, devices: &[DeviceId], version: u32) {
     for device in devices {
@@ -35,11 +34,7 @@ async fn two_deployers_send_each_frame_once_and_the_survivor_finishes_the_work()
         devices.push(id);
         sims.push(sim);
     }
-    let mut downlinks = system
-        .client
-        .subscribe(subject::DEVICE_DOWNLINK_ALL)
-        .await
-        .unwrap();
+    let transfers = Transfers::count(&system.client).await;
     let app = AppId::new("counter").unwrap();
     system
         .create_app(&app, COUNTER, Target::All, test_limits())
@@ -47,8 +42,7 @@ async fn two_deployers_send_each_frame_once_and_the_survivor_finishes_the_work()
     system.deploy_app(&app).await;
     all_running(&system, &app, &devices, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut begins = BTreeMap::new();
-    count_transfers(&mut begins, &mut downlinks);
+    let begins = transfers.so_far();
     assert_eq!(begins.len(), devices.len(), "{begins:?}");
     assert!(
         begins.values().all(|n| *n == 1),
@@ -71,7 +65,7 @@ async fn two_deployers_send_each_frame_once_and_the_survivor_finishes_the_work()
     all_running(&system, &app, &devices, 2).await;
     let took = killed.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    count_transfers(&mut begins, &mut downlinks);
+    let begins = transfers.so_far();
     eprintln!(
         "replicas: leader killed; the survivor ran v2 on all {} devices {took:?} after the kill \
          (lease TTL {:?}); transfers per device and version: {:?}",
