@@ -25,6 +25,7 @@
 
 mod auth;
 mod error;
+mod io;
 mod openapi;
 mod rollouts;
 mod routes;
@@ -36,7 +37,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span};
@@ -124,26 +124,18 @@ impl Api {
 
 /// The router, over `api`.
 fn router(api: Arc<Api>, tokens: Arc<Vec<Token>>) -> Router {
-    let protected = openapi::router(openapi::routes()).route_layer(
-        axum::middleware::from_fn_with_state(tokens, auth::require_token),
-    );
-    Router::new()
-        .route("/health", get(|| async { "ok\n" }))
-        // The dashboard is a static page; everything it shows needs the token.
-        .route("/", get(dashboard))
-        .merge(protected)
+    let protected = openapi::routes().route_layer(axum::middleware::from_fn_with_state(
+        tokens,
+        auth::require_token,
+    ));
+    let (routes, _) = openapi::router(protected.merge(openapi::public_routes()));
+    routes
         // A module (1 MiB at most) plus its metadata.
         .layer(DefaultBodyLimit::max(
             wasmbed_eventlog::modules::MAX_MODULE_LEN + 64 * 1024,
         ))
         .layer(axum::middleware::from_fn(trace))
         .with_state(api)
-}
-
-/// The dashboard: one page, no build step; it reads the api with the token from its URL
-/// fragment (`/#token=…`) or its token field.
-async fn dashboard() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("../dashboard/index.html"))
 }
 
 /// A span per request.

@@ -1,416 +1,287 @@
-//! The route table: one list that builds both the router and the OpenAPI document
-//! (`GET /api/openapi.json`), so the document cannot describe a route that is not served or
-//! miss one that is. Bodies are described by the JSON Schemas of their Rust types.
+//! The routes and their OpenAPI 3.1 document (`GET /api/openapi.json`), built together by aide
+//! from the handlers' own extractor and answer types (their schemars JSON Schemas, the errors
+//! and status codes of `crate::io`): the document cannot describe a route that is not served,
+//! a body a handler does not take, or miss a status it answers. Each route adds its summary.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, post};
-use schemars::generate::SchemaGenerator;
-use schemars::{JsonSchema, Schema};
-use serde_json::{Value, json};
-use wasmbed_schemas::command::{RegisterDevice, RevokePublisher, RolloutStarted, TrustPublisher};
-use wasmbed_schemas::release::SignedRelease;
-use wasmbed_schemas::rest::{
-    AbortReason, ApplicationView, Decommission, DeviceView, EmulatorView, ErrorBody, EventPage,
-    GatewayView, LoggedEvent, NewApplication, NewEmulator, NewRollout, Recorded, RolloutView,
-    TelemetryMessage, TrustView,
-};
+use aide::axum::ApiRouter;
+use aide::axum::routing::{delete_with, get_with, post_with};
+use aide::openapi::{Info, OpenApi, SecurityScheme};
+use aide::transform::TransformOperation;
+use axum::Extension;
 
 use crate::{Api, rollouts, routes, streams};
 
-/// What a request or response carries.
-pub(crate) enum Body {
-    /// Nothing.
-    Empty,
-    /// JSON of a type.
-    Json(fn(&mut SchemaGenerator) -> Schema),
-    /// JSON, optional.
-    OptionalJson(fn(&mut SchemaGenerator) -> Schema),
-    /// `multipart/form-data` with these parts (`metadata` JSON of a type, `module` bytes).
-    Multipart(Option<fn(&mut SchemaGenerator) -> Schema>),
-    /// Prometheus text.
-    Text,
-    /// Server-Sent Events whose `data` is JSON of a type.
-    Events(fn(&mut SchemaGenerator) -> Schema),
-}
-
-fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
-    generator.subschema_for::<T>()
-}
-
-/// One route.
-pub(crate) struct Route {
-    pub(crate) method: Method,
-    pub(crate) path: &'static str,
-    pub(crate) summary: &'static str,
-    pub(crate) request: Body,
-    pub(crate) response: Body,
-    pub(crate) handler: MethodRouter<Arc<Api>>,
-}
-
-fn route(
-    method: Method,
-    path: &'static str,
+/// A summary, and the request body marked optional when `optional`.
+fn doc(
     summary: &'static str,
-    request: Body,
-    response: Body,
-    handler: MethodRouter<Arc<Api>>,
-) -> Route {
-    Route {
-        method,
-        path,
-        summary,
-        request,
-        response,
-        handler,
+    optional_body: bool,
+) -> impl FnOnce(TransformOperation) -> TransformOperation {
+    move |mut op| {
+        if optional_body
+            && let Some(aide::openapi::ReferenceOr::Item(body)) =
+                op.inner_mut().request_body.as_mut()
+        {
+            body.required = false;
+        }
+        op.summary(summary).security_requirement("bearer")
     }
 }
 
-/// Every route that needs a token (`/health` is outside, and so is nothing else).
-pub(crate) fn routes() -> Vec<Route> {
-    use Body::*;
-    vec![
-        route(
-            Method::GET,
+fn summary(text: &'static str) -> impl FnOnce(TransformOperation) -> TransformOperation {
+    doc(text, false)
+}
+
+/// Every route that needs a token (`/health` and the dashboard are outside).
+pub(crate) fn routes() -> ApiRouter<Arc<Api>> {
+    ApiRouter::new()
+        .api_route(
             "/metrics",
-            "Fleet gauges in the Prometheus text format",
-            Empty,
-            Text,
-            get(routes::metrics),
-        ),
-        route(
-            Method::GET,
+            get_with(
+                routes::metrics,
+                summary("Fleet gauges in the Prometheus text format"),
+            ),
+        )
+        .api_route(
             "/api/openapi.json",
-            "This document",
-            Empty,
-            Empty,
-            get(openapi_json),
-        ),
-        route(
-            Method::GET,
+            get_with(openapi_json, summary("This document")),
+        )
+        .api_route(
             "/api/v1/devices",
-            "Every device with its live state and apps",
-            Empty,
-            Json(schema::<Vec<DeviceView>>),
-            get(routes::list_devices),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/devices",
-            "Register a device's public key",
-            Json(schema::<RegisterDevice>),
-            Json(schema::<Recorded>),
-            post(routes::register_device),
-        ),
-        route(
-            Method::GET,
+            get_with(
+                routes::list_devices,
+                summary("Every device with its live state and apps"),
+            )
+            .post_with(
+                routes::register_device,
+                summary("Register a device's public key"),
+            ),
+        )
+        .api_route(
             "/api/v1/devices/{id}",
-            "One device",
-            Empty,
-            Json(schema::<DeviceView>),
-            get(routes::show_device),
-        ),
-        route(
-            Method::DELETE,
-            "/api/v1/devices/{id}",
-            "Decommission a device",
-            OptionalJson(schema::<Decommission>),
-            Json(schema::<Recorded>),
-            delete(routes::decommission_device),
-        ),
-        route(
-            Method::GET,
+            get_with(
+                routes::show_device,
+                summary("One device (not a decommissioned one)"),
+            )
+            .delete_with(
+                routes::decommission_device,
+                doc("Decommission a device (a reason may be given)", true),
+            ),
+        )
+        .api_route(
             "/api/v1/applications",
-            "Every application with its state per device",
-            Empty,
-            Json(schema::<Vec<ApplicationView>>),
-            get(routes::list_apps),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/applications",
-            "Create an application: `metadata` (JSON), `module` (WASM) and, when signed, \
-             `release` (JSON) parts",
-            Multipart(Some(schema::<NewApplication>)),
-            Json(schema::<Recorded>),
-            post(routes::create_app),
-        ),
-        route(
-            Method::GET,
+            get_with(
+                routes::list_apps,
+                summary("Every application with its state per device"),
+            )
+            .post_with(
+                routes::create_app,
+                summary(
+                    "Create an application: `metadata` (JSON), `module` (WASM) and, when \
+                         signed, `release` (JSON) parts",
+                ),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}",
-            "One application",
-            Empty,
-            Json(schema::<ApplicationView>),
-            get(routes::show_app),
-        ),
-        route(
-            Method::DELETE,
-            "/api/v1/applications/{id}",
-            "Stop and delete an application",
-            Empty,
-            Json(schema::<Recorded>),
-            delete(routes::delete_app),
-        ),
-        route(
-            Method::POST,
+            get_with(routes::show_app, summary("One application")).delete_with(
+                routes::delete_app,
+                summary("Stop and delete an application"),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}/deploy",
-            "Roll the latest version out to the target",
-            Empty,
-            Json(schema::<Recorded>),
-            post(routes::deploy_app),
-        ),
-        route(
-            Method::POST,
+            post_with(
+                routes::deploy_app,
+                summary("Roll the latest version out to the target"),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}/update",
-            "A new version: a `module` (WASM) part and, when signed, a `release` (JSON) part",
-            Multipart(None),
-            Json(schema::<Recorded>),
-            post(routes::update_app),
-        ),
-        route(
-            Method::POST,
+            post_with(
+                routes::update_app,
+                summary("A new version: a `module` (WASM) part and, when signed, a `release` part"),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}/stop",
-            "Stop it on every device",
-            Empty,
-            Json(schema::<Recorded>),
-            post(routes::stop_app),
-        ),
-        route(
-            Method::GET,
+            post_with(routes::stop_app, summary("Stop it on every device")),
+        )
+        .api_route(
             "/api/v1/publishers",
-            "The fleet's publisher keys and the serial of its trust chain",
-            Empty,
-            Json(schema::<TrustView>),
-            get(routes::show_trust),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/publishers",
-            "Trust a publisher key (after the first, with a rotation signed by a trusted key)",
-            Json(schema::<TrustPublisher>),
-            Json(schema::<Recorded>),
-            post(routes::trust_publisher),
-        ),
-        route(
-            Method::POST,
+            get_with(
+                routes::show_trust,
+                summary("The fleet's publisher keys and the serial of its trust chain"),
+            )
+            .post_with(
+                routes::trust_publisher,
+                summary("Trust a publisher key (after the first, with a signed rotation)"),
+            ),
+        )
+        .api_route(
             "/api/v1/publishers/revoke",
-            "Revoke a publisher key with a rotation signed by a trusted key",
-            Json(schema::<RevokePublisher>),
-            Json(schema::<Recorded>),
-            post(routes::revoke_publisher),
-        ),
-        route(
-            Method::GET,
+            post_with(
+                routes::revoke_publisher,
+                summary("Revoke a publisher key with a rotation signed by a trusted key"),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}/rollouts",
-            "The application's rollouts, newest first: waves, devices per state, each failure",
-            Empty,
-            Json(schema::<Vec<RolloutView>>),
-            get(rollouts::list),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/applications/{id}/rollouts",
-            "Start a staged rollout: `metadata` (JSON: waves, gate), `module` (WASM) and, when \
-             signed, `release` (JSON) parts",
-            Multipart(Some(schema::<NewRollout>)),
-            Json(schema::<RolloutStarted>),
-            post(rollouts::start),
-        ),
-        route(
-            Method::POST,
+            get_with(
+                rollouts::list,
+                summary("The application's rollouts, newest first: waves, devices, failures"),
+            )
+            .post_with(
+                rollouts::start,
+                summary(
+                    "Start a staged rollout: `metadata` (JSON: waves, gate), `module` (WASM) \
+                     and, when signed, `release` (JSON) parts",
+                ),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}/rollout/approve",
-            "Start the wave of the rollout in progress that waits for approval",
-            Empty,
-            Json(schema::<Recorded>),
-            post(rollouts::approve),
-        ),
-        route(
-            Method::POST,
+            post_with(
+                rollouts::approve,
+                summary("Start the wave of the rollout in progress that waits for approval"),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}/rollout/pause",
-            "Start no further wave of the rollout in progress until resumed",
-            Empty,
-            Json(schema::<Recorded>),
-            post(rollouts::pause),
-        ),
-        route(
-            Method::POST,
+            post_with(
+                rollouts::pause,
+                summary("Start no further wave of the rollout in progress until resumed"),
+            ),
+        )
+        .api_route(
             "/api/v1/applications/{id}/rollout/resume",
-            "Let a paused rollout go on",
-            Empty,
-            Json(schema::<Recorded>),
-            post(rollouts::resume),
-        ),
-        route(
-            Method::POST,
+            post_with(rollouts::resume, summary("Let a paused rollout go on")),
+        )
+        .api_route(
             "/api/v1/applications/{id}/rollout/abort",
-            "Abort the rollout in progress: every device that got the new version goes back",
-            OptionalJson(schema::<AbortReason>),
-            Json(schema::<Recorded>),
-            post(rollouts::abort),
-        ),
-        route(
-            Method::GET,
+            post_with(
+                rollouts::abort,
+                doc(
+                    "Abort the rollout in progress: every device that got the new version goes \
+                     back",
+                    true,
+                ),
+            ),
+        )
+        .api_route(
             "/api/v1/emulators",
-            "Emulated devices and what each is doing",
-            Empty,
-            Json(schema::<Vec<EmulatorView>>),
-            get(routes::list_emulators),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/emulators",
-            "Start a device's emulator (an MCU type of the catalogue)",
-            Json(schema::<NewEmulator>),
-            Json(schema::<Recorded>),
-            post(routes::start_emulator),
-        ),
-        route(
-            Method::DELETE,
+            get_with(
+                routes::list_emulators,
+                summary("Emulated devices and what each is doing"),
+            )
+            .post_with(
+                routes::start_emulator,
+                summary("Start a device's emulator (an MCU type of the catalogue)"),
+            ),
+        )
+        .api_route(
             "/api/v1/emulators/{id}",
-            "Stop a device's emulator",
-            Empty,
-            Json(schema::<Recorded>),
-            delete(routes::stop_emulator),
-        ),
-        route(
-            Method::POST,
+            delete_with(routes::stop_emulator, summary("Stop a device's emulator")),
+        )
+        .api_route(
             "/api/v1/emulators/{id}/restart",
-            "Restart a device's emulator",
-            Empty,
-            Json(schema::<Recorded>),
-            post(routes::restart_emulator),
-        ),
-        route(
-            Method::GET,
+            post_with(
+                routes::restart_emulator,
+                summary("Restart a device's emulator"),
+            ),
+        )
+        .api_route(
             "/api/v1/gateways",
-            "Gateways and the devices they hold",
-            Empty,
-            Json(schema::<Vec<GatewayView>>),
-            get(routes::list_gateways),
-        ),
-        route(
-            Method::GET,
+            get_with(
+                routes::list_gateways,
+                summary("Gateways and the devices they hold"),
+            ),
+        )
+        .api_route(
             "/api/v1/events",
-            "The log, paged (`after`, `limit`, `kind`, `id`)",
-            Empty,
-            Json(schema::<EventPage>),
-            get(routes::events),
-        ),
-        route(
-            Method::GET,
+            get_with(routes::events, summary("The log, paged")),
+        )
+        .api_route(
             "/api/v1/stream/events",
-            "The log, live (SSE; `id` is the sequence; `after` or Last-Event-ID resumes)",
-            Empty,
-            Events(schema::<LoggedEvent>),
-            get(streams::events),
-        ),
-        route(
-            Method::GET,
+            get_with(
+                streams::events,
+                summary(
+                    "The log, live (SSE; `id` is the sequence; `after` or Last-Event-ID resumes)",
+                ),
+            ),
+        )
+        .api_route(
             "/api/v1/stream/telemetry/{id}",
-            "One device's telemetry, live (SSE)",
-            Empty,
-            Events(schema::<TelemetryMessage>),
-            get(streams::telemetry),
-        ),
-        route(
-            Method::GET,
+            get_with(
+                streams::telemetry,
+                summary("One device's telemetry, live (SSE)"),
+            ),
+        )
+        .api_route(
             "/api/v1/stream/console/{id}",
-            "One device's UART text (`uart`) and log lines (`log`), live (SSE)",
-            Empty,
-            Events(schema::<String>),
-            get(streams::console),
-        ),
-    ]
+            get_with(
+                streams::console,
+                summary("One device's UART text (`uart`) and log lines (`log`), live (SSE)"),
+            ),
+        )
 }
 
-/// The router of `routes`, one entry per path.
-pub(crate) fn router(routes: Vec<Route>) -> axum::Router<Arc<Api>> {
-    let mut by_path: BTreeMap<&'static str, MethodRouter<Arc<Api>>> = BTreeMap::new();
-    for r in routes {
-        let merged = match by_path.remove(r.path) {
-            Some(existing) => existing.merge(r.handler),
-            None => r.handler,
-        };
-        by_path.insert(r.path, merged);
-    }
-    by_path
-        .into_iter()
-        .fold(axum::Router::new(), |router, (path, handler)| {
-            router.route(path, handler)
-        })
+/// What needs no token: the health check and the dashboard page (everything it shows needs
+/// the token).
+pub(crate) fn public_routes() -> ApiRouter<Arc<Api>> {
+    ApiRouter::new()
+        .api_route(
+            "/health",
+            get_with(health, |op| op.summary("Liveness (no token)")),
+        )
+        .api_route(
+            "/",
+            get_with(dashboard, |op| {
+                op.summary("The dashboard (HTML; the token goes in the URL fragment)")
+            }),
+        )
 }
 
-fn content(body: &Body, generator: &mut SchemaGenerator) -> Option<Value> {
-    Some(match body {
-        Body::Empty => return None,
-        Body::Json(s) | Body::OptionalJson(s) => {
-            json!({"application/json": {"schema": s(generator)}})
-        }
-        Body::Multipart(metadata) => {
-            let mut properties = json!({
-                "module": {"type": "string", "format": "binary"},
-                "release": schema::<SignedRelease>(generator).to_value(),
-            });
-            if let Some(s) = metadata {
-                properties["metadata"] = s(generator).to_value();
-            }
-            json!({"multipart/form-data": {"schema": {"type": "object", "properties": properties}}})
-        }
-        Body::Text => json!({"text/plain": {"schema": {"type": "string"}}}),
-        Body::Events(s) => json!({"text/event-stream": {"schema": s(generator)}}),
-    })
+async fn health() -> &'static str {
+    "ok\n"
 }
 
-/// The OpenAPI 3.0 document of `routes`.
-pub(crate) fn document(routes: &[Route]) -> Value {
-    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
-    let error = schema::<ErrorBody>(&mut generator).to_value();
-    let mut paths = serde_json::Map::new();
-    for r in routes {
-        let mut operation = json!({
-            "summary": r.summary,
-            "security": [{"bearer": []}],
-            "responses": {
-                "200": {"description": "done"},
-                "400": {"description": "bad request; the message names the field", "content": {"application/json": {"schema": error}}},
-                "401": {"description": "no or unknown token"},
-                "403": {"description": "read-only token"},
-            },
-        });
-        if let Some(c) = content(&r.response, &mut generator) {
-            operation["responses"]["200"]["content"] = c;
-        }
-        if let Some(c) = content(&r.request, &mut generator) {
-            let required = !matches!(r.request, Body::OptionalJson(_));
-            operation["requestBody"] = json!({"required": required, "content": c});
-        }
-        if r.path.contains("{id}") {
-            operation["parameters"] = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-        }
-        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
-        entry[r.method.as_str().to_lowercase()] = operation;
-    }
-    paths.insert(
-        "/".to_owned(),
-        json!({"get": {"summary": "The dashboard (HTML; the token goes in the URL fragment)", "responses": {"200": {"description": "the page"}}}}),
-    );
-    paths.insert(
-        "/health".to_owned(),
-        json!({"get": {"summary": "Liveness (no token)", "responses": {"200": {"description": "ok"}}}}),
-    );
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "Wasmbed api", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {
-            "schemas": generator.take_definitions(true),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+/// The dashboard: one page, no build step; it reads the api with the token from its URL
+/// fragment (`/#token=…`) or its token field.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../dashboard/index.html"))
+}
+
+/// The routes as an axum router, and their document.
+pub(crate) fn router(routes: ApiRouter<Arc<Api>>) -> (axum::Router<Arc<Api>>, Arc<OpenApi>) {
+    let mut api = OpenApi {
+        info: Info {
+            title: "Wasmbed api".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Info::default()
         },
-    })
+        ..OpenApi::default()
+    };
+    let router = routes.finish_api_with(&mut api, |doc| {
+        doc.security_scheme(
+            "bearer",
+            SecurityScheme::Http {
+                scheme: "bearer".to_owned(),
+                bearer_format: None,
+                description: Some(
+                    "A configured token (read-only tokens may only GET); SSE clients may pass \
+                     `?token=` instead"
+                        .to_owned(),
+                ),
+                extensions: Default::default(),
+            },
+        )
+    });
+    let api = Arc::new(api);
+    (router.layer(Extension(api.clone())), api)
 }
 
-async fn openapi_json() -> axum::Json<Value> {
-    axum::Json(document(&routes()))
+async fn openapi_json(Extension(api): Extension<Arc<OpenApi>>) -> axum::Json<OpenApi> {
+    axum::Json(OpenApi::clone(&api))
 }

@@ -5,24 +5,23 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Multipart, Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::State;
 use wasmbed_schemas::command::{
-    AbortRollout, ApproveRollout, PauseRollout, ResumeRollout, StartRollout,
+    AbortRollout, ApproveRollout, PauseRollout, ResumeRollout, RolloutStarted, StartRollout,
 };
 use wasmbed_schemas::rest::{AbortReason, NewRollout, Recorded, RolloutView};
 use wasmbed_schemas::rollout::{DEFAULT_SOAK_MS, MaxFailures, parse_waves};
 
 use crate::Api;
 use crate::error::ApiError;
+use crate::io::{AppPath, Created, InPath, UploadBody};
 use crate::routes::{app_id, forward, read_upload, send, store_module};
 
 type S = State<Arc<Api>>;
 
 pub(crate) async fn list(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<Vec<RolloutView>>, ApiError> {
     let app = app_id(&id)?;
     let view = api.view();
@@ -42,9 +41,9 @@ fn parse(metadata: &[u8]) -> Result<NewRollout, ApiError> {
 
 pub(crate) async fn start(
     State(api): S,
-    Path(id): Path<String>,
-    multipart: Multipart,
-) -> Result<impl IntoResponse, ApiError> {
+    InPath(AppPath { id }): InPath<AppPath>,
+    UploadBody(multipart, _): UploadBody<(NewRollout,)>,
+) -> Result<Created<RolloutStarted>, ApiError> {
     let app_id = app_id(&id)?;
     let upload = read_upload(multipart).await?;
     let metadata = upload
@@ -77,12 +76,12 @@ pub(crate) async fn start(
     )
     .await?;
     api.wait_for(started.sequence).await;
-    Ok((StatusCode::CREATED, Json(started)))
+    Ok(Created(started))
 }
 
 pub(crate) async fn approve(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -95,7 +94,7 @@ pub(crate) async fn approve(
 
 pub(crate) async fn pause(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -108,7 +107,7 @@ pub(crate) async fn pause(
 
 pub(crate) async fn resume(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -121,7 +120,7 @@ pub(crate) async fn resume(
 
 pub(crate) async fn abort(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
     json: Option<Json<AbortReason>>,
 ) -> Result<Json<Recorded>, ApiError> {
     let reason = json.and_then(|Json(body)| body.reason);

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use std::marker::PhantomData;
+
+use axum::extract::{Multipart, Query, State};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use wasmbed_bus::call;
 use wasmbed_eventlog::modules::{MAX_MODULE_LEN, upload_module};
@@ -27,6 +28,7 @@ use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 
 use crate::Api;
 use crate::error::ApiError;
+use crate::io::{AppPath, Created, DevicePath, InPath, JsonList, PrometheusText, UploadBody};
 
 type S = State<Arc<Api>>;
 
@@ -51,18 +53,18 @@ pub(crate) fn app_id(raw: &str) -> Result<AppId, ApiError> {
 }
 
 /// A cached list as a JSON response.
-fn json_list(
+fn json_list<T>(
     api: &Api,
     name: &'static str,
     render: impl FnOnce(&wasmbed_fleet::Fleet) -> serde_json::Result<Vec<u8>>,
-) -> Result<axum::response::Response, ApiError> {
+) -> Result<JsonList<T>, ApiError> {
     let bytes = api
         .cached_list(name, render)
         .map_err(|e| ApiError::Unavailable(format!("encoding: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+    Ok(JsonList(bytes, PhantomData))
 }
 
-pub(crate) async fn list_devices(State(api): S) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn list_devices(State(api): S) -> Result<JsonList<DeviceView>, ApiError> {
     json_list(&api, "devices", |view| {
         serde_json::to_vec(&view.device_views().collect::<Vec<DeviceView>>())
     })
@@ -70,7 +72,7 @@ pub(crate) async fn list_devices(State(api): S) -> Result<impl IntoResponse, Api
 
 pub(crate) async fn show_device(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(DevicePath { id }): InPath<DevicePath>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let id = device_id(&id)?;
     api.view()
@@ -82,22 +84,19 @@ pub(crate) async fn show_device(
 pub(crate) async fn register_device(
     State(api): S,
     json: Result<Json<RegisterDevice>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Created<Recorded>, ApiError> {
     let command = body(json)?;
     let accepted = send(&api, &command).await?;
     api.wait_for(accepted.sequence).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(Recorded {
-            sequence: accepted.sequence,
-            sha256: None,
-        }),
-    ))
+    Ok(Created(Recorded {
+        sequence: accepted.sequence,
+        sha256: None,
+    }))
 }
 
 pub(crate) async fn decommission_device(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(DevicePath { id }): InPath<DevicePath>,
     json: Option<Json<Decommission>>,
 ) -> Result<Json<Recorded>, ApiError> {
     let reason = json
@@ -110,7 +109,7 @@ pub(crate) async fn decommission_device(
     forward(&api, command).await
 }
 
-pub(crate) async fn list_apps(State(api): S) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn list_apps(State(api): S) -> Result<JsonList<ApplicationView>, ApiError> {
     json_list(&api, "applications", |view| {
         serde_json::to_vec(&view.app_views().collect::<Vec<ApplicationView>>())
     })
@@ -118,7 +117,7 @@ pub(crate) async fn list_apps(State(api): S) -> Result<impl IntoResponse, ApiErr
 
 pub(crate) async fn show_app(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<ApplicationView>, ApiError> {
     let id = app_id(&id)?;
     api.view()
@@ -192,8 +191,8 @@ pub const DEFAULT_LIMITS: Limits = Limits {
 
 pub(crate) async fn create_app(
     State(api): S,
-    multipart: Multipart,
-) -> Result<impl IntoResponse, ApiError> {
+    UploadBody(multipart, _): UploadBody<(NewApplication,)>,
+) -> Result<Created<Recorded>, ApiError> {
     let upload = read_upload(multipart).await?;
     let metadata = upload
         .metadata
@@ -212,19 +211,16 @@ pub(crate) async fn create_app(
     };
     let accepted = send(&api, &command).await?;
     api.wait_for(accepted.sequence).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(Recorded {
-            sequence: accepted.sequence,
-            sha256: Some(sha256),
-        }),
-    ))
+    Ok(Created(Recorded {
+        sequence: accepted.sequence,
+        sha256: Some(sha256),
+    }))
 }
 
 pub(crate) async fn update_app(
     State(api): S,
-    Path(id): Path<String>,
-    multipart: Multipart,
+    InPath(AppPath { id }): InPath<AppPath>,
+    UploadBody(multipart, _): UploadBody<()>,
 ) -> Result<Json<Recorded>, ApiError> {
     let app_id = app_id(&id)?;
     let upload = read_upload(multipart).await?;
@@ -278,7 +274,7 @@ pub(crate) async fn revoke_publisher(
 
 pub(crate) async fn deploy_app(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -291,7 +287,7 @@ pub(crate) async fn deploy_app(
 
 pub(crate) async fn stop_app(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -304,7 +300,7 @@ pub(crate) async fn stop_app(
 
 pub(crate) async fn delete_app(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(AppPath { id }): InPath<AppPath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -322,7 +318,7 @@ pub(crate) async fn list_emulators(State(api): S) -> Json<Vec<EmulatorView>> {
 pub(crate) async fn start_emulator(
     State(api): S,
     json: Result<Json<NewEmulator>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Created<Recorded>, ApiError> {
     let new = body(json)?;
     let command = StartEmulator {
         device_id: new.device_id,
@@ -330,13 +326,13 @@ pub(crate) async fn start_emulator(
         simulated: new.simulated,
         labels: new.labels,
     };
-    let recorded = forward(&api, command).await?;
-    Ok((StatusCode::CREATED, recorded))
+    let Json(recorded) = forward(&api, command).await?;
+    Ok(Created(recorded))
 }
 
 pub(crate) async fn stop_emulator(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(DevicePath { id }): InPath<DevicePath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -349,7 +345,7 @@ pub(crate) async fn stop_emulator(
 
 pub(crate) async fn restart_emulator(
     State(api): S,
-    Path(id): Path<String>,
+    InPath(DevicePath { id }): InPath<DevicePath>,
 ) -> Result<Json<Recorded>, ApiError> {
     forward(
         &api,
@@ -365,7 +361,7 @@ pub(crate) async fn list_gateways(State(api): S) -> Json<Vec<GatewayView>> {
 }
 
 /// `GET /api/v1/events` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventQuery {
     /// Events after this sequence (0: from the start).
@@ -441,7 +437,7 @@ pub(crate) async fn events(
     }))
 }
 
-pub(crate) async fn metrics(State(api): S) -> impl IntoResponse {
+pub(crate) async fn metrics(State(api): S) -> PrometheusText {
     let view = api.view();
     let text = format!(
         "# HELP wasmbed_devices Devices known to the fleet.\n\
@@ -465,5 +461,5 @@ pub(crate) async fn metrics(State(api): S) -> impl IntoResponse {
         view.running(),
         view.sequence
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    PrometheusText(text)
 }

@@ -5,7 +5,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use std::marker::PhantomData;
+
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
@@ -17,9 +19,10 @@ use wasmbed_schemas::{AppId, DeviceId};
 
 use crate::Api;
 use crate::error::ApiError;
+use crate::io::{DevicePath, EventStream, InPath};
 
 type Boxed = std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>>;
-type Events = Sse<axum::response::sse::KeepAliveStream<Boxed>>;
+pub(crate) type Events = Sse<axum::response::sse::KeepAliveStream<Boxed>>;
 
 fn sse(stream: impl Stream<Item = SseEvent> + Send + 'static) -> Events {
     let boxed: Boxed = Box::pin(stream.map(Ok));
@@ -27,7 +30,7 @@ fn sse(stream: impl Stream<Item = SseEvent> + Send + 'static) -> Events {
 }
 
 /// `GET /api/v1/stream/events` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub(crate) struct StreamQuery {
     /// Start after this sequence (default: the live end). `Last-Event-ID` does the same.
     after: Option<u64>,
@@ -41,7 +44,7 @@ pub(crate) async fn events(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Events, ApiError> {
+) -> Result<EventStream<LoggedEvent>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
     let resume = headers
         .get("last-event-id")
@@ -72,7 +75,7 @@ pub(crate) async fn events(
             }
         }
     });
-    Ok(sse(stream))
+    Ok(EventStream(sse(stream), PhantomData))
 }
 
 fn device(raw: &str) -> Result<DeviceId, ApiError> {
@@ -89,8 +92,8 @@ async fn subscribe(api: &Api, subject: String) -> Result<async_nats::Subscriber,
 /// One device's telemetry, live.
 pub(crate) async fn telemetry(
     State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
-) -> Result<Events, ApiError> {
+    InPath(DevicePath { id }): InPath<DevicePath>,
+) -> Result<EventStream<TelemetryMessage>, ApiError> {
     let id = device(&id)?;
     let messages = subscribe(&api, subject::telemetry_of_device(&id)).await?;
     let stream = messages.filter_map(|m| async move {
@@ -111,15 +114,15 @@ pub(crate) async fn telemetry(
             .json_data(message)
             .ok()
     });
-    Ok(sse(stream))
+    Ok(EventStream(sse(stream), PhantomData))
 }
 
 /// One device's emulator UART output and log lines, live (`event: uart` with the raw text,
 /// `event: log` with a `DeviceLogLine`).
 pub(crate) async fn console(
     State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
-) -> Result<Events, ApiError> {
+    InPath(DevicePath { id }): InPath<DevicePath>,
+) -> Result<EventStream<String>, ApiError> {
     let id = device(&id)?;
     let uart = subscribe(&api, subject::emulator_uart(&id))
         .await?
@@ -133,5 +136,8 @@ pub(crate) async fn console(
             .event("log")
             .data(String::from_utf8_lossy(&m.payload))
     });
-    Ok(sse(futures::stream::select(uart, logs)))
+    Ok(EventStream(
+        sse(futures::stream::select(uart, logs)),
+        PhantomData,
+    ))
 }

@@ -772,7 +772,7 @@ async fn the_openapi_document_describes_exactly_the_routes_served() {
     .await;
     let (status, doc) = get(api, "/api/openapi.json").await;
     assert_eq!(status, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     let mut operations = Vec::new();
     for (path, methods) in paths {
