@@ -121,7 +121,7 @@ impl Sent {
             return None;
         };
         let next = stream
-            .direct_get_next_for_subject(self.subject.as_str(), Some(version + 1))
+            .direct_get_next_for_subject(self.subject.as_str(), Some(version.saturating_add(1)))
             .await
             .ok()?;
         let id = next.headers.get(header::MSG_ID)?;

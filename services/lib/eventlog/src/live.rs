@@ -182,7 +182,7 @@ impl LiveReader {
             (0, DeliverPolicy::ByStartSequence { start_sequence }) => start_sequence,
             // Started at a time or at the end: nothing to compare with before a first message.
             (0, _) => return false,
-            (last, _) => last + 1,
+            (last, _) => last.saturating_add(1),
         };
         let filters = match self.filter_subjects.as_slice() {
             [] => vec![">".to_owned()],
@@ -274,7 +274,7 @@ pub(crate) fn after_sequence(after: u64) -> DeliverPolicy {
     match after {
         0 => DeliverPolicy::All,
         after => DeliverPolicy::ByStartSequence {
-            start_sequence: after + 1,
+            start_sequence: after.saturating_add(1),
         },
     }
 }
