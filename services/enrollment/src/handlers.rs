@@ -160,7 +160,15 @@ async fn register_device(state: State, c: RegisterDevice) -> Result<Accepted, Co
             }
         }
         if let Some(existing) = registry.get(&c.device_id) {
-            return if existing.public_key == c.public_key {
+            return if existing.decommissioned {
+                Err(refuse(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "device_id {} was decommissioned; an id is not used again",
+                        c.device_id
+                    ),
+                ))
+            } else if existing.public_key == c.public_key {
                 // A retry of the same registration.
                 Ok(Accepted {
                     sequence: existing.version,

@@ -158,6 +158,9 @@ async fn unknown_and_decommissioned_keys_are_refused_with_an_audit_event() {
     )
     .await
     .unwrap();
+    // Its id is not registered again, not even with the same key.
+    let again = call(&client, &register("dev-2", 2), T).await.unwrap_err();
+    assert_eq!(refusal_code(again), ErrorCode::AlreadyExists);
     let decision = call(&client, &authorize(2, None), T).await.unwrap();
     assert!(matches!(
         decision,
