@@ -247,6 +247,7 @@ impl<M: UploadMetadata> OperationInput for UploadBody<M> {
             "type": "object",
             "properties": properties,
             "required": required,
+            "additionalProperties": false,
         });
         let mut media = media(schema);
         for (part, content_type) in [
@@ -271,6 +272,34 @@ impl<M: UploadMetadata> OperationInput for UploadBody<M> {
                 extensions: IndexMap::default(),
             },
         );
+    }
+}
+
+/// A JSON body that may be left out (empty); one that does not parse is a JSON 400.
+pub(crate) struct OptionalBody<T>(pub(crate) Option<T>);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = bytes::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("request body: {}", e.body_text())))?;
+        if bytes.is_empty() {
+            return Ok(Self(None));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|body| Self(Some(body)))
+            .map_err(|e| ApiError::BadRequest(format!("request body: {e}")))
+    }
+}
+
+impl<T: JsonSchema> OperationInput for OptionalBody<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        axum::Json::<T>::operation_input(ctx, operation);
+        if let Some(aide::openapi::ReferenceOr::Item(body)) = operation.request_body.as_mut() {
+            body.required = false;
+        }
     }
 }
 

@@ -10,27 +10,22 @@ use aide::axum::routing::{delete_with, get_with, post_with};
 use aide::openapi::{Info, OpenApi, SecurityScheme};
 use aide::transform::TransformOperation;
 use axum::Extension;
+use wasmbed_schemas::rest::ErrorBody;
 
 use crate::{Api, rollouts, routes, streams};
 
-/// A summary, and the request body marked optional when `optional`.
-fn doc(
-    summary: &'static str,
-    optional_body: bool,
-) -> impl FnOnce(TransformOperation) -> TransformOperation {
-    move |mut op| {
-        if optional_body
-            && let Some(aide::openapi::ReferenceOr::Item(body)) =
-                op.inner_mut().request_body.as_mut()
-        {
-            body.required = false;
-        }
-        op.summary(summary).security_requirement("bearer")
-    }
-}
-
+/// A route that needs a token: its summary, and the answers of the token check.
 fn summary(text: &'static str) -> impl FnOnce(TransformOperation) -> TransformOperation {
-    doc(text, false)
+    move |op| {
+        op.summary(text)
+            .security_requirement("bearer")
+            .response_with::<401, axum::Json<ErrorBody>, _>(|r| {
+                r.description("no token, or not a configured one")
+            })
+            .response_with::<403, axum::Json<ErrorBody>, _>(|r| {
+                r.description("a read-only token, or the service refused the caller")
+            })
+    }
 }
 
 /// Every route that needs a token (`/health` and the dashboard are outside).
@@ -66,7 +61,7 @@ pub(crate) fn routes() -> ApiRouter<Arc<Api>> {
             )
             .delete_with(
                 routes::decommission_device,
-                doc("Decommission a device (a reason may be given)", true),
+                summary("Decommission a device (a reason may be given)"),
             ),
         )
         .api_route(
@@ -162,10 +157,9 @@ pub(crate) fn routes() -> ApiRouter<Arc<Api>> {
             "/api/v1/applications/{id}/rollout/abort",
             post_with(
                 rollouts::abort,
-                doc(
+                summary(
                     "Abort the rollout in progress: every device that got the new version goes \
                      back",
-                    true,
                 ),
             ),
         )

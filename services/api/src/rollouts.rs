@@ -14,7 +14,7 @@ use wasmbed_schemas::rollout::{DEFAULT_SOAK_MS, MaxFailures, parse_waves};
 
 use crate::Api;
 use crate::error::ApiError;
-use crate::io::{AppPath, Created, InPath, UploadBody};
+use crate::io::{AppPath, Created, InPath, OptionalBody, UploadBody};
 use crate::routes::{app_id, forward, read_upload, send, store_module};
 
 type S = State<Arc<Api>>;
@@ -121,9 +121,9 @@ pub(crate) async fn resume(
 pub(crate) async fn abort(
     State(api): S,
     InPath(AppPath { id }): InPath<AppPath>,
-    json: Option<Json<AbortReason>>,
+    OptionalBody(body): OptionalBody<AbortReason>,
 ) -> Result<Json<Recorded>, ApiError> {
-    let reason = json.and_then(|Json(body)| body.reason);
+    let reason = body.and_then(|body| body.reason);
     forward(
         &api,
         AbortRollout {

@@ -21,14 +21,16 @@ use wasmbed_schemas::command::{
 use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::release::SignedRelease;
 use wasmbed_schemas::rest::{
-    ApplicationView, Decommission, DeviceView, EmulatorView, EventPage, GatewayView, LoggedEvent,
-    NewApplication, NewEmulator, Recorded, TrustView,
+    ApplicationView, Decommission, DeviceState, DeviceView, EmulatorView, EventPage, GatewayView,
+    LoggedEvent, NewApplication, NewEmulator, Recorded, TrustView,
 };
 use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 
 use crate::Api;
 use crate::error::ApiError;
-use crate::io::{AppPath, Created, DevicePath, InPath, JsonList, PrometheusText, UploadBody};
+use crate::io::{
+    AppPath, Created, DevicePath, InPath, JsonList, OptionalBody, PrometheusText, UploadBody,
+};
 
 type S = State<Arc<Api>>;
 
@@ -75,10 +77,15 @@ pub(crate) async fn show_device(
     InPath(DevicePath { id }): InPath<DevicePath>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let id = device_id(&id)?;
-    api.view()
-        .device_view(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))
+    match api.view().device_view(&id) {
+        Some(view) if view.state == DeviceState::Decommissioned => {
+            Err(ApiError::NotFound(format!(
+                "device {id} is decommissioned; its history: /api/v1/events?kind=device&id={id}"
+            )))
+        }
+        Some(view) => Ok(Json(view)),
+        None => Err(ApiError::NotFound(format!("no device {id}"))),
+    }
 }
 
 pub(crate) async fn register_device(
@@ -97,10 +104,10 @@ pub(crate) async fn register_device(
 pub(crate) async fn decommission_device(
     State(api): S,
     InPath(DevicePath { id }): InPath<DevicePath>,
-    json: Option<Json<Decommission>>,
+    OptionalBody(body): OptionalBody<Decommission>,
 ) -> Result<Json<Recorded>, ApiError> {
-    let reason = json
-        .and_then(|Json(d)| d.reason)
+    let reason = body
+        .and_then(|d| d.reason)
         .unwrap_or_else(|| "decommissioned through the api".to_owned());
     let command = DecommissionDevice {
         device_id: device_id(&id)?,
@@ -360,30 +367,37 @@ pub(crate) async fn list_gateways(State(api): S) -> Json<Vec<GatewayView>> {
     Json(api.view().gateway_views())
 }
 
+/// An aggregate id as `GET /api/v1/events` takes it: an id, or `app.device` for a deployment
+/// or a rollout.
+const AGGREGATE_ID_PATTERN: &str =
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$";
+
 /// `GET /api/v1/events` parameters.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventQuery {
     /// Events after this sequence (0: from the start).
     #[serde(default)]
+    #[schemars(range(max = u64::MAX))]
     after: u64,
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<usize>,
-    /// Only this aggregate kind (`device`, `application`, `deployment`, `gateway`, `emulator`).
-    kind: Option<String>,
-    /// Only this aggregate id within `kind` (`app.device` for a deployment).
+    /// Only this aggregate kind.
+    kind: Option<AggregateKind>,
+    /// Only aggregates with this id (of `kind`, or of any kind): an id, or `app.device` for a
+    /// deployment or a rollout.
+    #[schemars(regex(pattern = AGGREGATE_ID_PATTERN))]
     id: Option<String>,
     /// The token, for clients that cannot set headers.
     #[allow(dead_code)]
     token: Option<String>,
 }
 
-fn kind_of(raw: &str) -> Result<AggregateKind, ApiError> {
-    serde_json::from_value(serde_json::Value::String(raw.to_owned())).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "kind {raw:?}: one of device, application, deployment, gateway, emulator, rollout"
-        ))
-    })
+/// Whether `id` is an aggregate id (what [`AGGREGATE_ID_PATTERN`] says).
+fn is_aggregate_id(id: &str) -> bool {
+    let tokens: Vec<&str> = id.split('.').collect();
+    tokens.len() <= 2 && tokens.iter().all(|t| DeviceId::new(*t).is_ok())
 }
 
 pub(crate) async fn events(
@@ -395,29 +409,19 @@ pub(crate) async fn events(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::BadRequest("limit: between 1 and 1000".to_owned()));
     }
-    let filter = match (q.kind.as_deref(), q.id.as_deref()) {
+    let kind = q.kind.map_or("*", AggregateKind::as_str);
+    let filter = match (q.kind, q.id.as_deref()) {
         (None, None) => None,
-        (Some(kind), None) => Some(subject::events_of_kind(kind_of(kind)?)),
-        (Some(kind), Some(id)) => {
-            let kind = kind_of(kind)?;
-            let valid = id.split('.').all(|t| DeviceId::new(t).is_ok())
-                && id.split('.').count()
-                    == if matches!(kind, AggregateKind::Deployment | AggregateKind::Rollout) {
-                        2
-                    } else {
-                        1
-                    };
-            if !valid {
-                return Err(ApiError::BadRequest(format!(
-                    "id {id:?} is not an id of {kind:?}"
-                )));
-            }
-            Some(format!(
-                "{}.{id}",
-                subject::events_of_kind(kind).trim_end_matches(".>")
-            ))
+        (Some(kind), None) => Some(subject::events_of_kind(kind)),
+        (_, Some(id)) if is_aggregate_id(id) => {
+            let events = subject::EVENTS_ALL.trim_end_matches(".>");
+            Some(format!("{events}.{kind}.{id}"))
         }
-        (None, Some(_)) => return Err(ApiError::BadRequest("id: needs kind".to_owned())),
+        (_, Some(id)) => {
+            return Err(ApiError::BadRequest(format!(
+                "id {id:?}: an id, or app.device for a deployment or a rollout"
+            )));
+        }
     };
     let events = api
         .log

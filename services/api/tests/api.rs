@@ -363,8 +363,33 @@ async fn devices_are_registered_listed_shown_and_decommissioned() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (_, shown) = get(api, "/api/v1/devices/dev-1").await;
-    assert_eq!(shown["state"], "decommissioned");
+    // Gone from its own address (404, as after any DELETE); still in the list, as
+    // decommissioned, and its history in the log.
+    let (status, shown) = get(api, "/api/v1/devices/dev-1").await;
+    assert_eq!(status, 404, "{shown}");
+    assert!(
+        shown["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("decommissioned")
+    );
+    let (_, list) = get(api, "/api/v1/devices").await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == "dev-1")
+        .unwrap();
+    assert_eq!(listed["state"], "decommissioned");
+    let (_, history) = get(api, "/api/v1/events?kind=device&id=dev-1").await;
+    assert!(
+        history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["envelope"]["event"]["type"] == "DeviceDecommissioned"),
+        "{history}"
+    );
     sim.stop().await;
 }
 
@@ -593,11 +618,19 @@ async fn the_log_is_paged_and_filtered() {
         &types[..3],
         ["DeviceRegistered", "DeviceEnrolled", "DeviceConnected"]
     );
+    // The largest sequence there is: nothing after it (found by schemathesis: it overflowed).
+    let (status, none) = get(api, "/api/v1/events?after=18446744073709551615").await;
+    assert_eq!(status, 200, "{none}");
+    assert_eq!(none["events"], json!([]));
+    // An id alone: whatever has that id, of any kind.
+    let (status, any) = get(api, "/api/v1/events?id=dev-1").await;
+    assert_eq!(status, 200, "{any}");
+    assert_eq!(any["events"], device["events"]);
     for bad in [
         "/api/v1/events?limit=0",
         "/api/v1/events?kind=planet",
-        "/api/v1/events?id=dev-1",
-        "/api/v1/events?kind=deployment&id=dev-1",
+        "/api/v1/events?id=Dev_1",
+        "/api/v1/events?kind=deployment&id=a.b.c",
         "/api/v1/events?after=minus",
     ] {
         let (status, body) = get(api, bad).await;
