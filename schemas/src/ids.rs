@@ -92,7 +92,7 @@ macro_rules! id_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -141,6 +141,12 @@ mod tests {
             expected,
             "input {input:?}"
         );
+    }
+
+    #[test]
+    fn an_id_honours_width_and_alignment() {
+        let id = DeviceId::new("ab").unwrap();
+        assert_eq!(format!("{id:<5}|{id:>4}|{id}"), "ab   |  ab|ab");
     }
 
     #[test]
