@@ -23,6 +23,8 @@ use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 
 use crate::device::{Bus, fleet, humantime_secs, phase_text};
 use crate::release::SigningArgs;
+use crate::table::Table;
+use crate::tail::Output;
 
 #[derive(Subcommand)]
 pub enum AppCommand {
@@ -30,8 +32,13 @@ pub enum AppCommand {
     Deploy {
         #[command(flatten)]
         bus: Bus,
-        /// The WASM module.
-        file: PathBuf,
+        /// The WASM module (or `--example NAME`).
+        #[arg(required_unless_present = "example", conflicts_with = "example")]
+        file: Option<PathBuf>,
+        /// One of the example modules built into this binary: `counter`, `sensor` or `spin`
+        /// (their sources are in `apps/`).
+        #[arg(long, value_parser = example_names())]
+        example: Option<String>,
         /// Where: `all`, device ids (`dev-1,dev-2`), or labels (`label:room=lab,floor=2`).
         #[arg(long)]
         to: String,
@@ -61,6 +68,9 @@ pub enum AppCommand {
     List {
         #[command(flatten)]
         bus: Bus,
+        /// How to print.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Stop an application on every device.
     Stop {
@@ -100,11 +110,39 @@ fn target(to: &str) -> Result<Target> {
     Ok(Target::Devices(ids))
 }
 
+/// The names `--example` takes.
+fn example_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        wasmbed_example_apps::ALL.iter().map(|(name, _)| *name),
+    )
+}
+
+/// The module to deploy, and the name its default app id comes from: the file's stem, or the
+/// example's name.
+fn module_of(file: Option<&std::path::Path>, example: Option<&str>) -> Result<(Vec<u8>, String)> {
+    if let Some(name) = example {
+        let (name, module) = wasmbed_example_apps::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .with_context(|| format!("--example {name}: no such example"))?;
+        return Ok((module.to_vec(), (*name).to_owned()));
+    }
+    let file = file.context("a module file or --example NAME")?;
+    let module = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((module, stem))
+}
+
 pub async fn run(command: AppCommand) -> Result<()> {
     match command {
         AppCommand::Deploy {
             bus,
             file,
+            example,
             to,
             app_id,
             config,
@@ -115,18 +153,11 @@ pub async fn run(command: AppCommand) -> Result<()> {
             signing,
         } => {
             let target = target(&to)?;
-            let module =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (module, stem) = module_of(file.as_deref(), example.as_deref())?;
             let app_id = match app_id.or(signing.given_app()?) {
                 Some(id) => id,
-                None => {
-                    let stem = file
-                        .file_stem()
-                        .and_then(|s| s.to_str())
-                        .unwrap_or_default();
-                    AppId::new(stem.to_lowercase().replace('_', "-"))
-                        .with_context(|| format!("{stem:?} is no app id; pass --app-id"))?
-                }
+                None => AppId::new(stem.to_lowercase().replace('_', "-"))
+                    .with_context(|| format!("{stem:?} is no app id; pass --app-id"))?,
             };
             let limits = Limits {
                 fuel_per_invocation: fuel,
@@ -142,9 +173,15 @@ pub async fn run(command: AppCommand) -> Result<()> {
             };
             deploy(&bus, new, &signing, wait).await
         }
-        AppCommand::List { bus } => {
+        AppCommand::List { bus, output } => {
             let view = fleet(&bus.connect().await?).await?;
-            println!("{:<24} {:<10} {:<9} DEVICES", "APP", "DESIRED", "VERSIONS");
+            if let Output::Json = output {
+                for app in view.app_views() {
+                    println!("{}", serde_json::to_string(&app)?);
+                }
+                return Ok(());
+            }
+            let mut table = Table::new(&["APP", "DESIRED", "VERSIONS", "DEVICES"]);
             let now = chrono::Utc::now();
             for app in view.app_views() {
                 let desired = match app.desired {
@@ -156,14 +193,14 @@ pub async fn run(command: AppCommand) -> Result<()> {
                     .iter()
                     .map(|(d, dep)| format!("{d}:{}", phase_text(dep, now)))
                     .collect();
-                println!(
-                    "{:<24} {:<10} {:<9} {}",
-                    app.app_id,
+                table.row(vec![
+                    app.app_id.to_string(),
                     desired,
-                    app.versions.len(),
-                    devices.join(",")
-                );
+                    app.versions.len().to_string(),
+                    devices.join(","),
+                ]);
             }
+            table.print();
             Ok(())
         }
         AppCommand::Stop { bus, app_id } => {

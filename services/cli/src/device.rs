@@ -13,6 +13,7 @@ use wasmbed_schemas::command::RegisterDevice;
 use wasmbed_schemas::rest::{DeploymentView, DeviceView};
 use wasmbed_schemas::{DeviceId, PublicKey};
 
+use crate::table::Table;
 use crate::tail::Output;
 
 /// Where the system is.
@@ -139,24 +140,23 @@ pub fn phase_text(dep: &DeploymentView, now: DateTime<Utc>) -> String {
     format!("{phase}? (last report {age} ago)")
 }
 
-fn line(d: &DeviceView, now: DateTime<Utc>) -> String {
+fn row(d: &DeviceView, now: DateTime<Utc>) -> Vec<String> {
     let apps: Vec<String> = d
         .apps
         .iter()
         .map(|(app, dep)| format!("{app}@{}:{}", dep.version, phase_text(dep, now)))
         .collect();
-    format!(
-        "{:<24} {:<14} {:<12} {:<14} {}",
-        d.device_id,
+    vec![
+        d.device_id.to_string(),
         format!("{:?}", d.state).to_lowercase(),
-        d.gateway_id.as_ref().map_or("-", |g| g.as_str()),
-        d.mcu.as_deref().unwrap_or("-"),
+        d.gateway_id.as_ref().map_or("-", |g| g.as_str()).to_owned(),
+        d.mcu.as_deref().unwrap_or("-").to_owned(),
         if apps.is_empty() {
             "-".to_owned()
         } else {
             apps.join(",")
-        }
-    )
+        },
+    ]
 }
 
 pub async fn run(command: DeviceCommand) -> Result<()> {
@@ -189,14 +189,12 @@ pub async fn run(command: DeviceCommand) -> Result<()> {
                     }
                 }
                 Output::Text => {
-                    println!(
-                        "{:<24} {:<14} {:<12} {:<14} APPS",
-                        "DEVICE", "STATE", "GATEWAY", "MCU"
-                    );
+                    let mut table = Table::new(&["DEVICE", "STATE", "GATEWAY", "MCU", "APPS"]);
                     let now = Utc::now();
                     for d in view.device_views() {
-                        println!("{}", line(&d, now));
+                        table.row(row(&d, now));
                     }
+                    table.print();
                 }
             }
         }

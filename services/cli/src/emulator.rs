@@ -46,6 +46,9 @@ pub enum EmulatorCommand {
     List {
         #[command(flatten)]
         bus: Bus,
+        /// How to print.
+        #[arg(long, value_enum, default_value_t = crate::tail::Output::Text)]
+        output: crate::tail::Output,
     },
 }
 
@@ -94,12 +97,21 @@ pub async fn run(command: EmulatorCommand) -> Result<()> {
                 .with_context(|| format!("restarting {device}"))?;
             println!("{device}: restarted, event {}", accepted.sequence);
         }
-        EmulatorCommand::List { bus } => {
+        EmulatorCommand::List { bus, output } => {
             let client = bus.connect().await?;
             // The same read model the api serves.
             let fleet = crate::device::fleet(&client).await?;
+            let mut table = crate::table::Table::new(&["DEVICE", "EMULATOR"]);
             for (device, e) in &fleet.emulators {
-                println!("{device:<24} {}", emulator_line(e));
+                match output {
+                    crate::tail::Output::Json => println!("{}", serde_json::to_string(e)?),
+                    crate::tail::Output::Text => {
+                        table.row(vec![device.to_string(), emulator_line(e)]);
+                    }
+                }
+            }
+            if let crate::tail::Output::Text = output {
+                table.print();
             }
         }
     }

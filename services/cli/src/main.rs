@@ -9,6 +9,7 @@ mod events;
 mod release;
 mod rollout;
 mod serve;
+mod table;
 mod tail;
 mod telemetry;
 mod up;

@@ -23,6 +23,7 @@ use wasmbed_schemas::{AggregateKind, AppId, subject};
 
 use crate::device::{Bus, fleet, humantime_secs};
 use crate::release::SigningArgs;
+use crate::table::Table;
 
 /// A new version: the application, the module, its settings, how it is judged.
 #[derive(Args)]
@@ -135,6 +136,9 @@ pub enum RolloutCommand {
     List {
         #[command(flatten)]
         bus: Bus,
+        /// How to print.
+        #[arg(long, value_enum, default_value_t = crate::tail::Output::Text)]
+        output: crate::tail::Output,
     },
 }
 
@@ -247,27 +251,29 @@ pub async fn run(command: RolloutCommand) -> Result<()> {
             println!("aborting {app_id}'s rollout: every device that got it goes back");
             Ok(())
         }
-        RolloutCommand::List { bus } => {
+        RolloutCommand::List { bus, output } => {
             let view = fleet(&bus.connect().await?).await?;
-            println!(
-                "{:<24} {:>3} {:<9} {:<17} WAVES",
-                "APP", "NO", "VERSIONS", "PHASE"
-            );
+            let mut table = Table::new(&["APP", "NO", "VERSIONS", "PHASE", "WAVES"]);
             for app in view.apps.keys() {
                 for (number, r) in view.rollouts_of(app) {
                     let r = r.view(app, number);
+                    if let crate::tail::Output::Json = output {
+                        println!("{}", serde_json::to_string(&r)?);
+                        continue;
+                    }
                     let versions = format!("{}→v{}", version_text(r.from_version), r.to_version);
                     let passed = r.waves.iter().filter(|w| w.state == WaveState::Passed);
-                    println!(
-                        "{:<24} {:>3} {:<9} {:<17} {}/{}",
-                        app.as_str(),
-                        number,
+                    table.row(vec![
+                        app.to_string(),
+                        number.to_string(),
                         versions,
-                        r.state.as_str(),
-                        passed.count(),
-                        r.waves.len()
-                    );
+                        r.state.as_str().to_owned(),
+                        format!("{}/{}", passed.count(), r.waves.len()),
+                    ]);
                 }
+            }
+            if let crate::tail::Output::Text = output {
+                table.print();
             }
             Ok(())
         }

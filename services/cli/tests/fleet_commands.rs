@@ -473,3 +473,60 @@ async fn publisher_keys_signed_releases_and_rotations_from_the_command_line() {
         .await;
     sim.stop().await;
 }
+
+/// The columns of a table as the header places them: each row's cells start where the header's
+/// names do, and the character before each start is a space.
+fn assert_aligned(table: &str) {
+    let lines: Vec<Vec<char>> = table.lines().map(|l| l.chars().collect()).collect();
+    let header = &lines[0];
+    let starts: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i] != ' ' && (i == 0 || header[i - 1] == ' '))
+        .collect();
+    assert!(starts.len() >= 2, "{table}");
+    for line in &lines[1..] {
+        for &start in &starts[1..] {
+            assert!(
+                line.len() > start && line[start] != ' ' && line[start - 1] == ' ',
+                "a cell does not start at its column ({start}):\n{table}"
+            );
+        }
+    }
+}
+
+/// `device list` and `app list` print aligned tables whatever the ids' lengths, or JSON lines;
+/// `app deploy --example` needs no file.
+#[tokio::test]
+async fn lists_print_aligned_tables_or_json_and_examples_deploy_by_name() {
+    let system = System::start().await;
+    let (_, short) = system.device("d", &[]).await;
+    let long_id = "a-device-id-well-past-the-twenty-four-columns-of-old";
+    let (_, long) = system.device(long_id, &[]).await;
+    let out = wasmbed(
+        &system,
+        &["app", "deploy", "--example", "counter", "--to", "all"],
+    )
+    .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    for list in [["device", "list"], ["app", "list"]] {
+        let out = wasmbed(&system, &list).await;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert_aligned(&stdout);
+        let out = wasmbed(&system, &[list[0], list[1], "--output", "json"]).await;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let rows: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            rows.len(),
+            if list[0] == "device" { 2 } else { 1 },
+            "{stdout}"
+        );
+    }
+    let out = wasmbed(&system, &["device", "list"]).await;
+    assert!(text(&out).0.contains(long_id));
+    short.stop().await;
+    long.stop().await;
+}
