@@ -422,6 +422,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     );
     say!("  emulated: {boards_line}");
     say!("  apps:    {app_line}");
+    let examples = write_examples(&state)?;
+    say!(
+        "  examples: {} (or `wasmbed app deploy --example NAME`)",
+        examples.display()
+    );
     say!(
         "  releases: signed by {} ({}){}",
         crate::release::public(&publisher),
@@ -486,6 +491,18 @@ fn api_token(state: &Path) -> Result<String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(token)
+}
+
+/// Writes the example modules built into this binary to `<state>/examples/<name>.wasm`, so the
+/// README's commands have files to deploy; returns the directory.
+fn write_examples(state: &std::path::Path) -> Result<PathBuf> {
+    let dir = state.join("examples");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, module) in wasmbed_example_apps::ALL {
+        let path = dir.join(format!("{name}.wasm"));
+        std::fs::write(&path, module).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(dir)
 }
 
 /// Trusts `key` as the fleet's first publisher key (nothing to do when it is trusted already);
