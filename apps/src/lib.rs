@@ -13,3 +13,12 @@ pub const SPIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/spin.wasm"));
 
 /// Every example by name, for the CLI.
 pub const ALL: &[(&str, &[u8])] = &[("sensor", SENSOR), ("counter", COUNTER), ("spin", SPIN)];
+
+/// The telemetry topics each example publishes on (what its signed release must grant).
+pub fn topics(name: &str) -> &'static [&'static str] {
+    match name {
+        "sensor" => &["temperature"],
+        "counter" => &["count"],
+        _ => &[],
+    }
+}

@@ -154,6 +154,10 @@ pub async fn run(command: AppCommand) -> Result<()> {
         } => {
             let target = target(&to)?;
             let (module, stem) = module_of(file.as_deref(), example.as_deref())?;
+            let mut signing = signing;
+            if let Some(name) = &example {
+                signing.default_topics(wasmbed_example_apps::topics(name));
+            }
             let app_id = match app_id.or(signing.given_app()?) {
                 Some(id) => id,
                 None => AppId::new(stem.to_lowercase().replace('_', "-"))

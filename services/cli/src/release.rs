@@ -50,6 +50,13 @@ pub struct SigningArgs {
 }
 
 impl SigningArgs {
+    /// `topics` unless `--topics` named some (an example's own topics).
+    pub fn default_topics(&mut self, topics: &[&str]) {
+        if self.topics.is_empty() {
+            self.topics = topics.iter().map(|t| (*t).to_owned()).collect();
+        }
+    }
+
     /// The application a release given with `--release` is for.
     pub fn given_app(&self) -> Result<Option<AppId>> {
         self.release

@@ -547,14 +547,6 @@ async fn retry_until_answered<C: wasmbed_schemas::command::Command>(
     bail!("{} did not answer within 60 s", C::SERVICE.as_str())
 }
 
-/// The topic each example app publishes on.
-fn example_topic(name: &str) -> &'static str {
-    match name {
-        "counter" => "count",
-        _ => "temperature",
-    }
-}
-
 /// Deploys one of the built-in example apps to every device (idempotent across restarts),
 /// signed by `publisher`; returns a line for the banner.
 async fn deploy_example(
@@ -579,7 +571,10 @@ async fn deploy_example(
         max_memory_pages: 2,
         tick_interval_ms: 1000,
     };
-    let topics = [example_topic(name).to_owned()];
+    let topics: Vec<String> = wasmbed_example_apps::topics(name)
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
     let release = crate::release::sign(publisher, &app_id, 1, module, &limits, &topics)?;
     // The deployer may still be catching up on the log: retry until it answers.
     let create = CreateApplication {
