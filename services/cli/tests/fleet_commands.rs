@@ -474,25 +474,6 @@ async fn publisher_keys_signed_releases_and_rotations_from_the_command_line() {
     sim.stop().await;
 }
 
-/// The columns of a table as the header places them: each row's cells start where the header's
-/// names do, and the character before each start is a space.
-fn assert_aligned(table: &str) {
-    let lines: Vec<Vec<char>> = table.lines().map(|l| l.chars().collect()).collect();
-    let header = &lines[0];
-    let starts: Vec<usize> = (0..header.len())
-        .filter(|&i| header[i] != ' ' && (i == 0 || header[i - 1] == ' '))
-        .collect();
-    assert!(starts.len() >= 2, "{table}");
-    for line in &lines[1..] {
-        for &start in &starts[1..] {
-            assert!(
-                line.len() > start && line[start] != ' ' && line[start - 1] == ' ',
-                "a cell does not start at its column ({start}):\n{table}"
-            );
-        }
-    }
-}
-
 /// `device list` and `app list` print aligned tables whatever the ids' lengths, or JSON lines;
 /// `app deploy --example` needs no file.
 #[tokio::test]
@@ -511,7 +492,7 @@ async fn lists_print_aligned_tables_or_json_and_examples_deploy_by_name() {
         let out = wasmbed(&system, &list).await;
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
-        assert_aligned(&stdout);
+        wasmbed_e2e::assert_table_aligned(&stdout);
         let out = wasmbed(&system, &[list[0], list[1], "--output", "json"]).await;
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");

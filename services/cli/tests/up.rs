@@ -500,3 +500,82 @@ async fn up_with_three_replicas_runs_a_cluster_that_outlives_a_node() {
         None
     );
 }
+
+/// What the README tells a new user to do after `scripts/up`, as written: deploy the example
+/// by name and from the file `up` wrote, list the apps and the devices (aligned tables), tail
+/// the telemetry. (No emulated board here: the test above runs one.)
+#[tokio::test]
+async fn a_new_user_walks_the_readme_after_up() {
+    let state = tempfile::tempdir().unwrap();
+    let (child, printed) = up(state.path(), 2, 0).await;
+    let url = field(&printed, "nats:");
+    let examples = field(&printed, "examples:");
+    assert!(
+        examples.starts_with(&state.path().display().to_string()),
+        "{examples}"
+    );
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        let state = state.path().to_path_buf();
+        async move {
+            let out = tokio::time::timeout(
+                Duration::from_secs(120),
+                Command::new(WASMBED)
+                    .args(&args)
+                    .env("NATS_URL", url)
+                    .env("WASMBED_STATE_DIR", state)
+                    .output(),
+            )
+            .await
+            .expect("the command ended")
+            .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "wasmbed {args:?}: {stdout}{stderr}");
+            stdout
+        }
+    };
+    let args = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    run(args("app deploy --example counter --to all")).await;
+    let sensor = state.path().join("examples/sensor.wasm");
+    let mut deploy_file = args("app deploy --to all --config kitchen --fuel 500000 --pages 2");
+    deploy_file.insert(2, sensor.display().to_string());
+    run(deploy_file).await;
+    let apps = run(args("app list")).await;
+    wasmbed_e2e::assert_table_aligned(&apps);
+    assert!(apps.lines().any(|l| l.starts_with("counter ")), "{apps}");
+    let devices = run(args("device list")).await;
+    wasmbed_e2e::assert_table_aligned(&devices);
+    assert_eq!(
+        devices.lines().filter(|l| l.contains("online")).count(),
+        2,
+        "{devices}"
+    );
+    // `telemetry tail` runs until stopped: a few seconds of it.
+    let mut tail = Command::new(WASMBED)
+        .args(["telemetry", "tail", "--output", "json"])
+        .env("NATS_URL", &url)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut apps_heard = std::collections::BTreeSet::new();
+    let heard = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let message: serde_json::Value = serde_json::from_str(&line).unwrap();
+            apps_heard.insert(message["app"].as_str().unwrap_or("").to_owned());
+            if apps_heard.contains("counter") && apps_heard.contains("sensor") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "telemetry of both apps: {apps_heard:?}");
+    tail.kill().await.unwrap();
+    ctrl_c(child).await;
+}

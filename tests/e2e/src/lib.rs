@@ -513,3 +513,22 @@ fn leb128(out: &mut Vec<u8>, mut n: usize) {
         out.push(byte | 0x80);
     }
 }
+
+/// The columns of a table as the header places them: each row's cells start where the header's
+/// names do, and the character before each start is a space.
+pub fn assert_table_aligned(table: &str) {
+    let lines: Vec<Vec<char>> = table.lines().map(|l| l.chars().collect()).collect();
+    let header = &lines[0];
+    let starts: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i] != ' ' && (i == 0 || header[i - 1] == ' '))
+        .collect();
+    assert!(starts.len() >= 2, "{table}");
+    for line in &lines[1..] {
+        for &start in &starts[1..] {
+            assert!(
+                line.len() > start && line[start] != ' ' && line[start - 1] == ' ',
+                "a cell does not start at its column ({start}):\n{table}"
+            );
+        }
+    }
+}
