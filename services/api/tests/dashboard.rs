@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (installed by `scripts/setup`) opens it
 //! on a running system, driven over the DevTools protocol. It must show the device in the
 //! topology, then show an application's state change live (the page is already open when the
-//! app is deployed), and the run leaves a screenshot in `target/screenshots/dashboard.png`.
+//! app is deployed), plot a device's telemetry and the fleet's states from live data, and the
+//! run leaves screenshots in `target/screenshots/` (`dashboard.png`, `dashboard-plots.png`).
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -329,6 +330,30 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
         timeline.as_str().unwrap().contains("DeploymentRunning"),
         "{timeline}"
     );
+    // The device's telemetry plotted live: clicking its row follows it, and the sensor's
+    // numeric fields become points (one reading a second). The fleet plot has points too.
+    page.eval(r#"document.querySelector('#devices tr[data-device="dev-1"]').click() ?? 'clicked'"#)
+        .await;
+    page.wait_for(
+        r#"document.querySelectorAll('#plot circle[data-series="sensor/temperature.millicelsius"]').length >= 3 ? 'plotted' : 'not yet'"#,
+        "plotted",
+    )
+    .await;
+    let legend = page
+        .eval("document.getElementById('plot-legend').textContent")
+        .await;
+    assert!(
+        legend
+            .as_str()
+            .unwrap()
+            .contains("sensor/temperature.millicelsius"),
+        "{legend}"
+    );
+    page.wait_for(
+        r#"document.querySelector('#fleet-plot circle[data-series="devices online"]') ? 'plotted' : 'not yet'"#,
+        "plotted",
+    )
+    .await;
 
     // A rollout started through the api shows its wave being judged; its abort button rolls it
     // back.
@@ -395,17 +420,27 @@ async fn the_dashboard_shows_the_fleet_and_an_app_going_live() {
     )
     .await;
 
-    let shot = page
-        .call("Page.captureScreenshot", json!({"format": "png"}))
-        .await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().unwrap())
-        .unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
+    // Two screenshots: the top of the page, and the plots (scrolled into view).
     let dir: PathBuf = workspace_root().join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("dashboard.png"), &png).unwrap();
-    println!("screenshot: {}", dir.join("dashboard.png").display());
+    for (name, scroll) in [
+        ("dashboard.png", "window.scrollTo(0, 0) ?? 'top'"),
+        (
+            "dashboard-plots.png",
+            "document.getElementById('plot').scrollIntoView({block: 'center'}) ?? 'plots'",
+        ),
+    ] {
+        page.eval(scroll).await;
+        let shot = page
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        std::fs::write(dir.join(name), &png).unwrap();
+        println!("screenshot: {}", dir.join(name).display());
+    }
     drop(page);
     let mut child = browser.child;
     let _ = child.kill().await;
