@@ -2,8 +2,9 @@
 //! module, creates or updates the application, rolls it out and shows progress until every
 //! target device runs it, or says why not.
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -316,7 +317,21 @@ async fn deploy(bus: &Bus, new: NewApp, signing: &SigningArgs, wait: Duration) -
     progress(&log, &app_id, version, &targets, wait).await
 }
 
-/// Follows the app's deployment events until every target runs `version`.
+/// How many devices are in each phase but running: `2 transferring, 1 waiting`.
+fn phases_text(phase: &BTreeMap<DeviceId, &'static str>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in phase.values().filter(|p| **p != "running") {
+        *counts.entry(p).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(p, n)| format!("{n} {p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Follows the app's deployment events until every target runs `version` (a progress bar on a
+/// terminal).
 async fn progress(
     log: &EventLog,
     app: &AppId,
@@ -331,24 +346,32 @@ async fn progress(
     let mut follow = log.follow(vec![filter]).await?;
     let mut phase: BTreeMap<DeviceId, &'static str> =
         targets.iter().map(|d| (d.clone(), "waiting")).collect();
-    let tty = std::io::stdout().is_terminal();
+    let bar = ProgressBar::with_draw_target(
+        Some(targets.len() as u64),
+        if std::io::stdout().is_terminal() {
+            ProgressDrawTarget::stdout()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("  [{bar:30}] {pos:>4}/{len:4} running  {msg}")
+            .context("progress style")?
+            .progress_chars("=> "),
+    );
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let running = phase.values().filter(|p| **p == "running").count();
-        if tty {
-            print!("\r  {running}/{} running", targets.len());
-            let _ = std::io::stdout().flush();
-        }
+        bar.set_position(running as u64);
+        bar.set_message(phases_text(&phase));
         if running == targets.len() {
-            println!(
-                "{}all {} devices run {app} v{version}",
-                if tty { "\n" } else { "" },
-                targets.len()
-            );
+            bar.finish_and_clear();
+            println!("all {} devices run {app} v{version}", targets.len());
             return Ok(());
         }
         let next = tokio::time::timeout_at(deadline, follow.next()).await;
         let Ok(Some(next)) = next else {
+            bar.abandon();
             let waiting: Vec<String> = phase
                 .iter()
                 .filter(|(_, p)| **p != "running")
@@ -374,8 +397,35 @@ async fn progress(
             continue;
         }
         if let Some(reason) = reason {
+            bar.abandon();
             bail!("{device}: {new_phase}: {reason}");
         }
         phase.insert(device.clone(), new_phase);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_message_counts_the_devices_not_yet_running_by_phase() {
+        let cases: &[(&[&'static str], &str)] = &[
+            (&[], ""),
+            (&["running", "running"], ""),
+            (&["waiting", "running", "waiting"], "2 waiting"),
+            (
+                &["transferring", "delivered", "transferring", "requested"],
+                "1 delivered, 1 requested, 2 transferring",
+            ),
+        ];
+        for (phases, want) in cases {
+            let phase: BTreeMap<DeviceId, &'static str> = phases
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (DeviceId::new(format!("d{i}")).unwrap(), *p))
+                .collect();
+            assert_eq!(phases_text(&phase), *want, "{phases:?}");
+        }
     }
 }
