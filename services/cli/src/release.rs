@@ -256,6 +256,9 @@ pub enum ReleaseCommand {
     List {
         #[command(flatten)]
         bus: Bus,
+        /// How to print (`json`: the trust view, one object).
+        #[arg(long, value_enum, default_value_t = crate::tail::Output::Text)]
+        output: crate::tail::Output,
     },
 }
 
@@ -338,23 +341,23 @@ pub async fn run(command: ReleaseCommand) -> Result<()> {
             println!("revoked {key} (trust serial {})", serial + 1);
             Ok(())
         }
-        ReleaseCommand::List { bus } => {
+        ReleaseCommand::List { bus, output } => {
             let view = fleet(&bus.connect().await?).await?.trust_view();
-            println!("trust serial {}", view.serial);
-            println!(
-                "{:<64}  {:<7}  {:<8}  NAME",
-                "PUBLIC KEY", "TRUSTED", "REVOKED"
-            );
-            for p in view.publishers {
-                let revoked = p.revoked_at.map_or("-".to_owned(), |s| s.to_string());
-                println!(
-                    "{:<64}  {:<7}  {:<8}  {}",
-                    p.public_key.to_string(),
-                    p.trusted_at,
-                    revoked,
-                    p.name
-                );
+            if let crate::tail::Output::Json = output {
+                println!("{}", serde_json::to_string(&view)?);
+                return Ok(());
             }
+            println!("trust serial {}", view.serial);
+            let mut table = crate::table::Table::new(&["PUBLIC KEY", "TRUSTED", "REVOKED", "NAME"]);
+            for p in view.publishers {
+                table.row(vec![
+                    p.public_key.to_string(),
+                    p.trusted_at.to_string(),
+                    p.revoked_at.map_or("-".to_owned(), |s| s.to_string()),
+                    p.name,
+                ]);
+            }
+            table.print();
             Ok(())
         }
     }

@@ -461,6 +461,11 @@ async fn publisher_keys_signed_releases_and_rotations_from_the_command_line() {
             .any(|l| l.contains("release team") && l.contains(" 3 ")),
         "{stdout}"
     );
+    let table: String = stdout.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    wasmbed_e2e::assert_table_aligned(&table);
+    let out = wasmbed(&system, &["release", "list", "--output", "json"]).await;
+    let view: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert_eq!(view["serial"], 3, "{view}");
     system
         .wait_events(
             &wasmbed_schemas::AggregateId::Device(device.clone()),
