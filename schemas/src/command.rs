@@ -175,6 +175,13 @@ commands! {
 
 /// Register a device's Ed25519 public key under an id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(example = serde_json::json!({
+    "device_id": "dev-7",
+    // RFC 8032's first test key: a real point of full order.
+    "public_key": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+    "mcu": "Mps2An385",
+    "labels": {"room": "lab"}
+}))]
 pub struct RegisterDevice {
     /// The id to know it by.
     pub device_id: DeviceId,

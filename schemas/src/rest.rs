@@ -258,6 +258,7 @@ pub struct EmulatorView {
 /// The body of `POST /api/v1/emulators`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"device_id": "qemu-2", "mcu": "Mps2An385"}))]
 pub struct NewEmulator {
     /// The device to emulate.
     pub device_id: DeviceId,
@@ -275,6 +276,11 @@ pub struct NewEmulator {
 /// bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({
+    "app_id": "counter",
+    "target": {"kind": "labels", "value": {"room": "lab"}},
+    "limits": {"fuel_per_invocation": 1_000_000, "max_memory_pages": 2, "tick_interval_ms": 1000}
+}))]
 pub struct NewApplication {
     /// The id to know it by.
     pub app_id: AppId,
@@ -294,6 +300,7 @@ pub struct NewApplication {
 /// `DELETE /api/v1/devices/{id}`: why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"reason": "stolen from the lab"}))]
 pub struct Decommission {
     /// Why.
     #[serde(default)]

@@ -124,6 +124,9 @@ pub struct RolloutView {
 /// WASM module). Waves and thresholds are written as on the command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({
+    "waves": "1,50%,rest", "soak_ms": 30000, "max_failures": "0", "rehearse": true
+}))]
 pub struct NewRollout {
     /// `1,10%,50%,100%`, `ring=canary,rest`.
     pub waves: String,
@@ -153,6 +156,7 @@ pub struct NewRollout {
 /// `POST /api/v1/applications/{id}/rollout/abort`: why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schemars(example = serde_json::json!({"reason": "readings drift after the update"}))]
 pub struct AbortReason {
     /// Why, for the log.
     #[serde(default)]
