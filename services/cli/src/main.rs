@@ -107,3 +107,93 @@ async fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words of one shell command line: quotes group, `$(…)` stays one word.
+    fn words(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut quote: Option<char> = None;
+        let mut depth = 0usize;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => word.push(c),
+                (None, '"' | '\'') if depth == 0 => quote = Some(c),
+                (None, '(') if word.ends_with('$') || depth > 0 => {
+                    depth += 1;
+                    word.push(c);
+                }
+                (None, ')') if depth > 0 => {
+                    depth -= 1;
+                    word.push(c);
+                }
+                (None, ' ') if depth == 0 => {
+                    if !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                }
+                (None, c) => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            out.push(word);
+        }
+        out
+    }
+
+    /// Every `wasmbed …` command in the README's `sh` blocks, as written (comments cut,
+    /// `;`-separated commands split, continuation lines joined).
+    fn readme_commands() -> Vec<String> {
+        let readme = include_str!("../../../README.md");
+        let mut commands = Vec::new();
+        let mut in_sh = false;
+        let mut pending = String::new();
+        for line in readme.lines() {
+            if line.starts_with("```") {
+                in_sh = line == "```sh";
+                continue;
+            }
+            if !in_sh {
+                continue;
+            }
+            let line = line.split(" # ").next().unwrap_or("").trim_end();
+            if let Some(start) = line.strip_suffix('\\') {
+                pending.push_str(start);
+                continue;
+            }
+            let full = std::mem::take(&mut pending) + line;
+            for command in full.split("; ") {
+                let command = command.trim();
+                let command = command.strip_prefix("target/release/").unwrap_or(command);
+                if command.starts_with("wasmbed ") {
+                    commands.push(command.to_owned());
+                }
+            }
+        }
+        commands
+    }
+
+    /// Every `wasmbed` command the README shows parses: its subcommands and flags exist and
+    /// take what it gives them. (What they do against a running system is walked by
+    /// `a_new_user_walks_the_readme_after_up`.) A placeholder like `<64 hex digits…>` stands for
+    /// a value: a real one of its kind is put in its place.
+    #[test]
+    fn every_wasmbed_command_in_the_readme_parses() {
+        let commands = readme_commands();
+        assert!(commands.len() >= 40, "{commands:?}");
+        for command in &commands {
+            let mut line = command.clone();
+            if let (Some(start), Some(end)) = (line.find('<'), line.find('>')) {
+                line.replace_range(start..=end, &"ab".repeat(32));
+            }
+            let args = words(&line);
+            if let Err(e) = Cli::try_parse_from(&args) {
+                panic!("README: `{command}` does not parse:\n{e}");
+            }
+        }
+    }
+}
