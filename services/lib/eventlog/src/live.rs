@@ -23,6 +23,8 @@ use tracing::{debug, warn};
 
 /// How often a reader looks for a reconnect.
 const RECONNECT_CHECK: Duration = Duration::from_millis(100);
+/// How long making a fresh consumer may take before it is tried again.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(3);
 /// After this long without a message a reader asks the stream whether it missed one.
 const SILENCE: Duration = Duration::from_secs(1);
 
@@ -218,7 +220,14 @@ impl LiveReader {
             0 => self.start,
             last => after_sequence(last),
         };
-        let (messages, _) = ordered(&self.client, &self.stream, &self.name, filters, from).await?;
+        // A consumer made while the stream elects a leader can wait long: give up and try again.
+        let made = tokio::time::timeout(
+            RESUME_TIMEOUT,
+            ordered(&self.client, &self.stream, &self.name, filters, from),
+        )
+        .await
+        .map_err(|_| read_error(&self.name, "a fresh consumer took too long"))?;
+        let (messages, _) = made?;
         debug!(
             stream = self.name,
             after = self.last_sequence,

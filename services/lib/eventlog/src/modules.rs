@@ -70,6 +70,9 @@ pub async fn upload_module(js: &jetstream::Context, bytes: &[u8]) -> Result<Sha2
     Ok(sha)
 }
 
+/// How long reading one module may take (1 MiB at most, from the local cluster).
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads modules, verifying each against its name, and keeps the ones read in memory.
 pub struct ModuleStore {
     store: ObjectStore,
@@ -93,11 +96,18 @@ impl ModuleStore {
             .cloned()
     }
 
-    /// The module named `sha`, verified.
+    /// The module named `sha`, verified. A read that takes longer than [`FETCH_TIMEOUT`] fails
+    /// (the object store's consumer can die with a cluster node and leave the read waiting).
     pub async fn get(&self, sha: &Sha256) -> Result<Arc<Vec<u8>>, ModuleError> {
         if let Some(bytes) = self.cached(sha) {
             return Ok(bytes);
         }
+        tokio::time::timeout(FETCH_TIMEOUT, self.fetch(sha))
+            .await
+            .map_err(|_| ModuleError::Nats(format!("reading {sha} took over {FETCH_TIMEOUT:?}")))?
+    }
+
+    async fn fetch(&self, sha: &Sha256) -> Result<Arc<Vec<u8>>, ModuleError> {
         let name = sha.to_string();
         let info = self.store.info(&name).await.map_err(|e| match e.kind() {
             InfoErrorKind::NotFound => ModuleError::NotFound(*sha),
