@@ -41,6 +41,18 @@ fn json_response<T: JsonSchema>(ctx: &mut GenContext, description: &str) -> Resp
     }
 }
 
+/// The one response of `O`, under `status`.
+fn answered_with<O: OperationOutput>(
+    status: u16,
+    ctx: &mut GenContext,
+    operation: &mut Operation,
+) -> Vec<(Option<StatusCode>, Response)> {
+    O::operation_response(ctx, operation)
+        .map(|r| (Some(StatusCode::Code(status)), r))
+        .into_iter()
+        .collect()
+}
+
 /// Every status an [`ApiError`] can answer, each with an [`ErrorBody`].
 const ERRORS: [(u16, &str); 8] = [
     (400, "the request is wrong; the message names the field"),
@@ -96,10 +108,7 @@ impl<T: JsonSchema> OperationOutput for Created<T> {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<StatusCode>, Response)> {
-        Self::operation_response(ctx, operation)
-            .map(|r| (Some(StatusCode::Code(201)), r))
-            .into_iter()
-            .collect()
+        answered_with::<Self>(201, ctx, operation)
     }
 }
 
@@ -123,10 +132,7 @@ impl<T: JsonSchema> OperationOutput for JsonList<T> {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<StatusCode>, Response)> {
-        Self::operation_response(ctx, operation)
-            .map(|r| (Some(StatusCode::Code(200)), r))
-            .into_iter()
-            .collect()
+        answered_with::<Self>(200, ctx, operation)
     }
 }
 
@@ -159,10 +165,7 @@ impl OperationOutput for PrometheusText {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<StatusCode>, Response)> {
-        Self::operation_response(ctx, operation)
-            .map(|r| (Some(StatusCode::Code(200)), r))
-            .into_iter()
-            .collect()
+        answered_with::<Self>(200, ctx, operation)
     }
 }
 
@@ -191,10 +194,7 @@ impl<T: JsonSchema> OperationOutput for EventStream<T> {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<StatusCode>, Response)> {
-        Self::operation_response(ctx, operation)
-            .map(|r| (Some(StatusCode::Code(200)), r))
-            .into_iter()
-            .collect()
+        answered_with::<Self>(200, ctx, operation)
     }
 }
 

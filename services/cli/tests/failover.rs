@@ -17,12 +17,12 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 use wasmbed_bus::call;
+use wasmbed_e2e::T;
 use wasmbed_e2e::cluster::{
-    Cluster, HEARTBEAT_MS, LogAudit, between, connections, device_events, register,
-    register_continuously, wait_connected, wait_sessions,
+    Cluster, HEARTBEAT_MS, LogAudit, assert_ran_once, assert_registered_once, between, connections,
+    recorded_offline, register, register_continuously, wait_connected, wait_sessions,
 };
 use wasmbed_e2e::downlinks::Transfers;
-use wasmbed_e2e::{T, deployment};
 use wasmbed_schemas::command::{RegisterDevice, StartEmulator};
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::{AppId, DeviceId};
@@ -49,6 +49,23 @@ async fn new_holder(cluster: &Cluster, lease: &str, killed: &str) -> String {
         assert!(Instant::now() < deadline, "nobody took the {lease} lease");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts emulators `emu-0`… (simulated boards) through the renode-manager's commands.
+async fn start_emulators(cluster: &Cluster, n: usize) -> Vec<DeviceId> {
+    let emulators: Vec<DeviceId> = (0..n)
+        .map(|n| DeviceId::new(format!("emu-{n}")).unwrap())
+        .collect();
+    for device_id in &emulators {
+        let start = StartEmulator {
+            device_id: device_id.clone(),
+            mcu: "Mps2An385".into(),
+            simulated: false,
+            labels: BTreeMap::new(),
+        };
+        call(&cluster.client, &start, T).await.unwrap();
+    }
+    emulators
 }
 
 /// Waits until a registration of a fresh device is acknowledged; returns how long that took.
@@ -85,18 +102,7 @@ async fn failover_the_active_instance_of_each_service_killed_in_turn_on_a_three_
     let sensor = AppId::new("sensor").unwrap();
     cluster.deploy(&sensor, wasmbed_example_apps::SENSOR).await;
     cluster.wait_running(&sensor, &ids, T).await;
-    let emulators: Vec<DeviceId> = (0..2)
-        .map(|n| DeviceId::new(format!("emu-{n}")).unwrap())
-        .collect();
-    for device_id in &emulators {
-        let start = StartEmulator {
-            device_id: device_id.clone(),
-            mcu: "Mps2An385".into(),
-            simulated: false,
-            labels: BTreeMap::new(),
-        };
-        call(&cluster.client, &start, T).await.unwrap();
-    }
+    let emulators = start_emulators(&cluster, 2).await;
     wait_sessions(&cluster, &emulators, 1).await;
     let telemetry = cluster.count_telemetry().await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -128,7 +134,7 @@ async fn failover_the_active_instance_of_each_service_killed_in_turn_on_a_three_
     let silenced = Instant::now();
     silent.stop().await;
     cluster.wait_offline(&silent_id).await;
-    let recorded_offline = silenced.elapsed();
+    let offline_after = silenced.elapsed();
     // Long enough for a wrong offline verdict on the others to show.
     tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS * 4)).await;
     let liveness = cluster.all_events().await;
@@ -164,28 +170,10 @@ async fn failover_the_active_instance_of_each_service_killed_in_turn_on_a_three_
     let events = cluster.all_events().await;
     let audit = LogAudit::of(&events);
     assert_eq!(audit.duplicate_ids, 0, "{audit:?}");
-    for id in &acknowledged {
-        let registered = device_events(&events, id)
-            .filter(|e| matches!(e, Event::DeviceRegistered(_)))
-            .count();
-        assert_eq!(registered, 1, "{id}");
-    }
+    assert_registered_once(&events, &acknowledged);
     assert_eq!(refused, 0);
-    for app in [&sensor, &counter] {
-        for id in &ids {
-            let running = events
-                .iter()
-                .filter(|e| e.envelope.aggregate == deployment(app, id))
-                .filter(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
-                .count();
-            assert_eq!(running, 1, "{app} on {id}");
-        }
-    }
-    let offline: Vec<&DeviceId> = ids
-        .iter()
-        .filter(|id| device_events(&liveness, id).any(|e| matches!(e, Event::DeviceWentOffline(_))))
-        .collect();
-    assert_eq!(offline, [&silent_id]);
+    assert_ran_once(&events, &[&sensor, &counter], &ids);
+    assert_eq!(recorded_offline(&liveness, &ids), [&silent_id]);
     let sessions: Vec<usize> = emulators
         .iter()
         .map(|d| connections(&before_gateway, d))
@@ -198,7 +186,7 @@ async fn failover_the_active_instance_of_each_service_killed_in_turn_on_a_three_
          deployer's lease taken by the other {deployer_took_over:?} after (lease TTL {:?}) and \
          the deployment in flight (not yet running on {in_flight} of {n}) completed {deployed} \
          ms after the kill; with one telemetry instance gone, a silenced device recorded \
-         offline {recorded_offline:?} after (timeout {} ms), nobody else; the renode-manager's \
+         offline {offline_after:?} after (timeout {} ms), nobody else; the renode-manager's \
          lease taken {manager_took_over:?} after, its 2 emulators connected again {adopted:?} \
          after; gw-a's devices on gw-b and telemetry flowing {:?} after. Registrations: {} \
          acknowledged, all in the log once, {unanswered} unanswered, 0 refused. Log: {} \
@@ -247,18 +235,7 @@ async fn failover_two_instances_started_at_the_same_moment_one_acts() {
         .deploy(&counter, wasmbed_example_apps::COUNTER)
         .await;
     cluster.wait_running(&counter, &ids, T).await;
-    let emulators: Vec<DeviceId> = (0..2)
-        .map(|n| DeviceId::new(format!("emu-{n}")).unwrap())
-        .collect();
-    for device_id in &emulators {
-        let start = StartEmulator {
-            device_id: device_id.clone(),
-            mcu: "Mps2An385".into(),
-            simulated: false,
-            labels: BTreeMap::new(),
-        };
-        call(&cluster.client, &start, T).await.unwrap();
-    }
+    let emulators = start_emulators(&cluster, 2).await;
     wait_sessions(&cluster, &emulators, 1).await;
     // Long enough for a second transfer or a second copy of a board to show.
     tokio::time::sleep(Duration::from_secs(2)).await;

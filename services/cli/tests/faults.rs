@@ -17,11 +17,12 @@ use tokio::time::Instant;
 use wasmbed_bus::call;
 use wasmbed_deployer::upload_module;
 use wasmbed_e2e::cluster::{
-    Cluster, HEARTBEAT_MS, LogAudit, between, connections, device_events, register,
-    register_continuously, wait_connected, wait_sessions,
+    Cluster, HEARTBEAT_MS, LogAudit, assert_ran_once, assert_registered_once, between, connections,
+    device_events, recorded_offline, register, register_continuously, wait_connected,
+    wait_sessions,
 };
 use wasmbed_e2e::{T, deployment, padded};
-use wasmbed_schemas::command::{RegisterDevice, StartRollout};
+use wasmbed_schemas::command::StartRollout;
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::rollout::{MaxFailures, WaveSize};
 use wasmbed_schemas::{AggregateId, AppId, DeviceId};
@@ -183,28 +184,10 @@ async fn fault_killed_services_resume_from_the_log_and_lose_no_acknowledged_comm
     let audit = LogAudit::of(&events);
     assert_eq!(audit.duplicate_ids, 0, "{audit:?}");
     // Every registration a caller was told about is in the log, once.
-    for id in &acknowledged {
-        let registered = device_events(&events, id)
-            .filter(|e| matches!(e, Event::DeviceRegistered(_)))
-            .count();
-        assert_eq!(registered, 1, "{id}");
-    }
+    assert_registered_once(&events, &acknowledged);
     assert_eq!(refused, 0);
-    for app in [&sensor, &counter] {
-        for id in &ids {
-            let running = events
-                .iter()
-                .filter(|e| e.envelope.aggregate == deployment(app, id))
-                .filter(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
-                .count();
-            assert_eq!(running, 1, "{app} on {id}");
-        }
-    }
-    let offline: Vec<&DeviceId> = ids
-        .iter()
-        .filter(|id| device_events(&events, id).any(|e| matches!(e, Event::DeviceWentOffline(_))))
-        .collect();
-    assert_eq!(offline, [&silent_id]);
+    assert_ran_once(&events, &[&sensor, &counter], &ids);
+    assert_eq!(recorded_offline(&events, &ids), [&silent_id]);
     assert_eq!(
         device_events(&events, &silent_id)
             .filter(|e| matches!(e, Event::DeviceWentOffline(_)))
@@ -261,12 +244,7 @@ async fn fault_every_service_reconnects_after_a_nats_server_restart() {
     loop {
         let registered = call(
             &cluster.client,
-            &RegisterDevice {
-                device_id: id.clone(),
-                public_key: wasmbed_device_core::Signer::public_key(&key),
-                mcu: None,
-                labels: BTreeMap::new(),
-            },
+            &wasmbed_e2e::registration(&id, &key),
             Duration::from_millis(500),
         )
         .await;

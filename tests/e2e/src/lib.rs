@@ -533,3 +533,16 @@ pub fn assert_table_aligned(table: &str) {
         }
     }
 }
+
+/// The registration of device `id` with `key`'s public key (no MCU, no labels).
+pub fn registration(
+    id: &DeviceId,
+    key: &ed25519_dalek::SigningKey,
+) -> wasmbed_schemas::command::RegisterDevice {
+    wasmbed_schemas::command::RegisterDevice {
+        device_id: id.clone(),
+        public_key: wasmbed_device_core::Signer::public_key(key),
+        mcu: None,
+        labels: std::collections::BTreeMap::new(),
+    }
+}

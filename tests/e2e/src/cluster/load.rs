@@ -24,18 +24,9 @@ pub async fn register(cluster: &Cluster, n: usize) -> (Vec<DeviceId>, Vec<Signin
     for i in 0..n {
         let key = random_key();
         let id = DeviceId::new(format!("dev-{i}")).unwrap();
-        call(
-            &cluster.client,
-            &RegisterDevice {
-                device_id: id.clone(),
-                public_key: wasmbed_device_core::Signer::public_key(&key),
-                mcu: None,
-                labels: BTreeMap::new(),
-            },
-            T,
-        )
-        .await
-        .unwrap();
+        call(&cluster.client, &crate::registration(&id, &key), T)
+            .await
+            .unwrap();
         ids.push(id);
         keys.push(key);
     }

@@ -3,13 +3,17 @@
 //! connected as its own NATS user. A service can be killed with SIGKILL and started again on the
 //! same ports; a server can be killed and restarted on its store.
 
+mod audit;
 mod load;
 mod nats;
 
+pub use audit::{
+    LogAudit, assert_ran_once, assert_registered_once, device_events, recorded_offline,
+};
 pub use load::{connections, register, register_continuously, wait_connected, wait_sessions};
 pub use nats::Nats;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -553,55 +557,4 @@ fn instance_names(service: &str, instances: usize) -> Vec<String> {
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// What a test checks the whole log against after a fault: every event once.
-#[derive(Debug)]
-pub struct LogAudit {
-    /// Events in the log.
-    pub events: usize,
-    /// Event ids seen more than once (a duplicated append).
-    pub duplicate_ids: usize,
-    /// Events per type name.
-    pub by_type: BTreeMap<&'static str, usize>,
-}
-
-impl LogAudit {
-    /// Audits `events`.
-    pub fn of(events: &[StoredEvent]) -> Self {
-        let mut ids = HashSet::new();
-        let mut by_type = BTreeMap::new();
-        let mut duplicate_ids = 0;
-        for stored in events {
-            if !ids.insert(stored.envelope.event_id) {
-                duplicate_ids += 1;
-            }
-            *by_type
-                .entry(stored.envelope.event.type_name())
-                .or_default() += 1;
-        }
-        Self {
-            events: events.len(),
-            duplicate_ids,
-            by_type,
-        }
-    }
-
-    /// How many events of `type_name`.
-    pub fn count(&self, type_name: &str) -> usize {
-        self.by_type.get(type_name).copied().unwrap_or(0)
-    }
-}
-
-/// `device`'s events of one type in `events`.
-pub fn device_events<'a>(
-    events: &'a [StoredEvent],
-    device: &'a DeviceId,
-) -> impl Iterator<Item = &'a Event> + 'a {
-    events
-        .iter()
-        .filter_map(move |e| match &e.envelope.aggregate {
-            wasmbed_schemas::AggregateId::Device(d) if d == device => Some(&e.envelope.event),
-            _ => None,
-        })
 }
