@@ -12,7 +12,6 @@ mod recorder;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-use wasmbed_eventlog::{LiveReader, ReadModel};
+use wasmbed_eventlog::{LiveReader, ReadModel, ReconnectWatch};
 use wasmbed_schemas::bytes::Blob;
 use wasmbed_schemas::device_message::{HeartbeatReport, LatestTelemetry};
 use wasmbed_schemas::subject::{self, header};
@@ -233,28 +232,22 @@ fn heard(
 /// Since when the service has been hearing heartbeats without a gap: its start, or the last
 /// time its NATS connection was made again (reports published while it was away are lost).
 struct Hearing {
-    statistics: Arc<async_nats::Statistics>,
-    connects: u64,
+    reconnects: ReconnectWatch,
     since: DateTime<Utc>,
 }
 
 impl Hearing {
     fn new(client: &async_nats::Client, started: DateTime<Utc>) -> Self {
-        let statistics = client.statistics();
-        let connects = statistics.connects.load(Ordering::Relaxed);
         Self {
-            statistics,
-            connects,
+            reconnects: ReconnectWatch::new(client),
             since: started,
         }
     }
 
     /// The moment hearing began, as of `now`: a reconnect since the last call moves it to now.
     fn since(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let connects = self.statistics.connects.load(Ordering::Relaxed);
-        if connects != self.connects {
+        if self.reconnects.reconnected() {
             warn!("the NATS connection was made again: every device gets a full timeout");
-            self.connects = connects;
             self.since = now;
         }
         self.since

@@ -30,7 +30,7 @@ use wasmbed_schemas::subject;
 
 pub use append::{AppendError, Appended, ExpectedVersion};
 pub use definitions::SetupError;
-pub use live::{LiveReadError, LiveReader};
+pub use live::{LiveReadError, LiveReader, ReconnectWatch};
 pub use projection::{Projection, ProjectionError};
 pub use read_model::{ReadModel, ReadModelError, Versioned};
 pub use replay::{Aggregate, Follow, Loaded, ReadError};

@@ -4,7 +4,9 @@
 //! has forgotten them, and the client library only notices after missing its idle heartbeats
 //! (about 15 s, during which nothing arrives). A [`LiveReader`] watches the connection instead,
 //! and after every reconnect starts a fresh consumer right after the last message it delivered,
-//! so nothing is skipped or repeated.
+//! so nothing is skipped or repeated. In a cluster the consumer also dies with the node that held
+//! it: the reader does the same after the stream's leader election, or when, after a silence, the
+//! stream holds a message for it that never arrived.
 //!
 //! The consumer is an ordered *push* consumer: the server sends continuously, paced by flow
 //! control. The pull variant asks for 500 messages at a time with one request outstanding; under
@@ -17,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 use tracing::{debug, warn};
@@ -27,6 +30,35 @@ const RECONNECT_CHECK: Duration = Duration::from_millis(100);
 const RESUME_TIMEOUT: Duration = Duration::from_secs(3);
 /// After this long without a message a reader asks the stream whether it missed one.
 const SILENCE: Duration = Duration::from_secs(1);
+/// While the stream stays quiet, the asking slows down to once in this long.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(8);
+
+/// Tells whether a client's connection was made again since the last look (its reconnects
+/// are counted in its statistics).
+pub struct ReconnectWatch {
+    statistics: Arc<async_nats::Statistics>,
+    connects: u64,
+}
+
+impl ReconnectWatch {
+    /// Watches `client` from now.
+    pub fn new(client: &async_nats::Client) -> Self {
+        let statistics = client.statistics();
+        let connects = statistics.connects.load(Ordering::Relaxed);
+        Self {
+            statistics,
+            connects,
+        }
+    }
+
+    /// Whether it reconnected since the last call (or since `new`).
+    pub fn reconnected(&mut self) -> bool {
+        let connects = self.statistics.connects.load(Ordering::Relaxed);
+        let changed = connects != self.connects;
+        self.connects = connects;
+        changed
+    }
+}
 
 /// Why a live read failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,16 +81,19 @@ pub struct LiveReader {
     /// Where reading began: resuming before anything was delivered starts there again.
     start: DeliverPolicy,
     last_sequence: u64,
-    statistics: Arc<async_nats::Statistics>,
-    connects: u64,
+    reconnects: ReconnectWatch,
     check: tokio::time::Interval,
     /// The stream's leader elections: the consumer lived with the old leader and died with it
     /// (the client library would notice only after missing its idle heartbeats, about 10 s).
     leader_elected: Option<async_nats::Subscriber>,
     /// When the last message arrived, or the stream was last asked about the silence since.
     heard: tokio::time::Instant,
-    /// The consumer's stream returned an error: it is never polled again (the client library
-    /// panics when a failed ordered stream is polled once more), a fresh one replaces it.
+    /// How long a silence lasts before the stream is asked (again) about it.
+    probe_after: Duration,
+    /// The consumer is to be replaced: it returned an error (the client library panics when a
+    /// failed ordered stream is polled once more), it died with its node (a reconnect, a
+    /// leader election, a message that never arrived). A fresh one starts after the last
+    /// message delivered.
     failed: bool,
 }
 
@@ -82,8 +117,7 @@ impl LiveReader {
         filter_subjects: Vec<String>,
         start: DeliverPolicy,
     ) -> Result<(Self, u64), LiveReadError> {
-        let statistics = client.statistics();
-        let connects = statistics.connects.load(Ordering::Relaxed);
+        let reconnects = ReconnectWatch::new(client);
         let name = stream.cached_info().config.name.clone();
         let (messages, pending) =
             ordered(client, &stream, &name, filter_subjects.clone(), start).await?;
@@ -107,11 +141,11 @@ impl LiveReader {
             filter_subjects,
             start,
             last_sequence: 0,
-            statistics,
-            connects,
+            reconnects,
             check,
             leader_elected,
             heard: tokio::time::Instant::now(),
+            probe_after: SILENCE,
             failed: false,
         };
         Ok((reader, pending))
@@ -133,10 +167,20 @@ impl LiveReader {
             tokio::select! {
                 message = self.messages.next() => break message?,
                 _ = self.check.tick() => {
-                    self.resume_after_reconnect().await;
-                    if self.heard.elapsed() >= SILENCE {
+                    if self.reconnects.reconnected() {
+                        debug!(stream = self.name, "reconnected: a fresh consumer");
+                        self.failed = true;
+                    } else if self.heard.elapsed() >= self.probe_after {
                         self.heard = tokio::time::Instant::now();
-                        self.failed = self.missed_a_message().await;
+                        match self.missed_a_message().await {
+                            Some(missed) => {
+                                self.failed = missed;
+                                // The stream answered: ask less often while it stays quiet.
+                                self.probe_after = (self.probe_after * 2).min(MAX_PROBE_INTERVAL);
+                            }
+                            // No answer (an election): ask again soon.
+                            None => self.probe_after = SILENCE,
+                        }
                     }
                 }
                 Some(_) = next_advisory(&mut self.leader_elected) => {
@@ -148,6 +192,7 @@ impl LiveReader {
         Some(match message {
             Ok(message) => {
                 self.heard = tokio::time::Instant::now();
+                self.probe_after = SILENCE;
                 if let Ok(info) = message.info() {
                     self.last_sequence = info.stream_sequence;
                 }
@@ -160,30 +205,18 @@ impl LiveReader {
         })
     }
 
-    /// After a reconnect, a fresh consumer right after the last delivered message. A failure
-    /// is tried again at the next check.
-    async fn resume_after_reconnect(&mut self) {
-        let connects = self.statistics.connects.load(Ordering::Relaxed);
-        if connects == self.connects {
-            return;
-        }
-        match self.resume().await {
-            Ok(()) => self.connects = connects,
-            Err(e) => warn!(error = %e, "resuming after a reconnect failed; retrying"),
-        }
-    }
-
     /// Whether the stream holds a message for this reader, stored a while ago, that never
     /// arrived: the consumer died with the server that held it (a cluster node killed without
     /// a leader election of the stream), or is stuck. A new message still on its way is not
     /// counted (the server's clock is compared with this one: they are assumed within a
-    /// second; a larger skew costs only needless fresh consumers).
-    async fn missed_a_message(&mut self) -> bool {
+    /// second; a larger skew costs only needless fresh consumers). `None` when the stream did
+    /// not answer.
+    async fn missed_a_message(&mut self) -> Option<bool> {
         let from = match (self.last_sequence, self.start) {
             (0, DeliverPolicy::All) => 1,
             (0, DeliverPolicy::ByStartSequence { start_sequence }) => start_sequence,
             // Started at a time or at the end: nothing to compare with before a first message.
-            (0, _) => return false,
+            (0, _) => return Some(false),
             (last, _) => last.saturating_add(1),
         };
         let filters = match self.filter_subjects.as_slice() {
@@ -194,12 +227,14 @@ impl LiveReader {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
         for filter in filters {
-            let Ok(first) = self
+            let first = match self
                 .stream
                 .get_first_raw_message_by_subject(&filter, from)
                 .await
-            else {
-                continue;
+            {
+                Ok(first) => first,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => continue,
+                Err(_) => return None,
             };
             if now - first.time.unix_timestamp_nanos() > SILENCE.as_nanos() as i128 {
                 warn!(
@@ -207,10 +242,10 @@ impl LiveReader {
                     missed = first.sequence,
                     "a stored message never arrived: a fresh consumer"
                 );
-                return true;
+                return Some(true);
             }
         }
-        false
+        Some(false)
     }
 
     /// A fresh consumer right after the last delivered message.
