@@ -32,13 +32,22 @@ fn media(schema: schemars::Schema) -> MediaType {
     }
 }
 
-fn json_response<T: JsonSchema>(ctx: &mut GenContext, description: &str) -> Response {
+/// A response of one content type whose body has `T`'s schema.
+fn response_of<T: JsonSchema>(
+    ctx: &mut GenContext,
+    content_type: &str,
+    description: &str,
+) -> Response {
     let schema = ctx.schema.subschema_for::<T>();
     Response {
         description: description.to_owned(),
-        content: IndexMap::from_iter([("application/json".to_owned(), media(schema))]),
+        content: IndexMap::from_iter([(content_type.to_owned(), media(schema))]),
         ..Default::default()
     }
+}
+
+fn json_response<T: JsonSchema>(ctx: &mut GenContext, description: &str) -> Response {
+    response_of::<T>(ctx, "application/json", description)
 }
 
 /// The one response of `O`, under `status`.
@@ -153,12 +162,11 @@ impl OperationOutput for PrometheusText {
     type Inner = String;
 
     fn operation_response(ctx: &mut GenContext, _: &mut Operation) -> Option<Response> {
-        let schema = ctx.schema.subschema_for::<String>();
-        Some(Response {
-            description: "Prometheus text format 0.0.4".to_owned(),
-            content: IndexMap::from_iter([("text/plain".to_owned(), media(schema))]),
-            ..Default::default()
-        })
+        Some(response_of::<String>(
+            ctx,
+            "text/plain",
+            "Prometheus text format 0.0.4",
+        ))
     }
 
     fn inferred_responses(
@@ -182,12 +190,11 @@ impl<T: JsonSchema> OperationOutput for EventStream<T> {
     type Inner = T;
 
     fn operation_response(ctx: &mut GenContext, _: &mut Operation) -> Option<Response> {
-        let schema = ctx.schema.subschema_for::<T>();
-        Some(Response {
-            description: "a stream of events, each `data` line of this schema".to_owned(),
-            content: IndexMap::from_iter([("text/event-stream".to_owned(), media(schema))]),
-            ..Default::default()
-        })
+        Some(response_of::<T>(
+            ctx,
+            "text/event-stream",
+            "a stream of events, each `data` line of this schema",
+        ))
     }
 
     fn inferred_responses(

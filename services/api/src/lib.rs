@@ -128,8 +128,7 @@ fn router(api: Arc<Api>, tokens: Arc<Vec<Token>>) -> Router {
         tokens,
         auth::require_token,
     ));
-    let (routes, _) = openapi::router(protected.merge(openapi::public_routes()));
-    routes
+    openapi::router(protected.merge(openapi::public_routes()))
         // A module (1 MiB at most) plus its metadata.
         .layer(DefaultBodyLimit::max(
             wasmbed_eventlog::modules::MAX_MODULE_LEN + 64 * 1024,

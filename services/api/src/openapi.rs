@@ -247,8 +247,8 @@ async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../dashboard/index.html"))
 }
 
-/// The routes as an axum router, and their document.
-pub(crate) fn router(routes: ApiRouter<Arc<Api>>) -> (axum::Router<Arc<Api>>, Arc<OpenApi>) {
+/// The routes as an axum router, serving their document at `/api/openapi.json`.
+pub(crate) fn router(routes: ApiRouter<Arc<Api>>) -> axum::Router<Arc<Api>> {
     let mut api = OpenApi {
         info: Info {
             title: "Wasmbed api".to_owned(),
@@ -272,8 +272,7 @@ pub(crate) fn router(routes: ApiRouter<Arc<Api>>) -> (axum::Router<Arc<Api>>, Ar
             },
         )
     });
-    let api = Arc::new(api);
-    (router.layer(Extension(api.clone())), api)
+    router.layer(Extension(Arc::new(api)))
 }
 
 async fn openapi_json(Extension(api): Extension<Arc<OpenApi>>) -> axum::Json<OpenApi> {
