@@ -51,7 +51,8 @@ async fn new_holder(cluster: &Cluster, lease: &str, killed: &str) -> String {
     }
 }
 
-/// Starts emulators `emu-0`… (simulated boards) through the renode-manager's commands.
+/// Starts emulators `emu-0`… through the renode-manager's commands (the managers here run the
+/// simulator backend; `simulated: false` leaves the choice of backend to them).
 async fn start_emulators(cluster: &Cluster, n: usize) -> Vec<DeviceId> {
     let emulators: Vec<DeviceId> = (0..n)
         .map(|n| DeviceId::new(format!("emu-{n}")).unwrap())

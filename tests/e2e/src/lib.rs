@@ -25,6 +25,7 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
 use wasmbed_test_support::{NatsServer, http_get};
 
+pub mod apps;
 pub mod cluster;
 pub mod docker;
 pub mod downlinks;
@@ -339,15 +340,7 @@ impl System {
 
     /// Deploys application `app` to its target.
     pub async fn deploy_app(&self, app: &AppId) {
-        call(
-            &self.client,
-            &DeployApplication {
-                app_id: app.clone(),
-            },
-            T,
-        )
-        .await
-        .unwrap();
+        apps::deploy_application(&self.client, app).await.unwrap();
     }
 
     /// A device client connector trusting this system's CA.

@@ -11,7 +11,7 @@ use sha2::Digest;
 use wasmbed_bus::{CallError, call};
 use wasmbed_device_core::release::{manifest_for, sign_release, sign_rotation};
 use wasmbed_schemas::bytes::Blob;
-use wasmbed_schemas::command::{CreateApplication, RevokePublisher, TrustPublisher};
+use wasmbed_schemas::command::{RevokePublisher, TrustPublisher};
 use wasmbed_schemas::event::Target;
 use wasmbed_schemas::frame::codec::{decode, encode_to_vec};
 use wasmbed_schemas::frame::{
@@ -119,19 +119,16 @@ impl System {
         limits: Limits,
         release: Option<SignedRelease>,
     ) -> Result<(), CallError> {
-        let sha = wasmbed_deployer::upload_module(self.log.jetstream(), module)
-            .await
-            .unwrap();
-        let create = CreateApplication {
-            app_id: app.clone(),
-            name: app.to_string(),
-            module_sha256: sha,
+        crate::apps::create_application(
+            &self.client,
+            &self.log,
+            app,
+            module,
             target,
-            config: Blob(b"lab".to_vec()),
             limits,
             release,
-        };
-        call(&self.client, &create, T).await.map(drop)
+        )
+        .await
     }
 
     /// A simulated device with `key` provisioned to trust `publishers` as of `serial`,

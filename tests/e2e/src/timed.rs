@@ -10,10 +10,7 @@ use futures::StreamExt;
 use wasmbed_bus::call;
 use wasmbed_deployer::upload_module;
 use wasmbed_device_core::Signer;
-use wasmbed_schemas::bytes::Blob;
-use wasmbed_schemas::command::{
-    AbortRollout, CreateApplication, DeployApplication, RegisterDevice, StartRollout,
-};
+use wasmbed_schemas::command::{AbortRollout, DeployApplication, RegisterDevice, StartRollout};
 use wasmbed_schemas::event::{Event, EventEnvelope, Target};
 use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::rollout::{MaxFailures, WaveSize};
@@ -115,22 +112,10 @@ pub fn bench_module(len: usize, variant: u8) -> Vec<u8> {
 
 /// Creates `app` for every device with `module` (not deployed).
 pub async fn create(system: &System, app: &AppId, module: &[u8]) {
-    let sha = upload_module(system.log.jetstream(), module).await.unwrap();
-    call(
-        &system.client,
-        &CreateApplication {
-            app_id: app.clone(),
-            name: app.to_string(),
-            module_sha256: sha,
-            target: Target::All,
-            config: Blob::default(),
-            limits: bench_limits(),
-            release: None,
-        },
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let (client, log) = (&system.client, &system.log);
+    crate::apps::create_application(client, log, app, module, Target::All, bench_limits(), None)
+        .await
+        .unwrap();
 }
 
 /// How long until every device reported a version running.

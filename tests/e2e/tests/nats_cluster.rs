@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use wasmbed_bus::call;
+use wasmbed_e2e::apps::{create_application, deploy_application};
 use wasmbed_e2e::cluster::LogAudit;
 use wasmbed_e2e::{T, deployment, test_limits};
 use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
+use wasmbed_example_apps::{COUNTER, SENSOR};
 use wasmbed_gateway::{GatewayConfig, Listeners};
-use wasmbed_schemas::bytes::Blob;
-use wasmbed_schemas::command::{CreateApplication, DeployApplication, GetCaCertificate};
+use wasmbed_schemas::command::GetCaCertificate;
 use wasmbed_schemas::event::{Event, Target};
-use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::{AppId, DeviceId, GatewayId, subject};
 use wasmbed_service::RuntimeOptions;
@@ -170,14 +170,19 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
     let mut limits = test_limits();
     limits.tick_interval_ms = 200;
     let counter = AppId::new("counter").unwrap();
-    create_and_deploy(
+    let all = Target::All;
+    create_application(
         &operator,
         &log,
         &counter,
-        wasmbed_example_apps::COUNTER,
-        &limits,
+        COUNTER,
+        all.clone(),
+        limits,
+        None,
     )
-    .await;
+    .await
+    .unwrap();
+    deploy_application(&operator, &counter).await.unwrap();
     let deadline = Instant::now() + T * 2;
     while heard.lock().unwrap().len() < devices_n {
         assert!(
@@ -188,7 +193,10 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
     }
     // A second app is being deployed at the kill.
     let app = AppId::new("sensor").unwrap();
-    create_and_deploy(&operator, &log, &app, wasmbed_example_apps::SENSOR, &limits).await;
+    create_application(&operator, &log, &app, SENSOR, all, limits, None)
+        .await
+        .unwrap();
+    deploy_application(&operator, &app).await.unwrap();
 
     let info = log
         .jetstream()
@@ -309,41 +317,4 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
     for sim in sims {
         sim.stop().await;
     }
-}
-
-/// Stores `module`, creates `app` for every device and deploys it.
-async fn create_and_deploy(
-    operator: &async_nats::Client,
-    log: &EventLog,
-    app: &AppId,
-    module: &[u8],
-    limits: &Limits,
-) {
-    let sha = wasmbed_deployer::upload_module(log.jetstream(), module)
-        .await
-        .unwrap();
-    call(
-        operator,
-        &CreateApplication {
-            app_id: app.clone(),
-            name: app.to_string(),
-            module_sha256: sha,
-            target: Target::All,
-            config: Blob::default(),
-            limits: *limits,
-            release: None,
-        },
-        T,
-    )
-    .await
-    .unwrap();
-    call(
-        operator,
-        &DeployApplication {
-            app_id: app.clone(),
-        },
-        T,
-    )
-    .await
-    .unwrap();
 }

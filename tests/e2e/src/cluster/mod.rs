@@ -25,12 +25,10 @@ use futures::StreamExt;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
-use wasmbed_eventlog::modules::upload_module;
 use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
 use wasmbed_local_nats::free_port;
 use wasmbed_schemas::aggregate::AggregateKind;
-use wasmbed_schemas::bytes::Blob;
-use wasmbed_schemas::command::{CreateApplication, DeployApplication, GetCaCertificate};
+use wasmbed_schemas::command::{DeployApplication, GetCaCertificate};
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::subject::LEASES_BUCKET;
@@ -39,6 +37,7 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 use wasmbed_sim::{Connector, SimConfig, SimDevice};
 use wasmbed_test_support::{NatsCluster, NatsServer, http_get};
 
+use crate::apps::{create_application, deploy_application};
 use crate::{T, test_limits};
 
 /// The heartbeat interval the gateways ask for (ms); telemetry calls a device offline after
@@ -395,31 +394,11 @@ impl Cluster {
 
     /// Creates `app` from `module` for every device and deploys it.
     pub async fn deploy(&self, app: &AppId, module: &[u8]) {
-        let sha = upload_module(self.log.jetstream(), module).await.unwrap();
-        call(
-            &self.client,
-            &CreateApplication {
-                app_id: app.clone(),
-                name: app.to_string(),
-                module_sha256: sha,
-                target: Target::All,
-                config: Blob(b"lab".to_vec()),
-                limits: test_limits(),
-                release: None,
-            },
-            T,
-        )
-        .await
-        .unwrap();
-        call(
-            &self.client,
-            &DeployApplication {
-                app_id: app.clone(),
-            },
-            T,
-        )
-        .await
-        .unwrap();
+        let (client, log) = (&self.client, &self.log);
+        create_application(client, log, app, module, Target::All, test_limits(), None)
+            .await
+            .unwrap();
+        deploy_application(client, app).await.unwrap();
     }
 
     /// The devices `app` has run on so far, each with the time its `DeploymentRunning` was
