@@ -252,7 +252,12 @@ async fn lead(
         };
         let reconciler =
             reconciler::Reconciler::new(state.clone(), client.clone(), statuses.clone());
-        reconciler.run(uplink, &mut touched, term.clone()).await;
+        // Dropped, not asked, when the lease ends: an append or a send it is waiting on must
+        // not complete after another instance may have started.
+        tokio::select! {
+            () = reconciler.run(uplink, &mut touched) => {}
+            () = wasmbed_service::lost(term.clone()) => {}
+        }
         info!("deployer lease ended; reconciling stopped");
     }
 }

@@ -3,7 +3,7 @@
 //! One task owns the in-flight steps ([`Link`]s) and is fed by two inputs: what changed in the
 //! fleet view (folded from the log by the service, and recorded by the command handlers), and
 //! the devices' uplink frames (acks and app statuses). It runs only in the instance holding the
-//! deployer's lease, and returns as soon as that lease ends. Each input marks (app, device) pairs dirty; the pass
+//! deployer's lease, and is dropped as soon as that lease ends. Each input marks (app, device) pairs dirty; the pass
 //! over dirty pairs decides events to record and frames to send. Events are recorded with a
 //! concurrency check on the deployment's version, so two decisions on a stale view cannot both
 //! land.
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use wasmbed_eventlog::{ExpectedVersion, ReadModel, StoredEvent};
@@ -138,13 +138,12 @@ impl Reconciler {
         }
     }
 
-    /// Reconciles until the lease's term ends (`None`): then it returns at once, before the
-    /// lease can be taken by another instance.
+    /// Reconciles until the uplink subscription or the fleet view's changes end. The holder
+    /// of the lease runs it raced against the lease's end, which drops it wherever it waits.
     pub(crate) async fn run(
         mut self,
         mut uplink: async_nats::Subscriber,
         touched: &mut mpsc::UnboundedReceiver<Touched>,
-        mut term: watch::Receiver<Option<u64>>,
     ) {
         let everything: Vec<Pair> = {
             let fleet = self.state.fleet();
@@ -159,16 +158,11 @@ impl Reconciler {
         let mut timer = tokio::time::interval(Duration::from_millis(250));
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if term.borrow().is_none() {
-                return;
-            }
             tokio::select! {
-                changed = term.changed() => {
-                    if changed.is_err() || term.borrow().is_none() {
-                        return;
-                    }
-                }
-                Some(t) = touched.recv() => self.mark(t),
+                t = touched.recv() => match t {
+                    Some(t) => self.mark(t),
+                    None => return,
+                },
                 message = uplink.next() => match message {
                     Some(message) => {
                         let mut batch = vec![message];

@@ -2,10 +2,13 @@
 //! pipelined form with a bounded number of acks in flight.
 
 use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::stream::Stream;
+use tokio::time::Instant;
 use tracing::instrument;
 use wasmbed_schemas::AggregateId;
 use wasmbed_schemas::event::EventEnvelope;
@@ -72,10 +75,17 @@ impl AppendError {
     }
 }
 
+/// How long an append waits for its ack, counted from when it was sent (the JetStream
+/// context's own timeout only starts when the ack is awaited, so a pipeline of lost acks would
+/// wait that long once per append, one after another).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A sent append waiting for its ack.
 struct InFlight {
     ack: PublishAckFuture,
     sent: Sent,
+    /// When the ack stops being worth waiting for.
+    deadline: Instant,
 }
 
 /// What was sent, for interpreting the ack.
@@ -89,7 +99,10 @@ struct Sent {
 impl InFlight {
     async fn settle(self, stream: &Stream) -> Result<Appended, AppendError> {
         let sent = self.sent;
-        match self.ack.await {
+        let ack = tokio::time::timeout_at(self.deadline, self.ack.into_future())
+            .await
+            .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)));
+        match ack {
             Ok(ack) => Ok(Appended {
                 sequence: ack.sequence,
                 duplicate: ack.duplicate,
@@ -192,6 +205,7 @@ impl EventLog {
                 version.to_string().as_str(),
             );
         }
+        let deadline = Instant::now() + ACK_TIMEOUT;
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload.into())
@@ -199,6 +213,7 @@ impl EventLog {
             .map_err(AppendError::Publish)?;
         Ok(InFlight {
             ack,
+            deadline,
             sent: Sent {
                 subject,
                 event_id,

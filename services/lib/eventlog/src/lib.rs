@@ -28,7 +28,7 @@ use async_nats::jetstream;
 use wasmbed_schemas::event::{EventDecodeError, EventEnvelope};
 use wasmbed_schemas::subject;
 
-pub use append::{AppendError, Appended, ExpectedVersion};
+pub use append::{ACK_TIMEOUT, AppendError, Appended, ExpectedVersion};
 pub use definitions::SetupError;
 pub use live::{LiveReadError, LiveReader, ReconnectWatch};
 pub use projection::{Projection, ProjectionError};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use wasmbed_eventlog::{
-    Aggregate, AppendError, EventLog, ExpectedVersion, LogOptions, ReadError, ReadModelError,
-    StoredEvent,
+    ACK_TIMEOUT, Aggregate, AppendError, EventLog, ExpectedVersion, LogOptions, ReadError,
+    ReadModelError, StoredEvent,
 };
 use wasmbed_schemas::event::{
     DeviceConnected, DeviceDisconnected, DeviceRegistered, Event, EventEnvelope,
@@ -259,6 +259,42 @@ async fn pipelined_appends_keep_order_and_report_each_result() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+/// Acks that never come (the server is frozen with SIGSTOP) fail each append once its own
+/// wait, counted from when it was sent, is over: a pipeline of them gives up together, not one
+/// ack timeout after another.
+#[tokio::test]
+async fn a_pipeline_of_lost_acks_gives_up_after_one_ack_timeout() {
+    let server = NatsServer::start().await.unwrap();
+    let log = open(&server).await;
+    let pid = server.pid().unwrap().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, pid.as_str()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    let batch: Vec<_> = (0..8)
+        .map(|n| (ExpectedVersion::NONE, registered(n)))
+        .collect();
+    let started = std::time::Instant::now();
+    let results = log.append_pipelined(batch, 8).await;
+    let waited = started.elapsed();
+    signal("-CONT");
+    assert_eq!(results.len(), 8);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(AppendError::Publish(_)))),
+        "{results:?}"
+    );
+    assert!(
+        waited < ACK_TIMEOUT * 2,
+        "eight lost acks took {waited:?}, not about one ack timeout ({ACK_TIMEOUT:?})"
     );
 }
 

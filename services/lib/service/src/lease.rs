@@ -167,6 +167,16 @@ async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Send
     }
 }
 
+/// Completes when the lease behind `term` ends (or its sender goes): what a holder's work is
+/// raced against, so that it stops at once, even in the middle of an await.
+pub async fn lost(mut term: watch::Receiver<Option<u64>>) {
+    while term.borrow().is_some() {
+        if term.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Completes when `stop` turns true or the lease behind `term` ends (or either sender goes):
 /// what a holder's work waits on to stop at once.
 pub async fn stopped_or_lost(
