@@ -72,7 +72,8 @@ pub struct ManagerArgs {
     /// The QEMU binary (qemu backend).
     #[arg(long, env = "WASMBED_QEMU", default_value = "qemu-system-arm")]
     qemu: PathBuf,
-    /// The Docker Engine socket (container backends).
+    /// The Docker engine (container backends): its socket, or `tcp://host:port` for a shared
+    /// engine that every instance of the manager reaches.
     #[arg(
         long,
         env = "DOCKER_HOST",
@@ -86,13 +87,6 @@ pub struct ManagerArgs {
         default_value = "antmicro/renode:latest"
     )]
     image: String,
-    /// Where the devices' generated files are written (container backends).
-    #[arg(
-        long,
-        env = "WASMBED_EMULATOR_WORK_DIR",
-        default_value = ".state/emulators"
-    )]
-    work_dir: PathBuf,
     /// Where device secrets are kept.
     #[arg(long, env = "WASMBED_DEVICE_KEYS", default_value = ".state/devices")]
     key_dir: PathBuf,
@@ -368,12 +362,11 @@ pub async fn run(command: ServeCommand) -> Result<()> {
 fn manager_config(args: ManagerArgs) -> Result<wasmbed_renode_manager::ManagerConfig> {
     use wasmbed_renode_manager::backend::{Backend, QemuBackend};
     use wasmbed_renode_manager::docker::{ContainerBackend, ContainerConfig};
-    let container = |config: fn(String, String, PathBuf, PathBuf) -> ContainerConfig| {
+    let container = |config: fn(String, String, PathBuf) -> ContainerConfig| {
         Backend::Container(std::sync::Arc::new(ContainerBackend::new(config(
             args.docker_host.clone(),
             args.image.clone(),
             args.firmware.clone(),
-            args.work_dir.clone(),
         ))))
     };
     let backend = match args.backend {

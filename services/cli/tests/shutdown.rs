@@ -72,8 +72,6 @@ async fn a_command_in_flight_at_sigterm_is_answered_and_new_ones_are_not_taken()
         .args(["serve", "renode-manager", "--backend", "sim"])
         .arg("--key-dir")
         .arg(dir.path().join("keys"))
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
         .args(["--health-listen", &health.to_string()])
         .env("NATS_URL", nats.url())
         .env(

@@ -2,20 +2,24 @@
 //!
 //! In production the image is Renode's and the command runs the generated `.resc`; the tests
 //! give it a locally built image with QEMU and a QEMU command line. Either way the manager
-//! writes the device's files (the `.resc` for Renode, the provisioning block for both) into
-//! `<work_dir>/<device>/`, mounts that read-only at [`DEVICE_MOUNT`] and the firmware images
-//! read-only at [`FIRMWARE_MOUNT`], streams the container's output as the UART, waits for it
-//! to end, and stops and removes it on request.
+//! uploads the device's files (the `.resc` for Renode, the provisioning block for both) to
+//! [`DEVICE_DIR`] and the board's firmware image under [`FIRMWARE_DIR`] into the created
+//! container through the engine's archive API, streams the container's output as the UART,
+//! waits for it to end, and stops and removes it on request.
+//!
+//! Nothing is bind-mounted: the engine may be on another host than the manager (a shared
+//! engine that every instance of the manager reaches, so the lease's next holder can see and
+//! replace the emulators of one that died).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use tracing::warn;
@@ -27,10 +31,10 @@ use crate::provision::ProvisionError;
 use crate::resc::{self, RescError};
 use crate::uart::UartLog;
 
-/// Where the device's own files are mounted in the container.
-pub const DEVICE_MOUNT: &str = "/wasmbed/device";
-/// Where the firmware images are mounted in the container.
-pub const FIRMWARE_MOUNT: &str = "/wasmbed/firmware";
+/// Where the device's own files are in the container.
+pub const DEVICE_DIR: &str = "/wasmbed/device";
+/// Where the firmware image is in the container (under its target's directory).
+pub const FIRMWARE_DIR: &str = "/wasmbed/firmware";
 /// The label every emulator container carries (its value is the device id).
 pub const DEVICE_LABEL: &str = "io.wasmbed.device";
 
@@ -46,7 +50,8 @@ pub enum ContainerEmulator {
 /// The container backend's settings.
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
-    /// The engine's socket (`unix:///var/run/docker.sock`).
+    /// The engine: its socket (`unix:///var/run/docker.sock`) or its address
+    /// (`tcp://renode-engine:2375`).
     pub docker_host: String,
     /// The emulator image (never pulled: it must be present on the engine).
     pub image: String,
@@ -56,10 +61,8 @@ pub struct ContainerConfig {
     pub command: Vec<String>,
     /// What the image runs.
     pub emulator: ContainerEmulator,
-    /// The host directory of the firmware images (`firmware/target`).
+    /// The manager's directory of the firmware images (`firmware/target`).
     pub firmware_dir: PathBuf,
-    /// A host directory for the devices' files.
-    pub work_dir: PathBuf,
     /// The container network (`host` reaches a gateway on the host's loopback).
     pub network_mode: String,
     /// Container names are this prefix plus the device id.
@@ -68,12 +71,7 @@ pub struct ContainerConfig {
 
 impl ContainerConfig {
     /// Renode in Docker, as in production: `renode --disable-xwt --console -e "include @script"`.
-    pub fn renode(
-        docker_host: String,
-        image: String,
-        firmware_dir: PathBuf,
-        work_dir: PathBuf,
-    ) -> Self {
+    pub fn renode(docker_host: String, image: String, firmware_dir: PathBuf) -> Self {
         Self {
             docker_host,
             image,
@@ -88,19 +86,13 @@ impl ContainerConfig {
             .to_vec(),
             emulator: ContainerEmulator::Renode,
             firmware_dir,
-            work_dir,
             network_mode: "host".into(),
             name_prefix: "wasmbed-emulator-".into(),
         }
     }
 
     /// QEMU in a container: the same backend with QEMU's command line.
-    pub fn qemu(
-        docker_host: String,
-        image: String,
-        firmware_dir: PathBuf,
-        work_dir: PathBuf,
-    ) -> Self {
+    pub fn qemu(docker_host: String, image: String, firmware_dir: PathBuf) -> Self {
         Self {
             command: [
                 "qemu-system-arm",
@@ -121,7 +113,7 @@ impl ContainerConfig {
             .map(String::from)
             .to_vec(),
             emulator: ContainerEmulator::Qemu,
-            ..Self::renode(docker_host, image, firmware_dir, work_dir)
+            ..Self::renode(docker_host, image, firmware_dir)
         }
     }
 }
@@ -138,8 +130,8 @@ pub enum ContainerError {
         /// What it said.
         source: bollard::errors::Error,
     },
-    /// The device's files could not be written.
-    #[error("writing {path}: {source}")]
+    /// The device's files could not be read or packed.
+    #[error("{path}: {source}")]
     Files {
         /// The file.
         path: String,
@@ -188,7 +180,14 @@ impl ContainerBackend {
     /// The engine, speaking the highest API version both sides know (Debian's dockerd 20.10
     /// stops at 1.41; bollard would ask for newer).
     async fn engine(&self) -> Result<Docker, ContainerError> {
-        Docker::connect_with_unix(&self.config.docker_host, 120, bollard::API_DEFAULT_VERSION)
+        let host = &self.config.docker_host;
+        let version = bollard::API_DEFAULT_VERSION;
+        let connected = if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(host, 120, version)
+        } else {
+            Docker::connect_with_unix(host, 120, version)
+        };
+        connected
             .map_err(|source| self.engine_error(source))?
             .negotiate_version()
             .await
@@ -202,25 +201,30 @@ impl ContainerBackend {
         }
     }
 
-    /// Writes the device's files, creates and starts its container, and follows it.
+    /// Creates the device's container, uploads its files, starts it, and follows it.
     pub async fn start(&self, launch: &Launch<'_>) -> Result<Emulator, ContainerError> {
         let board = launch.mcu.firmware()?;
-        let firmware = format!(
-            "{FIRMWARE_MOUNT}/{}/release/wasmbed-firmware",
-            board.target()
-        );
+        let elf = format!("{}/release/wasmbed-firmware", board.target());
+        let firmware = format!("{FIRMWARE_DIR}/{elf}");
+        let image_path = self.config.firmware_dir.join(&elf);
+        let image = std::fs::read(&image_path).map_err(|source| ContainerError::Files {
+            path: image_path.display().to_string(),
+            source,
+        })?;
         // The container shares the host's network, so the guest sees the host as QEMU's does.
         let block = launch.guest_block()?;
-        let dir = self.config.work_dir.join(launch.device.as_str());
-        write(
-            &dir,
-            "provisioning.bin",
-            &block.encode().map_err(RescError::from)?,
-        )?;
+        let mut files = vec![
+            (
+                format!("{DEVICE_DIR}/provisioning.bin"),
+                block.encode().map_err(RescError::from)?,
+            ),
+            (firmware.clone(), image),
+        ];
         if self.config.emulator == ContainerEmulator::Renode {
             let script = resc::render(launch.mcu, launch.device.as_str(), &firmware, &block)?;
-            write(&dir, "device.resc", script.as_bytes())?;
+            files.push((format!("{DEVICE_DIR}/device.resc"), script.into_bytes()));
         }
+        let archive = archive(&files)?;
         let machine = launch.mcu.qemu_machine.clone().unwrap_or_default();
         let command = self
             .config
@@ -228,8 +232,8 @@ impl ContainerBackend {
             .iter()
             .map(|arg| {
                 arg.replace("{device}", launch.device.as_str())
-                    .replace("{script}", &format!("{DEVICE_MOUNT}/device.resc"))
-                    .replace("{block}", &format!("{DEVICE_MOUNT}/provisioning.bin"))
+                    .replace("{script}", &format!("{DEVICE_DIR}/device.resc"))
+                    .replace("{block}", &format!("{DEVICE_DIR}/provisioning.bin"))
                     .replace("{firmware}", &firmware)
                     .replace("{machine}", &machine)
             })
@@ -255,10 +259,6 @@ impl ContainerBackend {
             attach_stderr: Some(true),
             tty: Some(false),
             host_config: Some(HostConfig {
-                binds: Some(vec![
-                    format!("{}:{FIRMWARE_MOUNT}:ro", self.config.firmware_dir.display()),
-                    format!("{}:{DEVICE_MOUNT}:ro", dir.display()),
-                ]),
                 network_mode: Some(self.config.network_mode.clone()),
                 ..Default::default()
             }),
@@ -271,7 +271,19 @@ impl ContainerBackend {
             )
             .await
             .map_err(|e| self.engine_error(e))?;
-        if let Err(e) = docker.start_container(&created.id, None).await {
+        let upload = UploadToContainerOptionsBuilder::new().path("/").build();
+        let started = match docker
+            .upload_to_container(
+                &created.id,
+                Some(upload),
+                bollard::body_full(archive.into()),
+            )
+            .await
+        {
+            Ok(()) => docker.start_container(&created.id, None).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             let _ = docker
                 .remove_container(
                     &created.id,
@@ -288,18 +300,27 @@ impl ContainerBackend {
     }
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ContainerError> {
-    let path = dir.join(name);
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&path, bytes))
-        .map_err(|source| ContainerError::Files {
-            path: path.display().to_string(),
-            source,
-        })
+/// A tar archive of `files` (absolute paths in the container), readable by everyone: the
+/// emulator image may run as any user.
+fn archive(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, ContainerError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o444);
+        header.set_cksum();
+        tar.append_data(&mut header, path.trim_start_matches('/'), bytes.as_slice())
+            .map_err(|source| ContainerError::Files {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    tar.into_inner().map_err(|source| ContainerError::Files {
+        path: "the archive".into(),
+        source,
+    })
 }
 
-/// Streams the container's output into `uart`, waits for its end or a stop request, and
-/// removes it.
 async fn follow(docker: Docker, id: String, uart: Arc<UartLog>, control: Control) {
     let Control { stop, exit } = control;
     let logs = docker.logs(

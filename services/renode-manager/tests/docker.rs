@@ -26,6 +26,8 @@ const ID: &str = "4f1c2a9be3d04c5e8f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f70819
 struct Engine {
     requests: Mutex<Vec<String>>,
     created: Mutex<Option<serde_json::Value>>,
+    /// The files uploaded into the container (path, bytes), from the tar archive.
+    uploaded: Mutex<Vec<(String, Vec<u8>)>>,
     /// Set to the exit code when the container ends (stopped, or crashed by the test).
     ended: Mutex<Option<watch::Sender<Option<i64>>>>,
 }
@@ -95,6 +97,20 @@ async fn answer(engine: Arc<Engine>, method: Method, uri: Uri, body: Bytes) -> R
                 serde_json::json!({ "Id": ID, "Warnings": [] }),
             )
         }
+        ("PUT", ["containers", id, "archive"]) if *id == ID => {
+            assert_eq!(uri.query(), Some("path=%2F"), "uploaded to /");
+            let mut archive = tar::Archive::new(body.as_ref());
+            let mut files = Vec::new();
+            for entry in archive.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                let path = entry.path().unwrap().display().to_string();
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+                files.push((path, bytes));
+            }
+            *engine.uploaded.lock().unwrap() = files;
+            StatusCode::OK.into_response()
+        }
         ("POST", ["containers", _, "start"]) => StatusCode::NO_CONTENT.into_response(),
         ("POST", ["containers", _, "stop"]) => {
             ended.send_replace(Some(143));
@@ -146,6 +162,24 @@ async fn scripted_engine(dir: &Path) -> (String, Arc<Engine>) {
 /// A catalogue in which the MPS2 board also has a Renode platform, so the Renode path runs
 /// end to end against the scripted engine (the bundled catalogue has no board that both
 /// Renode models and the firmware supports).
+/// A firmware directory with a stand-in image for the MPS2 boards' target.
+fn firmware_dir(dir: &Path) -> std::path::PathBuf {
+    let firmware = dir.join("firmware");
+    let release = firmware.join("thumbv7m-none-eabi/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("wasmbed-firmware"), b"\x7fELF stand-in").unwrap();
+    firmware
+}
+
+/// The uploaded file at `path`.
+fn uploaded(engine: &Engine, path: &str) -> Option<Vec<u8>> {
+    let files = engine.uploaded.lock().unwrap();
+    files
+        .iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, b)| b.clone())
+}
+
 fn catalogue() -> Catalogue {
     let bundled = Catalogue::bundled().unwrap();
     assert!(bundled.get("Mps2An385").unwrap().renode().is_err());
@@ -179,13 +213,10 @@ fn launch<'a>(
 async fn renode_in_a_container_is_created_started_streamed_stopped_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     let (host, engine) = scripted_engine(dir.path()).await;
-    let firmware = dir.path().join("firmware");
-    let work = dir.path().join("work");
     let backend = ContainerBackend::new(ContainerConfig::renode(
         host,
         "wasmbed/renode:test".into(),
-        firmware.clone(),
-        work.clone(),
+        firmware_dir(dir.path()),
     ));
     assert_eq!(backend.name(), "renode-docker");
     let (catalogue, device) = (catalogue(), DeviceId::new("board-1").unwrap());
@@ -196,7 +227,8 @@ async fn renode_in_a_container_is_created_started_streamed_stopped_and_removed()
         .unwrap();
     assert_eq!(emulator.instance(), format!("container {}", &ID[..12]));
 
-    // The create request: image, command running the generated script, both mounts read-only.
+    // The create request: image, command running the generated script, nothing bind-mounted
+    // (the engine may be on another host).
     let created = engine.created.lock().unwrap().clone().unwrap();
     assert_eq!(created["Image"], "wasmbed/renode:test");
     assert_eq!(
@@ -209,17 +241,22 @@ async fn renode_in_a_container_is_created_started_streamed_stopped_and_removed()
             "include @/wasmbed/device/device.resc"
         ])
     );
-    let binds = created["HostConfig"]["Binds"].as_array().unwrap();
-    assert!(binds.contains(&format!("{}:/wasmbed/firmware:ro", firmware.display()).into()));
-    assert!(
-        binds.contains(&format!("{}:/wasmbed/device:ro", work.join("board-1").display()).into())
-    );
+    assert!(created["HostConfig"]["Binds"].is_null(), "{created}");
     assert_eq!(created["HostConfig"]["NetworkMode"], "host");
     assert_eq!(created["Labels"]["io.wasmbed.device"], "board-1");
 
-    // The generated script in the mounted directory: the ELF from the firmware mount, and the
-    // words at 0x20001000 decode to the guest's view of the gateway.
-    let script = std::fs::read_to_string(work.join("board-1/device.resc")).unwrap();
+    // Uploaded into the container before it started: the firmware image, and the generated
+    // script loading it, whose words at 0x20001000 decode to the guest's view of the gateway.
+    assert_eq!(
+        uploaded(
+            &engine,
+            "wasmbed/firmware/thumbv7m-none-eabi/release/wasmbed-firmware"
+        )
+        .unwrap(),
+        b"\x7fELF stand-in"
+    );
+    let script =
+        String::from_utf8(uploaded(&engine, "wasmbed/device/device.resc").unwrap()).unwrap();
     assert!(
         script.contains(
             "sysbus LoadELF @/wasmbed/firmware/thumbv7m-none-eabi/release/wasmbed-firmware"
@@ -229,7 +266,7 @@ async fn renode_in_a_container_is_created_started_streamed_stopped_and_removed()
     let block = Provisioning::decode(&resc::written_block(&script)).unwrap();
     assert_eq!(block.endpoints, ["10.0.2.2:8081"]);
     assert_eq!(block.device_id, "board-1");
-    let raw = std::fs::read(work.join("board-1/provisioning.bin")).unwrap();
+    let raw = uploaded(&engine, "wasmbed/device/provisioning.bin").unwrap();
     assert_eq!(
         Provisioning::decode(&raw).unwrap().endpoints,
         block.endpoints
@@ -256,6 +293,7 @@ async fn renode_in_a_container_is_created_started_streamed_stopped_and_removed()
     let expected = [
         "DELETE /containers/wasmbed-emulator-board-1".to_owned(),
         "POST /containers/create".to_owned(),
+        format!("PUT /containers/{ID}/archive"),
         format!("POST /containers/{ID}/start"),
         format!("POST /containers/{ID}/stop"),
         format!("DELETE /containers/{ID}"),
@@ -280,8 +318,7 @@ async fn a_container_that_dies_is_reported_failed_and_removed() {
     let backend = ContainerBackend::new(ContainerConfig::qemu(
         host,
         "wasmbed/qemu:test".into(),
-        dir.path().join("firmware"),
-        dir.path().join("work"),
+        firmware_dir(dir.path()),
     ));
     assert_eq!(backend.name(), "qemu-docker");
     let (catalogue, device) = (
@@ -306,7 +343,8 @@ async fn a_container_that_dies_is_reported_failed_and_removed() {
     assert!(command.contains(
         &"loader,file=/wasmbed/device/provisioning.bin,addr=0x20001000,force-raw=on".to_owned()
     ));
-    assert!(!dir.path().join("work/board-2/device.resc").exists());
+    assert!(uploaded(&engine, "wasmbed/device/device.resc").is_none());
+    assert!(uploaded(&engine, "wasmbed/device/provisioning.bin").is_some());
 
     // The container dies by itself (segfault): a failed exit, and the container removed.
     let ended = engine.ended.lock().unwrap().clone().unwrap();
@@ -333,11 +371,11 @@ async fn engine_errors_are_clear_refusals() {
     let catalogue = Catalogue::bundled().unwrap();
     let device = DeviceId::new("board-3").unwrap();
     let gateways = ["127.0.0.1:8081".to_owned()];
+    let firmware = firmware_dir(dir.path());
     let missing_image = ContainerBackend::new(ContainerConfig::qemu(
         host,
         "missing:latest".into(),
-        dir.path().join("firmware"),
-        dir.path().join("work"),
+        firmware.clone(),
     ));
     let Err(error) = missing_image
         .start(&launch(&device, &catalogue, &gateways))
@@ -354,8 +392,7 @@ async fn engine_errors_are_clear_refusals() {
     let no_engine = ContainerBackend::new(ContainerConfig::qemu(
         format!("unix://{}", dir.path().join("absent.sock").display()),
         "wasmbed/qemu:test".into(),
-        dir.path().join("firmware"),
-        dir.path().join("work"),
+        firmware.clone(),
     ));
     let Err(error) = no_engine
         .start(&launch(&device, &catalogue, &gateways))
@@ -365,10 +402,23 @@ async fn engine_errors_are_clear_refusals() {
     };
     assert!(error.to_string().contains("absent.sock"), "{error}");
     // The Renode flavour refuses boards Renode does not model, before any engine call.
+    // No firmware image for the board: said before any engine call.
+    let no_image = ContainerBackend::new(ContainerConfig::qemu(
+        format!("unix://{}", dir.path().join("absent.sock").display()),
+        "wasmbed/qemu:test".into(),
+        dir.path().join("empty"),
+    ));
+    let Err(error) = no_image
+        .start(&launch(&device, &catalogue, &gateways))
+        .await
+    else {
+        panic!("started without a firmware image");
+    };
+    assert!(matches!(error, ContainerError::Files { .. }), "{error}");
+    assert!(error.to_string().contains("wasmbed-firmware"), "{error}");
     let renode = ContainerBackend::new(ContainerConfig::renode(
         "unix:///nowhere".into(),
         "r".into(),
-        dir.path().into(),
         dir.path().into(),
     ));
     let reason = renode
