@@ -23,6 +23,7 @@ pub struct Bus {
     #[arg(
         long = "nats",
         env = "NATS_URL",
+        hide_env_values = true,
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,

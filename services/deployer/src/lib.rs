@@ -200,7 +200,7 @@ pub async fn run(
         }
         warn!("event log follow ended");
     });
-    let holder = format!("deployer pid {} #{:08x}", std::process::id(), rand_u32());
+    let holder = wasmbed_service::holder_name(SERVICE.as_str());
     let lease = Lease::start(&log, SERVICE.as_str(), holder)
         .await
         .map_err(DeployerError::Lease)?;
@@ -260,11 +260,4 @@ async fn lead(
         }
         info!("deployer lease ended; reconciling stopped");
     }
-}
-
-/// A random tag telling instances of one process apart in the lease's holder name.
-fn rand_u32() -> u32 {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    u32::from_le_bytes(bytes)
 }

@@ -63,7 +63,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
     let runtime = Runtime::start(nats, "projector", &config.runtime).await?;
-    let holder = format!("projector pid {}", std::process::id());
+    let holder = wasmbed_service::holder_name("projector");
     let lease = Lease::start(runtime.log(), "projector", holder)
         .await
         .map_err(ProjectorError::Lease)?;

@@ -447,7 +447,7 @@ pub async fn run(
     // One instance owns the emulators and answers the commands: the lease holder. Taking the
     // lease, it adopts what the log shows running; losing it, it lets its emulators go quietly
     // (no exit recorded), for the next holder to adopt.
-    let holder = format!("renode-manager pid {}", std::process::id());
+    let holder = wasmbed_service::holder_name(SERVICE.as_str());
     let lease = Lease::start(runtime.log(), SERVICE.as_str(), holder)
         .await
         .map_err(ManagerError::Lease)?;

@@ -96,6 +96,21 @@ impl Drop for Lease {
     }
 }
 
+/// A name for the holder of `service`'s lease, for people reading the bucket or the logs: the
+/// host (containers all run as pid 1), the process, and a count (several instances may share a
+/// process in tests).
+pub fn holder_name(service: &str) -> String {
+    static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown host".to_owned());
+    let n = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    format!("{service} on {host} pid {} #{n}", std::process::id())
+}
+
 /// A renewal may take at most this much of the TTL.
 fn renew_every() -> Duration {
     LEASE_TTL / 4

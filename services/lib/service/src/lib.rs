@@ -14,7 +14,9 @@
 mod health;
 mod lease;
 
-pub use lease::{LEASE_TTL, Lease, LeaseError, held_unless_stopped, lost, stopped_or_lost};
+pub use lease::{
+    LEASE_TTL, Lease, LeaseError, held_unless_stopped, holder_name, lost, stopped_or_lost,
+};
 
 use std::future::Future;
 use std::net::SocketAddr;
