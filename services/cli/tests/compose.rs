@@ -5,17 +5,22 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use wasmbed_bus::call;
 use wasmbed_e2e::docker::DockerEngine;
+use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_local_nats::free_port;
 use wasmbed_renode_manager::firmware::{self, Board};
+use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::command::GetCaCertificate;
+use wasmbed_schemas::event::Event;
+use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
 use wasmbed_test_support::workspace_root;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
@@ -46,6 +51,34 @@ struct Project<'a> {
 }
 
 impl Project<'_> {
+    /// The container of compose service `service`.
+    fn container(&self, service: &str) -> String {
+        self.compose(&["ps", "--quiet", service])
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// The network `network` of this project, as the engine names it.
+    fn network(&self, network: &str) -> String {
+        format!("{}_{network}", self.name)
+    }
+
+    /// The address of compose service `service` on the project's network `network`.
+    fn address(&self, service: &str, network: &str) -> std::net::IpAddr {
+        let format = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            self.network(network)
+        );
+        let ip = self
+            .engine
+            .docker(&["inspect", "--format", &format, &self.container(service)])
+            .unwrap();
+        ip.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{service} on {network}: {ip:?}: {e}"))
+    }
+
     fn compose(&self, args: &[&str]) -> Result<String, String> {
         let root = workspace_root();
         let socket = self.engine.host.trim_start_matches("unix://");
@@ -121,8 +154,8 @@ fn write_env(path: &Path, ports: &[(&str, u16)], operator: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compose_deployment_enrolls_boards_deploys_and_streams_telemetry() {
-    let engine = match DockerEngine::start() {
+async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
+    let engine = match DockerEngine::start_isolating() {
         Ok(engine) => engine,
         Err(why) => {
             println!("NOT RUN against a real Docker engine: {why}");
@@ -270,10 +303,148 @@ async fn compose_deployment_enrolls_boards_deploys_and_streams_telemetry() {
         heard,
         BTreeSet::from(["qemu-1".to_owned(), "qemu-2".to_owned()])
     );
+    let ca = call(&client, &GetCaCertificate {}, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .certificate_pem;
     println!(
         "compose: 15 containers up, enrollment answering {answering:?} after `up`; 2 QEMU boards \
          online {online:?} after `emulator start`; the sensor app deployed and telemetry from \
          both on 127.0.0.1:{nats_port} {:?} after `app deploy`",
         deploying.elapsed()
     );
+
+    gateway_partitioned(&engine, &project, &client, &ca).await;
+}
+
+/// Simulated devices attached to gateway-1 on the `edge` network; gateway-1 is then cut from the
+/// bus (`docker network disconnect` of `fleet`), its devices must move to gateway-2 and their
+/// telemetry flow again; then it is connected again.
+async fn gateway_partitioned(
+    engine: &DockerEngine,
+    project: &Project<'_>,
+    client: &async_nats::Client,
+    ca: &str,
+) {
+    const DEVICES: usize = 10;
+    let edge = |service| std::net::SocketAddr::new(project.address(service, "edge"), 8081);
+    let connector = Connector::new(ca, "localhost").unwrap();
+    // gateway-1 first: every device starts there.
+    let mut config = SimConfig::new(vec![edge("gateway-1"), edge("gateway-2")]);
+    config.backoff_base = Duration::from_millis(100);
+    config.backoff_max = Duration::from_secs(1);
+    let config = Arc::new(config);
+    let mut sims = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..DEVICES {
+        let key = random_key();
+        let id = DeviceId::new(format!("edge-{n}")).unwrap();
+        call(
+            client,
+            &wasmbed_e2e::registration(&id, &key),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+        sims.push(SimDevice::spawn(connector.clone(), config.clone(), key));
+    }
+    for sim in &mut sims {
+        sim.wait_for(|s| s.connected, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    // The sensor app (deployed to all) runs on them: telemetry from each.
+    let heard: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let hearing = heard.clone();
+    let mut sub = client.subscribe("wasmbed.telemetry.>").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            if let Some(device) = message.subject.split('.').nth(2) {
+                hearing
+                    .lock()
+                    .unwrap()
+                    .insert(device.to_owned(), Instant::now());
+            }
+        }
+    });
+    let edge_heard = |after: Instant| {
+        let heard = heard.lock().unwrap();
+        ids.iter()
+            .filter(|id| heard.get(id.as_str()).is_some_and(|t| *t > after))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while edge_heard(Instant::now() - Duration::from_secs(5)) < DEVICES {
+        assert!(Instant::now() < deadline, "telemetry from the edge devices");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sessions_before: Vec<u32> = sims.iter().map(|s| s.status().sessions).collect();
+
+    let gateway = project.container("gateway-1");
+    engine
+        .docker(&["network", "disconnect", &project.network("fleet"), &gateway])
+        .unwrap();
+    let cut = Instant::now();
+    let moved = loop {
+        let moved = sims
+            .iter()
+            .zip(&sessions_before)
+            .filter(|(s, before)| s.status().connected && s.status().sessions > **before)
+            .count();
+        if moved == DEVICES {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "{moved} of {DEVICES} devices moved after gateway-1 was cut off: {:?}",
+            sims.iter().map(|s| s.status()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Telemetry sent through the new sessions, not what was in flight at the cut.
+    let all_moved = Instant::now();
+    let flowing = loop {
+        if edge_heard(all_moved) == DEVICES {
+            break cut.elapsed();
+        }
+        assert!(
+            all_moved.elapsed() < Duration::from_secs(30),
+            "telemetry from {} of {DEVICES} moved devices",
+            edge_heard(all_moved)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    engine
+        .docker(&["network", "connect", &project.network("fleet"), &gateway])
+        .unwrap();
+    let listed = wasmbed_gateway_of(client, &ids).await;
+    println!(
+        "compose, gateway-1 cut from the bus with {DEVICES} devices attached: all on another \
+         gateway {moved:?} after, their telemetry flowing again {flowing:?} after ({listed})"
+    );
+    for sim in sims {
+        sim.stop().await;
+    }
+}
+
+/// How many of `ids` the fleet view shows on each gateway.
+async fn wasmbed_gateway_of(client: &async_nats::Client, ids: &[DeviceId]) -> String {
+    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
+        .await
+        .unwrap();
+    let events = log.page(None, 0, usize::MAX).await.unwrap();
+    let mut on: HashMap<String, String> = HashMap::new();
+    for stored in &events {
+        if let Event::DeviceConnected(c) = &stored.envelope.event
+            && ids.contains(&c.device_id)
+        {
+            on.insert(c.device_id.to_string(), c.gateway_id.to_string());
+        }
+    }
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for gateway in on.values() {
+        *count.entry(gateway.clone()).or_default() += 1;
+    }
+    format!("last connected per the log: {count:?}")
 }

@@ -33,6 +33,9 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// On shutdown, how long devices are told to wait before reconnecting.
     pub reconnect_after: Duration,
+    /// Cut off from the bus this long, the gateway sends its devices away (to another gateway)
+    /// and closes new connections at once, until the bus is back.
+    pub bus_loss_grace: Duration,
     /// Refusals are audited per window of this length: ...
     pub audit_window: Duration,
     /// ... the first this many of each reason from each source in full, the rest counted
@@ -70,6 +73,7 @@ impl GatewayConfig {
             max_sessions: 200_000,
             shutdown_grace: Duration::from_secs(5),
             reconnect_after: Duration::from_millis(500),
+            bus_loss_grace: Duration::from_secs(3),
             audit_window: Duration::from_secs(10),
             audit_in_full: 3,
             uplink_bytes_per_second: 1024 * 1024,

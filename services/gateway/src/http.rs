@@ -29,7 +29,7 @@ pub(crate) async fn serve(
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    if gw.ready.load(Ordering::Relaxed) {
+    if gw.ready.load(Ordering::Relaxed) && !*gw.bus_lost.borrow() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

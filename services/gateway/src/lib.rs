@@ -89,7 +89,41 @@ pub(crate) struct Gateway {
     pub(crate) refusals: RefusalAudit,
     pub(crate) allowances: Allowances,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// True while the gateway has been cut off from the bus for longer than the grace.
+    pub(crate) bus_lost: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
+}
+
+/// Watches the bus connection: once it has been down for `grace`, says the gateway is cut off
+/// (its sessions then send their devices away), and says so no more once it is back.
+async fn watch_bus(client: async_nats::Client, cut_off: watch::Sender<bool>, grace: Duration) {
+    let mut down_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        let now = tokio::time::Instant::now();
+        down_since = if connected {
+            None
+        } else {
+            Some(down_since.unwrap_or(now))
+        };
+        let lost = down_since.is_some_and(|since| now.duration_since(since) >= grace);
+        if *cut_off.borrow() != lost {
+            if lost {
+                warn!(
+                    ?grace,
+                    "cut off from the bus: sending devices to other gateways"
+                );
+            } else {
+                info!("the bus is back: taking devices again");
+            }
+            let _ = cut_off.send(lost);
+        }
+        if cut_off.is_closed() {
+            return;
+        }
+    }
 }
 
 /// Ends the session of every device enrollment revokes while this gateway holds it.
@@ -155,6 +189,7 @@ pub async fn run(
     let certs = Arc::new(CertStore::new(issued));
     let acceptor = TlsAcceptor::from(Arc::new(tls_server_config(certs.clone())?));
     let (stop_sessions, stopping) = watch::channel(false);
+    let (cut_off, bus_lost) = watch::channel(false);
     let gw = Arc::new(Gateway {
         client: client.clone(),
         log,
@@ -169,6 +204,7 @@ pub async fn run(
             session_burst: config.session_burst,
         }),
         shutdown: stopping,
+        bus_lost,
         ready: AtomicBool::new(false),
         config: config.clone(),
     });
@@ -185,6 +221,7 @@ pub async fn run(
         .await
         .map_err(|e| GatewayError::Bus(e.to_string()))?;
     runtime.spawn(end_revoked_sessions(gw.clone(), revocations));
+    runtime.spawn(watch_bus(gw.client.clone(), cut_off, config.bus_loss_grace));
     let auditor = gw.clone();
     runtime.spawn(async move { auditor.refusals.close_windows(&auditor.log).await });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -230,6 +267,13 @@ pub async fn run(
             },
         };
         inc(&gw.metrics.connections);
+        // Cut off from the bus, a session could not authenticate nor reach anything: closed at
+        // once, so the device tries its next gateway.
+        if *gw.bus_lost.borrow() {
+            inc(&gw.metrics.cut_off);
+            drop(tcp);
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             inc(&gw.metrics.over_capacity);
             drop(tcp);

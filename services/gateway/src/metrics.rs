@@ -21,6 +21,7 @@ const REASONS: [(RejectReason, &str); 7] = [
 pub(crate) struct Metrics {
     pub connections: AtomicU64,
     pub over_capacity: AtomicU64,
+    pub cut_off: AtomicU64,
     pub sessions_active: AtomicU64,
     pub sessions_established: AtomicU64,
     pub frames_in: AtomicU64,
@@ -65,6 +66,12 @@ impl Metrics {
             "counter",
             "Connections closed because max_sessions was reached.",
             &self.over_capacity,
+        );
+        metric(
+            "wasmbed_gateway_cut_off_total",
+            "counter",
+            "Connections closed at once because the gateway was cut off from the bus.",
+            &self.cut_off,
         );
         metric(
             "wasmbed_gateway_sessions_active",

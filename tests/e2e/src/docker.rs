@@ -1,6 +1,6 @@
 //! A real Docker engine for tests: Debian's `dockerd`, started by hand as root with its own
-//! data root and socket, no bridge and no iptables. Images are built here from files of this
-//! machine (`docker import`), never pulled.
+//! data root and socket; no bridge and no iptables unless the test needs isolated networks.
+//! Images are built here from files of this machine (`docker import`), never pulled.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +29,18 @@ fn run(command: &mut Command) -> Result<String, String> {
 impl DockerEngine {
     /// Starts an engine, or says why none can run here.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&["--bridge=none", "--iptables=false", "--ip6tables=false"])
+    }
+
+    /// An engine with its default networking: its `docker0` bridge and iptables rules, which
+    /// isolate bridge networks from each other (without them the host routes between them, and
+    /// a container cut from one network still reaches it through another). Only one such
+    /// engine may run at a time (its bridge name is fixed).
+    pub fn start_isolating() -> Result<Self, String> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(networking: &[&str]) -> Result<Self, String> {
         let dockerd = ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -49,7 +61,7 @@ impl DockerEngine {
             .arg(dir.path().join("dockerd.pid"))
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .args(networking)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)

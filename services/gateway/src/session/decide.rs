@@ -64,6 +64,8 @@ impl SessionState {
 pub(crate) enum Input {
     /// The gateway is shutting down and asks its sessions to end.
     StopAsked,
+    /// The gateway has been cut off from the bus: nothing the device sends gets anywhere.
+    BusLost,
     /// The sessions table ended this session; `None` when the table let go of it unasked.
     Ended(Option<Ended>),
     /// The silence timer fired.
@@ -155,6 +157,13 @@ pub(crate) fn decide(
                 reconnect_after_ms: millis(rules.reconnect_after),
             })),
             reason: "gateway shutdown".into(),
+        }),
+        Input::BusLost => Action::End(Ending {
+            tell: Some(Frame::GoAway(GoAway {
+                reason: "gateway cut off from the bus; try another".into(),
+                reconnect_after_ms: millis(rules.reconnect_after),
+            })),
+            reason: "gateway cut off from the bus".into(),
         }),
         Input::Ended(Some(Ended::Revoked(why))) => Action::End(Ending {
             tell: Some(Frame::Rejected(Rejected {
@@ -295,6 +304,17 @@ mod tests {
                         reconnect_after_ms: 500,
                     })),
                     "gateway shutdown",
+                ),
+            ),
+            (
+                Input::BusLost,
+                soon,
+                ends(
+                    Some(Frame::GoAway(GoAway {
+                        reason: "gateway cut off from the bus; try another".into(),
+                        reconnect_after_ms: 500,
+                    })),
+                    "gateway cut off from the bus",
                 ),
             ),
             (

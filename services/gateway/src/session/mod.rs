@@ -320,6 +320,8 @@ where
     // two trips to the runtime's timer wheel, which all sessions share.
     let stop = asked_to_stop(gw.shutdown.clone()).fuse();
     tokio::pin!(stop);
+    let bus_lost = asked_to_stop(gw.bus_lost.clone()).fuse();
+    tokio::pin!(bus_lost);
     let mut state = SessionState::opened(Instant::now());
     let silent = tokio::time::sleep_until(state.last_heard + rules.silence());
     tokio::pin!(silent);
@@ -327,6 +329,7 @@ where
         let mut input = tokio::select! {
             // Graceful only when asked; a dropped gateway (sender gone) says nothing.
             true = &mut stop => Input::StopAsked,
+            true = &mut bus_lost => Input::BusLost,
             why = &mut ended => Input::Ended(why.ok()),
             () = &mut silent => Input::SilenceTimer,
             next = frames.next(&mut reader) => match next {
