@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use wasmbed_bus::call;
+use wasmbed_e2e::apps::{create_application, deploy_application};
 use wasmbed_e2e::docker::DockerEngine;
+use wasmbed_e2e::{deployment, test_limits};
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_local_nats::free_port;
 use wasmbed_renode_manager::firmware::{self, Board};
@@ -48,6 +50,8 @@ struct Project<'a> {
     engine: &'a DockerEngine,
     env_file: PathBuf,
     name: String,
+    /// The operator's URL on the published NATS port.
+    nats_url: String,
 }
 
 impl Project<'_> {
@@ -193,6 +197,7 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
         engine: &engine,
         env_file: dir.path().join("compose.env"),
         name: format!("wasmbed-test-{}", std::process::id()),
+        nats_url: format!("nats://operator:{operator}@127.0.0.1:{nats_port}"),
     };
     write_env(&project.env_file, &ports, &operator);
     let started = Instant::now();
@@ -213,7 +218,7 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
     );
 
     // From outside the compose network: the operator on the published NATS port.
-    let nats_url = format!("nats://operator:{operator}@127.0.0.1:{nats_port}");
+    let nats_url = project.nats_url.clone();
     let client = loop {
         let connecting =
             async_nats::ConnectOptions::with_user_and_password("operator".into(), operator.clone())
@@ -314,7 +319,11 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
         deploying.elapsed()
     );
 
-    gateway_partitioned(&engine, &project, &client, &ca).await;
+    let (sims, ids) = gateway_partitioned(&engine, &project, &client, &ca).await;
+    deployer_paused(&engine, &project, &client, &ids).await;
+    for sim in sims {
+        sim.stop().await;
+    }
 }
 
 /// Simulated devices attached to gateway-1 on the `edge` network; gateway-1 is then cut from the
@@ -325,7 +334,7 @@ async fn gateway_partitioned(
     project: &Project<'_>,
     client: &async_nats::Client,
     ca: &str,
-) {
+) -> (Vec<SimDevice>, Vec<DeviceId>) {
     const DEVICES: usize = 10;
     let edge = |service| std::net::SocketAddr::new(project.address(service, "edge"), 8081);
     let connector = Connector::new(ca, "localhost").unwrap();
@@ -423,9 +432,103 @@ async fn gateway_partitioned(
         "compose, gateway-1 cut from the bus with {DEVICES} devices attached: all on another \
          gateway {moved:?} after, their telemetry flowing again {flowing:?} after ({listed})"
     );
-    for sim in sims {
-        sim.stop().await;
+    (sims, ids)
+}
+
+/// The deployer holding the lease is frozen (`docker pause`) past its lease while an app is
+/// being deployed to `ids`; the other takes over and completes the deployment. Unfrozen, the
+/// first must not act on what it was doing: every device runs the app once, no event twice.
+async fn deployer_paused(
+    engine: &DockerEngine,
+    project: &Project<'_>,
+    client: &async_nats::Client,
+    ids: &[DeviceId],
+) {
+    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
+        .await
+        .unwrap();
+    let leases = log
+        .jetstream()
+        .get_key_value(wasmbed_schemas::subject::LEASES_BUCKET)
+        .await
+        .unwrap();
+    let holder = || async {
+        let value = leases.get("deployer").await.ok().flatten()?;
+        Some(String::from_utf8_lossy(&value).into_owned())
+    };
+    // A container's host name is its id's first 12 characters.
+    let deployers = ["deployer-1", "deployer-2"].map(|s| project.container(s));
+    let holding = holder().await.expect("a deployer holds the lease");
+    let frozen = deployers
+        .iter()
+        .find(|id| holding.contains(&id[..12]))
+        .unwrap_or_else(|| panic!("{holding} is neither of {deployers:?}"))
+        .clone();
+    // The commands are answered first: a frozen instance keeps its share of the command queue
+    // until the server drops it (about 6 s without pongs), and those commands go unanswered.
+    let counter = wasmbed_schemas::AppId::new("counter").unwrap();
+    let target = wasmbed_schemas::event::Target::Devices(ids.to_vec());
+    create_application(
+        client,
+        &log,
+        &counter,
+        wasmbed_example_apps::COUNTER,
+        target,
+        test_limits(),
+        None,
+    )
+    .await
+    .unwrap();
+    deploy_application(client, &counter).await.unwrap();
+    engine.docker(&["pause", &frozen]).unwrap();
+    let paused = Instant::now();
+    let taken_over = loop {
+        if let Some(now) = holder().await
+            && !now.contains(&frozen[..12])
+        {
+            break paused.elapsed();
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(30),
+            "nobody took the lease from the frozen deployer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for id in ids {
+        loop {
+            let story = log
+                .read(&deployment(&counter, id))
+                .await
+                .unwrap_or_default();
+            if story
+                .iter()
+                .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
+            {
+                break;
+            }
+            assert!(
+                paused.elapsed() < Duration::from_secs(60),
+                "{id} does not run the app 60 s after the holder froze"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
+    let done = paused.elapsed();
+    engine.docker(&["unpause", &frozen]).unwrap();
+    // What the unfrozen instance might still do shows within a few seconds.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let events = log.page(None, 0, usize::MAX).await.unwrap();
+    let audit = wasmbed_e2e::cluster::LogAudit::of(&events);
+    assert_eq!(audit.duplicate_ids, 0, "an event recorded twice");
+    wasmbed_e2e::cluster::assert_ran_once(&events, &[&counter], ids);
+    println!(
+        "compose, the deployer holding the lease frozen (docker pause) with a deployment to {} \
+         devices starting: the other took the lease {taken_over:?} after, the app ran on every \
+         device {done:?} after; unfrozen, nothing recorded twice ({} events, each device ran it \
+         once)",
+        ids.len(),
+        audit.events
+    );
 }
 
 /// How many of `ids` the fleet view shows on each gateway.
