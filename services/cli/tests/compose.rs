@@ -8,13 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use wasmbed_bus::call;
 use wasmbed_e2e::apps::{create_application, deploy_application};
 use wasmbed_e2e::docker::DockerEngine;
+use wasmbed_e2e::fleet::{Heard, connected_fleet};
 use wasmbed_e2e::{deployment, test_limits};
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_local_nats::free_port;
@@ -22,7 +22,7 @@ use wasmbed_renode_manager::firmware::{self, Board};
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::command::GetCaCertificate;
 use wasmbed_schemas::event::Event;
-use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
+use wasmbed_sim::{SimConfig, SimDevice};
 use wasmbed_test_support::workspace_root;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
@@ -337,52 +337,15 @@ async fn gateway_partitioned(
 ) -> (Vec<SimDevice>, Vec<DeviceId>) {
     const DEVICES: usize = 10;
     let edge = |service| std::net::SocketAddr::new(project.address(service, "edge"), 8081);
-    let connector = Connector::new(ca, "localhost").unwrap();
     // gateway-1 first: every device starts there.
     let mut config = SimConfig::new(vec![edge("gateway-1"), edge("gateway-2")]);
     config.backoff_base = Duration::from_millis(100);
     config.backoff_max = Duration::from_secs(1);
-    let config = Arc::new(config);
-    let mut sims = Vec::new();
-    let mut ids = Vec::new();
-    for n in 0..DEVICES {
-        let key = random_key();
-        let id = DeviceId::new(format!("edge-{n}")).unwrap();
-        call(
-            client,
-            &wasmbed_e2e::registration(&id, &key),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-        ids.push(id);
-        sims.push(SimDevice::spawn(connector.clone(), config.clone(), key));
-    }
-    for sim in &mut sims {
-        sim.wait_for(|s| s.connected, Duration::from_secs(60))
-            .await
-            .unwrap();
-    }
+    let (ids, sims) =
+        connected_fleet(client, ca, config, "edge", DEVICES, Duration::from_secs(60)).await;
     // The sensor app (deployed to all) runs on them: telemetry from each.
-    let heard: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let hearing = heard.clone();
-    let mut sub = client.subscribe("wasmbed.telemetry.>").await.unwrap();
-    tokio::spawn(async move {
-        while let Some(message) = sub.next().await {
-            if let Some(device) = message.subject.split('.').nth(2) {
-                hearing
-                    .lock()
-                    .unwrap()
-                    .insert(device.to_owned(), Instant::now());
-            }
-        }
-    });
-    let edge_heard = |after: Instant| {
-        let heard = heard.lock().unwrap();
-        ids.iter()
-            .filter(|id| heard.get(id.as_str()).is_some_and(|t| *t > after))
-            .count()
-    };
+    let heard = Heard::follow(client).await;
+    let edge_heard = |after: Instant| heard.of_since(&ids, after);
     let deadline = Instant::now() + Duration::from_secs(90);
     while edge_heard(Instant::now() - Duration::from_secs(5)) < DEVICES {
         assert!(Instant::now() < deadline, "telemetry from the edge devices");

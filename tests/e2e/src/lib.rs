@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod docker;
 pub mod downlinks;
 pub mod emulated;
+pub mod fleet;
 pub mod gateway;
 pub mod releases;
 pub mod timed;

@@ -6,15 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio::net::TcpListener;
 use wasmbed_bus::call;
 use wasmbed_e2e::apps::{create_application, deploy_application};
 use wasmbed_e2e::cluster::LogAudit;
+use wasmbed_e2e::fleet::{Heard, connected_fleet};
 use wasmbed_e2e::{T, deployment, test_limits};
 use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
 use wasmbed_example_apps::{COUNTER, SENSOR};
@@ -22,9 +20,9 @@ use wasmbed_gateway::{GatewayConfig, Listeners};
 use wasmbed_schemas::command::GetCaCertificate;
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::permissions::Principal;
-use wasmbed_schemas::{AppId, DeviceId, GatewayId, subject};
+use wasmbed_schemas::{AppId, GatewayId, subject};
 use wasmbed_service::RuntimeOptions;
-use wasmbed_sim::{Connector, SimConfig, SimDevice, random_key};
+use wasmbed_sim::SimConfig;
 use wasmbed_test_support::NatsCluster;
 
 /// `WASMBED_CLUSTER_DEVICES` sets the fleet size (default 60, the CI variant; 200 in the
@@ -134,39 +132,12 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
         .unwrap();
 
     // The fleet: registered, connected, heart-beating.
-    let connector = Connector::new(&ca, "localhost").unwrap();
     let mut config = SimConfig::new(vec![gateway_addr]);
     config.backoff_base = Duration::from_millis(50);
     config.backoff_max = Duration::from_millis(500);
-    let config = Arc::new(config);
-    let mut devices = Vec::new();
-    let mut sims = Vec::new();
-    for n in 0..devices_n {
-        let key = random_key();
-        let id = DeviceId::new(format!("node-dev-{n}")).unwrap();
-        call(&operator, &wasmbed_e2e::registration(&id, &key), T)
-            .await
-            .unwrap();
-        devices.push(id);
-        sims.push(SimDevice::spawn(connector.clone(), config.clone(), key));
-    }
-    for sim in &mut sims {
-        sim.wait_for(|s| s.connected, T).await.unwrap();
-    }
+    let (devices, sims) = connected_fleet(&operator, &ca, config, "node-dev", devices_n, T).await;
     // Who published telemetry, and when last: the kill is judged per device.
-    let heard: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let hearing = heard.clone();
-    let mut sub = operator.subscribe(subject::TELEMETRY_ALL).await.unwrap();
-    tokio::spawn(async move {
-        while let Some(message) = sub.next().await {
-            if let Some(device) = message.subject.split('.').nth(2) {
-                hearing
-                    .lock()
-                    .unwrap()
-                    .insert(device.to_owned(), Instant::now());
-            }
-        }
-    });
+    let heard = Heard::follow(&operator).await;
 
     // The counter app publishes every tick on every device: running everywhere before the kill.
     let mut limits = test_limits();
@@ -186,7 +157,7 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
     .unwrap();
     deploy_application(&operator, &counter).await.unwrap();
     let deadline = Instant::now() + T * 2;
-    while heard.lock().unwrap().len() < devices_n {
+    while heard.devices() < devices_n {
         assert!(
             Instant::now() < deadline,
             "not every device publishes telemetry"
@@ -219,12 +190,7 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
 
     // Telemetry resumes from every device; the deployment completes on every device.
     let resumed = loop {
-        let after_kill = heard
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|t| **t > killed)
-            .count();
+        let after_kill = heard.since(killed);
         if after_kill == devices_n {
             break killed.elapsed();
         }
