@@ -126,6 +126,22 @@ fn wasmbed(nats_url: &str, args: &[&str]) -> String {
     try_wasmbed(nats_url, args).unwrap_or_else(|e| panic!("wasmbed {args:?}: {e}"))
 }
 
+/// `wasmbed` asked again while the service it needs is not up yet (nobody answers, or it says
+/// it cannot yet: a lease being taken, no gateway announced), up to 2 min after `started`.
+async fn wasmbed_once_up(nats_url: &str, args: &[&str], started: Instant) -> String {
+    loop {
+        match try_wasmbed(nats_url, args) {
+            Ok(out) => return out,
+            Err(e) => assert!(
+                (e.contains("no responders") || e.contains("Unavailable"))
+                    && started.elapsed() < Duration::from_secs(120),
+                "wasmbed {args:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn try_wasmbed(nats_url: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(WASMBED)
         .args(args)
@@ -158,7 +174,7 @@ fn write_env(path: &Path, ports: &[(&str, u16)], operator: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
+async fn compose_deployment_runs_a_fleet_and_rides_out_partitions() {
     let engine = match DockerEngine::start_isolating() {
         Ok(engine) => engine,
         Err(why) => {
@@ -247,17 +263,8 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
     let answering = started.elapsed();
 
     // Two boards, each QEMU in its own container started by the renode-manager.
-    // The renode-manager may still be taking its lease, or the gateways announcing themselves:
-    // asked again while nobody answers or it says it cannot yet.
     for board in ["qemu-1", "qemu-2"] {
-        while let Err(e) = try_wasmbed(&nats_url, &["emulator", "start", board]) {
-            assert!(
-                (e.contains("no responders") || e.contains("Unavailable"))
-                    && started.elapsed() < Duration::from_secs(120),
-                "emulator start {board}: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wasmbed_once_up(&nats_url, &["emulator", "start", board], started).await;
     }
     let boards = Instant::now();
     loop {
@@ -290,10 +297,12 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
 
     let mut telemetry = client.subscribe("wasmbed.telemetry.>").await.unwrap();
     let deploying = Instant::now();
-    wasmbed(
+    wasmbed_once_up(
         &nats_url,
         &["app", "deploy", "--example", "sensor", "--to", "all"],
-    );
+        started,
+    )
+    .await;
     let mut heard = BTreeSet::new();
     while heard.len() < 2 {
         let message = tokio::time::timeout(Duration::from_secs(30), telemetry.next())
@@ -321,6 +330,7 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_a_partitioned_gateway() {
 
     let (sims, ids) = gateway_partitioned(&engine, &project, &client, &ca).await;
     deployer_paused(&engine, &project, &client, &ids).await;
+    nats_node_cut(&engine, &project, &client, &ids).await;
     for sim in sims {
         sim.stop().await;
     }
@@ -492,6 +502,124 @@ async fn deployer_paused(
         ids.len(),
         audit.events
     );
+}
+
+/// The NATS node leading the event stream is cut from the network while the devices send
+/// telemetry and an app is being deployed to them, then connected again: nothing acknowledged
+/// before is lost, nothing is doubled, the deployment completes and telemetry resumes.
+async fn nats_node_cut(
+    engine: &DockerEngine,
+    project: &Project<'_>,
+    client: &async_nats::Client,
+    ids: &[DeviceId],
+) {
+    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
+        .await
+        .unwrap();
+    let heard = Heard::follow(client).await;
+    let info = log
+        .jetstream()
+        .get_stream(wasmbed_schemas::subject::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("a stream leader");
+    // Only nats-0's port is published and the test's own connection goes through it: when
+    // nats-0 leads, nats-1 (a follower) is cut instead.
+    let victim = if leader == "nats-0" {
+        "nats-1"
+    } else {
+        leader.as_str()
+    };
+    let before = read_all(&log).await;
+    let gauge = wasmbed_schemas::AppId::new("gauge").unwrap();
+    create_application(
+        client,
+        &log,
+        &gauge,
+        wasmbed_example_apps::SENSOR,
+        wasmbed_schemas::event::Target::Devices(ids.to_vec()),
+        test_limits(),
+        None,
+    )
+    .await
+    .unwrap();
+    deploy_application(client, &gauge).await.unwrap();
+    let node = project.container(victim);
+    engine
+        .docker(&["network", "disconnect", &project.network("fleet"), &node])
+        .unwrap();
+    let cut = Instant::now();
+    let resumed = loop {
+        if heard.of_since(ids, cut) == ids.len() {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "telemetry from {} of {} devices after {victim} was cut",
+            heard.of_since(ids, cut),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for id in ids {
+        loop {
+            let story = log.read(&deployment(&gauge, id)).await.unwrap_or_default();
+            if story
+                .iter()
+                .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
+            {
+                break;
+            }
+            assert!(
+                cut.elapsed() < Duration::from_secs(90),
+                "{id} does not run gauge 90 s after {victim} was cut"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let deployed = cut.elapsed();
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
+    engine
+        .docker(&["network", "connect", &project.network("fleet"), &node])
+        .unwrap();
+    let after = read_all(&log).await;
+    let kept: BTreeSet<_> = after.iter().map(|e| e.envelope.event_id).collect();
+    let lost = before
+        .iter()
+        .filter(|e| !kept.contains(&e.envelope.event_id))
+        .count();
+    let audit = wasmbed_e2e::cluster::LogAudit::of(&after);
+    println!(
+        "compose, {victim} (leading the event stream: {leader}) cut from the network with \
+         telemetry flowing and a deployment to {} devices starting: telemetry from all {resumed:?} \
+         after, the app running on all {deployed:?} after; {} events acknowledged before the cut, \
+         {lost} of them lost, {} duplicates in {} events",
+        ids.len(),
+        before.len(),
+        audit.duplicate_ids,
+        audit.events
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(audit.duplicate_ids, 0);
+    wasmbed_e2e::cluster::assert_ran_once(&after, &[&gauge], ids);
+}
+
+/// The whole log; a read that meets an election is tried again.
+async fn read_all(log: &EventLog) -> Vec<wasmbed_eventlog::StoredEvent> {
+    for _ in 0..40 {
+        if let Ok(events) = log.page(None, 0, usize::MAX).await {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the log cannot be read");
 }
 
 /// How many of `ids` the fleet view shows on each gateway.
