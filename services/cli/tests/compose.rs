@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use wasmbed_bus::call;
 use wasmbed_e2e::apps::{create_application, deploy_application};
+use wasmbed_e2e::cluster::{all_events, event_stream_leader, wait_running};
 use wasmbed_e2e::docker::DockerEngine;
 use wasmbed_e2e::fleet::{Heard, connected_fleet};
-use wasmbed_e2e::{deployment, test_limits};
+use wasmbed_e2e::test_limits;
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_local_nats::free_port;
 use wasmbed_renode_manager::firmware::{self, Board};
@@ -467,25 +468,7 @@ async fn deployer_paused(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for id in ids {
-        loop {
-            let story = log
-                .read(&deployment(&counter, id))
-                .await
-                .unwrap_or_default();
-            if story
-                .iter()
-                .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
-            {
-                break;
-            }
-            assert!(
-                paused.elapsed() < Duration::from_secs(60),
-                "{id} does not run the app 60 s after the holder froze"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    wait_running(&log, &counter, ids, paused + Duration::from_secs(60)).await;
     let done = paused.elapsed();
     engine.docker(&["unpause", &frozen]).unwrap();
     // What the unfrozen instance might still do shows within a few seconds.
@@ -517,19 +500,7 @@ async fn nats_node_cut(
         .await
         .unwrap();
     let heard = Heard::follow(client).await;
-    let info = log
-        .jetstream()
-        .get_stream(wasmbed_schemas::subject::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
-    let leader = info
-        .cluster
-        .and_then(|c| c.leader)
-        .expect("a stream leader");
+    let leader = event_stream_leader(&log).await;
     // Only nats-0's port is published and the test's own connection goes through it: when
     // nats-0 leads, nats-1 (a follower) is cut instead.
     let victim = if leader == "nats-0" {
@@ -537,7 +508,7 @@ async fn nats_node_cut(
     } else {
         leader.as_str()
     };
-    let before = read_all(&log).await;
+    let before = all_events(&log).await;
     let gauge = wasmbed_schemas::AppId::new("gauge").unwrap();
     create_application(
         client,
@@ -568,28 +539,13 @@ async fn nats_node_cut(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for id in ids {
-        loop {
-            let story = log.read(&deployment(&gauge, id)).await.unwrap_or_default();
-            if story
-                .iter()
-                .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
-            {
-                break;
-            }
-            assert!(
-                cut.elapsed() < Duration::from_secs(90),
-                "{id} does not run gauge 90 s after {victim} was cut"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    wait_running(&log, &gauge, ids, cut + Duration::from_secs(90)).await;
     let deployed = cut.elapsed();
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
     engine
         .docker(&["network", "connect", &project.network("fleet"), &node])
         .unwrap();
-    let after = read_all(&log).await;
+    let after = all_events(&log).await;
     let kept: BTreeSet<_> = after.iter().map(|e| e.envelope.event_id).collect();
     let lost = before
         .iter()
@@ -609,17 +565,6 @@ async fn nats_node_cut(
     assert_eq!(lost, 0);
     assert_eq!(audit.duplicate_ids, 0);
     wasmbed_e2e::cluster::assert_ran_once(&after, &[&gauge], ids);
-}
-
-/// The whole log; a read that meets an election is tried again.
-async fn read_all(log: &EventLog) -> Vec<wasmbed_eventlog::StoredEvent> {
-    for _ in 0..40 {
-        if let Ok(events) = log.page(None, 0, usize::MAX).await {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("the log cannot be read");
 }
 
 /// How many of `ids` the fleet view shows on each gateway.

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use wasmbed_bus::call;
 use wasmbed_e2e::apps::{create_application, deploy_application};
-use wasmbed_e2e::cluster::LogAudit;
+use wasmbed_e2e::cluster::{LogAudit, all_events, event_stream_leader, wait_running};
 use wasmbed_e2e::fleet::{Heard, connected_fleet};
 use wasmbed_e2e::{T, deployment, test_limits};
-use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
+use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_example_apps::{COUNTER, SENSOR};
 use wasmbed_gateway::{GatewayConfig, Listeners};
 use wasmbed_schemas::command::GetCaCertificate;
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::permissions::Principal;
-use wasmbed_schemas::{AppId, GatewayId, subject};
+use wasmbed_schemas::{AppId, GatewayId};
 use wasmbed_service::RuntimeOptions;
 use wasmbed_sim::SimConfig;
 use wasmbed_test_support::NatsCluster;
@@ -38,22 +38,6 @@ fn replicated() -> RuntimeOptions {
     RuntimeOptions {
         replicas: 3,
         ..RuntimeOptions::default()
-    }
-}
-
-/// The whole log; a read that fails while the cluster settles (a consumer request meeting an
-/// election) is read again.
-async fn all_events(log: &EventLog) -> Vec<StoredEvent> {
-    let mut attempts = 0;
-    loop {
-        match log.page(None, 0, usize::MAX).await {
-            Ok(events) => return events,
-            Err(e) => {
-                attempts += 1;
-                assert!(attempts < 20, "the log cannot be read: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
     }
 }
 
@@ -171,16 +155,7 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
         .unwrap();
     deploy_application(&operator, &app).await.unwrap();
 
-    let info = log
-        .jetstream()
-        .get_stream(subject::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
-    let leader = info.cluster.and_then(|c| c.leader).unwrap();
+    let leader = event_stream_leader(&log).await;
     let victim: usize = leader.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
     let acknowledged_before = all_events(&log).await;
     let sessions_before: Vec<u32> = sims.iter().map(|s| s.status().sessions).collect();
@@ -200,31 +175,7 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    for device in &devices {
-        let deadline = Instant::now() + T * 2;
-        loop {
-            // A read that meets the election fails; it is tried again.
-            let read = log.read(&deployment(&app, device)).await;
-            let story: Vec<&str> = read
-                .as_ref()
-                .map(|events| {
-                    events
-                        .iter()
-                        .map(|e| e.envelope.event.type_name())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if story.contains(&"DeploymentRunning") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{device} never ran the app: {:?}",
-                read.map(|_| story)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_running(&log, &app, &devices, Instant::now() + T * 2).await;
     // When the log recorded the last device running it (reads of the log during the election
     // time out, so the loop above notices late).
     let mut last_running = killed_at;

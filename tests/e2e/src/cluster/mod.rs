@@ -6,12 +6,14 @@
 mod audit;
 mod load;
 mod nats;
+mod reads;
 
 pub use audit::{
     LogAudit, assert_ran_once, assert_registered_once, device_events, recorded_offline,
 };
 pub use load::{connections, register, register_continuously, wait_connected, wait_sessions};
 pub use nats::Nats;
+pub use reads::{all_events, event_stream_leader, wait_running};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
