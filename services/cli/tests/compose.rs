@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use wasmbed_bus::call;
 use wasmbed_e2e::apps::{create_application, deploy_application};
 use wasmbed_e2e::cluster::{all_events, event_stream_leader, wait_running};
@@ -18,28 +17,18 @@ use wasmbed_e2e::docker::DockerEngine;
 use wasmbed_e2e::fleet::{Heard, connected_fleet};
 use wasmbed_e2e::test_limits;
 use wasmbed_eventlog::{EventLog, LogOptions};
-use wasmbed_local_nats::free_port;
+use wasmbed_local_nats::{NatsUsers, free_port};
 use wasmbed_renode_manager::firmware::{self, Board};
-use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::command::GetCaCertificate;
-use wasmbed_schemas::event::Event;
+use wasmbed_schemas::event::{Event, Target};
+use wasmbed_schemas::permissions::Principal;
+use wasmbed_schemas::{AppId, DeviceId};
 use wasmbed_sim::{SimConfig, SimDevice};
 use wasmbed_test_support::workspace_root;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 
-/// The NATS users of `nats/permissions.conf`, whose passwords the compose file needs.
-const USERS: [&str; 8] = [
-    "ENROLLMENT",
-    "GATEWAY",
-    "DEPLOYER",
-    "TELEMETRY",
-    "RENODE_MANAGER",
-    "API",
-    "PROJECTOR",
-    "OPERATOR",
-];
-
+/// 128 random bits as hex (the api token).
 fn secret() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).unwrap();
@@ -157,21 +146,32 @@ fn try_wasmbed(nats_url: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn write_env(path: &Path, ports: &[(&str, u16)], operator: &str) {
+/// The compose file's variables: every NATS user's password, an api token, the host ports.
+fn write_env(path: &Path, users: &NatsUsers, ports: &[(&str, u16)]) {
     let mut env = String::new();
-    for user in USERS {
-        let password = if user == "OPERATOR" {
-            operator.to_owned()
-        } else {
-            secret()
-        };
-        env.push_str(&format!("WASMBED_NATS_PASSWORD_{user}={password}\n"));
+    for (name, password) in users.env() {
+        env.push_str(&format!("{name}={password}\n"));
     }
     env.push_str(&format!("WASMBED_API_TOKEN={}\n", secret()));
     for (name, port) in ports {
         env.push_str(&format!("{name}={port}\n"));
     }
     std::fs::write(path, env).unwrap();
+}
+
+/// Creates `app` from `module` for exactly `devices` and deploys it, as the operator.
+async fn deploy_to(
+    client: &async_nats::Client,
+    log: &EventLog,
+    app: &AppId,
+    module: &[u8],
+    devices: &[DeviceId],
+) {
+    let target = Target::Devices(devices.to_vec());
+    create_application(client, log, app, module, target, test_limits(), None)
+        .await
+        .unwrap();
+    deploy_application(client, app).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +201,8 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_partitions() {
     firmware::build(&root, Board::Mps2An385).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let operator = secret();
+    let users = NatsUsers::generate().unwrap();
+    let operator = users.password(Principal::Operator).to_owned();
     let nats_port = free_port().unwrap();
     let ports = [
         ("WASMBED_NATS_PORT", nats_port),
@@ -216,7 +217,7 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_partitions() {
         name: format!("wasmbed-test-{}", std::process::id()),
         nats_url: format!("nats://operator:{operator}@127.0.0.1:{nats_port}"),
     };
-    write_env(&project.env_file, &ports, &operator);
+    write_env(&project.env_file, &users, &ports);
     let started = Instant::now();
     project
         .compose(&["up", "--detach"])
@@ -294,7 +295,11 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_partitions() {
         "one container per board: {containers}"
     );
 
-    let mut telemetry = client.subscribe("wasmbed.telemetry.>").await.unwrap();
+    let heard = Heard::follow(&client).await;
+    let boards = [
+        DeviceId::new("qemu-1").unwrap(),
+        DeviceId::new("qemu-2").unwrap(),
+    ];
     let deploying = Instant::now();
     wasmbed_once_up(
         &nats_url,
@@ -302,20 +307,15 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_partitions() {
         started,
     )
     .await;
-    let mut heard = BTreeSet::new();
-    while heard.len() < 2 {
-        let message = tokio::time::timeout(Duration::from_secs(30), telemetry.next())
-            .await
-            .expect("telemetry from the boards")
-            .unwrap();
-        if let Some(device) = message.subject.split('.').nth(2) {
-            heard.insert(device.to_owned());
-        }
+    while heard.of_since(&boards, deploying) < boards.len() {
+        assert!(
+            deploying.elapsed() < Duration::from_secs(60),
+            "telemetry from {} of the 2 boards",
+            heard.of_since(&boards, deploying)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        heard,
-        BTreeSet::from(["qemu-1".to_owned(), "qemu-2".to_owned()])
-    );
+    let telemetry_after = deploying.elapsed();
     let ca = call(&client, &GetCaCertificate {}, Duration::from_secs(5))
         .await
         .unwrap()
@@ -323,13 +323,16 @@ async fn compose_deployment_runs_a_fleet_and_rides_out_partitions() {
     println!(
         "compose: 15 service containers up, enrollment answering {answering:?} after `up`; the \
          2 QEMU boards compose asks for online {online:?} after `up`; the sensor app deployed \
-         and telemetry from both on 127.0.0.1:{nats_port} {:?} after `app deploy`",
-        deploying.elapsed()
+         and telemetry from both on 127.0.0.1:{nats_port} {telemetry_after:?} after `app \
+         deploy`"
     );
 
-    let (sims, ids) = gateway_partitioned(&engine, &project, &client, &ca).await;
-    deployer_paused(&engine, &project, &client, &ids).await;
-    nats_node_cut(&engine, &project, &client, &ids).await;
+    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
+        .await
+        .unwrap();
+    let (sims, ids) = gateway_partitioned(&engine, &project, &client, &log, &heard, &ca).await;
+    deployer_paused(&engine, &project, &client, &log, &ids).await;
+    nats_node_cut(&engine, &project, &client, &log, &heard, &ids).await;
     for sim in sims {
         sim.stop().await;
     }
@@ -342,6 +345,8 @@ async fn gateway_partitioned(
     engine: &DockerEngine,
     project: &Project<'_>,
     client: &async_nats::Client,
+    log: &EventLog,
+    heard: &Heard,
     ca: &str,
 ) -> (Vec<SimDevice>, Vec<DeviceId>) {
     const DEVICES: usize = 10;
@@ -353,7 +358,6 @@ async fn gateway_partitioned(
     let (ids, sims) =
         connected_fleet(client, ca, config, "edge", DEVICES, Duration::from_secs(60)).await;
     // The sensor app (deployed to all) runs on them: telemetry from each.
-    let heard = Heard::follow(client).await;
     let edge_heard = |after: Instant| heard.of_since(&ids, after);
     let deadline = Instant::now() + Duration::from_secs(90);
     while edge_heard(Instant::now() - Duration::from_secs(5)) < DEVICES {
@@ -399,7 +403,7 @@ async fn gateway_partitioned(
     engine
         .docker(&["network", "connect", &project.network("fleet"), &gateway])
         .unwrap();
-    let listed = wasmbed_gateway_of(client, &ids).await;
+    let listed = last_gateways(log, &ids).await;
     println!(
         "compose, gateway-1 cut from the bus with {DEVICES} devices attached: all on another \
          gateway {moved:?} after, their telemetry flowing again {flowing:?} after ({listed})"
@@ -414,11 +418,9 @@ async fn deployer_paused(
     engine: &DockerEngine,
     project: &Project<'_>,
     client: &async_nats::Client,
+    log: &EventLog,
     ids: &[DeviceId],
 ) {
-    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
-        .await
-        .unwrap();
     let leases = log
         .jetstream()
         .get_key_value(wasmbed_schemas::subject::LEASES_BUCKET)
@@ -438,20 +440,8 @@ async fn deployer_paused(
         .clone();
     // The commands are answered first: a frozen instance keeps its share of the command queue
     // until the server drops it (about 6 s without pongs), and those commands go unanswered.
-    let counter = wasmbed_schemas::AppId::new("counter").unwrap();
-    let target = wasmbed_schemas::event::Target::Devices(ids.to_vec());
-    create_application(
-        client,
-        &log,
-        &counter,
-        wasmbed_example_apps::COUNTER,
-        target,
-        test_limits(),
-        None,
-    )
-    .await
-    .unwrap();
-    deploy_application(client, &counter).await.unwrap();
+    let counter = AppId::new("counter").unwrap();
+    deploy_to(client, log, &counter, wasmbed_example_apps::COUNTER, ids).await;
     engine.docker(&["pause", &frozen]).unwrap();
     let paused = Instant::now();
     let taken_over = loop {
@@ -466,12 +456,12 @@ async fn deployer_paused(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    wait_running(&log, &counter, ids, paused + Duration::from_secs(60)).await;
+    wait_running(log, &counter, ids, paused + Duration::from_secs(60)).await;
     let done = paused.elapsed();
     engine.docker(&["unpause", &frozen]).unwrap();
     // What the unfrozen instance might still do shows within a few seconds.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let events = log.page(None, 0, usize::MAX).await.unwrap();
+    let events = all_events(log).await;
     let audit = wasmbed_e2e::cluster::LogAudit::of(&events);
     assert_eq!(audit.duplicate_ids, 0, "an event recorded twice");
     wasmbed_e2e::cluster::assert_ran_once(&events, &[&counter], ids);
@@ -492,13 +482,11 @@ async fn nats_node_cut(
     engine: &DockerEngine,
     project: &Project<'_>,
     client: &async_nats::Client,
+    log: &EventLog,
+    heard: &Heard,
     ids: &[DeviceId],
 ) {
-    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
-        .await
-        .unwrap();
-    let heard = Heard::follow(client).await;
-    let leader = event_stream_leader(&log).await;
+    let leader = event_stream_leader(log).await;
     // Only nats-0's port is published and the test's own connection goes through it: when
     // nats-0 leads, nats-1 (a follower) is cut instead.
     let victim = if leader == "nats-0" {
@@ -506,20 +494,9 @@ async fn nats_node_cut(
     } else {
         leader.as_str()
     };
-    let before = all_events(&log).await;
-    let gauge = wasmbed_schemas::AppId::new("gauge").unwrap();
-    create_application(
-        client,
-        &log,
-        &gauge,
-        wasmbed_example_apps::SENSOR,
-        wasmbed_schemas::event::Target::Devices(ids.to_vec()),
-        test_limits(),
-        None,
-    )
-    .await
-    .unwrap();
-    deploy_application(client, &gauge).await.unwrap();
+    let before = all_events(log).await;
+    let gauge = AppId::new("gauge").unwrap();
+    deploy_to(client, log, &gauge, wasmbed_example_apps::SENSOR, ids).await;
     let node = project.container(victim);
     engine
         .docker(&["network", "disconnect", &project.network("fleet"), &node])
@@ -537,13 +514,13 @@ async fn nats_node_cut(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    wait_running(&log, &gauge, ids, cut + Duration::from_secs(90)).await;
+    wait_running(log, &gauge, ids, cut + Duration::from_secs(90)).await;
     let deployed = cut.elapsed();
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
     engine
         .docker(&["network", "connect", &project.network("fleet"), &node])
         .unwrap();
-    let after = all_events(&log).await;
+    let after = all_events(log).await;
     let kept: BTreeSet<_> = after.iter().map(|e| e.envelope.event_id).collect();
     let lost = before
         .iter()
@@ -565,14 +542,10 @@ async fn nats_node_cut(
     wasmbed_e2e::cluster::assert_ran_once(&after, &[&gauge], ids);
 }
 
-/// How many of `ids` the fleet view shows on each gateway.
-async fn wasmbed_gateway_of(client: &async_nats::Client, ids: &[DeviceId]) -> String {
-    let log = EventLog::open(client.clone(), &LogOptions { replicas: 3 })
-        .await
-        .unwrap();
-    let events = log.page(None, 0, usize::MAX).await.unwrap();
+/// How many of `ids` were last connected to each gateway, per the log.
+async fn last_gateways(log: &EventLog, ids: &[DeviceId]) -> String {
     let mut on: HashMap<String, String> = HashMap::new();
-    for stored in &events {
+    for stored in &all_events(log).await {
         if let Event::DeviceConnected(c) = &stored.envelope.event
             && ids.contains(&c.device_id)
         {

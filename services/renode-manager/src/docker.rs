@@ -207,10 +207,12 @@ impl ContainerBackend {
         let elf = format!("{}/release/wasmbed-firmware", board.target());
         let firmware = format!("{FIRMWARE_DIR}/{elf}");
         let image_path = self.config.firmware_dir.join(&elf);
-        let image = std::fs::read(&image_path).map_err(|source| ContainerError::Files {
-            path: image_path.display().to_string(),
-            source,
-        })?;
+        let image = tokio::fs::read(&image_path)
+            .await
+            .map_err(|source| ContainerError::Files {
+                path: image_path.display().to_string(),
+                source,
+            })?;
         // The container shares the host's network, so the guest sees the host as QEMU's does.
         let block = launch.guest_block()?;
         let mut files = vec![
@@ -272,17 +274,14 @@ impl ContainerBackend {
             .await
             .map_err(|e| self.engine_error(e))?;
         let upload = UploadToContainerOptionsBuilder::new().path("/").build();
-        let started = match docker
-            .upload_to_container(
-                &created.id,
-                Some(upload),
-                bollard::body_full(archive.into()),
-            )
-            .await
-        {
-            Ok(()) => docker.start_container(&created.id, None).await,
-            Err(e) => Err(e),
-        };
+        let body = bollard::body_full(archive.into());
+        let started = async {
+            docker
+                .upload_to_container(&created.id, Some(upload), body)
+                .await?;
+            docker.start_container(&created.id, None).await
+        }
+        .await;
         if let Err(e) = started {
             let _ = docker
                 .remove_container(
@@ -308,7 +307,7 @@ fn archive(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, ContainerError> {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o444);
-        header.set_cksum();
+        // append_data sets the path and the checksum.
         tar.append_data(&mut header, path.trim_start_matches('/'), bytes.as_slice())
             .map_err(|source| ContainerError::Files {
                 path: path.clone(),

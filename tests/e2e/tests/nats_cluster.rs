@@ -13,12 +13,12 @@ use wasmbed_bus::call;
 use wasmbed_e2e::apps::{create_application, deploy_application};
 use wasmbed_e2e::cluster::{LogAudit, all_events, event_stream_leader, wait_running};
 use wasmbed_e2e::fleet::{Heard, connected_fleet};
-use wasmbed_e2e::{T, deployment, test_limits};
+use wasmbed_e2e::{T, test_limits};
 use wasmbed_eventlog::{EventLog, LogOptions};
 use wasmbed_example_apps::{COUNTER, SENSOR};
 use wasmbed_gateway::{GatewayConfig, Listeners};
 use wasmbed_schemas::command::GetCaCertificate;
-use wasmbed_schemas::event::{Event, Target};
+use wasmbed_schemas::event::Target;
 use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::{AppId, GatewayId};
 use wasmbed_service::RuntimeOptions;
@@ -175,17 +175,9 @@ async fn the_system_rides_out_the_event_streams_leader_node_killed_and_restarted
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    wait_running(&log, &app, &devices, Instant::now() + T * 2).await;
     // When the log recorded the last device running it (reads of the log during the election
-    // time out, so the loop above notices late).
-    let mut last_running = killed_at;
-    for device in &devices {
-        for e in log.read(&deployment(&app, device)).await.unwrap() {
-            if matches!(e.envelope.event, Event::DeploymentRunning(_)) {
-                last_running = last_running.max(e.envelope.time);
-            }
-        }
-    }
+    // time out, so the wait notices late).
+    let last_running = wait_running(&log, &app, &devices, Instant::now() + T * 2).await;
     let deployed = (last_running - killed_at).to_std().unwrap_or_default();
     let reconnected = sims
         .iter()

@@ -3,10 +3,10 @@
 //! One task owns the in-flight steps ([`Link`]s) and is fed by two inputs: what changed in the
 //! fleet view (folded from the log by the service, and recorded by the command handlers), and
 //! the devices' uplink frames (acks and app statuses). It runs only in the instance holding the
-//! deployer's lease, and is dropped as soon as that lease ends. Each input marks (app, device) pairs dirty; the pass
-//! over dirty pairs decides events to record and frames to send. Events are recorded with a
-//! concurrency check on the deployment's version, so two decisions on a stale view cannot both
-//! land.
+//! deployer's lease, and is dropped as soon as that lease ends. Each input marks (app, device)
+//! pairs dirty; the pass over dirty pairs decides events to record and frames to send. Events
+//! are recorded with a concurrency check on the deployment's version, so two decisions on a
+//! stale view cannot both land.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

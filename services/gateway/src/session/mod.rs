@@ -318,9 +318,9 @@ where
     }
     // Both made once per session, not once per frame: a timer re-armed on every frame costs
     // two trips to the runtime's timer wheel, which all sessions share.
-    let stop = asked_to_stop(gw.shutdown.clone()).fuse();
+    let stop = turns_true(gw.shutdown.clone()).fuse();
     tokio::pin!(stop);
-    let bus_lost = asked_to_stop(gw.bus_lost.clone()).fuse();
+    let bus_lost = turns_true(gw.bus_lost.clone()).fuse();
     tokio::pin!(bus_lost);
     let mut state = SessionState::opened(Instant::now());
     let silent = tokio::time::sleep_until(state.last_heard + rules.silence());
@@ -409,10 +409,10 @@ async fn carry_out<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Completes with `true` when the gateway asks sessions to stop, `false` if the gateway is
-/// gone without asking.
-async fn asked_to_stop(mut shutdown: tokio::sync::watch::Receiver<bool>) -> bool {
-    shutdown.wait_for(|stop| *stop).await.is_ok()
+/// Completes with `true` when the gateway's flag (asked to stop, cut off from the bus) turns
+/// true, `false` if the gateway is gone without saying.
+async fn turns_true(mut flag: tokio::sync::watch::Receiver<bool>) -> bool {
+    flag.wait_for(|set| *set).await.is_ok()
 }
 
 async fn append(gw: &Gateway, event: wasmbed_schemas::event::Event) {

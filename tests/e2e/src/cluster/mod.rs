@@ -13,7 +13,7 @@ pub use audit::{
 };
 pub use load::{connections, register, register_continuously, wait_connected, wait_sessions};
 pub use nats::Nats;
-pub use reads::{all_events, event_stream_leader, wait_running};
+pub use reads::{all_events, event_stream_leader, running, wait_running};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,7 +29,6 @@ use tokio::time::Instant;
 use wasmbed_bus::{CallError, call};
 use wasmbed_eventlog::{EventLog, LogOptions, StoredEvent};
 use wasmbed_local_nats::free_port;
-use wasmbed_schemas::aggregate::AggregateKind;
 use wasmbed_schemas::command::{DeployApplication, GetCaCertificate};
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::permissions::Principal;
@@ -404,23 +403,9 @@ impl Cluster {
     }
 
     /// The devices `app` has run on so far, each with the time its `DeploymentRunning` was
-    /// recorded (one read of the deployment events).
+    /// recorded.
     pub async fn running(&self, app: &AppId) -> BTreeMap<DeviceId, DateTime<Utc>> {
-        let deployments = wasmbed_schemas::subject::events_of_kind(AggregateKind::Deployment);
-        let events = self
-            .log
-            .page(Some(deployments), 0, usize::MAX)
-            .await
-            .unwrap();
-        events
-            .iter()
-            .filter_map(|e| match &e.envelope.event {
-                Event::DeploymentRunning(r) if &r.app_id == app => {
-                    Some((r.device_id.clone(), e.envelope.time))
-                }
-                _ => None,
-            })
-            .collect()
+        reads::running(&self.log, app).await.unwrap()
     }
 
     /// On how many of `devices` `app` is running now.
@@ -437,23 +422,7 @@ impl Cluster {
         devices: &[DeviceId],
         within: Duration,
     ) -> DateTime<Utc> {
-        let deadline = Instant::now() + within;
-        loop {
-            let running = self.running(app).await;
-            let missing: Vec<&DeviceId> = devices
-                .iter()
-                .filter(|d| !running.contains_key(*d))
-                .collect();
-            if missing.is_empty() {
-                return devices
-                    .iter()
-                    .map(|d| running[d])
-                    .max()
-                    .unwrap_or_else(Utc::now);
-            }
-            assert!(Instant::now() < deadline, "{app} never ran on {missing:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        reads::wait_running(&self.log, app, devices, std::time::Instant::now() + within).await
     }
 
     /// Waits until the telemetry service has recorded `device` offline.
@@ -478,7 +447,7 @@ impl Cluster {
 
     /// Every event in the log, oldest first.
     pub async fn all_events(&self) -> Vec<StoredEvent> {
-        self.log.page(None, 0, usize::MAX).await.unwrap()
+        reads::all_events(&self.log).await
     }
 }
 

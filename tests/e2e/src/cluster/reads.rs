@@ -1,13 +1,14 @@
 //! Reading the log of a replicated system while it rides out a fault: reads that meet an
 //! election are tried again.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use wasmbed_eventlog::{EventLog, StoredEvent};
+use chrono::{DateTime, Utc};
+use wasmbed_eventlog::{EventLog, ReadError, StoredEvent};
+use wasmbed_schemas::aggregate::AggregateKind;
 use wasmbed_schemas::event::Event;
 use wasmbed_schemas::{AppId, DeviceId, subject};
-
-use crate::deployment;
 
 /// The whole log; a read that fails while the cluster settles is tried again (for up to 20 s).
 pub async fn all_events(log: &EventLog) -> Vec<StoredEvent> {
@@ -36,21 +37,48 @@ pub async fn event_stream_leader(log: &EventLog) -> String {
         .expect("the event stream has a leader")
 }
 
-/// Waits until the log records `app` running on every one of `devices`; panics naming the
-/// first that does not by `deadline`.
-pub async fn wait_running(log: &EventLog, app: &AppId, devices: &[DeviceId], deadline: Instant) {
-    for device in devices {
-        loop {
-            // A read that meets an election fails; it is tried again.
-            let story = log.read(&deployment(app, device)).await.unwrap_or_default();
-            if story
-                .iter()
-                .any(|e| matches!(e.envelope.event, Event::DeploymentRunning(_)))
-            {
-                break;
+/// The devices `app` has run on so far, each with the time its `DeploymentRunning` was
+/// recorded (one read of the deployment events).
+pub async fn running(
+    log: &EventLog,
+    app: &AppId,
+) -> Result<BTreeMap<DeviceId, DateTime<Utc>>, ReadError> {
+    let deployments = subject::events_of_kind(AggregateKind::Deployment);
+    let events = log.page(Some(deployments), 0, usize::MAX).await?;
+    Ok(events
+        .iter()
+        .filter_map(|e| match &e.envelope.event {
+            Event::DeploymentRunning(r) if &r.app_id == app => {
+                Some((r.device_id.clone(), e.envelope.time))
             }
-            assert!(Instant::now() < deadline, "{device} never ran {app}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            _ => None,
+        })
+        .collect())
+}
+
+/// Waits until the log records `app` running on every one of `devices` (a read that meets an
+/// election counts as nothing yet); returns when the last one started it, as recorded. Panics
+/// naming those that do not by `deadline`.
+pub async fn wait_running(
+    log: &EventLog,
+    app: &AppId,
+    devices: &[DeviceId],
+    deadline: Instant,
+) -> DateTime<Utc> {
+    loop {
+        let running = running(log, app).await.unwrap_or_default();
+        let missing: Vec<&DeviceId> = devices
+            .iter()
+            .filter(|d| !running.contains_key(*d))
+            .collect();
+        if missing.is_empty() {
+            return devices
+                .iter()
+                .filter_map(|d| running.get(d).copied())
+                .max()
+                .unwrap_or_else(Utc::now);
         }
+        assert!(Instant::now() < deadline, "{app} never ran on {missing:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
