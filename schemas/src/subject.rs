@@ -194,6 +194,11 @@ pub mod header {
     pub const SEQUENCE: &str = "Wasmbed-Seq";
     /// The application's own topic name of a telemetry message.
     pub const TOPIC: &str = "Wasmbed-Topic";
+    /// W3C Trace Context: the trace and parent span a message belongs to, on commands, replies,
+    /// events and device downlink/uplink messages (`00-<trace id>-<span id>-<flags>`).
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C Trace Context: vendor-specific trace state, passed on unchanged.
+    pub const TRACESTATE: &str = "tracestate";
 }
 
 #[cfg(test)]

@@ -145,27 +145,27 @@ impl<T: JsonSchema> OperationOutput for JsonList<T> {
     }
 }
 
-/// The Prometheus text format.
-pub(crate) struct PrometheusText(pub(crate) String);
+/// The OpenMetrics text format (what Prometheus scrapes).
+pub(crate) struct MetricsText(pub(crate) String);
 
-impl IntoResponse for PrometheusText {
+impl IntoResponse for MetricsText {
     fn into_response(self) -> axum::response::Response {
         (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [(header::CONTENT_TYPE, wasmbed_metrics::CONTENT_TYPE)],
             self.0,
         )
             .into_response()
     }
 }
 
-impl OperationOutput for PrometheusText {
+impl OperationOutput for MetricsText {
     type Inner = String;
 
     fn operation_response(ctx: &mut GenContext, _: &mut Operation) -> Option<Response> {
         Some(response_of::<String>(
             ctx,
-            "text/plain",
-            "Prometheus text format 0.0.4",
+            "application/openmetrics-text",
+            "OpenMetrics text format 1.0.0",
         ))
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
+use prometheus_client::metrics::gauge::Gauge;
 use std::marker::PhantomData;
 
 use axum::extract::{Multipart, Query, State};
@@ -29,7 +30,7 @@ use wasmbed_schemas::{AggregateKind, AppId, DeviceId, subject};
 use crate::Api;
 use crate::error::ApiError;
 use crate::io::{
-    AppPath, Created, DevicePath, InPath, JsonList, OptionalBody, PrometheusText, UploadBody,
+    AppPath, Created, DevicePath, InPath, JsonList, MetricsText, OptionalBody, UploadBody,
 };
 
 type S = State<Arc<Api>>;
@@ -441,29 +442,30 @@ pub(crate) async fn events(
     }))
 }
 
-pub(crate) async fn metrics(State(api): S) -> PrometheusText {
+pub(crate) async fn metrics(State(api): S) -> MetricsText {
     let view = api.view();
-    let text = format!(
-        "# HELP wasmbed_devices Devices known to the fleet.\n\
-         # TYPE wasmbed_devices gauge\n\
-         wasmbed_devices {}\n\
-         # HELP wasmbed_devices_online Devices online now.\n\
-         # TYPE wasmbed_devices_online gauge\n\
-         wasmbed_devices_online {}\n\
-         # HELP wasmbed_applications Applications (not deleted).\n\
-         # TYPE wasmbed_applications gauge\n\
-         wasmbed_applications {}\n\
-         # HELP wasmbed_apps_running Applications running, counted per device.\n\
-         # TYPE wasmbed_apps_running gauge\n\
-         wasmbed_apps_running {}\n\
-         # HELP wasmbed_api_log_sequence The last event the api's view has folded in.\n\
-         # TYPE wasmbed_api_log_sequence gauge\n\
-         wasmbed_api_log_sequence {}\n",
-        view.devices.len(),
-        view.online(),
+    let mut registry = wasmbed_metrics::instance_registry();
+    let mut gauge = |name: &str, help: &str, value: usize| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(name, help, gauge);
+    };
+    gauge("devices", "Devices known to the fleet.", view.devices.len());
+    gauge("devices_online", "Devices online now.", view.online());
+    gauge(
+        "applications",
+        "Applications (not deleted).",
         view.apps.len(),
-        view.running(),
-        view.sequence
     );
-    PrometheusText(text)
+    gauge(
+        "apps_running",
+        "Applications running, counted per device.",
+        view.running(),
+    );
+    gauge(
+        "api_log_sequence",
+        "The last event the api's view has folded in.",
+        usize::try_from(view.sequence).unwrap_or(usize::MAX),
+    );
+    MetricsText(wasmbed_metrics::encode_with(&[&registry]))
 }

@@ -246,6 +246,9 @@ struct NewApp {
     limits: Limits,
 }
 
+/// The root span of one `app deploy`: with tracing on, the deployer, the gateways and the
+/// devices' acknowledgements all continue its trace.
+#[tracing::instrument(name = "app deploy", skip_all, fields(app = %new.app_id))]
 async fn deploy(bus: &Bus, new: NewApp, signing: &SigningArgs, wait: Duration) -> Result<()> {
     let NewApp {
         module,

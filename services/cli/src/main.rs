@@ -6,6 +6,7 @@ mod device;
 mod emulated;
 mod emulator;
 mod events;
+mod observe;
 mod release;
 mod rollout;
 mod serve;
@@ -16,7 +17,6 @@ mod up;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// Wasmbed: WebAssembly applications on microcontroller fleets.
 #[derive(Parser)]
@@ -71,15 +71,20 @@ enum Command {
     Serve(serve::ServeCommand),
 }
 
+/// The name a process of `command` has in traces.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Up(_) => "wasmbed",
+        Command::Serve(serve) => serve.service_name(),
+        _ => "wasmbed-cli",
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WASMBED_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let print_spans = matches!(&cli.command, Command::Up(args) if args.trace);
+    let tracing = observe::init(service_name(&cli.command), print_spans);
     let result: Result<()> = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Events(command) => events::run(command).await,
@@ -101,6 +106,7 @@ async fn main() {
             .map_err(|e| anyhow::anyhow!("rendering the CRDs: {e}")),
         Command::Telemetry(command) => telemetry::run(command).await,
     };
+    drop(tracing);
     if let Err(e) = result {
         // One line: scripts read it.
         eprintln!("wasmbed: {e:#}");

@@ -32,6 +32,21 @@ pub enum ServeCommand {
     Projector(ProjectorArgs),
 }
 
+impl ServeCommand {
+    /// The service's name in traces.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Self::Enrollment(_) => "wasmbed-enrollment",
+            Self::Gateway(_) => "wasmbed-gateway",
+            Self::Telemetry(_) => "wasmbed-telemetry",
+            Self::Deployer(_) => "wasmbed-deployer",
+            Self::Api(_) => "wasmbed-api",
+            Self::RenodeManager(_) => "wasmbed-renode-manager",
+            Self::Projector(_) => "wasmbed-projector",
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ProjectorArgs {
     #[command(flatten)]

@@ -44,6 +44,10 @@ const NATS_PERMISSIONS: &str = include_str!("../../../nats/permissions.conf");
 
 #[derive(Args)]
 pub struct UpArgs {
+    /// Print every span as it closes (with its timing) on stderr: one deploy or enrollment
+    /// followed through the services. `WASMBED_TRACE` filters them (default `info`).
+    #[arg(long)]
+    pub trace: bool,
     /// Where the system keeps its state (the NATS store, the CA, device keys, logs).
     #[arg(long, env = "WASMBED_STATE_DIR", default_value = ".state")]
     state_dir: PathBuf,

@@ -55,6 +55,12 @@ async fn up_with(
         .env("WASMBED_STATE_DIR", state)
         .env("WASMBED_NATS_SERVER", &nats_server)
         .stdout(Stdio::piped())
+        // With --trace the caller reads the printed spans.
+        .stderr(if more.contains(&"--trace") {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -577,5 +583,43 @@ async fn a_new_user_walks_the_readme_after_up() {
     .await;
     assert!(heard.is_ok(), "telemetry of both apps: {apps_heard:?}");
     tail.kill().await.unwrap();
+    ctrl_c(child).await;
+}
+
+/// `up --trace` prints every span as it ends with its trace id, and the traces are the ones the
+/// services carry over the bus: the deploy `up` makes is one trace through the deployer's
+/// command, its downlinks, the gateway delivering them and the devices' answers.
+#[tokio::test]
+async fn up_with_trace_prints_one_deploy_as_one_trace() {
+    let state = tempfile::tempdir().unwrap();
+    let (mut child, printed) = up_with(state.path(), 2, 0, &["--trace"]).await;
+    assert!(field(&printed, "apps:").starts_with("sensor deployed to every device"));
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    // trace id → the span names of that trace
+    let mut traces: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let deploy_trace = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let ["trace", id, "span", name, ..] = words.as_slice() {
+                let spans = traces.entry((*id).to_owned()).or_default();
+                spans.push(format!("{name} {line}"));
+                let has = |what: &str, with: &str| {
+                    spans
+                        .iter()
+                        .any(|s| s.starts_with(what) && s.contains(with))
+                };
+                if has("command", "command=deploy_application")
+                    && has("downlink", "frame=Deploy")
+                    && has("uplink", "frame=AppStatus")
+                {
+                    return (*id).to_owned();
+                }
+            }
+        }
+        panic!("up ended; traces printed: {traces:#?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no deploy trace printed within 20 s: {traces:#?}"));
+    assert_eq!(deploy_trace.len(), 32, "a W3C trace id: {deploy_trace}");
     ctrl_c(child).await;
 }

@@ -11,6 +11,7 @@
 //!   the device says how far it got, so a restart neither loses nor repeats a delivery.
 
 mod handlers;
+mod metrics;
 mod reconciler;
 mod release;
 pub mod rollout;
@@ -128,6 +129,7 @@ impl Deployer {
         let touched = self.fleet().apply(&StoredEvent {
             sequence: appended.sequence,
             envelope,
+            trace: wasmbed_bus::trace::current_traceparent(),
         });
         let _ = self.touched.send(touched);
         Ok(appended.sequence)

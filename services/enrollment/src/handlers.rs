@@ -56,6 +56,7 @@ async fn record(
     state.registry().apply(&StoredEvent {
         sequence: appended.sequence,
         envelope,
+        trace: wasmbed_bus::trace::current_traceparent(),
     });
     Ok(appended.sequence)
 }

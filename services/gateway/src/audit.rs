@@ -8,7 +8,6 @@ use wasmbed_schemas::event::EnrollmentRefused;
 use wasmbed_schemas::frame::RejectReason;
 
 use crate::Gateway;
-use crate::metrics::inc;
 
 impl Gateway {
     /// Records a refusal this gateway decided (enrollment records its own).
@@ -27,7 +26,7 @@ impl Gateway {
             remote_addr: remote_addr.to_owned(),
         };
         if self.refusals.record(&self.log, refusal).await == Admission::Count {
-            inc(&self.metrics.audit_suppressed);
+            self.metrics.audit_suppressed.inc();
         }
     }
 }

@@ -4,6 +4,7 @@
 use async_nats::HeaderMap;
 use chrono::Utc;
 use tokio::io::AsyncWrite;
+use tracing::info_span;
 use wasmbed_schemas::DeviceId;
 use wasmbed_schemas::device_message::{DeviceLogLine, HeartbeatReport};
 use wasmbed_schemas::frame::codec::encode_to_vec;
@@ -12,7 +13,7 @@ use wasmbed_schemas::host_api;
 use wasmbed_schemas::subject::{self, header};
 
 use crate::Gateway;
-use crate::metrics::inc;
+use crate::metrics::Metrics;
 use crate::session::write_frame;
 
 /// Handles one frame from an authenticated device. An `Err` ends the session with that reason.
@@ -21,8 +22,9 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
     device: &DeviceId,
     frame: Frame,
     writer: &mut W,
+    trace: Option<&str>,
 ) -> Result<(), String> {
-    inc(&gw.metrics.frames_in);
+    gw.metrics.frames_in.inc();
     match frame {
         Frame::Heartbeat(beat) => {
             write_frame(
@@ -31,7 +33,7 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
                 gw.config.write_timeout,
             )
             .await?;
-            inc(&gw.metrics.frames_out);
+            gw.metrics.frames_out.inc();
             let report = HeartbeatReport {
                 device_id: device.clone(),
                 gateway_id: gw.config.gateway_id.clone(),
@@ -42,6 +44,7 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
             publish_json(gw, subject::device_heartbeat(device), &report).await
         }
         Frame::Telemetry(t) => {
+            let read = std::time::Instant::now();
             let headers = telemetry_headers(device, &t)?;
             let bytes = t.payload.len() as u64;
             gw.client
@@ -52,10 +55,9 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
                 )
                 .await
                 .map_err(|e| format!("bus unavailable: {e}"))?;
-            inc(&gw.metrics.telemetry_messages);
-            gw.metrics
-                .telemetry_bytes
-                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            Metrics::observe(&gw.metrics.telemetry_forward, read.elapsed());
+            gw.metrics.telemetry_messages.inc();
+            gw.metrics.telemetry_bytes.inc_by(bytes);
             Ok(())
         }
         Frame::Log(line) => {
@@ -73,10 +75,24 @@ pub(crate) async fn uplink<W: AsyncWrite + Unpin>(
         | Frame::DeviceInfo(_)
         | Frame::Error(_)) => {
             let bytes = encode_to_vec(&frame).map_err(|e| format!("re-encoding: {e}"))?;
-            gw.client
-                .publish(subject::device_uplink(device), bytes.into())
-                .await
-                .map_err(|e| format!("bus unavailable: {e}"))
+            let to = subject::device_uplink(device);
+            // An answer to a traced downlink continues its trace.
+            let headers = trace.and_then(|trace| {
+                let span =
+                    info_span!("uplink", %device, frame = frame.name(), otel.kind = "producer");
+                wasmbed_bus::trace::continue_traceparent(&span, trace);
+                wasmbed_bus::trace::link_current(&span);
+                span.in_scope(wasmbed_bus::trace::current_headers)
+            });
+            match headers {
+                Some(headers) => {
+                    gw.client
+                        .publish_with_headers(to, headers, bytes.into())
+                        .await
+                }
+                None => gw.client.publish(to, bytes.into()).await,
+            }
+            .map_err(|e| format!("bus unavailable: {e}"))
         }
         other => Err(format!(
             "protocol violation: {} is not a device frame after authentication",

@@ -38,7 +38,7 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gw.metrics.render(gw.config.gateway_id.as_str()),
+        [(header::CONTENT_TYPE, wasmbed_metrics::CONTENT_TYPE)],
+        gw.metrics.render(),
     )
 }

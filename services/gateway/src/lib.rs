@@ -45,7 +45,7 @@ pub use certificate::CertificateError;
 pub use config::GatewayConfig;
 
 use crate::certificate::CertStore;
-use crate::metrics::{Metrics, inc};
+use crate::metrics::Metrics;
 use crate::rate::Allowances;
 use crate::sessions::Sessions;
 
@@ -194,7 +194,7 @@ pub async fn run(
         client: client.clone(),
         log,
         certs: certs.clone(),
-        metrics: Metrics::default(),
+        metrics: Metrics::new(config.gateway_id.as_str()),
         sessions: Sessions::default(),
         refusals: RefusalAudit::new(config.audit_window, config.audit_in_full),
         allowances: Allowances::new(rate::Limits {
@@ -266,16 +266,16 @@ pub async fn run(
                 }
             },
         };
-        inc(&gw.metrics.connections);
+        gw.metrics.connections.inc();
         // Cut off from the bus, a session could not authenticate nor reach anything: closed at
         // once, so the device tries its next gateway.
         if *gw.bus_lost.borrow() {
-            inc(&gw.metrics.cut_off);
+            gw.metrics.cut_off.inc();
             drop(tcp);
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            inc(&gw.metrics.over_capacity);
+            gw.metrics.over_capacity.inc();
             drop(tcp);
             continue;
         };

@@ -319,7 +319,10 @@ async fn health_readiness_and_metrics_are_served() {
         "wasmbed_gateway_sessions_active{gateway=\"gw-test\"} 1",
         "wasmbed_gateway_telemetry_messages_total{gateway=\"gw-test\"} 1",
         "wasmbed_gateway_telemetry_bytes_total{gateway=\"gw-test\"} 5",
-        "# TYPE wasmbed_gateway_refused_total counter",
+        "# TYPE wasmbed_gateway_refused counter",
+        "wasmbed_gateway_session_setup_seconds_count{gateway=\"gw-test\"} 1",
+        "wasmbed_gateway_telemetry_forward_seconds_count{gateway=\"gw-test\"} 1",
+        "# EOF",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -14,6 +14,21 @@ use tracing::{debug, warn};
 use crate::crd::{Application, Device, Gateway};
 use crate::projection::{Change, Key};
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+static APPLY: std::sync::LazyLock<wasmbed_metrics::Histograms<Outcome>> =
+    std::sync::LazyLock::new(|| {
+        wasmbed_metrics::durations(
+            "projection_apply",
+            "Time to carry one change to the Kubernetes API (server-side apply, status, delete); \
+             outcome done (applied, or refused for good and skipped) or retry.",
+            wasmbed_metrics::traced_request_buckets,
+        )
+    });
+
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "wasmbed-projector";
 
@@ -56,6 +71,15 @@ impl Applier {
 
     /// Carries out one change.
     pub async fn apply(&self, change: &Change) -> Result<(), ApplyError> {
+        let started = std::time::Instant::now();
+        let result = self.apply_change(change).await;
+        let outcome = if result.is_ok() { "done" } else { "retry" };
+        let histogram = APPLY.get_or_create(&Outcome { outcome });
+        wasmbed_metrics::observe(&histogram, started.elapsed(), None);
+        result
+    }
+
+    async fn apply_change(&self, change: &Change) -> Result<(), ApplyError> {
         match change {
             Change::Device(d) => self.apply_one(d.as_ref()).await,
             Change::Application(a) => self.apply_one(a.as_ref()).await,

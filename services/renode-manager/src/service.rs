@@ -472,7 +472,7 @@ pub async fn run(
             .route::<RestartEmulator, _, _>(restart)
     };
     let served = runtime
-        .serve_while_held(router, state.clone(), lease.watch(), shutdown)
+        .serve_while_held(router, state.clone(), &lease, shutdown)
         .await;
     let controls: Vec<_> = state
         .running()

@@ -224,6 +224,7 @@ fn heard(
         return;
     }
     unsaved.insert(report.device_id.clone());
+    metrics::heartbeat_lag(report.received_at);
     if let Some(transition) = liveness.heard(&report.device_id, report.received_at) {
         recorder.record(liveness, transition);
     }

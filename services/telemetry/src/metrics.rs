@@ -1,9 +1,8 @@
-//! `/health` and `/metrics`: the fleet's figures in the Prometheus text format.
+//! `/health` and `/metrics`: the fleet's figures (OpenMetrics text), computed when scraped.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,8 +10,30 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use wasmbed_metrics::{Counters, Gauges};
 use wasmbed_schemas::DeviceId;
+
+static HEARTBEAT_LAG: LazyLock<Histogram> = LazyLock::new(|| {
+    wasmbed_metrics::register_with_unit(
+        "heartbeat_lag",
+        "Time from a heartbeat read by a gateway to its report taken in here (the bus's share of \
+         a liveness decision; gateway and service clocks).",
+        prometheus_client::registry::Unit::Seconds,
+        wasmbed_metrics::request_buckets(),
+    )
+});
+
+/// Observes one heartbeat report read by its gateway at `received_at`.
+pub(crate) fn heartbeat_lag(received_at: DateTime<Utc>) {
+    let lag = (Utc::now() - received_at).to_std().unwrap_or_default();
+    HEARTBEAT_LAG.observe(wasmbed_metrics::seconds(lag));
+}
 
 /// Counters of one device's telemetry.
 #[derive(Debug, Default, Clone)]
@@ -44,63 +65,70 @@ impl Stats {
         c.last_seen = Some(at);
     }
 
-    fn render(&self) -> String {
+    /// The figures as they are now, in a registry made for this scrape.
+    fn registry(&self) -> Registry {
+        let mut registry = wasmbed_metrics::instance_registry();
         let (messages, bytes) = self
             .devices
             .values()
             .fold((0, 0), |(m, b), c| (m + c.messages, b + c.bytes));
-        let mut out = String::new();
-        // Each family is one group: HELP, TYPE, then all its samples.
-        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let per_device = |value: &dyn Fn(&DeviceCounters) -> Option<u64>| -> Vec<(String, u64)> {
-            self.devices
-                .iter()
-                .filter_map(|(device, c)| value(c).map(|v| (format!("{{device=\"{device}\"}}"), v)))
-                .collect()
-        };
-        family(
-            "wasmbed_devices_online",
-            "gauge",
+        let online = Gauge::<i64>::default();
+        online.set(i64::try_from(self.online).unwrap_or(i64::MAX));
+        registry.register(
+            "devices_online",
             "Devices heard from and not offline.",
-            vec![(String::new(), self.online as u64)],
+            online,
         );
-        family(
-            "wasmbed_telemetry_messages_total",
-            "counter",
+        let total = |value: u64| {
+            let c = Counter::<u64>::default();
+            c.inc_by(value);
+            c
+        };
+        registry.register(
+            "telemetry_messages",
             "Telemetry messages, all devices.",
-            vec![(String::new(), messages)],
+            total(messages),
         );
-        family(
-            "wasmbed_telemetry_bytes_total",
-            "counter",
+        registry.register(
+            "telemetry_bytes",
             "Telemetry payload bytes, all devices.",
-            vec![(String::new(), bytes)],
+            total(bytes),
         );
-        family(
-            "wasmbed_device_telemetry_messages_total",
-            "counter",
+        let (per_messages, per_bytes) =
+            (Counters::<Device>::default(), Counters::<Device>::default());
+        let last_seen = Gauges::<Device>::default();
+        for (device, c) in &self.devices {
+            let label = Device {
+                device: device.clone(),
+            };
+            per_messages.get_or_create(&label).inc_by(c.messages);
+            per_bytes.get_or_create(&label).inc_by(c.bytes);
+            if let Some(at) = c.last_seen {
+                last_seen.get_or_create(&label).set(at.timestamp());
+            }
+        }
+        registry.register(
+            "device_telemetry_messages",
             "Telemetry messages per device.",
-            per_device(&|c| Some(c.messages)),
+            per_messages,
         );
-        family(
-            "wasmbed_device_telemetry_bytes_total",
-            "counter",
+        registry.register(
+            "device_telemetry_bytes",
             "Telemetry payload bytes per device.",
-            per_device(&|c| Some(c.bytes)),
+            per_bytes,
         );
-        family(
-            "wasmbed_device_last_seen_seconds",
-            "gauge",
+        registry.register(
+            "device_last_seen_seconds",
             "Unix time of a device's last telemetry.",
-            per_device(&|c| c.last_seen.and_then(|t| u64::try_from(t.timestamp()).ok())),
+            last_seen,
         );
-        out
+        registry
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Device {
+    device: String,
 }
 
 pub(crate) async fn serve(
@@ -118,9 +146,13 @@ pub(crate) async fn serve(
 }
 
 async fn metrics(State(stats): State<Arc<Mutex<Stats>>>) -> impl IntoResponse {
-    let text = stats
+    let registry = stats
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+        .registry();
+    let text = wasmbed_metrics::encode_with(&[&registry]);
+    (
+        [(header::CONTENT_TYPE, wasmbed_metrics::CONTENT_TYPE)],
+        text,
+    )
 }

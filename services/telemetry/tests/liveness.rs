@@ -192,7 +192,7 @@ async fn scrape(http: SocketAddr) -> String {
     body
 }
 
-/// Parses the text format strictly enough for a test: `# HELP`/`# TYPE` lines and
+/// Parses the OpenMetrics text strictly enough for a test: `# HELP`/`# TYPE`/`# UNIT`/`# EOF` lines and
 /// `name{labels} value` samples with a numeric value.
 fn samples(text: &str) -> Vec<(String, f64)> {
     text.lines()
@@ -201,7 +201,10 @@ fn samples(text: &str) -> Vec<(String, f64)> {
             if l.starts_with('#') {
                 let mut words = l.split_whitespace();
                 assert_eq!(words.next(), Some("#"));
-                assert!(matches!(words.next(), Some("HELP" | "TYPE")), "{l}");
+                assert!(
+                    matches!(words.next(), Some("HELP" | "TYPE" | "UNIT" | "EOF")),
+                    "{l}"
+                );
                 return None;
             }
             let (name, value) = l.rsplit_once(' ').unwrap();

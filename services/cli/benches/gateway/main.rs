@@ -18,6 +18,7 @@
 //! CPU time per session.
 
 mod tls_ceiling;
+mod tracing_overhead;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -47,11 +48,17 @@ fn setting(name: &str, default: usize) -> usize {
 }
 
 fn spawn(args: &[&str], nats: &str, log: &Path) -> Child {
+    spawn_with(args, nats, log, &[])
+}
+
+/// [`spawn`] with `env` added to the process's environment.
+fn spawn_with(args: &[&str], nats: &str, log: &Path, env: &[(&str, String)]) -> Child {
     let log = std::fs::File::create(log).expect("log file");
     Command::new(WASMBED)
         .args(args)
         .env("NATS_URL", nats)
         .env("WASMBED_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -259,6 +266,54 @@ async fn receive(sub: &mut async_nats::Subscriber, expected: usize) -> (usize, I
     (got, last)
 }
 
+/// A gateway process as the benchmarks run it: heartbeats every 10 s, and the uplink budget
+/// raised. The telemetry senders stand in for a fleet: each sends ~11k msg/s, far over a
+/// device's uplink budget (1 MiB/s), so the figure is the gateway's throughput, not the budget's.
+fn spawn_gateway(
+    name: &str,
+    tls_listen: &str,
+    http_listen: &str,
+    nats: &str,
+    log: &Path,
+    env: &[(&str, String)],
+) -> Child {
+    let args = [
+        "serve",
+        "gateway",
+        "--gateway-id",
+        name,
+        "--tls-listen",
+        tls_listen,
+        "--http-listen",
+        http_listen,
+        "--heartbeat-interval-ms",
+        "10000",
+        "--uplink-bytes-per-second",
+        "1073741824",
+        "--uplink-burst-bytes",
+        "1073741824",
+    ];
+    spawn_with(&args, nats, log, env)
+}
+
+/// Sends `per_device` telemetry messages of `payload` from each device of `fleet`, all devices at
+/// once.
+async fn send_telemetry(fleet: &[SimDevice], app: &AppId, per_device: usize, payload: &[u8]) {
+    let sending = fleet.iter().map(|device| async move {
+        for seq in 0..per_device {
+            device
+                .send(Frame::Telemetry(Telemetry {
+                    app_id: app.clone(),
+                    seq: seq as u32,
+                    topic: "t".into(),
+                    payload: payload.to_vec(),
+                }))
+                .await;
+        }
+    });
+    futures::future::join_all(sending).await;
+}
+
 /// Publishes `messages` 128-byte messages on `subject` from this process and receives them
 /// on `sub_client`: (messages per second received, how many arrived, CPU report). With
 /// `headers`, each carries the gateway's four telemetry headers.
@@ -338,26 +393,13 @@ async fn main() {
     );
     let tls_listen = format!("127.0.0.1:{tls_port}");
     let http_listen = format!("127.0.0.1:{http_port}");
-    let gateway = spawn(
-        &[
-            "serve",
-            "gateway",
-            "--tls-listen",
-            &tls_listen,
-            "--http-listen",
-            &http_listen,
-            "--heartbeat-interval-ms",
-            "10000",
-            // The 16 telemetry senders stand in for a fleet: each sends ~11k msg/s, far over a
-            // device's uplink budget (1 MiB/s). The budget is raised so the figure is the
-            // gateway's throughput, not the budget's.
-            "--uplink-bytes-per-second",
-            "1073741824",
-            "--uplink-burst-bytes",
-            "1073741824",
-        ],
+    let gateway = spawn_gateway(
+        "gateway-1",
+        &tls_listen,
+        &http_listen,
         &url,
         &dir.path().join("gateway.log"),
+        &[],
     );
     let gateway_pid = gateway.id().expect("gateway pid");
     let (addr, http): (SocketAddr, SocketAddr) = (
@@ -552,24 +594,11 @@ async fn main() {
     let meter = CpuMeter::start(&processes);
     let started = Instant::now();
     let per_device = messages / senders;
-    let sending = fleet.iter().map(|device| {
-        let (app, payload) = (app.clone(), payload.clone());
-        async move {
-            for seq in 0..per_device {
-                device
-                    .send(Frame::Telemetry(Telemetry {
-                        app_id: app.clone(),
-                        seq: seq as u32,
-                        topic: "t".into(),
-                        payload: payload.clone(),
-                    }))
-                    .await;
-            }
-        }
-    });
     let sent = per_device * senders;
-    let (_, (got, last)) =
-        tokio::join!(futures::future::join_all(sending), receive(&mut sub, sent));
+    let (_, (got, last)) = tokio::join!(
+        send_telemetry(&fleet, &app, per_device, &payload),
+        receive(&mut sub, sent)
+    );
     let telemetry_rate = got as f64 / (last - started).as_secs_f64();
     let telemetry_cpu = meter.report();
     let ratio = telemetry_rate / raw_rate;
@@ -656,4 +685,19 @@ async fn main() {
     for device in fleet {
         device.stop().await;
     }
+
+    // 5. What exporting traces costs the same path.
+    tracing_overhead::run(
+        tracing_overhead::Setup {
+            nats_url: &url,
+            dir: dir.path(),
+            client: &client,
+            sub_client: &sub_client,
+            connector: &connector,
+            key_offset: sessions + idle + senders,
+        },
+        setting("WASMBED_BENCH_OVERHEAD_MESSAGES", 100_000),
+        setting("WASMBED_BENCH_OVERHEAD_ROUNDS", 3),
+    )
+    .await;
 }

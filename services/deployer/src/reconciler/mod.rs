@@ -12,16 +12,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, field, info_span, warn};
 use wasmbed_eventlog::{ExpectedVersion, ReadModel, StoredEvent};
 use wasmbed_schemas::device_message::DeploymentStatus;
 use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::frame::codec::encode_to_vec;
 use wasmbed_schemas::frame::{Frame, MODULE_CHUNK_LEN, ModuleChunk, ModuleCommit};
-use wasmbed_schemas::{AggregateId, DeviceId, Sha256, subject};
+use wasmbed_schemas::{AggregateId, AppId, DeviceId, Sha256, subject};
 
 use crate::Deployer;
 use uplink::spawn_status_writer;
@@ -87,6 +88,18 @@ impl Effects {
 
     fn is_empty(&self) -> bool {
         self.appends.is_empty() && self.sends.is_empty() && self.streams.is_empty()
+    }
+}
+
+/// The application a downlink frame is about.
+fn frame_app(frame: &Frame) -> Option<&AppId> {
+    match frame {
+        Frame::ModuleBegin(f) => Some(&f.app_id),
+        Frame::ModuleChunk(f) => Some(&f.app_id),
+        Frame::ModuleCommit(f) => Some(&f.app_id),
+        Frame::Deploy(f) => Some(&f.app_id),
+        Frame::Stop(f) => Some(&f.app_id),
+        _ => None,
     }
 }
 
@@ -306,6 +319,7 @@ impl Reconciler {
                         let t = self.state.fleet().apply(&StoredEvent {
                             sequence: appended.sequence,
                             envelope,
+                            trace: wasmbed_bus::trace::current_traceparent(),
                         });
                         self.mark(t);
                     }
@@ -317,25 +331,57 @@ impl Reconciler {
             }
         }
         for (device, frame) in sends {
-            self.send(&device, &frame).await;
+            let span = self.downlink_span(&device, frame_app(&frame), frame.name());
+            let headers = span.in_scope(wasmbed_bus::trace::current_headers);
+            self.send(&device, &frame, headers.as_ref())
+                .instrument(span)
+                .await;
         }
         for stream in streams {
-            self.stream(stream).await;
+            let span = self.downlink_span(&stream.pair.1, Some(&stream.pair.0), "module_transfer");
+            self.stream(stream).instrument(span).await;
         }
     }
 
-    async fn send(&self, device: &DeviceId, frame: &Frame) {
-        match encode_to_vec(frame) {
-            Ok(bytes) => {
-                if let Err(e) = self
-                    .client
-                    .publish(subject::device_downlink(device), bytes.into())
-                    .await
-                {
-                    warn!(%device, error = %e, "downlink publish failed");
-                }
+    /// A span for what goes down to `device`, continuing the trace of the change to `app`'s
+    /// desired state that caused it.
+    fn downlink_span(&self, device: &DeviceId, app: Option<&AppId>, frame: &str) -> tracing::Span {
+        let span =
+            info_span!("downlink", %device, app = field::Empty, frame, otel.kind = "producer");
+        if let Some(app) = app {
+            span.record("app", field::display(app));
+            let trace = self
+                .state
+                .fleet()
+                .apps
+                .get(app)
+                .and_then(|a| a.trace.clone());
+            if let Some(trace) = trace {
+                wasmbed_bus::trace::continue_traceparent(&span, &trace);
             }
-            Err(e) => warn!(%device, frame = frame.name(), error = %e, "frame not encodable"),
+        }
+        span
+    }
+
+    async fn send(&self, device: &DeviceId, frame: &Frame, headers: Option<&HeaderMap>) {
+        let bytes = match encode_to_vec(frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(%device, frame = frame.name(), error = %e, "frame not encodable");
+                return;
+            }
+        };
+        let to = subject::device_downlink(device);
+        let sent = match headers {
+            Some(headers) => {
+                self.client
+                    .publish_with_headers(to, headers.clone(), bytes.into())
+                    .await
+            }
+            None => self.client.publish(to, bytes.into()).await,
+        };
+        if let Err(e) = sent {
+            warn!(%device, error = %e, "downlink publish failed");
         }
     }
 
@@ -351,6 +397,8 @@ impl Reconciler {
                 return;
             }
         };
+        let headers = wasmbed_bus::trace::current_headers();
+        let headers = headers.as_ref();
         let start = (from as usize).min(bytes.len());
         for (i, chunk) in bytes[start..].chunks(MODULE_CHUNK_LEN).enumerate() {
             let frame = Frame::ModuleChunk(ModuleChunk {
@@ -358,13 +406,13 @@ impl Reconciler {
                 offset: (start + i * MODULE_CHUNK_LEN) as u32,
                 data: chunk.to_vec(),
             });
-            self.send(&pair.1, &frame).await;
+            self.send(&pair.1, &frame, headers).await;
         }
         let commit = Frame::ModuleCommit(ModuleCommit {
             app_id: pair.0.clone(),
             sha256,
         });
-        self.send(&pair.1, &commit).await;
+        self.send(&pair.1, &commit, headers).await;
     }
     fn settle(&mut self, pair: &Pair) {
         self.links.insert(

@@ -46,7 +46,7 @@ impl Reconciler {
             sends
         };
         for (device, frame) in sends {
-            self.send(&device, &frame).await;
+            self.send(&device, &frame, None).await;
         }
     }
 }

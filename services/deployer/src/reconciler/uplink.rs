@@ -41,7 +41,8 @@ impl Reconciler {
                     continue;
                 }
             };
-            let span = info_span!("uplink", %device, frame = frame.name());
+            let span = info_span!("uplink", %device, frame = frame.name(), otel.kind = "consumer");
+            wasmbed_bus::trace::continue_from(&span, message.headers.as_ref());
             let pair = frame_pair(&frame, &device);
             if pair.as_ref().is_some_and(|p| effects.touches(p)) {
                 // One event per deployment per batch: its version check needs the last one.
@@ -151,6 +152,7 @@ impl Reconciler {
                         version: dep.version,
                     };
                     fx.record(version, &pair, running.into());
+                    crate::metrics::deployment_done("running", dep.requested);
                 }
                 if dep.phase == Phase::Stopping {
                     self.links.remove(&pair);
@@ -171,6 +173,7 @@ impl Reconciler {
                         refusal: status.refusal,
                     };
                     fx.record(version, &pair, failed.into());
+                    crate::metrics::deployment_done("failed", dep.requested);
                 }
                 self.settle(&pair);
             }

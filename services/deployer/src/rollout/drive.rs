@@ -284,6 +284,7 @@ mod tests {
             self.fleet.apply(&StoredEvent {
                 sequence: self.sequence,
                 envelope,
+                trace: wasmbed_bus::trace::current_traceparent(),
             });
             self
         }

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -25,7 +24,7 @@ use crate::Gateway;
 use crate::auth::{Refusal, authenticate, new_challenge};
 use crate::bridge::uplink;
 use crate::frames::{FrameReader, ReadFrameError};
-use crate::metrics::inc;
+use crate::metrics::Metrics;
 use crate::rate::{self, SharedAllowance};
 use crate::sessions::Ended;
 
@@ -71,6 +70,7 @@ pub(crate) async fn serve_connection(
 ) {
     let span = info_span!("session", %remote, device = field::Empty, session = field::Empty);
     async move {
+        let accepted = Instant::now();
         let remote = remote.to_string();
         let _ = tcp.set_nodelay(true);
         let (nonce, challenge) = match new_challenge(&gw.config.gateway_id) {
@@ -157,7 +157,8 @@ pub(crate) async fn serve_connection(
             let _ = writer.shutdown().await;
             return;
         };
-        bridge_session(&gw, device, allowance, frames, reader, writer, remote).await;
+        let opened = Opened { remote, accepted };
+        bridge_session(&gw, device, allowance, frames, reader, writer, opened).await;
     }
     .instrument(span)
     .await;
@@ -181,7 +182,7 @@ struct OpenSession<'a> {
 
 impl<'a> OpenSession<'a> {
     fn new(gw: &'a Gateway, device: DeviceId, local_id: u64) -> Self {
-        gw.metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        gw.metrics.sessions_active.inc();
         Self {
             gw,
             device,
@@ -193,10 +194,7 @@ impl<'a> OpenSession<'a> {
 impl Drop for OpenSession<'_> {
     fn drop(&mut self) {
         self.gw.sessions.unregister(&self.device, self.local_id);
-        self.gw
-            .metrics
-            .sessions_active
-            .fetch_sub(1, Ordering::Relaxed);
+        self.gw.metrics.sessions_active.dec();
     }
 }
 
@@ -211,6 +209,12 @@ fn new_session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where a connection came from, and when it was accepted.
+struct Opened {
+    remote: String,
+    accepted: Instant,
+}
+
 async fn bridge_session<R, W>(
     gw: &Gateway,
     device: DeviceId,
@@ -218,7 +222,7 @@ async fn bridge_session<R, W>(
     frames: FrameReader,
     reader: R,
     mut writer: W,
-    remote: String,
+    Opened { remote, accepted }: Opened,
 ) where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -245,7 +249,8 @@ async fn bridge_session<R, W>(
         .into(),
     )
     .await;
-    inc(&gw.metrics.sessions_established);
+    gw.metrics.sessions_established.inc();
+    Metrics::observe(&gw.metrics.session_setup, accepted.elapsed());
     info!("session open");
     // A panic inside the loop (a library's assertion on a value a device chose) ends this
     // session like any other error: the device hears nothing more, the log hears why.
@@ -325,7 +330,11 @@ where
     let mut state = SessionState::opened(Instant::now());
     let silent = tokio::time::sleep_until(state.last_heard + rules.silence());
     tokio::pin!(silent);
+    // The trace of the last traced downlink message: the device's answers (acks, statuses)
+    // continue it on the uplink.
+    let mut last_trace: Option<String> = None;
     loop {
+        let mut traced = tracing::Span::none();
         let mut input = tokio::select! {
             // Graceful only when asked; a dropped gateway (sender gone) says nothing.
             true = &mut stop => Input::StopAsked,
@@ -339,21 +348,47 @@ where
                 Err(ReadFrameError::Decode(e)) => Input::Undecodable(e.to_string()),
             },
             message = downlink.next() => match message {
-                Some(message) => Input::Downlink(message.payload),
+                Some(message) => {
+                    if message.headers.is_some() {
+                        traced = downlink_span(device, &message);
+                        last_trace = traced.in_scope(wasmbed_bus::trace::current_traceparent);
+                    }
+                    Input::Downlink(message.payload)
+                }
                 None => Input::DownlinkEnded,
             },
         };
         // Carrying out an action may itself be an input (a refused frame, a failed write).
-        loop {
-            let now = Instant::now();
-            let action = decide(&mut state, &rules, &mut rate::lock(allowance), input, now);
-            match carry_out(gw, device, writer, silent.as_mut(), action).await {
-                Carried::Done => break,
-                Carried::Then(next) => input = next,
-                Carried::Ended(reason) => return reason,
+        let ended = async {
+            loop {
+                let now = Instant::now();
+                let action = decide(&mut state, &rules, &mut rate::lock(allowance), input, now);
+                let trace = last_trace.as_deref();
+                match carry_out(gw, device, writer, silent.as_mut(), action, trace).await {
+                    Carried::Done => return None,
+                    Carried::Then(next) => input = next,
+                    Carried::Ended(reason) => return Some(reason),
+                }
             }
         }
+        .instrument(traced)
+        .await;
+        if let Some(reason) = ended {
+            return reason;
+        }
     }
+}
+
+/// A span for a downlink message that carries a trace (a deployment's frames), continuing it
+/// and linked to the device's session.
+fn downlink_span(device: &DeviceId, message: &async_nats::Message) -> tracing::Span {
+    let frame = wasmbed_schemas::frame::codec::decode(&message.payload)
+        .map_or("undecodable", |(frame, _)| frame.name());
+    let span = info_span!("downlink", %device, frame, otel.kind = "consumer");
+    wasmbed_bus::trace::continue_from(&span, message.headers.as_ref());
+    // Made while the session's span is current: linked to it.
+    wasmbed_bus::trace::link_current(&span);
+    span
 }
 
 /// What came of carrying out one action.
@@ -374,16 +409,17 @@ async fn carry_out<W: AsyncWrite + Unpin>(
     writer: &mut W,
     silent: std::pin::Pin<&mut tokio::time::Sleep>,
     action: Action,
+    trace: Option<&str>,
 ) -> Carried {
     match action {
-        Action::Forward(frame) => match uplink(gw, device, frame, writer).await {
+        Action::Forward(frame) => match uplink(gw, device, frame, writer, trace).await {
             Ok(()) => Carried::Done,
             Err(reason) => Carried::Then(Input::UplinkRefused(reason)),
         },
         Action::Deliver(bytes) => {
             match write_bytes(writer, &bytes, gw.config.write_timeout).await {
                 Ok(()) => {
-                    inc(&gw.metrics.frames_out);
+                    gw.metrics.frames_out.inc();
                     Carried::Done
                 }
                 Err(e) => Carried::Then(Input::WriteFailed(e)),
@@ -399,7 +435,7 @@ async fn carry_out<W: AsyncWrite + Unpin>(
         }
         Action::End(ending) => {
             if ending.over_budget() {
-                inc(&gw.metrics.rate_limited);
+                gw.metrics.rate_limited.inc();
             }
             if let Some(frame) = &ending.tell {
                 let _ = write_frame(writer, frame, Duration::from_secs(1)).await;

@@ -6,6 +6,9 @@
 //!   concurrently (bounded), drained on shutdown, and always answered: a body that does not decode gets
 //!   `invalid_request` naming the field, an unknown command gets `invalid_request` too.
 
+mod metrics;
+pub mod trace;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -52,14 +55,34 @@ pub async fn call<C: Command>(
     command: &C,
     timeout: Duration,
 ) -> Result<C::Reply, CallError> {
+    let sent = std::time::Instant::now();
+    let span = info_span!("call", command = C::NAME, otel.kind = "client");
+    let result = call_once(client, command, timeout).instrument(span).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(CallError::Refused(_)) => "refused",
+        Err(_) => "unanswered",
+    };
+    metrics::round_trip(C::NAME, outcome, sent.elapsed());
+    result
+}
+
+async fn call_once<C: Command>(
+    client: &async_nats::Client,
+    command: &C,
+    timeout: Duration,
+) -> Result<C::Reply, CallError> {
     let subject = C::subject();
     let body = serde_json::to_vec(command).map_err(|source| CallError::BadReply {
         subject: subject.clone(),
         source,
     })?;
-    let request = async_nats::Request::new()
+    let mut request = async_nats::Request::new()
         .payload(body.into())
         .timeout(Some(timeout));
+    if let Some(headers) = trace::current_headers() {
+        request = request.headers(headers);
+    }
     let message = client
         .send_request(subject.clone(), request)
         .await
@@ -147,17 +170,26 @@ pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// On shutdown it stops taking commands (the queue group's other members get them), then waits
 /// up to `grace` for the commands it is handling: a command accepted is answered unless it
 /// outlives the grace period. Returns how many were still running when the grace ran out.
+///
+/// `subscribed` is called once the server has the subscription (a command sent after it is
+/// taken): when to say the service is ready.
 pub async fn serve<S: Send + Sync + 'static>(
     client: async_nats::Client,
     router: Router<S>,
     state: Arc<S>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    subscribed: impl FnOnce(),
 ) -> Result<usize, async_nats::SubscribeError> {
     let service = router.service;
     let mut requests = client
         .queue_subscribe(subject::commands_of(service), service.as_str().to_owned())
         .await?;
+    // The flush's PONG comes after the server processed the SUB.
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "subscription not confirmed; serving anyway");
+    }
+    subscribed();
     let router = Arc::new(router);
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     let mut handling: JoinSet<()> = JoinSet::new();
@@ -184,20 +216,37 @@ pub async fn serve<S: Send + Sync + 'static>(
             .next()
             .unwrap_or_default()
             .to_owned();
-        let span = info_span!("command", service = service.as_str(), command = %name);
+        let span = info_span!("command", service = service.as_str(), command = %name, otel.kind = "server");
+        trace::continue_from(&span, message.headers.as_ref());
         let (router, state, client) = (router.clone(), state.clone(), client.clone());
+        let received = std::time::Instant::now();
         handling.spawn(
             async move {
-                let body = match router.handlers.get(name.as_str()) {
+                let handler = router.handlers.get(name.as_str());
+                let body = match handler {
                     Some(handler) => handler(state, message.payload).await,
                     None => encode_reply::<()>(&Reply::error(
                         ErrorCode::InvalidRequest,
                         format!("unknown command {name:?}"),
                     )),
                 };
-                if let Err(e) = client.publish(reply_to, body.into()).await {
+                let sent = match trace::current_headers() {
+                    Some(headers) => {
+                        client
+                            .publish_with_headers(reply_to, headers, body.into())
+                            .await
+                    }
+                    None => client.publish(reply_to, body.into()).await,
+                };
+                if let Err(e) = sent {
                     warn!(error = %e, "reply not sent");
                 }
+                metrics::handled(
+                    service.as_str(),
+                    &name,
+                    handler.is_some(),
+                    received.elapsed(),
+                );
                 debug!("answered");
                 drop(permit);
             }

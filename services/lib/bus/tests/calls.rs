@@ -26,15 +26,30 @@ async fn start_enrollment_stub(client: async_nats::Client) {
                 message: format!("no device {}", c.device_id),
             })
         });
-    tokio::spawn(serve(
+    serving(
         client,
         router,
         Arc::new(()),
         std::future::pending(),
         wasmbed_bus::DEFAULT_DRAIN_GRACE,
-    ));
-    // Let the subscription reach the server.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    )
+    .await;
+}
+
+/// Serves `router` in the background and returns once the server has its subscription.
+async fn serving<S: Send + Sync + 'static>(
+    client: async_nats::Client,
+    router: Router<S>,
+    state: Arc<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> tokio::task::JoinHandle<Result<usize, async_nats::SubscribeError>> {
+    let (subscribed, in_place) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve(client, router, state, shutdown, grace, move || {
+        let _ = subscribed.send(());
+    }));
+    in_place.await.expect("serve subscribed");
+    task
 }
 
 #[tokio::test]
@@ -136,7 +151,7 @@ async fn a_command_being_handled_when_the_service_stops_is_still_answered() {
     let client = server.client().await.unwrap();
     let started = Arc::new(tokio::sync::Notify::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(serve(
+    let served = serving(
         client.clone(),
         slow_router(Duration::from_millis(500)),
         started.clone(),
@@ -144,8 +159,8 @@ async fn a_command_being_handled_when_the_service_stops_is_still_answered() {
             let _ = stopped.await;
         },
         Duration::from_secs(5),
-    ));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    )
+    .await;
 
     let caller = client.clone();
     let in_flight =
@@ -172,7 +187,7 @@ async fn a_command_that_outlives_the_grace_period_is_dropped_and_counted() {
     let client = server.client().await.unwrap();
     let started = Arc::new(tokio::sync::Notify::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(serve(
+    let served = serving(
         client.clone(),
         slow_router(Duration::from_secs(60)),
         started.clone(),
@@ -180,8 +195,8 @@ async fn a_command_that_outlives_the_grace_period_is_dropped_and_counted() {
             let _ = stopped.await;
         },
         Duration::from_millis(200),
-    ));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    )
+    .await;
     let caller = client.clone();
     let in_flight =
         tokio::spawn(

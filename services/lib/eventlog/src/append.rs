@@ -84,6 +84,8 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 struct InFlight {
     ack: PublishAckFuture,
     sent: Sent,
+    /// When it was sent.
+    at: Instant,
     /// When the ack stops being worth waiting for.
     deadline: Instant,
 }
@@ -98,6 +100,18 @@ struct Sent {
 
 impl InFlight {
     async fn settle(self, stream: &Stream) -> Result<Appended, AppendError> {
+        let at = self.at;
+        let settled = self.settle_ack(stream).await;
+        let outcome = match &settled {
+            Ok(appended) if appended.duplicate => "duplicate",
+            Ok(_) => "stored",
+            Err(e) => e.metric_label(),
+        };
+        crate::metrics::append(outcome, at.elapsed());
+        settled
+    }
+
+    async fn settle_ack(self, stream: &Stream) -> Result<Appended, AppendError> {
         let sent = self.sent;
         let ack = tokio::time::timeout_at(self.deadline, self.ack.into_future())
             .await
@@ -199,13 +213,15 @@ impl EventLog {
         let mut headers = HeaderMap::new();
         headers.insert(header::MSG_ID, event_id.as_str());
         headers.insert(header::EVENT_TYPE, envelope.event.type_name());
+        wasmbed_bus::trace::inject_current(&mut headers);
         if let ExpectedVersion::Exactly(version) = expected {
             headers.insert(
                 header::EXPECTED_LAST_SUBJECT_SEQUENCE,
                 version.to_string().as_str(),
             );
         }
-        let deadline = Instant::now() + ACK_TIMEOUT;
+        let at = Instant::now();
+        let deadline = at + ACK_TIMEOUT;
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload.into())
@@ -213,6 +229,7 @@ impl EventLog {
             .map_err(AppendError::Publish)?;
         Ok(InFlight {
             ack,
+            at,
             deadline,
             sent: Sent {
                 subject,

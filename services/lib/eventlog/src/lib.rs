@@ -18,6 +18,7 @@
 mod append;
 pub mod definitions;
 mod live;
+mod metrics;
 pub mod modules;
 mod projection;
 mod read_model;
@@ -43,13 +44,21 @@ pub struct StoredEvent {
     pub sequence: u64,
     /// The event.
     pub envelope: EventEnvelope,
+    /// The W3C `traceparent` of the span that appended it, when a trace was being recorded:
+    /// what acts on the event continues that trace.
+    pub trace: Option<String>,
 }
 
 impl StoredEvent {
-    fn decode(sequence: u64, payload: &[u8]) -> Result<Self, EventDecodeError> {
+    fn decode(
+        sequence: u64,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+    ) -> Result<Self, EventDecodeError> {
         Ok(Self {
             sequence,
             envelope: EventEnvelope::from_json(payload)?,
+            trace: wasmbed_bus::trace::traceparent(headers),
         })
     }
 }

@@ -105,14 +105,15 @@ impl Projection {
             };
             let sequence = message.info().map_err(nats)?.stream_sequence;
             let span = info_span!("project", projection = %self.name, sequence);
-            let event = match StoredEvent::decode(sequence, &message.payload) {
-                Ok(event) => event,
-                Err(e) => {
-                    warn!(parent: &span, error = %e, "undecodable event skipped");
-                    message.ack_with(AckKind::Term).await.map_err(nats)?;
-                    continue;
-                }
-            };
+            let event =
+                match StoredEvent::decode(sequence, message.headers.as_ref(), &message.payload) {
+                    Ok(event) => event,
+                    Err(e) => {
+                        warn!(parent: &span, error = %e, "undecodable event skipped");
+                        message.ack_with(AckKind::Term).await.map_err(nats)?;
+                        continue;
+                    }
+                };
             let mut delay = Duration::from_millis(50);
             loop {
                 match handler(&event).instrument(span.clone()).await {

@@ -113,7 +113,7 @@ impl EventLog {
             let sequence = info.stream_sequence;
             remaining = info.pending;
             events.push(
-                StoredEvent::decode(sequence, &message.payload)
+                StoredEvent::decode(sequence, message.headers.as_ref(), &message.payload)
                     .map_err(|source| ReadError::Decode { sequence, source })?,
             );
             if remaining == 0 || events.len() >= limit {
@@ -193,7 +193,7 @@ impl Follow {
         };
         let (sequence, pending) = (info.stream_sequence, info.pending);
         Some(
-            StoredEvent::decode(sequence, &message.payload)
+            StoredEvent::decode(sequence, message.headers.as_ref(), &message.payload)
                 .map(|event| (event, pending))
                 .map_err(|source| ReadError::Decode { sequence, source }),
         )

@@ -119,6 +119,7 @@ impl Fleet {
                         configs: std::collections::BTreeMap::new(),
                         desired: DesiredState::Idle,
                         rejected: None,
+                        trace: stored.trace.clone(),
                     },
                 );
                 Touched::App(e.app_id.clone())
@@ -141,13 +142,16 @@ impl Fleet {
             }
             Event::ApplicationDeployRequested(e) => self.app(&e.app_id, |app| {
                 app.desired = DesiredState::Running { version: e.version };
+                app.trace.clone_from(&stored.trace);
             }),
-            Event::ApplicationStopRequested(e) => {
-                self.app(&e.app_id, |app| app.desired = DesiredState::Stopped)
-            }
-            Event::ApplicationDeleted(e) => {
-                self.app(&e.app_id, |app| app.desired = DesiredState::Deleted)
-            }
+            Event::ApplicationStopRequested(e) => self.app(&e.app_id, |app| {
+                app.desired = DesiredState::Stopped;
+                app.trace.clone_from(&stored.trace);
+            }),
+            Event::ApplicationDeleted(e) => self.app(&e.app_id, |app| {
+                app.desired = DesiredState::Deleted;
+                app.trace.clone_from(&stored.trace);
+            }),
             Event::DeploymentRequested(e) => self.set_deployment(
                 (&e.app_id, &e.device_id),
                 e.version,
@@ -274,16 +278,19 @@ impl Fleet {
         reason: Option<String>,
         since: DateTime<Utc>,
     ) -> Touched {
+        let on = self.deployments.entry(app.clone()).or_default();
+        let requested = match on.get(device) {
+            Some(d) if d.version == version && phase != DeploymentPhase::Requested => d.requested,
+            _ => since,
+        };
         let deployment = Deployment {
             version,
             phase,
             reason,
             since,
+            requested,
         };
-        self.deployments
-            .entry(app.clone())
-            .or_default()
-            .insert(device.clone(), deployment);
+        on.insert(device.clone(), deployment);
         self.apps_on
             .entry(device.clone())
             .or_default()

@@ -107,6 +107,9 @@ pub struct App {
     pub desired: DesiredState,
     /// The last module refusal, if any.
     pub rejected: Option<String>,
+    /// The W3C `traceparent` of the last change to what it should be doing (deploy, update,
+    /// stop, delete): the deployer's work on it continues that trace.
+    pub trace: Option<String>,
 }
 
 impl App {
@@ -180,6 +183,8 @@ pub struct Deployment {
     pub reason: Option<String>,
     /// When the phase last changed.
     pub since: DateTime<Utc>,
+    /// When this version was asked of the device (its `DeploymentRequested`).
+    pub requested: DateTime<Utc>,
 }
 
 /// An (application, device) pair.

@@ -35,6 +35,7 @@ impl Log {
         StoredEvent {
             sequence: self.sequence,
             envelope: EventEnvelope::new(event.into()),
+            trace: None,
         }
     }
 
@@ -314,4 +315,47 @@ fn gateways_list_the_devices_they_hold_now() {
             (gw("g2"), vec![dev("d2"), dev("d3")]),
         ]
     );
+}
+
+/// A deployment remembers when its version was asked for, through every later phase of that
+/// version; a new request (a new version, or the same again) starts the clock again.
+#[test]
+fn a_deployment_keeps_when_its_version_was_requested() {
+    use wasmbed_schemas::event::{DeploymentRequested, DeploymentTransferStarted};
+    let mut log = Log::new();
+    running_app(&mut log, "sensor", "d1");
+    let t = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    let requested = |version| DeploymentRequested {
+        app_id: app("sensor"),
+        device_id: dev("d1"),
+        version,
+    };
+    let transfer = |version| DeploymentTransferStarted {
+        app_id: app("sensor"),
+        device_id: dev("d1"),
+        version,
+    };
+    let running = |version| DeploymentRunning {
+        app_id: app("sensor"),
+        device_id: dev("d1"),
+        version,
+    };
+    let steps: Vec<(Event, i64, i64)> = vec![
+        // (event, at, requested afterwards)
+        (requested(2).into(), 10, 10),
+        (transfer(2).into(), 11, 10),
+        (running(2).into(), 15, 10),
+        (requested(3).into(), 20, 20),
+        (transfer(3).into(), 21, 20),
+        (requested(3).into(), 30, 30),
+    ];
+    for (event, at, want) in steps {
+        let name = event.type_name();
+        let mut stored = log.stored(event);
+        stored.envelope.time = t(at);
+        log.fleet.apply(&stored);
+        let dep = log.fleet.deployment(&(app("sensor"), dev("d1"))).unwrap();
+        assert_eq!(dep.requested, t(want), "after {name} at {at}");
+        assert_eq!(dep.since, t(at), "after {name} at {at}");
+    }
 }

@@ -1,9 +1,10 @@
-//! `/health` and `/ready` for a service without HTTP of its own: its probes in Kubernetes.
+//! `/health`, `/ready` and `/metrics` for a service without HTTP of its own: its probes in
+//! Kubernetes and its figures for Prometheus.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
@@ -44,6 +45,15 @@ pub(crate) async fn serve(
                         (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "not serving\n"),
                     }
                 }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, wasmbed_metrics::CONTENT_TYPE)],
+                    wasmbed_metrics::encode(),
+                )
             }),
         );
     if let Err(e) = axum::serve(listener, app).await {

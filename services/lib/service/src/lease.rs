@@ -36,6 +36,7 @@ pub struct LeaseError(String);
 pub struct Lease {
     name: String,
     state: watch::Receiver<Option<u64>>,
+    contended: watch::Receiver<bool>,
     task: JoinHandle<()>,
     kv: kv::Store,
 }
@@ -59,10 +60,12 @@ impl Lease {
                 .map_err(|e| LeaseError(e.to_string()))?,
         };
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(contend(kv.clone(), name.to_owned(), holder, tx));
+        let (answered, contended) = watch::channel(false);
+        let task = tokio::spawn(contend(kv.clone(), name.to_owned(), holder, tx, answered));
         Ok(Self {
             name: name.to_owned(),
             state: rx,
+            contended,
             task,
             kv,
         })
@@ -76,6 +79,12 @@ impl Lease {
     /// Changes of [`Lease::term`].
     pub fn watch(&self) -> watch::Receiver<Option<u64>> {
         self.state.clone()
+    }
+
+    /// Turns true once the bucket first answered whether this instance could take the lease
+    /// (before that, a `None` term says nothing about who holds it).
+    pub fn contended(&self) -> watch::Receiver<bool> {
+        self.contended.clone()
     }
 
     /// Gives the lease up: stops renewing and, if held, deletes the key so another instance
@@ -127,7 +136,13 @@ fn margin() -> Duration {
     LEASE_TTL / 4
 }
 
-async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Sender<Option<u64>>) {
+async fn contend(
+    kv: kv::Store,
+    name: String,
+    holder: String,
+    state: watch::Sender<Option<u64>>,
+    answered: watch::Sender<bool>,
+) {
     let value: bytes::Bytes = holder.clone().into();
     // (term, revision, held until)
     let mut held: Option<(u64, u64, Instant)> = None;
@@ -141,8 +156,13 @@ async fn contend(kv: kv::Store, name: String, holder: String, state: watch::Send
                         held = Some((revision, revision, until));
                         info!(lease = %name, %holder, term = revision, "lease taken");
                         let _ = state.send(Some(revision));
+                        answered.send_replace(true);
                     }
-                    Ok(Err(e)) => debug!(lease = %name, error = %e, "lease held elsewhere"),
+                    Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        debug!(lease = %name, "lease held elsewhere");
+                        answered.send_replace(true);
+                    }
+                    Ok(Err(e)) => debug!(lease = %name, error = %e, "taking the lease failed"),
                     Err(_) => debug!(lease = %name, "taking the lease timed out"),
                 }
                 tokio::time::sleep(contend_every()).await;

@@ -194,7 +194,6 @@ impl Runtime {
         state: Arc<S>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RuntimeError> {
-        self.mark_ready();
         info!(service = self.service, "serving");
         let served = wasmbed_bus::serve(
             self.client.clone(),
@@ -202,6 +201,7 @@ impl Runtime {
             state,
             shutdown,
             self.options.drain_grace,
+            || self.mark_ready(),
         )
         .await;
         self.stop().await;
@@ -209,17 +209,32 @@ impl Runtime {
         Ok(())
     }
 
-    /// Serves the commands of `router()` only while `term` says this instance holds its lease
-    /// (a [`Lease`]), until `shutdown` completes: an instance without the lease does not even
-    /// subscribe, so every command reaches the holder.
+    /// Serves the commands of `router()` only while this instance holds `lease`, until
+    /// `shutdown` completes: an instance without the lease does not even subscribe, so every
+    /// command reaches the holder.
+    ///
+    /// Ready once it serves, or once the lease's bucket said another instance holds it (a
+    /// standby that takes over by itself): never before the first answer, when a command
+    /// would find nobody.
     pub async fn serve_while_held<S: Send + Sync + 'static>(
-        self,
+        mut self,
         router: impl Fn() -> Router<S>,
         state: Arc<S>,
-        mut term: tokio::sync::watch::Receiver<Option<u64>>,
+        lease: &Lease,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RuntimeError> {
-        self.mark_ready();
+        let mut term = lease.watch();
+        let standby = {
+            let (mut contended, term, ready) =
+                (lease.contended(), lease.watch(), self.ready.clone());
+            async move {
+                if contended.wait_for(|answered| *answered).await.is_ok() && term.borrow().is_none()
+                {
+                    ready.store(true, Ordering::Relaxed);
+                }
+            }
+        };
+        self.background.spawn(standby);
         let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
         let serving = async {
             loop {
@@ -234,6 +249,7 @@ impl Runtime {
                     state.clone(),
                     ended,
                     self.options.drain_grace,
+                    || self.mark_ready(),
                 )
                 .await?;
                 info!(service = self.service, "lease ended; not serving");

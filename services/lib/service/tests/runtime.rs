@@ -130,3 +130,78 @@ async fn health_answers_from_the_start_and_ready_only_while_serving() {
     running.await.unwrap();
     assert_eq!(http_get(addr, "/health").await.0, 0, "the endpoint is gone");
 }
+
+/// A leased service says it is ready only once a command sent then is taken: the holder once
+/// it has subscribed, a standby once it knows another instance holds the lease. (It used to say
+/// ready before even asking for the lease: a command sent on "ready" found nobody.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_service_is_ready_once_a_command_is_taken_or_it_stands_by() {
+    use wasmbed_bus::{CallError, Router, call};
+    use wasmbed_schemas::DeviceId;
+    use wasmbed_schemas::command::{CommandError, ErrorCode, StopEmulator};
+    use wasmbed_service::{Lease, holder_name};
+
+    let server = NatsServer::start().await.unwrap();
+    let options = RuntimeOptions {
+        health_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..RuntimeOptions::default()
+    };
+    let router = || {
+        Router::new(subject::Service::RenodeManager).route(async |_, c: StopEmulator| {
+            Err::<wasmbed_schemas::command::Accepted, _>(CommandError {
+                code: ErrorCode::NotFound,
+                message: format!("no emulator {}", c.device_id),
+            })
+        })
+    };
+    let stop = StopEmulator {
+        device_id: DeviceId::new("dev-1").unwrap(),
+    };
+    let (quit, quitting) = tokio::sync::watch::channel(false);
+    let mut instances = Vec::new();
+    for n in 0..2 {
+        let runtime = Runtime::start(server.client().await.unwrap(), "test", &options)
+            .await
+            .unwrap();
+        let addr = runtime.health_addr().unwrap();
+        let lease = Lease::start(runtime.log(), "test-manager", holder_name("test"))
+            .await
+            .unwrap();
+        let mut quitting = quitting.clone();
+        let term = lease.watch();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = quitting.wait_for(|q| *q).await;
+            };
+            runtime
+                .serve_while_held(router, Arc::new(()), &lease, shutdown)
+                .await
+                .unwrap();
+        });
+        let mut waited = 0;
+        while http_get(addr, "/ready").await.0 != 200 {
+            waited += 1;
+            assert!(waited < 500, "instance {n} never ready");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Ready: the command is answered at once, by the holder.
+        let answer = call(
+            &server.client().await.unwrap(),
+            &stop,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            matches!(answer, Err(CallError::Refused(ref e)) if e.code == ErrorCode::NotFound),
+            "instance {n} ready, yet the command got {answer:?}"
+        );
+        let holds = term.borrow().is_some();
+        assert_eq!(
+            holds,
+            n == 0,
+            "the first instance holds the lease, the second stands by"
+        );
+        instances.push(addr);
+    }
+    let _ = quit.send(true);
+}

@@ -51,6 +51,8 @@ struct Spec {
     principal: Principal,
     args: Vec<String>,
     ready: Ready,
+    /// Where `/metrics` is served (with the api's bearer token for the api).
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy)]
@@ -78,6 +80,8 @@ pub struct Cluster {
     specs: BTreeMap<String, Spec>,
     running: BTreeMap<String, Child>,
     gateways: Vec<(String, SocketAddr, SocketAddr)>,
+    /// Set in every service's environment (besides NATS and logging).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -85,16 +89,28 @@ impl Cluster {
     /// telemetry service, each from `binary` (the `wasmbed` executable), and waits until each
     /// is ready.
     pub async fn start(binary: &Path) -> Self {
-        Self::start_on(binary, Nats::One(NatsServer::start().await.unwrap()), 1).await
+        Self::start_with_env(binary, Vec::new()).await
+    }
+
+    /// The same with `env` in every service's environment (an OTLP endpoint, say).
+    pub async fn start_with_env(binary: &Path, env: Vec<(String, String)>) -> Self {
+        let nats = Nats::One(NatsServer::start().await.unwrap());
+        Self::start_on(binary, nats, 1, env).await
     }
 
     /// The same on a 3-node JetStream cluster, with two instances of enrollment, the deployer
     /// and telemetry (the second of each named `<service>-2`).
     pub async fn start_replicated(binary: &Path) -> Self {
-        Self::start_on(binary, Nats::Three(NatsCluster::start().await.unwrap()), 2).await
+        let nats = Nats::Three(NatsCluster::start().await.unwrap());
+        Self::start_on(binary, nats, 2, Vec::new()).await
     }
 
-    async fn start_on(binary: &Path, nats: Nats, instances: usize) -> Self {
+    async fn start_on(
+        binary: &Path,
+        nats: Nats,
+        instances: usize,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let client = nats.client().await.unwrap();
         let options = LogOptions {
             replicas: nats.replicas(),
@@ -110,16 +126,26 @@ impl Cluster {
             specs: BTreeMap::new(),
             running: BTreeMap::new(),
             gateways: Vec::new(),
+            env,
             dir,
         };
         let ca_dir = cluster.dir.path().join("ca").display().to_string();
         for name in instance_names("enrollment", instances) {
+            let health: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
             cluster.add(
                 &name,
                 Spec {
                     principal: Principal::Enrollment,
-                    args: args(&["serve", "enrollment", "--ca-dir", &ca_dir]),
+                    args: args(&[
+                        "serve",
+                        "enrollment",
+                        "--ca-dir",
+                        &ca_dir,
+                        "--health-listen",
+                        &health.to_string(),
+                    ]),
                     ready: Ready::Enrollment,
+                    metrics: Some(health),
                 },
             );
             cluster.start_service(&name).await;
@@ -148,18 +174,21 @@ impl Cluster {
                         &HEARTBEAT_MS.to_string(),
                     ]),
                     ready: Ready::Http(http, "/ready"),
+                    metrics: Some(http),
                 },
             );
             cluster.gateways.push((id.to_owned(), tls, http));
             cluster.start_service(id).await;
         }
         for name in instance_names("deployer", instances) {
+            let health: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
             cluster.add(
                 &name,
                 Spec {
                     principal: Principal::Deployer,
-                    args: args(&["serve", "deployer"]),
+                    args: args(&["serve", "deployer", "--health-listen", &health.to_string()]),
                     ready: Ready::Deployer,
+                    metrics: Some(health),
                 },
             );
             cluster.start_service(&name).await;
@@ -181,6 +210,7 @@ impl Cluster {
                         "3",
                     ]),
                     ready: Ready::Http(http, "/health"),
+                    metrics: Some(http),
                 },
             );
             cluster.start_service(&name).await;
@@ -239,8 +269,58 @@ impl Cluster {
                     &health.to_string(),
                 ]),
                 ready: Ready::Http(health, "/ready"),
+                metrics: Some(health),
             },
         );
+    }
+
+    /// Adds and starts the api `name` (REST on a free port, one read-write token); returns
+    /// its address and token.
+    pub async fn start_api(&mut self, name: &str) -> (SocketAddr, String) {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
+        let token = format!("cluster-test-token-{}", free_port().unwrap());
+        self.add(
+            name,
+            Spec {
+                principal: Principal::Api,
+                args: args(&[
+                    "serve",
+                    "api",
+                    "--listen",
+                    &listen.to_string(),
+                    "--token",
+                    &format!("test={token}"),
+                ]),
+                ready: Ready::Http(listen, "/health"),
+                metrics: Some(listen),
+            },
+        );
+        self.start_service(name).await;
+        (listen, token)
+    }
+
+    /// Adds and starts the projector `name`; it reaches the Kubernetes API its environment's
+    /// `KUBECONFIG` names (give it with [`Cluster::start_with_env`]).
+    pub async fn start_projector(&mut self, name: &str) {
+        let health: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
+        self.add(
+            name,
+            Spec {
+                principal: Principal::Projector,
+                args: args(&["serve", "projector", "--health-listen", &health.to_string()]),
+                ready: Ready::Http(health, "/health"),
+                metrics: Some(health),
+            },
+        );
+        self.start_service(name).await;
+    }
+
+    /// Where each running service serves `/metrics`, by name (the api's needs its token).
+    pub fn metrics_endpoints(&self) -> Vec<(String, SocketAddr)> {
+        self.running
+            .keys()
+            .filter_map(|name| Some((name.clone(), self.specs.get(name)?.metrics?)))
+            .collect()
     }
 
     /// The TLS address of gateway `id`.
@@ -299,6 +379,7 @@ impl Cluster {
                 "WASMBED_LOG",
                 std::env::var("WASMBED_CLUSTER_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
