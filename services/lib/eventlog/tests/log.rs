@@ -278,6 +278,25 @@ async fn a_pipeline_of_lost_acks_gives_up_after_one_ack_timeout() {
         assert!(status.success(), "kill {name} {pid}");
     };
     signal("-STOP");
+    // A stop is delivered asynchronously: on a loaded machine the server could still answer
+    // for a moment. Append only once the kernel says it is stopped (state `T`).
+    let state = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_name = stat.rsplit_once(')')?.1.to_owned();
+                after_name.split_whitespace().next().map(str::to_owned)
+            })
+    };
+    let waiting = std::time::Instant::now();
+    while state().as_deref() != Some("T") {
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(5),
+            "nats-server {pid} not stopped: state {:?}",
+            state()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let batch: Vec<_> = (0..8)
         .map(|n| (ExpectedVersion::NONE, registered(n)))
         .collect();
@@ -290,7 +309,10 @@ async fn a_pipeline_of_lost_acks_gives_up_after_one_ack_timeout() {
         results
             .iter()
             .all(|r| matches!(r, Err(AppendError::Publish(_)))),
-        "{results:?}"
+        "{results:?} from the server on port {} (ours: {}), state {:?}",
+        log.jetstream().client().server_info().port,
+        server.url(),
+        state()
     );
     assert!(
         waited < ACK_TIMEOUT * 2,
