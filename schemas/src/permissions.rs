@@ -132,6 +132,7 @@ impl Principal {
                     events(AggregateKind::Gateway),
                     subject::DEVICE_REVOKED_ALL.to_string(),
                 ]);
+                publish.extend(snapshot(self.name()));
                 subscribe.push(calls(Service::Enrollment));
             }
             Self::Gateway => {
@@ -168,6 +169,7 @@ impl Principal {
                     format!("$O.{}.>", subject::MODULES_OBJECT_STORE),
                 ]);
                 publish.extend(key_value(subject::DEPLOYMENTS_BUCKET));
+                publish.extend(snapshot(self.name()));
                 // One reconciler at a time: the deployer's lease.
                 publish.extend(lease(self.name()));
                 subscribe.extend([
@@ -179,6 +181,7 @@ impl Principal {
                 publish.push(events(AggregateKind::Device));
                 publish.extend(key_value(subject::LIVENESS_BUCKET));
                 publish.extend(key_value(subject::TELEMETRY_LATEST_BUCKET));
+                publish.extend(snapshot(self.name()));
                 subscribe.push(subject::DEVICE_HEARTBEAT_ALL.to_string());
             }
             Self::RenodeManager => {
@@ -207,6 +210,7 @@ impl Principal {
                 ] {
                     publish.extend(jetstream_stream(&key_value_stream(bucket)));
                 }
+                publish.extend(snapshot(self.name()));
                 subscribe.extend([
                     subject::TELEMETRY_ALL.to_string(),
                     subject::EMULATOR_UART_ALL.to_string(),
@@ -265,6 +269,45 @@ fn lease(name: &str) -> Vec<String> {
     subjects
 }
 
+/// Reading every snapshot and writing the one named `name` (its metadata subject; chunks
+/// are written under random names and an old snapshot's chunks purged when it is replaced).
+fn snapshot(name: &str) -> Vec<String> {
+    let stream = object_store_stream(subject::SNAPSHOTS_OBJECT_STORE);
+    let mut subjects = jetstream_stream(&stream);
+    subjects.extend([
+        format!("$JS.API.STREAM.PURGE.{stream}"),
+        format!("$O.{}.C.>", subject::SNAPSHOTS_OBJECT_STORE),
+        format!(
+            "$O.{}.M.{}",
+            subject::SNAPSHOTS_OBJECT_STORE,
+            base64_url(name.as_bytes())
+        ),
+    ]);
+    subjects
+}
+
+/// URL-safe base64 with padding: how the object store names an object's metadata subject.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Reading and writing one KV bucket (its stream and its keys).
 fn key_value(bucket: &str) -> Vec<String> {
     let mut subjects = jetstream_stream(&key_value_stream(bucket));
@@ -313,6 +356,22 @@ fn list(name: &str, subjects: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_names_are_encoded_as_the_object_store_does() {
+        // RFC 4648 test vectors, URL-safe alphabet, padded.
+        for (name, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("api", "YXBp"),
+            ("deployer", "ZGVwbG95ZXI="),
+            ("\u{fb}\u{ff}", "w7vDvw=="),
+        ] {
+            assert_eq!(base64_url(name.as_bytes()), encoded, "{name:?}");
+        }
+    }
 
     #[test]
     fn no_service_may_write_another_services_events_or_answer_its_commands() {

@@ -42,6 +42,9 @@ pub const TELEMETRY_ALL: &str = "wasmbed.telemetry.>";
 pub const TELEMETRY_LATEST_BUCKET: &str = "wasmbed-telemetry-latest";
 /// The object store holding WASM modules, keyed by SHA-256.
 pub const MODULES_OBJECT_STORE: &str = "wasmbed-modules";
+/// The object store holding snapshots of read models, one object per model (the service's
+/// name): a cache of the log, checked against it before use.
+pub const SNAPSHOTS_OBJECT_STORE: &str = "wasmbed-snapshots";
 /// KV bucket: when each device was last heard (key: device id; value: JSON time), kept by the
 /// telemetry service.
 pub const LIVENESS_BUCKET: &str = "wasmbed-liveness";
@@ -116,6 +119,21 @@ pub fn is_valid_subject(subject: &str) -> bool {
                     .chars()
                     .any(|c| c == '*' || c == '>' || c.is_whitespace() || c.is_control())
         })
+}
+
+/// Whether `subject` falls under `pattern`, as nats-server decides it: `*` stands for one
+/// token, a final `>` for one or more.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (want, Some(have)) if want == have => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
 }
 
 /// The request subject of one command.
@@ -204,6 +222,42 @@ pub mod header {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_as_the_server_matches_them() {
+        for (pattern, subject, matched) in [
+            (
+                "wasmbed.events.v1.device.>",
+                "wasmbed.events.v1.device.dev-1",
+                true,
+            ),
+            (
+                "wasmbed.events.v1.device.>",
+                "wasmbed.events.v1.device.a.b",
+                true,
+            ),
+            (
+                "wasmbed.events.v1.device.>",
+                "wasmbed.events.v1.device",
+                false,
+            ),
+            (
+                "wasmbed.events.v1.device.>",
+                "wasmbed.events.v1.device_key.ab",
+                false,
+            ),
+            ("wasmbed.events.v1.*.x", "wasmbed.events.v1.app.x", true),
+            ("wasmbed.events.v1.*.x", "wasmbed.events.v1.app.y", false),
+            ("wasmbed.events.v1.*.x", "wasmbed.events.v1.app.x.z", false),
+            ("wasmbed.events.v1.*", "wasmbed.events.v1", false),
+            ("a.b", "a.b", true),
+            ("a.b", "a.b.c", false),
+            ("a.b.c", "a.b", false),
+            (">", "a", true),
+        ] {
+            assert_eq!(matches(pattern, subject), matched, "{pattern} ~ {subject}");
+        }
+    }
 
     #[test]
     fn valid_subjects_have_plain_tokens() {

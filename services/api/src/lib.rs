@@ -187,9 +187,9 @@ pub async fn run(
     }
     let mut runtime = Runtime::start(client.clone(), "api", &config.runtime).await?;
     let mut view = Fleet::default();
-    let follow = runtime
-        .restore(Vec::new(), &mut view, |view, event| {
-            view.apply(event);
+    let (follow, _) = runtime
+        .restore_snapshotted(Vec::new(), &mut view, |view, event| {
+            view.apply_followed(event);
         })
         .await?;
     info!(
@@ -211,9 +211,20 @@ pub async fn run(
             .view
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .apply(event);
+            .apply_followed(event);
         following.folded.send_replace(event.sequence);
     });
+    let (position, snapshot) = (api.clone(), api.clone());
+    runtime.keep_snapshotting::<Fleet>(
+        move || *position.folded.borrow(),
+        move || {
+            let view = snapshot
+                .view
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok((view.followed, wasmbed_service::encode_snapshot(&*view)?))
+        },
+    );
     runtime.spawn(heartbeat_watch(&api).await?);
     let tokens = Arc::new(config.tokens);
     let served = axum::serve(listener, router(api, tokens))

@@ -166,9 +166,9 @@ pub async fn run(
         )
         .await?;
     let mut fleet = Fleet::default();
-    let follow = runtime
-        .restore(followed_subjects(), &mut fleet, |fleet, event| {
-            fleet.apply(event);
+    let (follow, _) = runtime
+        .restore_snapshotted(followed_subjects(), &mut fleet, |fleet, event| {
+            fleet.apply_followed(event);
         })
         .await?;
     info!(
@@ -194,7 +194,7 @@ pub async fn run(
         while let Some(next) = follow.next().await {
             match next {
                 Ok((event, _)) => {
-                    let touched = folding.fleet().apply(&event);
+                    let touched = folding.fleet().apply_followed(&event);
                     let _ = touched_tx.send(touched);
                 }
                 Err(e) => warn!(error = %e, "event skipped"),
@@ -202,6 +202,14 @@ pub async fn run(
         }
         warn!("event log follow ended");
     });
+    let (position, snapshot) = (state.clone(), state.clone());
+    runtime.keep_snapshotting::<Fleet>(
+        move || position.fleet().followed,
+        move || {
+            let fleet = snapshot.fleet();
+            Ok((fleet.followed, wasmbed_service::encode_snapshot(&*fleet)?))
+        },
+    );
     let holder = wasmbed_service::holder_name(SERVICE.as_str());
     let lease = Lease::start(&log, SERVICE.as_str(), holder)
         .await

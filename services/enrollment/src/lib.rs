@@ -111,14 +111,14 @@ pub async fn run(
     let mut runtime = Runtime::start(client.clone(), SERVICE.as_str(), &config.runtime).await?;
     let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
     let mut registry = Registry::default();
-    let follow = runtime
-        .restore(
+    let (follow, _) = runtime
+        .restore_snapshotted(
             vec![
                 subject::events_of_kind(AggregateKind::Device),
                 subject::events_of_kind(AggregateKind::Pairing),
             ],
             &mut registry,
-            Registry::apply,
+            Registry::apply_followed,
         )
         .await?;
     info!(devices = registry.len(), "device history loaded");
@@ -146,9 +146,20 @@ pub async fn run(
     });
     let following = state.clone();
     runtime.keep_following(follow, move |event| {
-        following.registry().apply(event);
+        following.registry().apply_followed(event);
         pairing_window(&mut following.pairing(), &event.envelope.event);
     });
+    let (position, snapshot) = (state.clone(), state.clone());
+    runtime.keep_snapshotting::<Registry>(
+        move || position.registry().followed(),
+        move || {
+            let registry = snapshot.registry();
+            Ok((
+                registry.followed(),
+                wasmbed_service::encode_snapshot(&*registry)?,
+            ))
+        },
+    );
     let auditor = state.clone();
     runtime.spawn(async move { auditor.refusals.close_windows(&auditor.log).await });
     runtime.serve(handlers::router(), state, shutdown).await?;

@@ -8,7 +8,7 @@ use wasmbed_schemas::event::Event;
 use wasmbed_schemas::{DeviceId, PublicKey};
 
 /// What enrollment knows of one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceRecord {
     /// Its id.
     pub device_id: DeviceId,
@@ -23,13 +23,33 @@ pub struct DeviceRecord {
 }
 
 /// Devices by id and by key.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Registry {
     devices: HashMap<DeviceId, DeviceRecord>,
     by_key: HashMap<PublicKey, DeviceId>,
+    /// The last sequence the service's in-order follow of the log folded in
+    /// ([`Registry::apply_followed`]): what a snapshot holds everything up to. This service's
+    /// own appends, applied ahead of the follow, are not counted.
+    followed: u64,
+}
+
+/// The snapshot layout: bump it with any change to the fields above.
+impl wasmbed_eventlog::snapshot::Snapshotted for Registry {
+    const FORMAT: u32 = 1;
 }
 
 impl Registry {
+    /// Folds an event delivered by the service's follow of the log.
+    pub fn apply_followed(&mut self, stored: &StoredEvent) {
+        self.followed = self.followed.max(stored.sequence);
+        self.apply(stored);
+    }
+
+    /// The last sequence folded in by [`Registry::apply_followed`].
+    pub fn followed(&self) -> u64 {
+        self.followed
+    }
+
     /// Folds one device event in. Applying an event twice, or an older one after a newer,
     /// changes nothing.
     pub fn apply(&mut self, stored: &StoredEvent) {

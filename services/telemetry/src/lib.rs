@@ -90,16 +90,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TelemetryError> {
     let started = Utc::now();
-    let runtime = Runtime::start(client.clone(), "telemetry", &config.runtime).await?;
+    let mut runtime = Runtime::start(client.clone(), "telemetry", &config.runtime).await?;
     let log = runtime.log().clone();
     let mut liveness = Liveness::default();
-    let mut follow = runtime
-        .restore(
+    let (mut follow, _) = runtime
+        .restore_snapshotted(
             vec![subject::events_of_kind(AggregateKind::Device)],
             &mut liveness,
             Liveness::apply,
         )
         .await?;
+    let mut snapshots = runtime.snapshot_writer();
     let saved: ReadModel<DateTime<Utc>> = log.read_model(LIVENESS_BUCKET).await?;
     for key in saved.keys().await? {
         if let (Ok(device), Ok(Some(at))) = (DeviceId::new(key.as_str()), saved.get(&key).await) {
@@ -197,6 +198,9 @@ pub async fn run(
                     recorder.save(Saves { last_seen, latest });
                 }
                 lock(&stats).online = liveness.online();
+                if snapshots.due(liveness.followed()) {
+                    snapshots.write(liveness.followed(), &liveness);
+                }
             }
         }
     }

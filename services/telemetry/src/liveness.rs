@@ -42,7 +42,7 @@ impl Transition {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct DeviceLiveness {
     /// What the log last recorded: `Some(false)` after `DeviceWentOffline`, `Some(true)` after
     /// `DeviceBackOnline`, `None` before any transition.
@@ -53,14 +53,23 @@ struct DeviceLiveness {
 }
 
 /// Every device's liveness.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Liveness {
     devices: HashMap<DeviceId, DeviceLiveness>,
+    /// The last sequence folded by [`Liveness::apply`] (the service's follow of the log): what
+    /// a snapshot holds everything up to.
+    followed: u64,
+}
+
+/// The snapshot layout: bump it with any change to the fields above.
+impl wasmbed_eventlog::snapshot::Snapshotted for Liveness {
+    const FORMAT: u32 = 1;
 }
 
 impl Liveness {
     /// Folds in a device event from the log.
     pub fn apply(&mut self, stored: &StoredEvent) {
+        self.followed = self.followed.max(stored.sequence);
         let time = stored.envelope.time;
         match &stored.envelope.event {
             Event::DeviceWentOffline(e) => self.fold(&e.device_id, false, stored.sequence),
@@ -149,6 +158,11 @@ impl Liveness {
             d.recorded_online = Some(online);
             d.last_transition = sequence;
         }
+    }
+
+    /// The last sequence of the log folded in by [`Liveness::apply`].
+    pub fn followed(&self) -> u64 {
+        self.followed
     }
 
     /// Devices heard from and not recorded offline.

@@ -32,6 +32,7 @@ pub mod downlinks;
 pub mod emulated;
 pub mod fleet;
 pub mod gateway;
+pub mod history;
 pub mod otlp;
 pub mod releases;
 pub mod timed;

@@ -13,6 +13,7 @@
 //!   to read.
 //! - [`modules`]: WASM modules in the object store, named by their SHA-256 and verified on
 //!   every read.
+//! - [`snapshot`]: snapshots of read models, so a start folds only what came after one.
 //! - [`definitions`]: the streams and stores from `nats/`, created idempotently at start.
 
 mod append;
@@ -24,6 +25,7 @@ mod projection;
 mod read_model;
 pub mod refusals;
 mod replay;
+pub mod snapshot;
 
 use async_nats::jetstream;
 use wasmbed_schemas::event::{EventDecodeError, EventEnvelope};
@@ -35,6 +37,7 @@ pub use live::{LiveReadError, LiveReader, ReconnectWatch};
 pub use projection::{Projection, ProjectionError};
 pub use read_model::{ReadModel, ReadModelError, Versioned};
 pub use replay::{Aggregate, Follow, Loaded, ReadError};
+pub use snapshot::{Restored, SnapshotError, SnapshotStore};
 
 /// An event as stored: its envelope and its position in the log.
 #[derive(Debug, Clone, PartialEq)]

@@ -146,9 +146,11 @@ impl EventLog {
 /// in-memory view of some aggregates.
 pub struct Follow {
     reader: LiveReader,
-    /// How many matching events were in the log when the follow began: the view is caught up
+    /// How many messages the reader had to read when the follow began: the view is caught up
     /// once that many were read (or immediately, when it is 0).
     pub pending_at_start: u64,
+    /// Subjects matched here rather than by the server (a follow of several subjects).
+    filter: Option<Vec<String>>,
 }
 
 impl EventLog {
@@ -159,30 +161,48 @@ impl EventLog {
 
     /// Follows the matching events after stream sequence `after` (0: from the first), then
     /// live: for resuming a live view where a client left it.
+    ///
+    /// One subject pattern is matched by the server. Several are matched here, on a consumer of
+    /// the whole log: nats-server delivers a consumer of several filter subjects from a long
+    /// file store at a small fraction of one filter's rate (100,000 events: 59 s against
+    /// 1.8 s unfiltered, measured by the cold-start benchmark), while skipping an event here
+    /// costs a subject comparison.
     pub async fn follow_after(
         &self,
         filter_subjects: Vec<String>,
         after: u64,
     ) -> Result<Follow, ReadError> {
-        let (reader, pending_at_start) = LiveReader::start(
-            &self.js.client(),
-            self.stream.clone(),
-            filter_subjects,
-            after,
-        )
-        .await
-        .map_err(nats)?;
+        let (server_filter, filter) = if filter_subjects.len() > 1 {
+            (Vec::new(), Some(filter_subjects))
+        } else {
+            (filter_subjects, None)
+        };
+        let (reader, pending_at_start) =
+            LiveReader::start(&self.js.client(), self.stream.clone(), server_filter, after)
+                .await
+                .map_err(nats)?;
         Ok(Follow {
             reader,
             pending_at_start,
+            filter,
         })
     }
 }
 
 impl Follow {
-    /// The next event and how many matching events are still behind it in the log. Waits for
-    /// new events once caught up; `None` when the connection is gone for good. Cancel-safe.
+    /// The next event and how many messages are still behind it in the log. Waits for new
+    /// events once caught up; `None` when the connection is gone for good. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<(StoredEvent, u64), ReadError>> {
+        loop {
+            if let Some(next) = self.next_message().await?.transpose() {
+                return Some(next);
+            }
+        }
+    }
+
+    /// The next message of the log: its event when it matches the follow's subjects (`None`
+    /// when it does not), and how many messages are behind it.
+    async fn next_message(&mut self) -> Option<Result<Option<(StoredEvent, u64)>, ReadError>> {
         let message = match self.reader.next().await? {
             Ok(message) => message,
             Err(e) => return Some(Err(nats(e))),
@@ -192,9 +212,14 @@ impl Follow {
             Err(e) => return Some(Err(nats(e))),
         };
         let (sequence, pending) = (info.stream_sequence, info.pending);
+        if let Some(filter) = &self.filter {
+            if !filter.iter().any(|f| subject::matches(f, &message.subject)) {
+                return Some(Ok(None));
+            }
+        }
         Some(
             StoredEvent::decode(sequence, message.headers.as_ref(), &message.payload)
-                .map(|event| (event, pending))
+                .map(|event| Some((event, pending)))
                 .map_err(|source| ReadError::Decode { sequence, source }),
         )
     }
@@ -204,11 +229,12 @@ impl Follow {
     pub async fn catch_up(&mut self, mut apply: impl FnMut(&StoredEvent)) -> u64 {
         let mut folded = 0;
         for _ in 0..self.pending_at_start {
-            match self.next().await {
-                Some(Ok((event, _))) => {
+            match self.next_message().await {
+                Some(Ok(Some((event, _)))) => {
                     apply(&event);
                     folded += 1;
                 }
+                Some(Ok(None)) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "event skipped"),
                 None => break,
             }

@@ -518,6 +518,53 @@ async fn follow_reads_history_then_live_events_in_order() {
 }
 
 #[tokio::test]
+async fn a_follow_of_several_subjects_folds_exactly_the_matching_events_then_live_ones() {
+    let server = NatsServer::start().await.unwrap();
+    let log = open(&server).await;
+    // Devices 1..=6, each registered then connected: the follow wants devices 2 and 5 only,
+    // and the log ends with an event it does not want.
+    for n in 1..=6 {
+        for event in [registered(n), connected(n)] {
+            log.append(ExpectedVersion::Any, &event).await.unwrap();
+        }
+    }
+    let wanted = |n| subject::event(&AggregateId::Device(device(n)));
+    let mut follow = log.follow(vec![wanted(2), wanted(5)]).await.unwrap();
+    let mut folded = Vec::new();
+    let count = tokio::time::timeout(
+        Duration::from_secs(5),
+        follow.catch_up(|e| folded.push((e.sequence, e.envelope.aggregate.clone()))),
+    )
+    .await
+    .expect("caught up although the last events match nothing");
+    assert_eq!(count, 4);
+    assert_eq!(
+        folded.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [3, 4, 9, 10]
+    );
+    assert!(
+        folded
+            .iter()
+            .all(|(_, a)| *a == AggregateId::Device(device(2))
+                || *a == AggregateId::Device(device(5)))
+    );
+    // Live: an unwanted event is passed over, the wanted one after it delivered.
+    log.append(ExpectedVersion::Any, &disconnected(3))
+        .await
+        .unwrap();
+    let appended = log
+        .append(ExpectedVersion::Any, &disconnected(5))
+        .await
+        .unwrap();
+    let (live, _) = tokio::time::timeout(Duration::from_secs(5), follow.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.sequence, appended.sequence);
+}
+
+#[tokio::test]
 async fn a_follow_resumes_after_a_server_restart_without_skipping_or_repeating() {
     let mut server = NatsServer::start().await.unwrap();
     let log = open(&server).await;

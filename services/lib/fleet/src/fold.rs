@@ -28,7 +28,20 @@ pub enum Touched {
     Pair(Pair),
 }
 
+/// The fleet's snapshot layout: bump it with any change to the fields of [`Fleet`] or of what
+/// it holds, so a snapshot of the old shape is folded anew rather than misread.
+impl wasmbed_eventlog::snapshot::Snapshotted for Fleet {
+    const FORMAT: u32 = 1;
+}
+
 impl Fleet {
+    /// Folds an event delivered by the service's in-order follow of the log (see
+    /// [`Fleet::followed`]).
+    pub fn apply_followed(&mut self, stored: &StoredEvent) -> Touched {
+        self.followed = self.followed.max(stored.sequence);
+        self.apply(stored)
+    }
+
     /// Folds one event in and says what it touched; an event already folded for its
     /// aggregate (repeated, or older than the aggregate's last) changes nothing.
     pub fn apply(&mut self, stored: &StoredEvent) -> Touched {

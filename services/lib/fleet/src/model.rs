@@ -12,7 +12,7 @@ use wasmbed_schemas::rest::{
 use wasmbed_schemas::{AggregateId, AppId, DeviceId, GatewayId, Sha256};
 
 /// A device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Device {
     /// Its key, once registered or enrolled.
     pub public_key: Option<PublicKey>,
@@ -76,7 +76,7 @@ impl Device {
 }
 
 /// One module version of an application.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModuleVersion {
     /// Its digest: the object-store key.
     pub sha256: Sha256,
@@ -89,7 +89,7 @@ pub struct ModuleVersion {
 }
 
 /// An application.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct App {
     /// Display name.
     pub name: String,
@@ -173,7 +173,7 @@ pub fn in_target(target: &Target, id: &DeviceId, device: &Device) -> bool {
 }
 
 /// One application on one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deployment {
     /// The version concerned.
     pub version: u32,
@@ -191,7 +191,7 @@ pub struct Deployment {
 pub type Pair = (AppId, DeviceId);
 
 /// Everything folded from the log.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Fleet {
     /// Devices by id.
     pub devices: BTreeMap<DeviceId, Device>,
@@ -211,6 +211,10 @@ pub struct Fleet {
     pub publishers: crate::Publishers,
     /// The last sequence folded in, of any aggregate.
     pub sequence: u64,
+    /// The last sequence the service's in-order follow of the log folded in
+    /// ([`Fleet::apply_followed`]): what a snapshot of this fleet holds everything up to. Events
+    /// a writer applied ahead of its follow are not counted (they come again, and are skipped).
+    pub followed: u64,
     /// Changes with every change of anything above (events and heartbeats alike).
     pub revision: u64,
     pub(crate) versions: HashMap<AggregateId, u64>,

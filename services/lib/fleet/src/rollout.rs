@@ -15,7 +15,7 @@ use crate::fold::Touched;
 use crate::model::Fleet;
 
 /// Where a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RolloutPhase {
     /// Waves are being started and judged.
     Waves,
@@ -35,7 +35,7 @@ impl RolloutPhase {
 }
 
 /// What the gate said of a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Verdict {
     /// It ran the new version for the soak time.
     Passed,
@@ -44,7 +44,7 @@ pub enum Verdict {
 }
 
 /// One rollout of an application.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rollout {
     /// The version before (none: the app was not running).
     pub from: Option<u32>,

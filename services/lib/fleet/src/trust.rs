@@ -18,7 +18,7 @@ use wasmbed_schemas::event::Event;
 use wasmbed_schemas::release::rotation::{SignedRotation, TrustChange};
 
 /// One publisher key the fleet knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Publisher {
     /// A name for people.
     pub name: String,
@@ -31,7 +31,7 @@ pub struct Publisher {
 }
 
 /// The trust chain as the fleet holds it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Publishers {
     /// The serial of the last change (0: no key was ever trusted).
     pub serial: u32,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! start (open the log, bind /health and /ready)
-//!   → restore (fold what the log holds into the service's read model)
+//!   → restore (fold what the log holds into the service's read model, from its last snapshot)
 //!   → keep following (fold each new event) + background tasks
 //!   → serve commands (or just run) until shutdown
 //!   → drain (commands being handled are answered, up to a grace period)
@@ -13,10 +13,13 @@
 
 mod health;
 mod lease;
+mod snapshots;
 
 pub use lease::{
     LEASE_TTL, Lease, LeaseError, held_unless_stopped, holder_name, lost, stopped_or_lost,
 };
+pub use snapshots::{RestoreReport, SnapshotPolicy, SnapshotWriter, encode as encode_snapshot};
+pub use wasmbed_eventlog::snapshot::Snapshotted;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +42,8 @@ pub struct RuntimeOptions {
     pub health_listen: Option<SocketAddr>,
     /// How long commands being handled at shutdown may take to finish.
     pub drain_grace: Duration,
+    /// When the read model's snapshot is written.
+    pub snapshots: SnapshotPolicy,
 }
 
 impl Default for RuntimeOptions {
@@ -47,6 +52,7 @@ impl Default for RuntimeOptions {
             replicas: 1,
             health_listen: None,
             drain_grace: wasmbed_bus::DEFAULT_DRAIN_GRACE,
+            snapshots: SnapshotPolicy::default(),
         }
     }
 }
@@ -83,6 +89,8 @@ pub struct Runtime {
     background: JoinSet<()>,
     ready: Arc<AtomicBool>,
     health_addr: Option<SocketAddr>,
+    /// The sequence of the read model's last snapshot, read or written.
+    snapshotted: u64,
 }
 
 impl Runtime {
@@ -123,6 +131,7 @@ impl Runtime {
             background,
             ready,
             health_addr,
+            snapshotted: 0,
         })
     }
 

@@ -82,6 +82,10 @@ pub struct Cluster {
     gateways: Vec<(String, SocketAddr, SocketAddr)>,
     /// Set in every service's environment (besides NATS and logging).
     env: Vec<(String, String)>,
+    /// How long a service may take to be ready when started.
+    start_deadline: Duration,
+    /// How long each service took to be ready, the last time it was started.
+    pub start_times: BTreeMap<String, Duration>,
 }
 
 impl Cluster {
@@ -98,6 +102,21 @@ impl Cluster {
         Self::start_on(binary, nats, 1, env).await
     }
 
+    /// The same on a log that `write` filled first (a long history, say), giving each service
+    /// up to `start_deadline` to be ready.
+    pub async fn start_on_history(
+        binary: &Path,
+        write: impl AsyncFnOnce(&EventLog),
+        start_deadline: Duration,
+    ) -> Self {
+        let server = NatsServer::start().await.unwrap();
+        let log = EventLog::open(server.client().await.unwrap(), &LogOptions::default())
+            .await
+            .unwrap();
+        write(&log).await;
+        Self::start_until(binary, Nats::One(server), 1, Vec::new(), start_deadline).await
+    }
+
     /// The same on a 3-node JetStream cluster, with two instances of enrollment, the deployer
     /// and telemetry (the second of each named `<service>-2`).
     pub async fn start_replicated(binary: &Path) -> Self {
@@ -110,6 +129,16 @@ impl Cluster {
         nats: Nats,
         instances: usize,
         env: Vec<(String, String)>,
+    ) -> Self {
+        Self::start_until(binary, nats, instances, env, T).await
+    }
+
+    async fn start_until(
+        binary: &Path,
+        nats: Nats,
+        instances: usize,
+        env: Vec<(String, String)>,
+        start_deadline: Duration,
     ) -> Self {
         let client = nats.client().await.unwrap();
         let options = LogOptions {
@@ -128,6 +157,8 @@ impl Cluster {
             gateways: Vec::new(),
             env,
             dir,
+            start_deadline,
+            start_times: BTreeMap::new(),
         };
         let ca_dir = cluster.dir.path().join("ca").display().to_string();
         for name in instance_names("enrollment", instances) {
@@ -346,16 +377,19 @@ impl Cluster {
         for name in names {
             self.spawn(name);
         }
-        let deadline = started + T;
+        let deadline = started + self.start_deadline;
         for name in names {
             while !self.is_ready(self.specs[*name].ready).await {
                 assert!(
                     Instant::now() < deadline,
-                    "{name} was not ready within {T:?}; its log:\n{}",
+                    "{name} was not ready within {:?}; its log:\n{}",
+                    self.start_deadline,
                     self.service_log(name)
                 );
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
+            self.start_times
+                .insert((*name).to_owned(), started.elapsed());
         }
         started.elapsed()
     }
