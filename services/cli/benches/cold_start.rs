@@ -68,11 +68,9 @@ async fn fold_with(
     (folded as f64 / started.elapsed().as_secs_f64(), fleet)
 }
 
-/// Prints the raw read rate of the whole log next to decoding it and folding it into the
-/// fleet (the api's restore without a snapshot), in this process.
-async fn read_and_fold(log: &EventLog) {
-    let last = log
-        .jetstream()
+/// The sequence of the log's last event.
+async fn last_sequence(log: &EventLog) -> u64 {
+    log.jetstream()
         .get_stream(subject::EVENTS_STREAM)
         .await
         .expect("stream")
@@ -80,8 +78,13 @@ async fn read_and_fold(log: &EventLog) {
         .await
         .expect("info")
         .state
-        .last_sequence;
-    let raw = raw_read(log, last).await;
+        .last_sequence
+}
+
+/// Prints the raw read rate of the whole log next to decoding it and folding it into the
+/// fleet (the api's restore without a snapshot), in this process.
+async fn read_and_fold(log: &EventLog) {
+    let raw = raw_read(log, last_sequence(log).await).await;
     let (decoded, _) = fold_with(log, |_, _| {}).await;
     let (folded, fleet) = fold_with(log, |fleet, e| {
         fleet.apply_followed(e);
@@ -107,23 +110,12 @@ async fn read_and_fold(log: &EventLog) {
 /// Waits until the log stops growing for 3 s (at most 5 minutes): how many events it grew by
 /// and how long that took.
 async fn quiet(log: &EventLog) -> (u64, Duration) {
-    let last = async || {
-        log.jetstream()
-            .get_stream(subject::EVENTS_STREAM)
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .state
-            .last_sequence
-    };
     let started = Instant::now();
-    let first = last().await;
+    let first = last_sequence(log).await;
     let mut seen = first;
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let now = last().await;
+        let now = last_sequence(log).await;
         if now == seen || started.elapsed() > Duration::from_secs(300) {
             return (now - first, started.elapsed());
         }
