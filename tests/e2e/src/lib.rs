@@ -34,8 +34,10 @@ pub mod fleet;
 pub mod gateway;
 pub mod history;
 pub mod otlp;
+pub mod processes;
 pub mod releases;
 pub mod timed;
+pub mod workers;
 
 /// How long any single wait in these tests may take.
 pub const T: Duration = Duration::from_secs(20);

@@ -65,6 +65,16 @@ enum Ready {
     Deployer,
 }
 
+/// Which services a cluster runs.
+struct Shape {
+    /// Instances of enrollment, the deployer and telemetry.
+    instances: usize,
+    /// The gateways' ids.
+    gateways: Vec<String>,
+    /// The heartbeat interval (ms).
+    heartbeat_ms: u64,
+}
+
 /// The system as processes.
 pub struct Cluster {
     /// The server or the cluster (restartable on its store).
@@ -117,6 +127,24 @@ impl Cluster {
         Self::start_until(binary, Nats::One(server), 1, Vec::new(), start_deadline).await
     }
 
+    /// A fleet's system: `gateways` gateways `gw-1`, `gw-2`, … and one of every other service,
+    /// with heartbeats every `heartbeat_ms` (the telemetry service's liveness follows it), and
+    /// `env` in every service's environment.
+    pub async fn start_fleet(
+        binary: &Path,
+        gateways: usize,
+        heartbeat_ms: u64,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        let nats = Nats::One(NatsServer::start().await.unwrap());
+        let shape = Shape {
+            instances: 1,
+            gateways: (1..=gateways).map(|n| format!("gw-{n}")).collect(),
+            heartbeat_ms,
+        };
+        Self::start_shaped(binary, nats, &shape, env, T).await
+    }
+
     /// The same on a 3-node JetStream cluster, with two instances of enrollment, the deployer
     /// and telemetry (the second of each named `<service>-2`).
     pub async fn start_replicated(binary: &Path) -> Self {
@@ -140,6 +168,22 @@ impl Cluster {
         env: Vec<(String, String)>,
         start_deadline: Duration,
     ) -> Self {
+        let shape = Shape {
+            instances,
+            gateways: vec!["gw-a".into(), "gw-b".into()],
+            heartbeat_ms: HEARTBEAT_MS,
+        };
+        Self::start_shaped(binary, nats, &shape, env, start_deadline).await
+    }
+
+    async fn start_shaped(
+        binary: &Path,
+        nats: Nats,
+        shape: &Shape,
+        env: Vec<(String, String)>,
+        start_deadline: Duration,
+    ) -> Self {
+        let (instances, heartbeat_ms) = (shape.instances, shape.heartbeat_ms.to_string());
         let client = nats.client().await.unwrap();
         let options = LogOptions {
             replicas: nats.replicas(),
@@ -185,7 +229,7 @@ impl Cluster {
             .await
             .unwrap();
         cluster.ca_pem = ca.certificate_pem;
-        for id in ["gw-a", "gw-b"] {
+        for id in &shape.gateways {
             let tls: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
             let http: SocketAddr = ([127, 0, 0, 1], free_port().unwrap()).into();
             cluster.add(
@@ -202,7 +246,7 @@ impl Cluster {
                         "--http-listen",
                         &http.to_string(),
                         "--heartbeat-interval-ms",
-                        &HEARTBEAT_MS.to_string(),
+                        &heartbeat_ms,
                     ]),
                     ready: Ready::Http(http, "/ready"),
                     metrics: Some(http),
@@ -236,7 +280,7 @@ impl Cluster {
                         "--http-listen",
                         &http.to_string(),
                         "--heartbeat-interval-ms",
-                        &HEARTBEAT_MS.to_string(),
+                        &heartbeat_ms,
                         "--missed-heartbeats",
                         "3",
                     ]),

@@ -1,0 +1,67 @@
+//! What the processes of a system cost: CPU time, from `/proc`.
+
+use std::time::Instant;
+
+/// CPU seconds (user + system) process `pid` has used so far; 0 once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU use of the processes of the system, between two points in time.
+pub struct CpuMeter {
+    processes: Vec<(String, u32)>,
+    start: Vec<f64>,
+    wall: Instant,
+}
+
+impl CpuMeter {
+    /// Starts measuring `processes` (name, pid) now.
+    pub fn start(processes: &[(impl AsRef<str>, u32)]) -> Self {
+        Self {
+            processes: processes
+                .iter()
+                .map(|(name, pid)| (name.as_ref().to_owned(), *pid))
+                .collect(),
+            start: processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// CPU seconds the process called `name` used over the period.
+    pub fn used(&self, name: &str) -> f64 {
+        self.processes
+            .iter()
+            .zip(&self.start)
+            .find(|((n, _), _)| *n == name)
+            .map_or(0.0, |((_, pid), start)| cpu_seconds(*pid) - start)
+    }
+
+    /// One line: each process's share of the two cores over the period.
+    pub fn report(&self) -> String {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let parts: Vec<String> = self
+            .processes
+            .iter()
+            .zip(&self.start)
+            .map(|((name, pid), start)| {
+                format!("{name} {:.0}%", (cpu_seconds(*pid) - start) / wall * 100.0)
+            })
+            .collect();
+        format!("  CPU (of 200%): {}", parts.join(", "))
+    }
+}
