@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wasmbed_e2e::cluster::Cluster;
+use wasmbed_e2e::cluster::{Cluster, last_sequence};
 use wasmbed_e2e::history::{self, history};
 use wasmbed_eventlog::snapshot::Snapshotted;
 use wasmbed_eventlog::{EventLog, ExpectedVersion, LiveReader, StoredEvent};
@@ -66,19 +66,6 @@ async fn fold_with(
     let mut fleet = Fleet::default();
     let folded = follow.catch_up(|e| apply(&mut fleet, e)).await;
     (folded as f64 / started.elapsed().as_secs_f64(), fleet)
-}
-
-/// The sequence of the log's last event.
-async fn last_sequence(log: &EventLog) -> u64 {
-    log.jetstream()
-        .get_stream(subject::EVENTS_STREAM)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .last_sequence
 }
 
 /// Prints the raw read rate of the whole log next to decoding it and folding it into the

@@ -8,19 +8,17 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark: failing is failing
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use wasmbed_bus::call;
 use wasmbed_e2e::apps::create_application;
 use wasmbed_e2e::cluster::Cluster;
-use wasmbed_e2e::timed::{bench_limits, bench_module};
+use wasmbed_e2e::timed::{bench_limits, bench_module, deployment_events, running_times};
 use wasmbed_e2e::workers::{self, Worker, WorkerSpec, register_fleet};
+use wasmbed_schemas::AppId;
 use wasmbed_schemas::command::DeployApplication;
-use wasmbed_schemas::event::{Event, EventEnvelope, Target};
-use wasmbed_schemas::{AggregateKind, AppId, subject};
+use wasmbed_schemas::event::Target;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 const MODULE_LEN: usize = 64 * 1024;
@@ -73,39 +71,22 @@ async fn fan_out(n: usize) -> (Duration, Duration, Duration) {
     )
     .await
     .unwrap();
-    let mut events = cluster
-        .client
-        .subscribe(format!(
-            "{}.{app}.>",
-            subject::events_of_kind(AggregateKind::Deployment).trim_end_matches(".>")
-        ))
-        .await
-        .unwrap();
-    cluster.client.flush().await.unwrap();
+    let mut events = deployment_events(&cluster.client, &app).await;
     let started = Instant::now();
     call(
         &cluster.client,
-        &DeployApplication { app_id: app.clone() },
+        &DeployApplication {
+            app_id: app.clone(),
+        },
         Duration::from_secs(30),
     )
     .await
     .unwrap();
-    let mut running = HashSet::new();
-    let mut latencies = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while running.len() < n {
-        let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else {
-            panic!("only {} of {n} devices running", running.len());
-        };
-        let envelope = EventEnvelope::from_json(&message.payload).unwrap();
-        if let Event::DeploymentRunning(r) = envelope.event {
-            if running.insert(r.device_id) {
-                latencies.push(started.elapsed());
-            }
-        }
-    }
+    let latencies = running_times(&mut events, n, 1, started, deadline)
+        .await
+        .unwrap_or_else(|running| panic!("only {running} of {n} devices running"));
     let all = started.elapsed();
-    latencies.sort();
     for worker in workers {
         worker.stop().await;
     }

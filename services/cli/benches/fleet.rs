@@ -6,8 +6,10 @@
 //! - `WASMBED_BENCH_FLEET` (100000): devices;
 //! - `WASMBED_BENCH_GATEWAYS` (5): gateway processes;
 //! - `WASMBED_BENCH_HOLD_SECS` (30): how long the connected fleet is held, heart-beating at the
-//!   default interval (5 s) while a tenth of it sends a telemetry message a second;
-//! - `WASMBED_BENCH_PER_WORKER` (17000): devices per worker process.
+//!   default interval (5 s) while a tenth of it sends telemetry;
+//! - `WASMBED_BENCH_TELEMETRY_MS` (5000): how often each of that tenth sends a message;
+//! - `WASMBED_BENCH_PER_WORKER` (17000): devices per worker process;
+//! - `WASMBED_BENCH_CONNECT_SECS` (600): how long the fleet gets to connect.
 //!
 //! Each gateway takes at most its descriptor limit less 100 sessions (the rest are its own:
 //! NATS, listeners, logs), so a fleet over that many per gateway cannot all connect: the bench
@@ -20,13 +22,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use wasmbed_e2e::cluster::{Cluster, LogAudit, rss_kib};
-use wasmbed_e2e::processes::CpuMeter;
+use wasmbed_e2e::cluster::{Cluster, LogAudit, last_sequence, rss_kib};
+use wasmbed_e2e::processes::{CpuMeter, fd_limit, metric};
 use wasmbed_e2e::workers::{self, Worker, WorkerSpec, register_fleet};
-use wasmbed_eventlog::EventLog;
 use wasmbed_schemas::event::Event;
-use wasmbed_schemas::subject;
-use wasmbed_test_support::http_get;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 
@@ -40,60 +39,32 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// This process's limit on open files (the gateways inherit it).
-fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|limits| {
-            limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(1024)
-}
-
-/// Counter or gauge `name` on the `/metrics` of `http` (0 when it does not answer).
-async fn metric(http: SocketAddr, name: &str) -> u64 {
-    http_get(http, "/metrics")
-        .await
-        .1
-        .lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
-async fn last_sequence(log: &EventLog) -> u64 {
-    log.jetstream()
-        .get_stream(subject::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence
-}
-
 /// Waits until the workers' devices hold `target` sessions, or until no more connect for
 /// `stall`; returns how many are connected and when the last of them did (from `since`).
+/// Waits until the workers' devices hold `target` sessions, until no more connect for `stall`,
+/// or until `deadline` after `since`; returns how many are connected, when the last of them
+/// did (from `since`), and a line every 30 s of how many were connected then.
 async fn wait_connected(
     workers: &[Worker],
     target: usize,
     stall: Duration,
+    deadline: Duration,
     since: Instant,
-) -> (usize, Duration) {
+) -> (usize, Duration, Vec<String>) {
     let (mut best, mut best_at) = (0, since.elapsed());
+    let mut progress = Vec::new();
+    let mut next_line = Duration::from_secs(30);
     loop {
         let connected = workers::total(workers).connected;
         if connected > best {
             (best, best_at) = (connected, since.elapsed());
         }
-        if connected >= target || since.elapsed() - best_at > stall {
-            return (best, best_at);
+        if since.elapsed() >= next_line {
+            progress.push(format!("{:.0} s: {connected}", next_line.as_secs_f64()));
+            next_line += Duration::from_secs(30);
+        }
+        if connected >= target || since.elapsed() - best_at > stall || since.elapsed() > deadline {
+            return (best, best_at, progress);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -114,6 +85,27 @@ async fn wait_sessions(workers: &[Worker], target: u64, since: Instant) -> (u64,
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every process of the system: gateways, the other services, nats-server, device workers.
+fn processes(cluster: &Cluster, gateways: &[String], workers: &[Worker]) -> Vec<(String, u32)> {
+    let mut processes: Vec<(String, u32)> = gateways
+        .iter()
+        .filter_map(|id| Some((id.clone(), cluster.pid(id)?)))
+        .collect();
+    for service in ["enrollment", "telemetry", "deployer"] {
+        processes.extend(cluster.pid(service).map(|pid| (service.to_owned(), pid)));
+    }
+    processes.extend(
+        cluster
+            .nats
+            .pid()
+            .map(|pid| ("nats-server".to_owned(), pid)),
+    );
+    for (w, worker) in workers.iter().enumerate() {
+        processes.extend(worker.pid().map(|pid| (format!("devices-{}", w + 1), pid)));
+    }
+    processes
 }
 
 /// `Event` kinds of the events after `sequence`, counted.
@@ -149,6 +141,8 @@ async fn main() {
     let gateways = setting("WASMBED_BENCH_GATEWAYS", 5).max(2);
     let hold = Duration::from_secs(setting("WASMBED_BENCH_HOLD_SECS", 30) as u64);
     let per_worker = setting("WASMBED_BENCH_PER_WORKER", 17_000).max(1);
+    let telemetry_every = Duration::from_millis(setting("WASMBED_BENCH_TELEMETRY_MS", 5000) as u64);
+    let connect_for = Duration::from_secs(setting("WASMBED_BENCH_CONNECT_SECS", 600) as u64);
     let limit = fd_limit();
     let per_gateway = limit.saturating_sub(100);
 
@@ -193,13 +187,21 @@ async fn main() {
                 devices,
                 source_ip: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + w as u8))),
                 telemetry_every: 10,
-                telemetry_interval: Duration::from_secs(1),
+                telemetry_interval: telemetry_every,
                 connecting_at_once: 64,
             })
         })
         .collect();
-    let (held, connect_time) =
-        wait_connected(&workers, fleet, Duration::from_secs(30), connecting).await;
+    let connect_cpu = CpuMeter::start(&processes(&cluster, &ids, &workers));
+    let (held, connect_time, progress) = wait_connected(
+        &workers,
+        fleet,
+        Duration::from_secs(30),
+        connect_for,
+        connecting,
+    )
+    .await;
+    let connect_cpu = connect_cpu.report();
     let mut sessions = BTreeMap::new();
     for id in &ids {
         let http = cluster.gateway_http(id);
@@ -216,28 +218,29 @@ async fn main() {
         connect_time.as_secs_f64(),
         held as f64 / connect_time.as_secs_f64()
     );
+    println!(
+        "    connected after: {}; at the end of the wait: {}",
+        progress.join(", "),
+        workers::total(&workers).connected
+    );
     for (id, (active, over)) in &sessions {
         println!("    {id}: {active} sessions, {over} connections refused at capacity");
     }
-    if held < fleet {
+    println!("  while connecting:\n{connect_cpu}");
+    if held < fleet && held >= gateways * per_gateway {
         println!(
             "  what ran out: the gateways' descriptors ({gateways} x {per_gateway} = {} sessions at most)",
             gateways * per_gateway
         );
+    } else if held < fleet {
+        println!(
+            "  what ran out: the cores (CPU above): the connected devices' heartbeats and telemetry left too little for new handshakes within {:.0} s",
+            connect_for.as_secs_f64()
+        );
     }
 
     // Hold the fleet, heart-beating, a tenth of it sending telemetry.
-    let mut processes: Vec<(String, u32)> = ids
-        .iter()
-        .map(|id| (id.clone(), cluster.pid(id).unwrap()))
-        .collect();
-    for service in ["enrollment", "telemetry", "deployer"] {
-        processes.push((service.into(), cluster.pid(service).unwrap()));
-    }
-    processes.push(("nats-server".into(), cluster.nats.server().pid().unwrap()));
-    for (w, worker) in workers.iter().enumerate() {
-        processes.push((format!("devices-{}", w + 1), worker.pid().unwrap()));
-    }
+    let processes = processes(&cluster, &ids, &workers);
     let hold_from = last_sequence(&cluster.log).await;
     let meter = CpuMeter::start(&processes);
     tokio::time::sleep(hold).await;
@@ -275,7 +278,8 @@ async fn main() {
             .join(", ")
     );
     println!(
-        "  telemetry from a tenth of the fleet, a message a second each, from the first connection until the end of the hold: {sent} sent, {received} delivered ({:.4} of sent), {missing} sequence numbers never arrived",
+        "  telemetry from a tenth of the fleet, a message every {:.1} s each, from the first connection until the end of the hold: {sent} sent, {received} delivered ({:.4} of sent), {missing} sequence numbers never arrived",
+        telemetry_every.as_secs_f64(),
         received as f64 / sent.max(1) as f64
     );
     println!(

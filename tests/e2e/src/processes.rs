@@ -1,5 +1,7 @@
-//! What the processes of a system cost: CPU time, from `/proc`.
+//! What the processes of a system cost and hold: CPU time and limits from `/proc`, figures
+//! from a service's `/metrics`.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// CPU seconds (user + system) process `pid` has used so far; 0 once it is gone.
@@ -64,4 +66,31 @@ impl CpuMeter {
             .collect();
         format!("  CPU (of 200%): {}", parts.join(", "))
     }
+}
+
+/// This process's soft limit on open files (children inherit it).
+pub fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// The first sample of counter or gauge `name` on the `/metrics` of `http` (0 when it does
+/// not answer).
+pub async fn metric(http: SocketAddr, name: &str) -> u64 {
+    wasmbed_test_support::http_get(http, "/metrics")
+        .await
+        .1
+        .lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }

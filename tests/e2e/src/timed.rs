@@ -145,23 +145,14 @@ pub async fn time_until_running<T, F: std::future::Future<Output = T>>(
     timeout: Duration,
     start: F,
 ) -> (Timed, T) {
-    let mut events = system
-        .client
-        .subscribe(format!(
-            "{}.{app}.>",
-            subject::events_of_kind(AggregateKind::Deployment).trim_end_matches(".>")
-        ))
-        .await
-        .unwrap();
-    system.client.flush().await.unwrap();
+    let mut events = deployment_events(&system.client, app).await;
     let started = Instant::now();
     let done = start.await;
     let n = fleet.ids.len();
-    let mut running = HashSet::new();
-    let mut latencies = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + timeout;
-    while running.len() < n {
-        let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else {
+    let latencies = match running_times(&mut events, n, version, started, deadline).await {
+        Ok(latencies) => latencies,
+        Err(running) => {
             let mut last = BTreeMap::new();
             for device in &fleet.ids {
                 let history = system.events(&deployment(app, device)).await;
@@ -169,7 +160,44 @@ pub async fn time_until_running<T, F: std::future::Future<Output = T>>(
                     .entry(names(&history).last().copied().unwrap_or("none"))
                     .or_insert(0) += 1;
             }
-            panic!("only {} of {n} devices running: {last:?}", running.len());
+            panic!("only {running} of {n} devices running: {last:?}");
+        }
+    };
+    let all_running = started.elapsed();
+    let timed = Timed {
+        all_running,
+        latencies,
+    };
+    (timed, done)
+}
+
+/// `app`'s deployment events from now on (subscribed before the command that causes them).
+pub async fn deployment_events(client: &async_nats::Client, app: &AppId) -> async_nats::Subscriber {
+    let events = client
+        .subscribe(format!(
+            "{}.{app}.>",
+            subject::events_of_kind(AggregateKind::Deployment).trim_end_matches(".>")
+        ))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    events
+}
+
+/// Reads `events` until `n` devices have recorded v`version` running: each one's time since
+/// `started`, sorted; or, at `deadline`, how many had.
+pub async fn running_times(
+    events: &mut async_nats::Subscriber,
+    n: usize,
+    version: u32,
+    started: Instant,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Duration>, usize> {
+    let mut running = HashSet::new();
+    let mut latencies = Vec::with_capacity(n);
+    while running.len() < n {
+        let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else {
+            return Err(running.len());
         };
         let envelope = EventEnvelope::from_json(&message.payload).unwrap();
         if let Event::DeploymentRunning(r) = envelope.event {
@@ -178,13 +206,8 @@ pub async fn time_until_running<T, F: std::future::Future<Output = T>>(
             }
         }
     }
-    let all_running = started.elapsed();
     latencies.sort();
-    let timed = Timed {
-        all_running,
-        latencies,
-    };
-    (timed, done)
+    Ok(latencies)
 }
 
 /// Deploys `app` (created, not yet deployed) and times it.

@@ -327,8 +327,9 @@ async fn serve() {
             fleet.lock().unwrap().push(device.clone());
             batch.push(device);
             if batch.len() == at_once {
-                // Let this batch's handshakes through before starting the next.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                // Let this batch's handshakes through before starting the next; a device that
+                // takes longer keeps trying on its own.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
                 while batch.iter().any(|d| !d.status().connected)
                     && tokio::time::Instant::now() < deadline
                 {

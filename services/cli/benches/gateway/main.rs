@@ -33,7 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use wasmbed_bus::call;
 use wasmbed_device_core::SessionConfig;
-use wasmbed_e2e::processes::CpuMeter;
+use wasmbed_e2e::processes::{CpuMeter, fd_limit, metric};
 use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
 use wasmbed_schemas::frame::{Frame, Telemetry};
 use wasmbed_schemas::{AppId, DeviceId, PublicKey};
@@ -100,16 +100,6 @@ async fn http_get(http: SocketAddr, path: &str) -> String {
     response
 }
 
-async fn metric(http: SocketAddr, name: &str) -> u64 {
-    http_get(http, "/metrics")
-        .await
-        .lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn register_all(client: &async_nats::Client, keys: &[SigningKey], offset: usize) {
     futures::stream::iter(keys.iter().enumerate())
         .for_each_concurrent(64, |(i, key)| async move {
@@ -173,20 +163,6 @@ async fn handshakes(
         &failures[..failures.len().min(3)]
     );
     keys.len() as f64 / elapsed.as_secs_f64()
-}
-
-/// This process's soft limit on open files.
-fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|limits| {
-            limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(1024)
 }
 
 fn raise_fd_limit(pid: u32, limit: usize) -> bool {

@@ -13,7 +13,7 @@ pub use audit::{
 };
 pub use load::{connections, register, register_continuously, wait_connected, wait_sessions};
 pub use nats::Nats;
-pub use reads::{all_events, event_stream_leader, running, wait_running};
+pub use reads::{all_events, event_stream_leader, last_sequence, running, wait_running};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -64,6 +64,14 @@ impl Nats {
         }
     }
 
+    /// The single server's process id (none for a cluster).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::One(server) => server.pid(),
+            Self::Three(_) => None,
+        }
+    }
+
     /// The single server (tests that restart it); panics on a cluster.
     pub fn server(&mut self) -> &mut NatsServer {
         match self {
