@@ -5,6 +5,11 @@
 //! client is the simulator's `Connector`, exactly as the devices connect. Each connection is a
 //! full handshake over loopback TCP, one application byte from the server, and a close. No
 //! challenge, no Ed25519, no NATS: whatever the full path does costs more than this.
+//!
+//! A second ceiling adds the protocol's own signatures to the same handshakes: the server
+//! sends a 32-byte nonce, the client signs it with an Ed25519 key and sends key and signature,
+//! the server verifies strictly (as the gateway does) and answers one byte. What the full path
+//! does beyond that is enrollment's decision, the downlink subscription and the session event.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +25,8 @@ use wasmbed_sim::Connector;
 pub struct Ceiling {
     /// Full handshakes over loopback per second, client and server in this process.
     pub over_tcp: f64,
+    /// The same with a nonce signed by the client and verified by the server.
+    pub with_signatures: f64,
     /// Handshakes per second on one core with both ends in memory (no I/O at all).
     pub in_memory_pair: f64,
     /// Of those, the server's side alone, per core.
@@ -65,6 +72,25 @@ pub async fn measure(sessions: usize, concurrency: usize) -> Ceiling {
     let pki = pki();
     let connector = Connector::new(&pki.ca_pem, "localhost").expect("connector");
     let (in_memory_pair, in_memory_server) = in_memory(&pki, &connector, 2000);
+    let bare = over_tcp(&pki, &connector, sessions, concurrency, false).await;
+    let with_signatures = over_tcp(&pki, &connector, sessions, concurrency, true).await;
+    Ceiling {
+        over_tcp: bare,
+        with_signatures,
+        in_memory_pair,
+        in_memory_server,
+    }
+}
+
+/// A bare TLS server on loopback and `sessions` handshakes against it; with `signed`, each
+/// session also carries the challenge's signature.
+async fn over_tcp(
+    pki: &Pki,
+    connector: &Connector,
+    sessions: usize,
+    concurrency: usize,
+    signed: bool,
+) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -76,6 +102,21 @@ pub async fn measure(sessions: usize, concurrency: usize) -> Ceiling {
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    if signed {
+                        let nonce = [0x5a_u8; 32];
+                        let _ = tls.write_all(&nonce).await;
+                        let _ = tls.flush().await;
+                        let mut answer = [0u8; 96];
+                        if tls.read_exact(&mut answer).await.is_err() {
+                            return;
+                        }
+                        let key: [u8; 32] = answer[..32].try_into().expect("32 bytes");
+                        let signature =
+                            ed25519_dalek::Signature::from_slice(&answer[32..]).expect("64 bytes");
+                        let verified = ed25519_dalek::VerifyingKey::from_bytes(&key)
+                            .is_ok_and(|key| key.verify_strict(&nonce, &signature).is_ok());
+                        assert!(verified, "the client's signature verifies");
+                    }
                     let _ = tls.write_all(b"x").await;
                     let _ = tls.flush().await;
                     let mut byte = [0u8; 1];
@@ -84,13 +125,9 @@ pub async fn measure(sessions: usize, concurrency: usize) -> Ceiling {
             });
         }
     });
-    let over_tcp = handshakes_over_tcp(&connector, addr, sessions, concurrency).await;
+    let rate = handshakes_over_tcp(connector, addr, sessions, concurrency, signed).await;
     server.abort();
-    Ceiling {
-        over_tcp,
-        in_memory_pair,
-        in_memory_server,
-    }
+    rate
 }
 
 async fn handshakes_over_tcp(
@@ -98,18 +135,32 @@ async fn handshakes_over_tcp(
     addr: SocketAddr,
     sessions: usize,
     concurrency: usize,
+    signed: bool,
 ) -> f64 {
+    let device = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..sessions {
         let slot = slots.clone().acquire_owned().await.expect("semaphore open");
         let connector = connector.clone();
+        let device = device.clone();
         tasks.spawn(async move {
             let (mut tls, _) = connector
                 .connect(addr, None, Duration::from_secs(30))
                 .await
                 .expect("handshake");
+            if signed {
+                use ed25519_dalek::Signer;
+                let mut nonce = [0u8; 32];
+                tls.read_exact(&mut nonce)
+                    .await
+                    .expect("the server's nonce");
+                let mut answer = device.verifying_key().to_bytes().to_vec();
+                answer.extend_from_slice(&device.sign(&nonce).to_bytes());
+                tls.write_all(&answer).await.expect("the signature sent");
+                tls.flush().await.expect("flushed");
+            }
             let mut byte = [0u8; 1];
             tls.read_exact(&mut byte).await.expect("the server's byte");
             drop(slot);
