@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use wasmbed_e2e::cluster::{Cluster, LogAudit, last_sequence, rss_kib};
-use wasmbed_e2e::processes::{CpuMeter, fd_limit, metric};
+use wasmbed_e2e::processes::{CpuMeter, fd_limit, metric, setting};
 use wasmbed_e2e::workers::{self, Worker, WorkerSpec, register_fleet};
 use wasmbed_schemas::event::Event;
 
@@ -32,15 +32,6 @@ const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
 /// The gateways' default heartbeat interval, which the telemetry service's liveness follows.
 const HEARTBEAT_MS: u64 = 5000;
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Waits until the workers' devices hold `target` sessions, or until no more connect for
-/// `stall`; returns how many are connected and when the last of them did (from `since`).
 /// Waits until the workers' devices hold `target` sessions, until no more connect for `stall`,
 /// or until `deadline` after `since`; returns how many are connected, when the last of them
 /// did (from `since`), and a line every 30 s of how many were connected then.
@@ -124,10 +115,11 @@ fn written_after(events: &[wasmbed_eventlog::StoredEvent], sequence: u64) -> Str
     format!("{} events ({})", audit.events, kinds.join(", "))
 }
 
-fn offline_after(events: &[wasmbed_eventlog::StoredEvent], from: u64, to: u64) -> usize {
+/// `DeviceWentOffline` events up to sequence `to`.
+fn offline_until(events: &[wasmbed_eventlog::StoredEvent], to: u64) -> usize {
     events
         .iter()
-        .filter(|e| e.sequence > from && e.sequence <= to)
+        .filter(|e| e.sequence <= to)
         .filter(|e| matches!(e.envelope.event, Event::DeviceWentOffline(_)))
         .count()
 }
@@ -192,7 +184,8 @@ async fn main() {
             })
         })
         .collect();
-    let connect_cpu = CpuMeter::start(&processes(&cluster, &ids, &workers));
+    let processes = processes(&cluster, &ids, &workers);
+    let connect_cpu = CpuMeter::start(&processes);
     let (held, connect_time, progress) = wait_connected(
         &workers,
         fleet,
@@ -240,7 +233,6 @@ async fn main() {
     }
 
     // Hold the fleet, heart-beating, a tenth of it sending telemetry.
-    let processes = processes(&cluster, &ids, &workers);
     let hold_from = last_sequence(&cluster.log).await;
     let meter = CpuMeter::start(&processes);
     tokio::time::sleep(hold).await;
@@ -264,7 +256,7 @@ async fn main() {
         rss_per_session.push(after.saturating_sub(*before) as f64 / active as f64);
     }
     let events = cluster.all_events().await;
-    let wrongly_offline = offline_after(&events, 0, hold_to);
+    let wrongly_offline = offline_until(&events, hold_to);
     println!(
         "  held {:.0} s with 5 s heartbeats: {still} still connected",
         hold.as_secs_f64()

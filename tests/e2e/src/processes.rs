@@ -68,6 +68,14 @@ impl CpuMeter {
     }
 }
 
+/// A benchmark's numeric setting from the environment, or `default`.
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// This process's soft limit on open files (children inherit it).
 pub fn fd_limit() -> usize {
     std::fs::read_to_string("/proc/self/limits")

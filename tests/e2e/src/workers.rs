@@ -100,8 +100,6 @@ pub struct WorkerSpec {
 pub struct WorkerReport {
     /// Devices holding an authenticated session now.
     pub connected: usize,
-    /// Devices started so far.
-    pub started: usize,
     /// Authenticated sessions opened so far, over all devices.
     pub sessions: u64,
     /// Telemetry messages sent so far.
@@ -111,8 +109,8 @@ pub struct WorkerReport {
 impl WorkerReport {
     fn line(&self) -> String {
         format!(
-            "{} {} {} {}\n",
-            self.connected, self.started, self.sessions, self.telemetry_sent
+            "{} {} {}\n",
+            self.connected, self.sessions, self.telemetry_sent
         )
     }
 
@@ -121,7 +119,6 @@ impl WorkerReport {
         let mut next = || fields.next()?.ok();
         Some(Self {
             connected: next()? as usize,
-            started: next()? as usize,
             sessions: next()?,
             telemetry_sent: next()?,
         })
@@ -131,7 +128,6 @@ impl WorkerReport {
     pub fn total(reports: impl IntoIterator<Item = Self>) -> Self {
         reports.into_iter().fold(Self::default(), |sum, r| Self {
             connected: sum.connected + r.connected,
-            started: sum.started + r.started,
             sessions: sum.sessions + r.sessions,
             telemetry_sent: sum.telemetry_sent + r.telemetry_sent,
         })
@@ -296,7 +292,6 @@ async fn serve() {
                     let statuses: Vec<_> = fleet.iter().map(|d| d.status()).collect();
                     WorkerReport {
                         connected: statuses.iter().filter(|s| s.connected).count(),
-                        started: fleet.len(),
                         sessions: statuses.iter().map(|s| u64::from(s.sessions)).sum(),
                         telemetry_sent: sent.load(Ordering::Relaxed),
                     }
@@ -420,12 +415,11 @@ mod tests {
     fn reports_survive_their_line() {
         let report = WorkerReport {
             connected: 3,
-            started: 4,
             sessions: 5,
             telemetry_sent: 6,
         };
         assert_eq!(WorkerReport::parse(&report.line()), Some(report));
-        assert_eq!(WorkerReport::parse("3 4 x 6"), None);
+        assert_eq!(WorkerReport::parse("3 x 6"), None);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use wasmbed_bus::call;
 use wasmbed_device_core::SessionConfig;
-use wasmbed_e2e::processes::{CpuMeter, fd_limit, metric};
+use wasmbed_e2e::processes::{CpuMeter, fd_limit, metric, setting};
 use wasmbed_schemas::command::{GetCaCertificate, RegisterDevice};
 use wasmbed_schemas::frame::{Frame, Telemetry};
 use wasmbed_schemas::{AppId, DeviceId, PublicKey};
@@ -41,13 +41,6 @@ use wasmbed_sim::{Connector, SimConfig, SimDevice, authenticate, random_key};
 use wasmbed_test_support::NatsServer;
 
 const WASMBED: &str = env!("CARGO_BIN_EXE_wasmbed");
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Whether `part` is among `WASMBED_BENCH_PARTS` (all parts when unset).
 fn runs(part: &str) -> bool {
