@@ -20,7 +20,7 @@ mod net;
 mod stack;
 mod tls;
 
-use cortex_m_rt::entry;
+use cortex_m_rt::{ExceptionFrame, entry, exception};
 use wasmbed_schemas::provisioning::{self, Provisioning};
 
 use board::{clock, mps2};
@@ -31,6 +31,8 @@ static HEAP: heap::TrackedHeap = heap::TrackedHeap::empty();
 unsafe extern "C" {
     /// First free byte after `.bss` (cortex-m-rt's linker script).
     static __sheap: u8;
+    /// The provisioning block's region (the board's map in `memory/`).
+    static _provisioning_start: u8;
 }
 
 #[entry]
@@ -50,11 +52,11 @@ fn main() -> ! {
         mps2::INFO.mcu,
         mps2::INFO.cpu
     );
-    // SAFETY: `memory.x` reserves this region for the block and places nothing in it; the
+    // SAFETY: the memory map reserves this region for the block and places nothing in it; the
     // emulator wrote it before the CPU started, and nothing writes it afterwards.
     let region = unsafe {
         core::slice::from_raw_parts(
-            provisioning::ADDRESS as usize as *const u8,
+            core::ptr::addr_of!(_provisioning_start),
             provisioning::MAX_LEN,
         )
     };
@@ -89,5 +91,15 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     log!("panic: {info}");
     loop {
         net::idle();
+    }
+}
+
+/// A fault (a bus error on an address the board does not decode, most often) says where it
+/// happened instead of hanging silently.
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    log!("hard fault at pc {:#010x}; halting", frame.pc());
+    loop {
+        cortex_m::asm::wfi();
     }
 }

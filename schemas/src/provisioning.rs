@@ -24,7 +24,8 @@
 //! | … | 2+32k | `u16` length + k trusted publisher keys (Ed25519, 32 bytes each); none: unsigned modules run |
 //! | … | 4 | the first 4 bytes of SHA-256 over every byte before them |
 //!
-//! The block never exceeds [`MAX_LEN`] bytes, the region the firmware's `memory.x` reserves.
+//! The block never exceeds [`MAX_LEN`] bytes, the region the firmware's memory maps
+//! (`firmware/memory/`) reserve.
 
 use alloc::string::String;
 use alloc::vec::Vec;

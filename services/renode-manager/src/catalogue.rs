@@ -332,10 +332,18 @@ mod tests {
             catalogue.get("Mps2An385").unwrap().firmware(),
             Ok(Board::Mps2An385)
         );
-        assert_eq!(
-            catalogue.get("Mps2An386").unwrap().firmware(),
-            Ok(Board::Mps2An386)
-        );
+        for board in Board::ALL {
+            let name = catalogue
+                .iter()
+                .find(|mcu| mcu.qemu_machine.as_deref() == Some(board.qemu_machine()))
+                .map(|mcu| mcu.name.clone())
+                .unwrap();
+            assert_eq!(
+                catalogue.get(&name).unwrap().firmware(),
+                Ok(board),
+                "{name}"
+            );
+        }
         assert!(matches!(
             catalogue.get("Nope"),
             Err(Unsupported::Unknown(_))

@@ -55,9 +55,9 @@ pub struct ContainerConfig {
     pub docker_host: String,
     /// The emulator image (never pulled: it must be present on the engine).
     pub image: String,
-    /// The command; `{device}`, `{script}`, `{block}`, `{firmware}` and `{machine}` are
-    /// replaced by the device id, the `.resc`, the block, the ELF (paths in the container) and
-    /// the QEMU machine.
+    /// The command; `{device}`, `{script}`, `{block}`, `{firmware}`, `{machine}` and
+    /// `{address}` are replaced by the device id, the `.resc`, the block, the ELF (paths in the
+    /// container), the QEMU machine and where the board's firmware reads its block.
     pub command: Vec<String>,
     /// What the image runs.
     pub emulator: ContainerEmulator,
@@ -108,7 +108,7 @@ impl ContainerConfig {
                 "-nic",
                 "user,model=lan9118",
                 "-device",
-                "loader,file={block},addr=0x20001000,force-raw=on",
+                "loader,file={block},addr={address},force-raw=on",
             ]
             .map(String::from)
             .to_vec(),
@@ -204,7 +204,7 @@ impl ContainerBackend {
     /// Creates the device's container, uploads its files, starts it, and follows it.
     pub async fn start(&self, launch: &Launch<'_>) -> Result<Emulator, ContainerError> {
         let board = launch.mcu.firmware()?;
-        let elf = format!("{}/release/wasmbed-firmware", board.target());
+        let elf = board.image_name();
         let firmware = format!("{FIRMWARE_DIR}/{elf}");
         let image_path = self.config.firmware_dir.join(&elf);
         let image = tokio::fs::read(&image_path)
@@ -238,6 +238,7 @@ impl ContainerBackend {
                     .replace("{block}", &format!("{DEVICE_DIR}/provisioning.bin"))
                     .replace("{firmware}", &firmware)
                     .replace("{machine}", &machine)
+                    .replace("{address}", &format!("{:#x}", board.provisioning_address()))
             })
             .collect();
 

@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, PoisonError};
+
+use wasmbed_schemas::provisioning;
 
 /// A board the firmware is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,14 +13,28 @@ pub enum Board {
     Mps2An385,
     /// Arm MPS2 AN386, Cortex-M4F.
     Mps2An386,
+    /// Arm MPS2 AN500, Cortex-M7.
+    Mps2An500,
+    /// Arm MPS2 AN505, Cortex-M33 (SSE-200, TrustZone; the firmware runs secure).
+    Mps2An505,
 }
 
 impl Board {
+    /// Every board, in catalogue order.
+    pub const ALL: [Board; 4] = [
+        Board::Mps2An385,
+        Board::Mps2An386,
+        Board::Mps2An500,
+        Board::Mps2An505,
+    ];
+
     /// The QEMU machine that models the board.
     pub fn qemu_machine(self) -> &'static str {
         match self {
             Board::Mps2An385 => "mps2-an385",
             Board::Mps2An386 => "mps2-an386",
+            Board::Mps2An500 => "mps2-an500",
+            Board::Mps2An505 => "mps2-an505",
         }
     }
 
@@ -25,7 +42,8 @@ impl Board {
     pub fn target(self) -> &'static str {
         match self {
             Board::Mps2An385 => "thumbv7m-none-eabi",
-            Board::Mps2An386 => "thumbv7em-none-eabihf",
+            Board::Mps2An386 | Board::Mps2An500 => "thumbv7em-none-eabihf",
+            Board::Mps2An505 => "thumbv8m.main-none-eabihf",
         }
     }
 
@@ -34,11 +52,25 @@ impl Board {
         self.qemu_machine()
     }
 
+    /// Where in guest memory the board's firmware looks for its provisioning block (its
+    /// `firmware/memory/` map reserves the region): the seeds' address, or on the AN505 the
+    /// same offset in the secure alias of its data RAM.
+    pub fn provisioning_address(self) -> u32 {
+        match self {
+            Board::Mps2An505 => 0x3800_1000,
+            _ => provisioning::ADDRESS,
+        }
+    }
+
     /// The board whose firmware feature is `feature`.
     pub fn from_feature(feature: &str) -> Option<Self> {
-        [Board::Mps2An385, Board::Mps2An386]
-            .into_iter()
-            .find(|b| b.feature() == feature)
+        Self::ALL.into_iter().find(|b| b.feature() == feature)
+    }
+
+    /// The image's path inside an images directory: one file per board, because two boards
+    /// can share a target (and so cargo's output path).
+    pub fn image_name(self) -> String {
+        format!("boards/{}.elf", self.feature())
     }
 }
 
@@ -52,6 +84,9 @@ pub enum FirmwareError {
     /// The build failed (its output went to stderr).
     #[error("building the firmware for {0:?} failed")]
     Build(Board),
+    /// The built image could not be copied to the board's path.
+    #[error("copying the firmware image to {0}: {1}")]
+    Copy(String, #[source] std::io::Error),
 }
 
 /// Where the release image for `board` is, under the repository at `root`.
@@ -62,11 +97,18 @@ pub fn image_path(root: &Path, board: Board) -> PathBuf {
 /// Where the release image for `board` is in the images directory `images` (the firmware
 /// workspace's `target/`).
 pub fn image_in(images: &Path, board: Board) -> PathBuf {
-    images.join(board.target()).join("release/wasmbed-firmware")
+    images.join(board.image_name())
 }
 
-/// Builds the release image for `board` (a no-op when it is up to date) and returns its path.
+/// Builds the release image for `board` (cargo's part is a no-op when it is up to date),
+/// copies it to the board's own path and returns that path.
+///
+/// cargo leaves the image of every board of one target at the same path, so a build and its
+/// copy hold a lock that other builds in this process wait for (`scripts/firmware` does the
+/// same copy for builds outside it).
 pub fn build(root: &Path, board: Board) -> Result<PathBuf, FirmwareError> {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(PoisonError::into_inner);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root.join("firmware"))
@@ -82,5 +124,59 @@ pub fn build(root: &Path, board: Board) -> Result<PathBuf, FirmwareError> {
     if !status.success() {
         return Err(FirmwareError::Build(board));
     }
-    Ok(image_path(root, board))
+    let target = root.join("firmware/target");
+    let built = target.join(board.target()).join("release/wasmbed-firmware");
+    let image = image_in(&target, board);
+    copy_image(&built, &image).map_err(|e| FirmwareError::Copy(image.display().to_string(), e))?;
+    Ok(image)
+}
+
+/// Copies `from` to `to` through a temporary file beside it, so that a reader never sees half
+/// an image.
+fn copy_image(from: &Path, to: &Path) -> std::io::Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let partial = to.with_extension("elf.partial");
+    std::fs::copy(from, &partial)?;
+    std::fs::rename(&partial, to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_board_has_its_own_image_and_its_memory_maps_block() {
+        for (board, target, address) in [
+            (Board::Mps2An385, "thumbv7m-none-eabi", 0x2000_1000),
+            (Board::Mps2An386, "thumbv7em-none-eabihf", 0x2000_1000),
+            (Board::Mps2An500, "thumbv7em-none-eabihf", 0x2000_1000),
+            (Board::Mps2An505, "thumbv8m.main-none-eabihf", 0x3800_1000),
+        ] {
+            assert_eq!(board.target(), target, "{board:?}");
+            assert_eq!(board.provisioning_address(), address, "{board:?}");
+            assert_eq!(Board::from_feature(board.feature()), Some(board));
+        }
+        // The AN386 and AN500 share a target, never an image.
+        let images: std::collections::BTreeSet<String> =
+            Board::ALL.iter().map(|b| b.image_name()).collect();
+        assert_eq!(images.len(), Board::ALL.len());
+        assert_eq!(Board::from_feature("mps2-an511"), None);
+    }
+
+    #[test]
+    fn the_memory_maps_reserve_the_block_where_the_manager_writes_it() {
+        let firmware = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../firmware/memory");
+        for (board, map) in [
+            (Board::Mps2An385, "mps2.x"),
+            (Board::Mps2An505, "mps2-an505.x"),
+        ] {
+            let text = std::fs::read_to_string(firmware.join(map)).unwrap_or_default();
+            let origin = format!(
+                "PROVISIONING : ORIGIN = {:#010x}",
+                board.provisioning_address()
+            );
+            assert!(text.contains(&origin), "{map} lacks {origin:?}");
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Provisioning blocks: what an emulated board finds at 0x20001000.
+//! Provisioning blocks: what an emulated board finds in the region its memory map reserves
+//! (`Board::provisioning_address`).
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};

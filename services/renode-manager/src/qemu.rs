@@ -1,7 +1,7 @@
 //! The QEMU backend: one `qemu-system-arm` process per device.
 //!
 //! The provisioning block is written to a file and preloaded into guest RAM at
-//! [`provisioning::ADDRESS`] with `-device loader` before the CPU starts. The NIC is a
+//! the board's [`Board::provisioning_address`] with `-device loader` before the CPU starts. The NIC is a
 //! LAN9118 on QEMU's user-mode network: the guest gets an address by DHCP and reaches the
 //! host's loopback as `10.0.2.2`. The UART is the process's stdout, kept as lines.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::sync::broadcast;
-use wasmbed_schemas::provisioning::{self, Provisioning, ProvisioningError};
+use wasmbed_schemas::provisioning::{Provisioning, ProvisioningError};
 
 use crate::emulator::{Control, Emulator, Exit};
 use crate::firmware::Board;
@@ -69,7 +69,7 @@ impl QemuDevice {
         let loader = format!(
             "loader,file={},addr={:#x},force-raw=on",
             file.path().display(),
-            provisioning::ADDRESS
+            config.board.provisioning_address()
         );
         let mut child = Command::new(&config.qemu)
             .args([

@@ -162,12 +162,12 @@ async fn scripted_engine(dir: &Path) -> (String, Arc<Engine>) {
 /// A catalogue in which the MPS2 board also has a Renode platform, so the Renode path runs
 /// end to end against the scripted engine (the bundled catalogue has no board that both
 /// Renode models and the firmware supports).
-/// A firmware directory with a stand-in image for the MPS2 boards' target.
+/// A firmware directory with a stand-in image for the AN385.
 fn firmware_dir(dir: &Path) -> std::path::PathBuf {
     let firmware = dir.join("firmware");
-    let release = firmware.join("thumbv7m-none-eabi/release");
-    std::fs::create_dir_all(&release).unwrap();
-    std::fs::write(release.join("wasmbed-firmware"), b"\x7fELF stand-in").unwrap();
+    let boards = firmware.join("boards");
+    std::fs::create_dir_all(&boards).unwrap();
+    std::fs::write(boards.join("mps2-an385.elf"), b"\x7fELF stand-in").unwrap();
     firmware
 }
 
@@ -248,20 +248,12 @@ async fn renode_in_a_container_is_created_started_streamed_stopped_and_removed()
     // Uploaded into the container before it started: the firmware image, and the generated
     // script loading it, whose words at 0x20001000 decode to the guest's view of the gateway.
     assert_eq!(
-        uploaded(
-            &engine,
-            "wasmbed/firmware/thumbv7m-none-eabi/release/wasmbed-firmware"
-        )
-        .unwrap(),
+        uploaded(&engine, "wasmbed/firmware/boards/mps2-an385.elf").unwrap(),
         b"\x7fELF stand-in"
     );
     let script =
         String::from_utf8(uploaded(&engine, "wasmbed/device/device.resc").unwrap()).unwrap();
-    assert!(
-        script.contains(
-            "sysbus LoadELF @/wasmbed/firmware/thumbv7m-none-eabi/release/wasmbed-firmware"
-        )
-    );
+    assert!(script.contains("sysbus LoadELF @/wasmbed/firmware/boards/mps2-an385.elf"));
     assert!(script.contains("machine LoadPlatformDescription @platforms/boards/mps2-an385.repl"));
     let block = Provisioning::decode(&resc::written_block(&script)).unwrap();
     assert_eq!(block.endpoints, ["10.0.2.2:8081"]);
@@ -336,10 +328,7 @@ async fn a_container_that_dies_is_reported_failed_and_removed() {
         command.windows(2).any(|w| w == ["-M", "mps2-an385"]),
         "{command:?}"
     );
-    assert!(
-        command
-            .contains(&"/wasmbed/firmware/thumbv7m-none-eabi/release/wasmbed-firmware".to_owned())
-    );
+    assert!(command.contains(&"/wasmbed/firmware/boards/mps2-an385.elf".to_owned()));
     assert!(command.contains(
         &"loader,file=/wasmbed/device/provisioning.bin,addr=0x20001000,force-raw=on".to_owned()
     ));
@@ -415,7 +404,10 @@ async fn engine_errors_are_clear_refusals() {
         panic!("started without a firmware image");
     };
     assert!(matches!(error, ContainerError::Files { .. }), "{error}");
-    assert!(error.to_string().contains("wasmbed-firmware"), "{error}");
+    assert!(
+        error.to_string().contains("boards/mps2-an385.elf"),
+        "{error}"
+    );
     let renode = ContainerBackend::new(ContainerConfig::renode(
         "unix:///nowhere".into(),
         "r".into(),

@@ -32,7 +32,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let system = System::start().await;
-        for board in [Board::Mps2An385, Board::Mps2An386] {
+        for board in Board::ALL {
             let config = qemu_config(board);
             let size = Command::new("arm-none-eabi-size")
                 .arg(&config.image)

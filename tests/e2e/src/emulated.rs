@@ -94,9 +94,11 @@ impl System {
     }
 }
 
-/// The QEMU backend over this checkout's firmware images (the mps2-an385 image built first).
+/// The QEMU backend over this checkout's firmware images (every board's image built first).
 pub fn qemu_backend() -> wasmbed_renode_manager::backend::Backend {
-    firmware::build(&workspace_root(), Board::Mps2An385).unwrap();
+    for board in Board::ALL {
+        firmware::build(&workspace_root(), board).unwrap();
+    }
     wasmbed_renode_manager::backend::Backend::Qemu(wasmbed_renode_manager::backend::QemuBackend {
         qemu: "qemu-system-arm".into(),
         images: workspace_root().join("firmware/target"),

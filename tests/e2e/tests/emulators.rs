@@ -82,13 +82,18 @@ async fn uart_line(uart: &mut async_nats::Subscriber, needle: &str, mut n: usize
 /// Starts an Mps2An385 board named `name` and waits until it logged its enrollment and the log
 /// shows it connected; returns it and its UART subscription.
 async fn boot(system: &System, name: &str) -> (DeviceId, async_nats::Subscriber) {
+    boot_mcu(system, name, "Mps2An385").await
+}
+
+/// [`boot`] for a board of type `mcu`.
+async fn boot_mcu(system: &System, name: &str, mcu: &str) -> (DeviceId, async_nats::Subscriber) {
     let device = DeviceId::new(name).unwrap();
     let mut uart = system
         .client
         .subscribe(subject::emulator_uart(&device))
         .await
         .unwrap();
-    start(system, &device, "Mps2An385").await.unwrap();
+    start(system, &device, mcu).await.unwrap();
     let line = uart_line(&mut uart, "enrolled:", 1).await;
     assert!(line.contains(name), "{line}");
     system
@@ -194,6 +199,30 @@ async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_board_with_a_firmware_module_starts_on_command_and_enrolls() {
+    let system = System::start().await;
+    let _manager = system.start_manager(qemu_backend()).await;
+    for mcu in ["Mps2An386", "Mps2An500", "Mps2An505"] {
+        let name = format!("cmd-{}", mcu.to_lowercase());
+        let (device, _uart) = boot_mcu(&system, &name, mcu).await;
+        let events = system.events(&AggregateId::Emulator(device.clone())).await;
+        assert_eq!(started(&events)[0].mcu, mcu);
+        // The firmware that enrolled is the board's own: it says so itself.
+        let described = system
+            .wait_events(&AggregateId::Device(device.clone()), |e| {
+                e.iter().any(|e| matches!(e, Event::DeviceDescribed(_)))
+            })
+            .await;
+        let said = described.iter().find_map(|e| match e {
+            Event::DeviceDescribed(d) => Some(d.mcu.clone()),
+            _ => None,
+        });
+        assert_eq!(said.as_deref(), Some(mcu));
+        stop(&system, &device).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
     let system = System::start().await;
     let (_manager, _nowhere) = qemu_without_images(&system).await;
@@ -211,7 +240,7 @@ async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
             "no Ethernet (network: none)",
         ),
         ("Stm32F746gDisco", ErrorCode::Refused, "no board module"),
-        ("Mps2An505", ErrorCode::Refused, "no board module"),
+        ("FrdmK64f", ErrorCode::Refused, "no board module"),
         (
             "Pdp11",
             ErrorCode::InvalidRequest,

@@ -1,4 +1,4 @@
-//! The device firmware for real: an emulated mps2-an385 in QEMU boots the `no_std` image,
+//! The device firmware for real: emulated mps2 boards (AN385/386/500/505) in QEMU boot the `no_std` image,
 //! gets a DHCP lease, verifies the gateway's certificate against the provisioned CA, proves
 //! its Ed25519 identity, and runs the apps the deployer sends; real nats-server, real TLS.
 
@@ -23,17 +23,25 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 const BOOT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
-async fn both_emulated_boards_boot_verify_the_gateway_and_enroll() {
+async fn every_mps2_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor() {
     let system = System::start().await;
-    for (board, name, mcu) in [
-        (Board::Mps2An385, "qemu-an385", "Mps2An385"),
-        (Board::Mps2An386, "qemu-an386", "Mps2An386"),
+    let mut telemetry = system
+        .client
+        .subscribe("wasmbed.telemetry.>")
+        .await
+        .unwrap();
+    for (board, mcu) in [
+        (Board::Mps2An385, "Mps2An385"),
+        (Board::Mps2An386, "Mps2An386"),
+        (Board::Mps2An500, "Mps2An500"),
+        (Board::Mps2An505, "Mps2An505"),
     ] {
-        let (device, qemu) = system.start_qemu(board, name).await;
+        let name = format!("qemu-{}", board.qemu_machine());
+        let (device, qemu) = system.start_qemu(board, &name).await;
         let enrolled = qemu.wait_for_line("enrolled:", BOOT).await;
         let lines = qemu.lines();
         eprintln!("UART of {device}:\n{}", lines.join("\n"));
-        assert!(enrolled.is_ok(), "never enrolled");
+        assert!(enrolled.is_ok(), "{mcu} never enrolled");
         for expected in [
             &format!("boot: wasmbed-firmware 0.1.0 on {mcu}"),
             "dhcp: lease 10.0.2.",
@@ -58,6 +66,22 @@ async fn both_emulated_boards_boot_verify_the_gateway_and_enroll() {
             _ => None,
         });
         assert_eq!(described.unwrap().mcu, mcu);
+        // And it runs an app whose telemetry reaches the bus.
+        let sensor = AppId::new(format!("sensor-{}", board.qemu_machine())).unwrap();
+        system
+            .create_app(
+                &sensor,
+                SENSOR,
+                Target::Devices(vec![device.clone()]),
+                test_limits(),
+            )
+            .await;
+        system.deploy_app(&sensor).await;
+        let subject = telemetry_from(&mut telemetry, &device).await;
+        assert!(
+            subject.starts_with(&format!("wasmbed.telemetry.{device}.{sensor}")),
+            "{subject}"
+        );
         qemu.stop().await;
     }
 }
