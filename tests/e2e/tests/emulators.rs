@@ -11,6 +11,7 @@ use wasmbed_bus::{CallError, call};
 use wasmbed_e2e::emulated::qemu_backend;
 use wasmbed_e2e::{System, T, names};
 use wasmbed_renode_manager::backend::{Backend, QemuBackend};
+use wasmbed_renode_manager::firmware::Board;
 use wasmbed_schemas::command::{
     Accepted, CommandError, ErrorCode, RestartEmulator, StartEmulator, StopEmulator,
 };
@@ -279,9 +280,9 @@ async fn a_docker_engine_that_is_not_there_is_a_clear_refusal_event() {
     let dir = tempfile::tempdir().unwrap();
     let absent = format!("unix://{}", dir.path().join("docker.sock").display());
     // A stand-in firmware image: the engine is asked for nothing before the files are ready.
-    let release = dir.path().join("thumbv7m-none-eabi/release");
-    std::fs::create_dir_all(&release).unwrap();
-    std::fs::write(release.join("wasmbed-firmware"), b"stand-in").unwrap();
+    let image = dir.path().join(Board::Mps2An385.image_name());
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    std::fs::write(&image, b"stand-in").unwrap();
     let _manager = system
         .start_manager(Backend::Container(Arc::new(ContainerBackend::new(
             ContainerConfig::qemu(absent, "wasmbed/qemu:test".into(), dir.path().into()),
