@@ -398,7 +398,7 @@ impl<'de> de::VariantAccess<'de> for Variant<'_, 'de> {
         _: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        de::Deserializer::deserialize_seq(&mut *self.de, visitor)
+        self.de.array(visitor)
     }
 }
 
@@ -448,6 +448,18 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         }
     }
 
+    /// Structs are arrays on this wire (rmp-serde's compact form); a map is refused. Only the
+    /// array path is built for each struct's visitor, which halves the decoder's code on the
+    /// device.
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.array(visitor)
+    }
+
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         if self.peek()? == 0xc0 {
             self.take(1)?;
@@ -486,7 +498,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        unit unit_struct seq tuple tuple_struct map struct identifier ignored_any
+        unit unit_struct seq tuple tuple_struct map identifier ignored_any
     }
 }
 
@@ -517,6 +529,17 @@ impl<'de> Deserializer<'de> {
         }
     }
 
+    /// An array, and nothing else, for `visitor`.
+    fn array<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, Error> {
+        let len = match self.byte()? {
+            marker @ 0x90..=0x9f => usize::from(marker & 0x0f),
+            0xdc => self.length(2)?,
+            0xdd => self.length(4)?,
+            other => return Err(Error::UnexpectedMarker(other)),
+        };
+        self.seq(len, visitor)
+    }
+
     fn str_len_peek(&self, marker: u8) -> bool {
         matches!(marker, 0xa0..=0xbf | 0xd9..=0xdb)
     }
@@ -531,6 +554,25 @@ mod tests {
         let mut deep = alloc::vec![0x91u8; 100_000];
         deep.push(0x01);
         assert!(from_slice::<u8>(&deep).is_err());
+    }
+
+    #[test]
+    fn structs_are_arrays_and_a_struct_sent_as_a_map_is_refused() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Pair {
+            a: u8,
+            b: u8,
+        }
+        // rmp-serde's compact form, what both sides write: [1, 2].
+        assert_eq!(from_slice::<Pair>(&[0x92, 1, 2]), Ok(Pair { a: 1, b: 2 }));
+        // Its named form, {"a": 1, "b": 2}: not this wire's, refused with the marker.
+        let named = [0x82, 0xa1, b'a', 1, 0xa1, b'b', 2];
+        assert_eq!(
+            from_slice::<Pair>(&named),
+            Err(Error::UnexpectedMarker(0x82))
+        );
+        // An array of the wrong length is refused too.
+        assert!(from_slice::<Pair>(&[0x91, 1]).is_err());
     }
 
     #[test]

@@ -34,7 +34,8 @@ fn describe(types: &[WasmValType]) -> String {
 
 /// Checks `bytes` against the host API and `limits`; the error says what is wrong, for people.
 pub fn validate(bytes: &[u8], limits: &Limits) -> Result<ModuleFacts, String> {
-    // The features wasmi 2 runs; anything else would load here and fail on the device.
+    // The features wasmi (0.31, on host and device) runs: WebAssembly 2.0 without SIMD;
+    // anything else would load here and fail on the device.
     let mut features = WasmFeatures::WASM2;
     features.remove(WasmFeatures::SIMD);
     let mut validator = Validator::new_with_features(features);

@@ -4,7 +4,10 @@
 //! `cargo bench -p wasmbed-e2e --bench firmware` (`WASMBED_BENCH_RUNS=N` boots per board,
 //! default 5). Sizes come from the ELF (`arm-none-eabi-size`); the times are the host's, from
 //! spawning `qemu-system-arm` to the UART line that says the session is established, so they
-//! include QEMU's own start-up; RAM comes from the firmware's own counters on the UART.
+//! include QEMU's own start-up; RAM comes from the firmware's own counters on the UART. The
+//! interpreter's speed on the board is one call of `spin` (a loop that never returns) burning a
+//! budget of fuel, timed by the board's own clock between the UART lines that say it started
+//! and that it ran out: QEMU's speed on this host, not a real MCU's.
 
 #![allow(clippy::unwrap_used)] // a benchmark: failing is failing
 
@@ -13,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use wasmbed_e2e::emulated::qemu_config;
 use wasmbed_e2e::{System, test_limits};
-use wasmbed_example_apps::SENSOR;
+use wasmbed_example_apps::{SENSOR, SPIN};
 use wasmbed_renode_manager::firmware::Board;
 use wasmbed_renode_manager::qemu::QemuDevice;
 use wasmbed_schemas::AppId;
 use wasmbed_schemas::event::Target;
+use wasmbed_schemas::frame::Limits;
 
 const APP_PAGE: u64 = 64 * 1024;
 
@@ -81,6 +85,7 @@ fn main() {
                 device_ms.push(at);
                 if run == 0 {
                     ram(&system, &qemu, &device).await;
+                    interpreter_speed(&system, &qemu, &device).await;
                 }
                 qemu.stop().await;
             }
@@ -137,3 +142,43 @@ async fn ram(system: &System, qemu: &QemuDevice, device: &wasmbed_schemas::Devic
         (heap_peak - pages * APP_PAGE + stack_peak) / 1024
     );
 }
+
+/// Deploys `spin` with a budget of [`SPIN_FUEL`] and prints how fast the board burned it.
+async fn interpreter_speed(system: &System, qemu: &QemuDevice, device: &wasmbed_schemas::DeviceId) {
+    let app = AppId::new(format!("spin-{device}")).unwrap();
+    let limits = Limits {
+        fuel_per_invocation: SPIN_FUEL,
+        ..test_limits()
+    };
+    system
+        .create_app(&app, SPIN, Target::Devices(vec![device.clone()]), limits)
+        .await;
+    system.deploy_app(&app).await;
+    let timeout = Duration::from_secs(60);
+    let started = qemu
+        .wait_for_line(&format!("app: {app} v1 started"), timeout)
+        .await
+        .unwrap();
+    let trapped = qemu
+        .wait_for_line(&format!("app: {app} v1 trapped"), timeout)
+        .await
+        .unwrap();
+    let at = |line: &str| -> f64 {
+        line.trim_start_matches('[')
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let ms = (at(&trapped) - at(&started)).max(1.0);
+    println!(
+        "  interpreter on the board: {SPIN_FUEL} fuel in one tick took {ms:.0} ms: {:.2} M fuel/s \
+         ({:.0} fuel per ms of tick)",
+        SPIN_FUEL as f64 / ms / 1000.0,
+        SPIN_FUEL as f64 / ms
+    );
+}
+
+/// The budget `spin` burns: long enough to time in milliseconds, short of a heartbeat.
+const SPIN_FUEL: u64 = 1_000_000;

@@ -18,9 +18,10 @@ use wasmbed_schemas::release::Refusal;
 use wasmbed_schemas::{AppId, Sha256};
 
 use crate::release::Grants;
+use wasmi::core::TrapCode;
 use wasmi::{
     Caller, Config, Engine, Extern, Instance, Linker, Memory, Module, Store, StoreLimits,
-    StoreLimitsBuilder, TrapCode, TypedFunc,
+    StoreLimitsBuilder, TypedFunc,
 };
 
 /// Bytes in one WebAssembly page.
@@ -40,6 +41,8 @@ struct AppHost {
     topics: Option<BTreeSet<String>>,
     /// Publishes refused because the topic is not granted.
     denied_publishes: u32,
+    /// Fuel put into the store so far (wasmi counts what was consumed, not what is left).
+    fuel_added: u64,
 }
 
 struct App {
@@ -159,6 +162,7 @@ impl Runtime {
             outbox: Vec::new(),
             topics: request.grants.map(|g| g.topics),
             denied_publishes: 0,
+            fuel_added: 0,
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_limit)
                 .memories(1)
@@ -168,13 +172,12 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
-        store
-            .set_fuel(request.limits.fuel_per_invocation)
-            .map_err(|e| format!("fuel: {e}"))?;
+        set_fuel(&mut store, request.limits.fuel_per_invocation)?;
         let instance = self
             .linker
-            .instantiate_and_start(&mut store, &module)
-            .map_err(|e| describe_failure(&e, "instantiation", &request.limits))?;
+            .instantiate(&mut store, &module)
+            .and_then(|pre| pre.start(&mut store))
+            .map_err(|e| describe_failure(&e, error_trap(&e), "instantiation", &request.limits))?;
         let memory = instance
             .get_export(&store, host_api::EXPORT_MEMORY)
             .and_then(Extern::into_memory)
@@ -276,8 +279,36 @@ impl Runtime {
 }
 
 fn pages(app: &App) -> u32 {
-    let bytes = app.memory.size(&app.store);
-    u32::try_from(bytes).unwrap_or(u32::MAX)
+    u32::from(app.memory.current_pages(&app.store))
+}
+
+/// Leaves exactly `budget` fuel in `store`.
+fn set_fuel(store: &mut Store<AppHost>, budget: u64) -> Result<(), String> {
+    let left = fuel_left(store);
+    if left < budget {
+        store
+            .add_fuel(budget - left)
+            .map_err(|e| format!("fuel: {e}"))?;
+        let host = store.data_mut();
+        host.fuel_added = host.fuel_added.saturating_add(budget - left);
+    } else if left > budget {
+        store
+            .consume_fuel(left - budget)
+            .map_err(|e| format!("fuel: {e}"))?;
+    }
+    Ok(())
+}
+
+fn fuel_left(store: &Store<AppHost>) -> u64 {
+    let consumed = store.fuel_consumed().unwrap_or(0);
+    store.data().fuel_added.saturating_sub(consumed)
+}
+
+fn error_trap(e: &wasmi::Error) -> Option<TrapCode> {
+    match e {
+        wasmi::Error::Trap(trap) => trap.trap_code(),
+        _ => None,
+    }
 }
 
 fn init_export(instance: &Instance, store: &Store<AppHost>) -> Option<TypedFunc<(), ()>> {
@@ -294,17 +325,20 @@ fn call(app: &mut App, func: TypedFunc<(), ()>, now_ms: u64) -> Result<(), Strin
         host.now_ms = now_ms;
         host.messages_this_call = 0;
     }
-    app.store
-        .set_fuel(budget)
-        .map_err(|e| format!("fuel: {e}"))?;
+    set_fuel(&mut app.store, budget)?;
     let result = func.call(&mut app.store, ());
-    let left = app.store.get_fuel().unwrap_or(0);
+    let left = fuel_left(&app.store);
     app.fuel_used = app.fuel_used.saturating_add(budget.saturating_sub(left));
-    result.map_err(|e| describe_failure(&e, "call", &app.limits))
+    result.map_err(|e| describe_failure(&e, e.trap_code(), "call", &app.limits))
 }
 
-fn describe_failure(e: &wasmi::Error, during: &str, limits: &Limits) -> String {
-    match e.as_trap_code() {
+fn describe_failure(
+    e: &dyn core::fmt::Display,
+    code: Option<TrapCode>,
+    during: &str,
+    limits: &Limits,
+) -> String {
+    match code {
         Some(TrapCode::OutOfFuel) => format!(
             "fuel exhausted: {during} used all {} fuel of one invocation",
             limits.fuel_per_invocation
