@@ -1,9 +1,11 @@
-//! `wasmbed emulator start|stop|restart|list`: emulated devices, through the renode-manager's
-//! commands on the bus; the list is read from the log.
+//! `wasmbed emulator start|stop|restart|list|boards`: emulated devices, through the
+//! renode-manager's commands on the bus; the list is read from the log, the boards from the
+//! MCU catalogue.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use wasmbed_bus::call;
+use wasmbed_renode_manager::catalogue::{BackendKind, Catalogue};
 use wasmbed_schemas::command::{RestartEmulator, StartEmulator, StopEmulator};
 use wasmbed_schemas::rest::{EmulatorState, EmulatorView};
 use wasmbed_schemas::{DeviceId, subject};
@@ -41,6 +43,12 @@ pub enum EmulatorCommand {
         device: DeviceId,
         #[command(flatten)]
         bus: Bus,
+    },
+    /// Every MCU type of the catalogue, which backends can run it, and why not.
+    Boards {
+        /// An MCU catalogue file instead of the built-in `renode/catalogue.toml`.
+        #[arg(long)]
+        catalogue: Option<std::path::PathBuf>,
     },
     /// Emulators and their last lifecycle event, from the log.
     List {
@@ -97,6 +105,20 @@ pub async fn run(command: EmulatorCommand) -> Result<()> {
                 .with_context(|| format!("restarting {device}"))?;
             println!("{device}: restarted, event {}", accepted.sequence);
         }
+        EmulatorCommand::Boards { catalogue } => {
+            let catalogue = match catalogue {
+                Some(path) => Catalogue::load(&path)?,
+                None => Catalogue::bundled()?,
+            };
+            let mut header = vec!["TYPE", "CPU"];
+            header.extend(BackendKind::ALL.map(BackendKind::name));
+            header.push("WHY NOT");
+            let mut table = crate::table::Table::new(&header);
+            for row in board_rows(&catalogue) {
+                table.row(row);
+            }
+            table.print();
+        }
         EmulatorCommand::List { bus, output } => {
             let client = bus.connect().await?;
             // The same read model the api serves.
@@ -118,6 +140,36 @@ pub async fn run(command: EmulatorCommand) -> Result<()> {
     Ok(())
 }
 
+/// One row per MCU type: its name, CPU, `yes` or `no` per backend kind, and the reasons of
+/// the refusals (each once, without the type's name in front).
+fn board_rows(catalogue: &Catalogue) -> Vec<Vec<String>> {
+    catalogue
+        .iter()
+        .map(|mcu| {
+            let mut row = vec![mcu.name.clone(), mcu.cpu.clone()];
+            let mut reasons: Vec<String> = Vec::new();
+            for kind in BackendKind::ALL {
+                match mcu.runs_on(kind) {
+                    Ok(()) => row.push("yes".into()),
+                    Err(why) => {
+                        row.push("no".into());
+                        let why = why.to_string();
+                        let why = why
+                            .strip_prefix(&format!("{}: ", mcu.name))
+                            .unwrap_or(&why)
+                            .to_owned();
+                        if !reasons.contains(&why) {
+                            reasons.push(why);
+                        }
+                    }
+                }
+            }
+            row.push(reasons.join("; "));
+            row
+        })
+        .collect()
+}
+
 /// One emulator as `emulator list` prints it.
 fn emulator_line(e: &EmulatorView) -> String {
     match e.state {
@@ -136,5 +188,38 @@ fn emulator_line(e: &EmulatorView) -> String {
             format!("{other:?}").to_lowercase(),
             e.exit_code.map_or("-".to_owned(), |c| c.to_string())
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boards_table_has_every_type_with_each_backend_and_the_reasons() {
+        let catalogue = Catalogue::bundled().unwrap_or_else(|e| panic!("{e}"));
+        let rows = board_rows(&catalogue);
+        assert_eq!(rows.len(), 13);
+        let row = |name: &str| {
+            rows.iter()
+                .find(|r| r[0] == name)
+                .unwrap_or_else(|| panic!("no row for {name}"))
+                .clone()
+        };
+        assert_eq!(
+            row("Mps2An505")[2..6],
+            ["yes", "yes", "no", "yes"].map(String::from)
+        );
+        assert!(row("Mps2An505")[6].starts_with("Renode has no model"));
+        assert_eq!(
+            row("Esp32DevkitC")[2..6],
+            ["no", "no", "no", "yes"].map(String::from)
+        );
+        // One reason, said once, though three backends refuse for it.
+        assert!(row("Esp32DevkitC")[6].starts_with("its CPU (Xtensa LX6) is not a Cortex-M"));
+        assert_eq!(
+            row("Esp32DevkitC")[6].matches("is not a Cortex-M").count(),
+            1
+        );
     }
 }

@@ -15,7 +15,7 @@ use ed25519_dalek::SigningKey;
 use wasmbed_schemas::provisioning::Provisioning;
 use wasmbed_schemas::{DeviceId, PublicKey};
 
-use crate::catalogue::{Mcu, Unsupported};
+use crate::catalogue::{BackendKind, Mcu, Unsupported};
 use crate::docker::{ContainerBackend, ContainerError};
 use crate::emulator::{Control, Emulator, Exit};
 use crate::firmware;
@@ -107,24 +107,21 @@ pub enum Backend {
 impl Backend {
     /// Its name in events.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// What kind of backend it is.
+    pub fn kind(&self) -> BackendKind {
         match self {
-            Backend::Qemu(_) => "qemu",
-            Backend::Container(c) => c.name(),
-            Backend::Sim => "sim",
+            Backend::Qemu(_) => BackendKind::Qemu,
+            Backend::Container(c) => c.kind(),
+            Backend::Sim => BackendKind::Sim,
         }
     }
 
     /// Whether this backend can run `mcu`, and why not.
     pub fn check(&self, mcu: &Mcu) -> Result<(), Unsupported> {
-        match self {
-            Backend::Qemu(_) => {
-                mcu.firmware()?;
-                mcu.qemu().map(drop)
-            }
-            Backend::Container(c) => c.check(mcu),
-            // The simulator runs the device core on the host, whatever the board.
-            Backend::Sim => Ok(()),
-        }
+        mcu.runs_on(self.kind())
     }
 
     /// Starts the device.

@@ -119,7 +119,57 @@ pub enum Unsupported {
     },
 }
 
+/// The kinds of emulator backend, as `wasmbed serve renode-manager --backend` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// QEMU processes on this host.
+    Qemu,
+    /// QEMU in containers on a Docker engine.
+    QemuDocker,
+    /// Renode in containers on a Docker engine.
+    RenodeDocker,
+    /// The host simulator (device-core over real TLS, no firmware).
+    Sim,
+}
+
+impl BackendKind {
+    /// Every kind, in the order a table lists them.
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Qemu,
+        BackendKind::QemuDocker,
+        BackendKind::RenodeDocker,
+        BackendKind::Sim,
+    ];
+
+    /// Its name in commands, configuration and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::QemuDocker => "qemu-docker",
+            BackendKind::RenodeDocker => "renode-docker",
+            BackendKind::Sim => "sim",
+        }
+    }
+}
+
 impl Mcu {
+    /// Whether a backend of `kind` can run this MCU type, or why not: the emulators run the
+    /// firmware, so they need its board module and a model of the board; the simulator runs
+    /// any type.
+    pub fn runs_on(&self, kind: BackendKind) -> Result<(), Unsupported> {
+        match kind {
+            BackendKind::Sim => Ok(()),
+            BackendKind::Qemu | BackendKind::QemuDocker => {
+                self.firmware()?;
+                self.qemu().map(drop)
+            }
+            BackendKind::RenodeDocker => {
+                self.firmware()?;
+                self.renode().map(drop)
+            }
+        }
+    }
+
     /// The firmware board this MCU runs, or why it runs none.
     pub fn firmware(&self) -> Result<Board, Unsupported> {
         if self.arch != Arch::CortexM {
@@ -356,6 +406,48 @@ mod tests {
                 .to_string()
                 .contains("Renode has no model")
         );
+    }
+
+    #[test]
+    fn every_type_says_which_backends_run_it_and_why_not() {
+        let catalogue = Catalogue::bundled().unwrap();
+        assert_eq!(catalogue.iter().count(), 13);
+        // (type, runs on qemu and qemu-docker, renode-docker's reason when it cannot)
+        let cases = [
+            ("Mps2An385", true, "Renode has no model"),
+            ("Mps2An386", true, "Renode has no model"),
+            ("Mps2An500", true, "Renode has no model"),
+            ("Mps2An505", true, "Renode has no model"),
+            ("Stm32F746gDisco", false, "no board module"),
+            ("FrdmK64f", false, "no board module"),
+            ("Esp32DevkitC", false, "not a Cortex-M"),
+            ("Nrf52840DK", false, "no Ethernet (network: ble)"),
+            (
+                "RenodeArduinoNano33Ble",
+                false,
+                "no Ethernet (network: ble)",
+            ),
+            ("Stm32F4Disco", false, "no Ethernet (network: none)"),
+            (
+                "RenodeStm32F4Discovery",
+                false,
+                "no Ethernet (network: none)",
+            ),
+            ("OlimexStm32H405", false, "no Ethernet (network: none)"),
+            ("Stm32Vldiscovery", false, "no Ethernet (network: none)"),
+        ];
+        for (name, on_qemu, renode_reason) in cases {
+            let mcu = catalogue.get(name).unwrap();
+            for kind in [BackendKind::Qemu, BackendKind::QemuDocker] {
+                assert_eq!(mcu.runs_on(kind).is_ok(), on_qemu, "{name} on {kind:?}");
+            }
+            let renode = mcu.runs_on(BackendKind::RenodeDocker).unwrap_err();
+            assert!(
+                renode.to_string().contains(renode_reason),
+                "{name}: {renode}"
+            );
+            assert_eq!(mcu.runs_on(BackendKind::Sim), Ok(()), "{name}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use tracing::warn;
 
 use crate::backend::Launch;
-use crate::catalogue::{Mcu, Unsupported};
+use crate::catalogue::{BackendKind, Mcu, Unsupported};
 use crate::emulator::{Control, Emulator, Exit};
 use crate::provision::ProvisionError;
 use crate::resc::{self, RescError};
@@ -162,19 +162,20 @@ impl ContainerBackend {
 
     /// Its name in events.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// What kind of backend it is.
+    pub fn kind(&self) -> BackendKind {
         match self.config.emulator {
-            ContainerEmulator::Renode => "renode-docker",
-            ContainerEmulator::Qemu => "qemu-docker",
+            ContainerEmulator::Renode => BackendKind::RenodeDocker,
+            ContainerEmulator::Qemu => BackendKind::QemuDocker,
         }
     }
 
     /// Whether it can run `mcu`.
     pub fn check(&self, mcu: &Mcu) -> Result<(), Unsupported> {
-        mcu.firmware()?;
-        match self.config.emulator {
-            ContainerEmulator::Renode => mcu.renode().map(drop),
-            ContainerEmulator::Qemu => mcu.qemu().map(drop),
-        }
+        mcu.runs_on(self.kind())
     }
 
     /// The engine, speaking the highest API version both sides know (Debian's dockerd 20.10
