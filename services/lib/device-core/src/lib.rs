@@ -8,6 +8,9 @@
 //!
 //! [`Backoff`] is the reconnect policy: exponential, capped, with jitter.
 //!
+//! [`serial_link`] carries a byte stream (the TLS stream) over a UART to a network
+//! co-processor: framing, error detection, flow control and retransmission.
+//!
 //! [`Agent`] is what runs applications: it receives modules ([`transfer`]), verifies them, and
 //! runs them in wasmi under fuel and memory limits ([`runtime`]), with the `wasmbed` host API
 //! of [`wasmbed_schemas::host_api`].
@@ -20,6 +23,7 @@ mod agent;
 mod backoff;
 pub mod release;
 pub mod runtime;
+pub mod serial_link;
 mod session;
 mod signer;
 pub mod transfer;
