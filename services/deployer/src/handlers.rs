@@ -201,7 +201,7 @@ pub(crate) async fn checked_module(
 async fn create_application(state: State, c: CreateApplication) -> Result<Accepted, CommandError> {
     state
         .catch_up(&AggregateId::Application(c.app_id.clone()))
-        .await;
+        .await?;
     check_limits(&c.limits)?;
     if c.name.trim().is_empty() {
         return Err(refuse(ErrorCode::InvalidRequest, "name must not be empty"));
@@ -279,7 +279,7 @@ async fn create_application(state: State, c: CreateApplication) -> Result<Accept
 async fn deploy_application(state: State, c: DeployApplication) -> Result<Accepted, CommandError> {
     state
         .catch_up(&AggregateId::Application(c.app_id.clone()))
-        .await;
+        .await?;
     let app = live_app(&state, &c.app_id)?;
     no_rollout(&state, &c.app_id)?;
     let Some((latest, _)) = app.latest() else {
@@ -308,7 +308,7 @@ async fn deploy_application(state: State, c: DeployApplication) -> Result<Accept
 async fn update_application(state: State, c: UpdateApplication) -> Result<Accepted, CommandError> {
     state
         .catch_up(&AggregateId::Application(c.app_id.clone()))
-        .await;
+        .await?;
     let app = live_app(&state, &c.app_id)?;
     no_rollout(&state, &c.app_id)?;
     let latest = app.latest();
@@ -361,7 +361,7 @@ async fn update_application(state: State, c: UpdateApplication) -> Result<Accept
 async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, CommandError> {
     state
         .catch_up(&AggregateId::Application(c.app_id.clone()))
-        .await;
+        .await?;
     let app = live_app(&state, &c.app_id)?;
     no_rollout(&state, &c.app_id)?;
     if app.desired == DesiredState::Stopped {
@@ -383,7 +383,7 @@ async fn stop_application(state: State, c: StopApplication) -> Result<Accepted, 
 async fn delete_application(state: State, c: DeleteApplication) -> Result<Accepted, CommandError> {
     state
         .catch_up(&AggregateId::Application(c.app_id.clone()))
-        .await;
+        .await?;
     no_rollout(&state, &c.app_id)?;
     let app = match state.fleet().apps.get(&c.app_id).cloned() {
         Some(app) if app.deleted() => {

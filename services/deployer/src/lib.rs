@@ -31,6 +31,10 @@ use wasmbed_schemas::event::{Event, EventEnvelope};
 use wasmbed_schemas::subject::{self, Service};
 use wasmbed_service::{Lease, Runtime, RuntimeError, RuntimeOptions};
 
+/// How long a command waits for this instance's view to reach what the log holds for its
+/// aggregate (well inside the callers' timeouts).
+const CATCH_UP: Duration = Duration::from_secs(5);
+
 pub use validate::{ModuleFacts, validate};
 pub use wasmbed_eventlog::modules::{
     MAX_MODULE_LEN, ModuleError, ModuleStore, digest, upload_module,
@@ -105,14 +109,39 @@ impl Deployer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits (up to 2 s) until the view holds every event of `aggregate` in the log, so a
-    /// command answered by another instance a moment ago is seen by this one.
-    pub(crate) async fn catch_up(&self, aggregate: &wasmbed_schemas::AggregateId) {
-        let Ok(last) = self.log.last_version(aggregate).await else {
-            return;
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.fleet().version(aggregate) < last && tokio::time::Instant::now() < deadline {
+    /// Waits (up to [`CATCH_UP`]) until the view holds every event of `aggregate` in the log,
+    /// so a command answered by another instance a moment ago is seen by this one. An
+    /// instance still behind after that (one just back from a pause, re-reading the log)
+    /// refuses as unavailable rather than decide on a stale view: "no such application" from
+    /// an instance that has not yet read its creation would be wrong, and retrying is right.
+    pub(crate) async fn catch_up(
+        &self,
+        aggregate: &wasmbed_schemas::AggregateId,
+    ) -> Result<(), wasmbed_schemas::command::CommandError> {
+        use wasmbed_schemas::command::{CommandError, ErrorCode};
+        let last = self
+            .log
+            .last_version(aggregate)
+            .await
+            .map_err(|e| CommandError {
+                code: ErrorCode::Unavailable,
+                message: format!("event log: {e}"),
+            })?;
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        loop {
+            let seen = self.fleet().version(aggregate);
+            if seen >= last {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CommandError {
+                    code: ErrorCode::Unavailable,
+                    message: format!(
+                        "this deployer instance is still reading the log ({aggregate:?} at \
+                         {seen} of {last}); try again"
+                    ),
+                });
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

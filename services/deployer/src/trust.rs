@@ -83,7 +83,7 @@ pub(crate) async fn trust_publisher(
     state: State,
     c: TrustPublisher,
 ) -> Result<Accepted, CommandError> {
-    state.catch_up(&AggregateId::Trust).await;
+    state.catch_up(&AggregateId::Trust).await?;
     if !is_full_order(&c.public_key) {
         return Err(refuse(
             ErrorCode::InvalidRequest,
@@ -152,7 +152,7 @@ pub(crate) async fn revoke_publisher(
     state: State,
     c: RevokePublisher,
 ) -> Result<Accepted, CommandError> {
-    state.catch_up(&AggregateId::Trust).await;
+    state.catch_up(&AggregateId::Trust).await?;
     let publishers = state.fleet().publishers.clone();
     let key = c.rotation.rotation.key;
     if publishers.is_revoked(&key) {

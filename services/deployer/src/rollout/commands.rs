@@ -97,7 +97,7 @@ pub(crate) async fn start_rollout(
     state: State,
     c: StartRollout,
 ) -> Result<RolloutStarted, CommandError> {
-    catch_up_rollouts(&state, &c.app_id).await;
+    catch_up_rollouts(&state, &c.app_id).await?;
     let app = live_app(&state, &c.app_id)?;
     let mut wave_specs = c.waves.clone();
     if c.rehearse && wave_specs.first() != Some(&WaveSize::Rehearsal) {
@@ -320,14 +320,15 @@ enum Steer {
 /// Applies `steer` to the application's rollout in progress.
 /// Brings the view up to the log for `app` and its rollouts (the newest it knows and one more,
 /// which another instance may have just created).
-async fn catch_up_rollouts(state: &Deployer, app: &AppId) {
+async fn catch_up_rollouts(state: &Deployer, app: &AppId) -> Result<(), CommandError> {
     state
         .catch_up(&wasmbed_schemas::AggregateId::Application(app.clone()))
-        .await;
+        .await?;
     let newest = state.fleet().newest_rollout(app);
     for number in [newest.max(1), newest + 1] {
-        state.catch_up(&rollout_aggregate(app, number)).await;
+        state.catch_up(&rollout_aggregate(app, number)).await?;
     }
+    Ok(())
 }
 
 async fn steer(
@@ -335,7 +336,7 @@ async fn steer(
     app: &AppId,
     steer: impl FnOnce(u32, &Rollout) -> Steer,
 ) -> Result<Accepted, CommandError> {
-    catch_up_rollouts(state, app).await;
+    catch_up_rollouts(state, app).await?;
     live_app(state, app)?;
     let (number, decision, version) = {
         let fleet = state.fleet();
