@@ -319,6 +319,16 @@ impl<'de> Deserializer<'de> {
         }))
     }
 
+    /// The element count when `marker` starts an array (reading its length bytes).
+    fn array_len(&mut self, marker: u8) -> Result<Option<usize>, Error> {
+        Ok(Some(match marker {
+            0x90..=0x9f => usize::from(marker & 0x0f),
+            0xdc => self.length(2)?,
+            0xdd => self.length(4)?,
+            _ => return Ok(None),
+        }))
+    }
+
     fn borrowed_str(&mut self, len: usize) -> Result<&'de str, Error> {
         core::str::from_utf8(self.take(len)?).map_err(|_| Error::InvalidUtf8)
     }
@@ -414,6 +424,9 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         if let Some(len) = self.str_len(marker)? {
             return visitor.visit_borrowed_str(self.borrowed_str(len)?);
         }
+        if let Some(len) = self.array_len(marker)? {
+            return self.seq(len, visitor);
+        }
         match marker {
             0x00..=0x7f => visitor.visit_u64(u64::from(marker)),
             0xe0..=0xff => visitor.visit_i64(i64::from(marker as i8)),
@@ -433,11 +446,6 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
             0xc4..=0xc6 => {
                 let len = self.length(1 << (marker - 0xc4))?;
                 visitor.visit_borrowed_bytes(self.take(len)?)
-            }
-            0x90..=0x9f => self.seq(usize::from(marker & 0x0f), visitor),
-            0xdc | 0xdd => {
-                let len = self.length(if marker == 0xdc { 2 } else { 4 })?;
-                self.seq(len, visitor)
             }
             0x80..=0x8f => self.map(usize::from(marker & 0x0f), visitor),
             0xde | 0xdf => {
@@ -531,13 +539,11 @@ impl<'de> Deserializer<'de> {
 
     /// An array, and nothing else, for `visitor`.
     fn array<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, Error> {
-        let len = match self.byte()? {
-            marker @ 0x90..=0x9f => usize::from(marker & 0x0f),
-            0xdc => self.length(2)?,
-            0xdd => self.length(4)?,
-            other => return Err(Error::UnexpectedMarker(other)),
-        };
-        self.seq(len, visitor)
+        let marker = self.byte()?;
+        match self.array_len(marker)? {
+            Some(len) => self.seq(len, visitor),
+            None => Err(Error::UnexpectedMarker(marker)),
+        }
     }
 
     fn str_len_peek(&self, marker: u8) -> bool {

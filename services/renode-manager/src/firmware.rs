@@ -124,9 +124,11 @@ pub fn build(root: &Path, board: Board) -> Result<PathBuf, FirmwareError> {
     if !status.success() {
         return Err(FirmwareError::Build(board));
     }
-    let target = root.join("firmware/target");
-    let built = target.join(board.target()).join("release/wasmbed-firmware");
-    let image = image_in(&target, board);
+    let built = root
+        .join("firmware/target")
+        .join(board.target())
+        .join("release/wasmbed-firmware");
+    let image = image_path(root, board);
     copy_image(&built, &image).map_err(|e| FirmwareError::Copy(image.display().to_string(), e))?;
     Ok(image)
 }

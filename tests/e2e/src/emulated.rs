@@ -11,13 +11,26 @@ use wasmbed_test_support::workspace_root;
 
 use crate::System;
 
-/// QEMU with the release image for `board` (built first if it is not up to date).
+/// QEMU with the release image for `board` (every board's image built first, once per test
+/// process).
 pub fn qemu_config(board: Board) -> QemuConfig {
+    images_built();
     QemuConfig {
         qemu: "qemu-system-arm".into(),
         board,
-        image: firmware::build(&workspace_root(), board).unwrap(),
+        image: firmware::image_path(&workspace_root(), board),
     }
+}
+
+/// Builds every board's image (a no-op for cargo when they are up to date), the first time
+/// a test of this process asks.
+fn images_built() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        for board in Board::ALL {
+            firmware::build(&workspace_root(), board).unwrap();
+        }
+    });
 }
 
 impl System {
@@ -96,9 +109,7 @@ impl System {
 
 /// The QEMU backend over this checkout's firmware images (every board's image built first).
 pub fn qemu_backend() -> wasmbed_renode_manager::backend::Backend {
-    for board in Board::ALL {
-        firmware::build(&workspace_root(), board).unwrap();
-    }
+    images_built();
     wasmbed_renode_manager::backend::Backend::Qemu(wasmbed_renode_manager::backend::QemuBackend {
         qemu: "qemu-system-arm".into(),
         images: workspace_root().join("firmware/target"),

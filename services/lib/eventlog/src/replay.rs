@@ -58,6 +58,12 @@ fn nats(e: impl std::fmt::Display) -> ReadError {
 }
 
 impl EventLog {
+    /// The stream sequence of the newest event in the log, 0 when it is empty.
+    pub async fn last_sequence(&self) -> Result<u64, ReadError> {
+        let info = self.stream.get_info().await.map_err(nats)?;
+        Ok(info.state.last_sequence)
+    }
+
     /// The sequence of `aggregate`'s last event (its version), 0 when it has none: what a view
     /// must have folded to hold everything written to the aggregate so far (another instance's
     /// writes included).

@@ -12,15 +12,7 @@ use wasmbed_schemas::{AppId, DeviceId, subject};
 
 /// The sequence of the last event in the log (0 when empty).
 pub async fn last_sequence(log: &EventLog) -> u64 {
-    log.jetstream()
-        .get_stream(subject::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence
+    log.last_sequence().await.unwrap()
 }
 
 /// The whole log; a read that fails while the cluster settles is tried again (for up to 20 s).
