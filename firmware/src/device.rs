@@ -1,8 +1,8 @@
 //! The device: find a gateway, verify it, prove the identity, and run what it deploys.
 //!
 //! The protocol itself is `wasmbed-device-core`'s ([`Session`], [`Agent`]), shared with the
-//! host simulator; this module only moves its bytes over smoltcp + embedded-tls and logs
-//! what happens.
+//! host simulator; this module only moves its bytes over the board's transport and
+//! embedded-tls, and logs what happens.
 
 use alloc::string::String;
 use alloc::vec;
@@ -15,7 +15,6 @@ use embedded_tls::blocking::TlsConnection;
 use embedded_tls::{TlsConfig, TlsContext};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use smoltcp::wire::Ipv4Address;
 use wasmbed_device_core::{
     Agent, AgentConfig, Backoff, CloseReason, Session, SessionConfig, SessionEvent,
 };
@@ -23,22 +22,18 @@ use wasmbed_schemas::frame::{AppState, Frame};
 use wasmbed_schemas::provisioning::Provisioning;
 use wasmbed_schemas::{Nonce, PublicKey, Sha256};
 
-use crate::board::lan9118::Lan9118;
-use crate::board::{clock, mps2};
-use crate::net::{Net, TcpStream, idle};
+use crate::board::clock;
+use crate::board::this::{self, BoardTransport};
 use crate::tls::{GatewayVerifier, Provider, READ_BUFFER, Suite, WRITE_BUFFER};
+use crate::transport::{Endpoint, Stream, Transport, idle};
 use crate::{HEAP, log};
 
 /// What the firmware calls itself in `Hello` and `DeviceInfo`.
 pub const FIRMWARE: &str = concat!("wasmbed-firmware ", env!("CARGO_PKG_VERSION"));
-/// Heap the device offers to applications' linear memories.
-const APP_RAM_BYTES: u32 = 1024 * 1024;
-/// The largest module it accepts.
-const MAX_MODULE_LEN: u32 = 512 * 1024;
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// Runs the device forever.
-pub fn run(provisioning: Provisioning, nic: Lan9118) -> ! {
+pub fn run(provisioning: Provisioning) -> ! {
     clock::set_unix_base(provisioning.provisioned_at);
     let mut seed = provisioning.entropy;
     for (byte, extra) in seed.iter_mut().zip(clock::jitter().to_le_bytes()) {
@@ -60,22 +55,19 @@ pub fn run(provisioning: Provisioning, nic: Lan9118) -> ! {
         log!("provisioning: no usable gateway endpoint (IPv4 host:port needed); halting");
         halt();
     }
-    let net = RefCell::new(Net::new(nic, rng.next_u64()));
-    let mac = net.borrow().mac();
-    log!(
-        "net: lan9118 mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, waiting for dhcp",
-        mac[0],
-        mac[1],
-        mac[2],
-        mac[3],
-        mac[4],
-        mac[5]
-    );
+    let net = match this::transport(rng.next_u64()) {
+        Ok(transport) => RefCell::new(transport),
+        Err(e) => {
+            log!("net: {e}; halting");
+            halt();
+        }
+    };
     let mut agent = Agent::new(AgentConfig {
-        mcu: String::from(mps2::INFO.mcu),
+        mcu: String::from(this::INFO.mcu),
         firmware: String::from(FIRMWARE),
-        app_ram_bytes: APP_RAM_BYTES,
-        max_module_len: MAX_MODULE_LEN,
+        app_ram_bytes: this::INFO.app_ram_bytes,
+        max_module_len: this::INFO.max_module_len,
+        value_stack_bytes: this::INFO.value_stack_bytes,
         status_interval_ms: 5_000,
         publishers: provisioning.publishers.clone(),
         trust_serial: provisioning.trust_serial,
@@ -101,7 +93,7 @@ pub fn run(provisioning: Provisioning, nic: Lan9118) -> ! {
     let mut reporter = Reporter::default();
     for attempt in 0usize.. {
         wait_for_address(&net);
-        let (ip, port) = gateways[attempt % gateways.len()];
+        let gateway = gateways[attempt % gateways.len()];
         let connection = Connection {
             net: &net,
             ca_der: &provisioning.ca_der,
@@ -110,8 +102,7 @@ pub fn run(provisioning: Provisioning, nic: Lan9118) -> ! {
             key: &key,
         };
         let ended = connection.run(
-            ip,
-            port,
+            gateway,
             &mut rng,
             &mut agent,
             &mut backoff,
@@ -123,25 +114,20 @@ pub fn run(provisioning: Provisioning, nic: Lan9118) -> ! {
             Some(asked) => asked,
             None => backoff.next_delay_ms(rng.next_u32()),
         };
-        let stats = net.borrow().nic_stats();
         log!(
-            "gateway: reconnecting in {delay} ms (frames received {}, dropped {}, sent {})",
-            stats.received,
-            stats.dropped,
-            stats.sent
+            "gateway: reconnecting in {delay} ms ({})",
+            net.borrow().stats()
         );
         sleep(&net, delay);
     }
     halt()
 }
 
-fn gateway_addresses(endpoints: &[String]) -> Vec<(Ipv4Address, u16)> {
+fn gateway_addresses(endpoints: &[String]) -> Vec<Endpoint> {
     endpoints
         .iter()
         .filter_map(|endpoint| {
-            let parsed = endpoint.rsplit_once(':').and_then(|(host, port)| {
-                Some((host.parse::<Ipv4Address>().ok()?, port.parse::<u16>().ok()?))
-            });
+            let parsed = Endpoint::parse(endpoint);
             if parsed.is_none() {
                 log!("provisioning: endpoint {endpoint:?} is not ipv4:port; skipped");
             }
@@ -150,15 +136,15 @@ fn gateway_addresses(endpoints: &[String]) -> Vec<(Ipv4Address, u16)> {
         .collect()
 }
 
-fn wait_for_address(net: &RefCell<Net>) {
-    while net.borrow().address().is_none() {
+fn wait_for_address(net: &RefCell<BoardTransport>) {
+    while !net.borrow().is_ready() {
         if !net.borrow_mut().poll() {
             idle();
         }
     }
 }
 
-fn sleep(net: &RefCell<Net>, ms: u64) {
+fn sleep(net: &RefCell<BoardTransport>, ms: u64) {
     let until = clock::now_ms() + ms;
     while clock::now_ms() < until {
         if !net.borrow_mut().poll() {
@@ -220,7 +206,7 @@ impl Reporter {
 
 /// One connection to one gateway.
 struct Connection<'a> {
-    net: &'a RefCell<Net>,
+    net: &'a RefCell<BoardTransport>,
     ca_der: &'a [u8],
     server_name: &'a str,
     session_config: &'a SessionConfig,
@@ -232,8 +218,7 @@ impl Connection<'_> {
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
-        ip: Ipv4Address,
-        port: u16,
+        gateway: Endpoint,
         rng: &mut ChaCha20Rng,
         agent: &mut Agent,
         backoff: &mut Backoff,
@@ -241,13 +226,13 @@ impl Connection<'_> {
         (read_buffer, write_buffer): (&mut [u8], &mut [u8]),
     ) -> Option<u64> {
         let started = clock::now_ms();
-        log!("gateway: connecting to {ip}:{port}");
-        if let Err(e) = self.net.borrow_mut().connect(ip, port, CONNECT_TIMEOUT_MS) {
+        log!("gateway: connecting to {gateway}");
+        if let Err(e) = self.net.borrow_mut().connect(gateway, CONNECT_TIMEOUT_MS) {
             log!("gateway: tcp connect failed: {e:?}");
             return None;
         }
-        let mut tls: TlsConnection<'_, TcpStream<'_>, Suite> =
-            TlsConnection::new(TcpStream::new(self.net), read_buffer, write_buffer);
+        let mut tls: TlsConnection<'_, Stream<'_, BoardTransport>, Suite> =
+            TlsConnection::new(Stream::new(self.net), read_buffer, write_buffer);
         let mut verifier = GatewayVerifier::new(self.ca_der);
         let config = TlsConfig::new().with_server_name(self.server_name);
         let opened = tls.open(TlsContext::new(
@@ -299,8 +284,11 @@ impl Connection<'_> {
                     SessionEvent::Established { device_id } => {
                         backoff.reset();
                         log!(
-                            "enrolled: session established as {device_id} in {} ms since boot",
-                            now
+                            "enrolled: session established as {device_id} in {} ms since boot | heap used {} peak {}, stack peak {}",
+                            now,
+                            HEAP.used(),
+                            HEAP.peak(),
+                            crate::stack::high_water()
                         );
                         agent.on_established(&device_id);
                     }

@@ -8,16 +8,16 @@ use critical_section::Mutex;
 
 use crate::board::Console;
 use crate::board::clock;
-use crate::board::cmsdk_uart::CmsdkUart;
+use crate::board::this::ConsoleUart;
 
-static CONSOLE: Mutex<RefCell<Option<CmsdkUart>>> = Mutex::new(RefCell::new(None));
+static CONSOLE: Mutex<RefCell<Option<ConsoleUart>>> = Mutex::new(RefCell::new(None));
 
 /// Routes log lines to `console`.
-pub fn init(console: CmsdkUart) {
+pub fn init(console: ConsoleUart) {
     critical_section::with(|cs| CONSOLE.borrow(cs).replace(Some(console)));
 }
 
-struct Line<'a>(&'a mut CmsdkUart);
+struct Line<'a>(&'a mut ConsoleUart);
 
 impl Write for Line<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {

@@ -10,7 +10,18 @@
 
 use super::BoardInfo;
 use super::cmsdk_uart::CmsdkUart;
-use super::lan9118::{Lan9118, NicError};
+use super::lan9118::Lan9118;
+use crate::net::Net;
+
+/// The console's type.
+pub type ConsoleUart = CmsdkUart;
+/// How this board reaches a gateway.
+pub type BoardTransport = Net;
+
+/// Applications get 1 MiB of the 4 MiB of data RAM; modules up to 512 KiB.
+const APP_RAM_BYTES: u32 = 1024 * 1024;
+const MAX_MODULE_LEN: u32 = 512 * 1024;
+const VALUE_STACK_BYTES: u32 = 256 * 1024;
 
 #[cfg(not(any(
     feature = "mps2-an385",
@@ -18,7 +29,9 @@ use super::lan9118::{Lan9118, NicError};
     feature = "mps2-an500",
     feature = "mps2-an505"
 )))]
-compile_error!("choose a board: --features mps2-an385, mps2-an386, mps2-an500 or mps2-an505");
+compile_error!(
+    "choose a board: --features mps2-an385, mps2-an386, mps2-an500, mps2-an505, stm32f405 or stm32f407"
+);
 
 /// One board's addresses and figures.
 struct Board {
@@ -38,6 +51,9 @@ const BOARD: Board = Board {
         mcu: "Mps2An385",
         cpu: "cortex-m3",
         core_clock_hz: 25_000_000,
+        app_ram_bytes: APP_RAM_BYTES,
+        max_module_len: MAX_MODULE_LEN,
+        value_stack_bytes: VALUE_STACK_BYTES,
     },
     uart0: CLASSIC_UART0,
     lan9118: CLASSIC_LAN9118,
@@ -48,6 +64,9 @@ const BOARD: Board = Board {
         mcu: "Mps2An386",
         cpu: "cortex-m4f",
         core_clock_hz: 25_000_000,
+        app_ram_bytes: APP_RAM_BYTES,
+        max_module_len: MAX_MODULE_LEN,
+        value_stack_bytes: VALUE_STACK_BYTES,
     },
     uart0: CLASSIC_UART0,
     lan9118: CLASSIC_LAN9118,
@@ -58,6 +77,9 @@ const BOARD: Board = Board {
         mcu: "Mps2An500",
         cpu: "cortex-m7",
         core_clock_hz: 25_000_000,
+        app_ram_bytes: APP_RAM_BYTES,
+        max_module_len: MAX_MODULE_LEN,
+        value_stack_bytes: VALUE_STACK_BYTES,
     },
     uart0: CLASSIC_UART0,
     lan9118: 0xa000_0000,
@@ -68,6 +90,9 @@ const BOARD: Board = Board {
         mcu: "Mps2An505",
         cpu: "cortex-m33",
         core_clock_hz: 20_000_000,
+        app_ram_bytes: APP_RAM_BYTES,
+        max_module_len: MAX_MODULE_LEN,
+        value_stack_bytes: VALUE_STACK_BYTES,
     },
     uart0: 0x5020_0000,
     lan9118: 0x5200_0000,
@@ -82,8 +107,14 @@ pub fn console() -> CmsdkUart {
     unsafe { CmsdkUart::new(BOARD.uart0) }
 }
 
-/// The Ethernet controller. Call once.
-pub fn nic() -> Result<Lan9118, NicError> {
+/// The network: the Ethernet controller under smoltcp. Call once.
+pub fn transport(random_seed: u64) -> Result<Net, &'static str> {
     // SAFETY: the LAN9118 of this board's memory map; only the network stack drives it.
-    unsafe { Lan9118::new(BOARD.lan9118) }
+    match unsafe { Lan9118::new(BOARD.lan9118) } {
+        Ok(nic) => Ok(Net::new(nic, random_seed)),
+        Err(e) => {
+            crate::log!("net: lan9118: {e:?}");
+            Err("no ethernet controller")
+        }
+    }
 }

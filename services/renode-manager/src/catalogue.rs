@@ -6,10 +6,15 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::firmware::Board;
+use crate::firmware::{Board, GatewayLink};
 
 /// The catalogue shipped with this build.
 pub const BUNDLED: &str = include_str!("../../../renode/catalogue.toml");
+
+/// RAM the firmware needs: one 64 KiB application page, the TLS record buffers, the link's or
+/// the network's buffers, the interpreter's state and a 64 KiB stack (measured on the STM32F405
+/// by `cargo bench -p wasmbed-e2e --bench firmware`).
+pub const MIN_RAM_KIB: u32 = 192;
 
 /// The `.resc` template families that exist in `renode/templates/`.
 pub const RENODE_FAMILIES: &[&str] = &["stm32", "kinetis", "nrf52"];
@@ -66,6 +71,8 @@ pub struct Mcu {
     pub uart: String,
     /// The Ethernet peripheral, as Renode names it.
     pub ethernet: Option<String>,
+    /// The UART of the serial link to the network co-processor, as Renode names it.
+    pub link_uart: Option<String>,
     /// The QEMU machine, when QEMU models the board.
     pub qemu_machine: Option<String>,
     /// The Rust target of its firmware.
@@ -89,9 +96,19 @@ pub enum Unsupported {
         /// Its CPU.
         cpu: String,
     },
-    /// No Ethernet in the emulated board.
+    /// Too little RAM for the firmware.
     #[error(
-        "{mcu}: the emulated board has no Ethernet (network: {network}), so it cannot reach a gateway"
+        "{mcu}: {ram_kib} KiB of RAM; the firmware needs {MIN_RAM_KIB} KiB (an app page, TLS buffers, its stack)"
+    )]
+    TooLittleRam {
+        /// The MCU type.
+        mcu: String,
+        /// What it has.
+        ram_kib: u32,
+    },
+    /// No Ethernet in the emulated board, and no serial-link board module either.
+    #[error(
+        "{mcu}: the emulated board has no Ethernet (network: {network}) and the firmware has no serial-link board module for it, so it cannot reach a gateway"
     )]
     NoNetwork {
         /// The MCU type.
@@ -106,6 +123,24 @@ pub enum Unsupported {
         mcu: String,
         /// The board.
         board: String,
+    },
+    /// The board's image is laid out for another emulator's model of the part.
+    #[error("{mcu}: the firmware's {image} image is laid out for {built_for}'s model of the part")]
+    ImageFor {
+        /// The MCU type.
+        mcu: String,
+        /// The image (its cargo feature).
+        image: &'static str,
+        /// The emulator it is for.
+        built_for: &'static str,
+    },
+    /// The backend does not wire a serial link.
+    #[error("{mcu}: the {backend} backend does not wire a serial link to a gateway yet")]
+    NoSerialLink {
+        /// The MCU type.
+        mcu: String,
+        /// The backend.
+        backend: &'static str,
     },
     /// The chosen emulator does not model the board.
     #[error("{mcu}: {emulator} has no model of the {board}")]
@@ -159,13 +194,32 @@ impl Mcu {
     pub fn runs_on(&self, kind: BackendKind) -> Result<(), Unsupported> {
         match kind {
             BackendKind::Sim => Ok(()),
-            BackendKind::Qemu | BackendKind::QemuDocker => {
+            BackendKind::Qemu => {
                 self.firmware()?;
                 self.qemu().map(drop)
             }
+            BackendKind::QemuDocker => {
+                let board = self.firmware()?;
+                self.qemu()?;
+                if board.gateway_link() == GatewayLink::Serial {
+                    return Err(Unsupported::NoSerialLink {
+                        mcu: self.name.clone(),
+                        backend: kind.name(),
+                    });
+                }
+                Ok(())
+            }
             BackendKind::RenodeDocker => {
-                self.firmware()?;
-                self.renode().map(drop)
+                let board = self.firmware()?;
+                self.renode()?;
+                if board.qemu_machine().is_some() && board.gateway_link() == GatewayLink::Serial {
+                    return Err(Unsupported::ImageFor {
+                        mcu: self.name.clone(),
+                        image: board.feature(),
+                        built_for: "QEMU",
+                    });
+                }
+                Ok(())
             }
         }
     }
@@ -178,19 +232,27 @@ impl Mcu {
                 cpu: self.cpu.clone(),
             });
         }
-        if self.network != Network::Ethernet {
-            return Err(Unsupported::NoNetwork {
+        if self.ram_kib < MIN_RAM_KIB {
+            return Err(Unsupported::TooLittleRam {
                 mcu: self.name.clone(),
-                network: format!("{:?}", self.network).to_lowercase(),
+                ram_kib: self.ram_kib,
             });
         }
-        self.firmware_board
-            .as_deref()
-            .and_then(Board::from_feature)
-            .ok_or_else(|| Unsupported::NoFirmware {
+        let board = self.firmware_board.as_deref().and_then(Board::from_feature);
+        match (self.network, board) {
+            (Network::Ethernet, Some(board)) => Ok(board),
+            (Network::None, Some(board)) if board.gateway_link() == GatewayLink::Serial => {
+                Ok(board)
+            }
+            (Network::Ethernet, None) => Err(Unsupported::NoFirmware {
                 mcu: self.name.clone(),
                 board: self.board.clone(),
-            })
+            }),
+            (network, _) => Err(Unsupported::NoNetwork {
+                mcu: self.name.clone(),
+                network: format!("{network:?}").to_lowercase(),
+            }),
+        }
     }
 
     /// The QEMU machine, or why there is none.
@@ -376,16 +438,29 @@ mod tests {
         };
         assert!(reason("Esp32DevkitC").contains("not a Cortex-M"));
         assert!(reason("Nrf52840DK").contains("no Ethernet (network: ble)"));
-        assert!(reason("Stm32F4Disco").contains("no Ethernet (network: none)"));
+        assert!(reason("Stm32Vldiscovery").contains("8 KiB of RAM; the firmware needs 192 KiB"));
         assert!(reason("Stm32F746gDisco").contains("no board module"));
+        assert_eq!(
+            catalogue.get("OlimexStm32H405").unwrap().firmware(),
+            Ok(Board::Stm32F405)
+        );
+        for name in ["Stm32F4Disco", "RenodeStm32F4Discovery"] {
+            assert_eq!(
+                catalogue.get(name).unwrap().firmware(),
+                Ok(Board::Stm32F407)
+            );
+        }
         assert_eq!(
             catalogue.get("Mps2An385").unwrap().firmware(),
             Ok(Board::Mps2An385)
         );
-        for board in Board::ALL {
+        for board in Board::ALL
+            .into_iter()
+            .filter(|b| b.qemu_machine().is_some())
+        {
             let name = catalogue
                 .iter()
-                .find(|mcu| mcu.qemu_machine.as_deref() == Some(board.qemu_machine()))
+                .find(|mcu| mcu.qemu_machine.as_deref() == board.qemu_machine())
                 .map(|mcu| mcu.name.clone())
                 .unwrap();
             assert_eq!(
@@ -412,7 +487,8 @@ mod tests {
     fn every_type_says_which_backends_run_it_and_why_not() {
         let catalogue = Catalogue::bundled().unwrap();
         assert_eq!(catalogue.iter().count(), 13);
-        // (type, runs on qemu and qemu-docker, renode-docker's reason when it cannot)
+        // (type, runs on qemu (and qemu-docker, but for the serial board), renode-docker's
+        // reason when it cannot: "" when it can)
         let cases = [
             ("Mps2An385", true, "Renode has no model"),
             ("Mps2An386", true, "Renode has no model"),
@@ -427,27 +503,41 @@ mod tests {
                 false,
                 "no Ethernet (network: ble)",
             ),
-            ("Stm32F4Disco", false, "no Ethernet (network: none)"),
+            ("Stm32F4Disco", false, ""),
+            ("RenodeStm32F4Discovery", false, ""),
             (
-                "RenodeStm32F4Discovery",
-                false,
-                "no Ethernet (network: none)",
+                "OlimexStm32H405",
+                true,
+                "stm32f405 image is laid out for QEMU's model",
             ),
-            ("OlimexStm32H405", false, "no Ethernet (network: none)"),
-            ("Stm32Vldiscovery", false, "no Ethernet (network: none)"),
+            ("Stm32Vldiscovery", false, "8 KiB of RAM"),
         ];
         for (name, on_qemu, renode_reason) in cases {
             let mcu = catalogue.get(name).unwrap();
-            for kind in [BackendKind::Qemu, BackendKind::QemuDocker] {
-                assert_eq!(mcu.runs_on(kind).is_ok(), on_qemu, "{name} on {kind:?}");
-            }
-            let renode = mcu.runs_on(BackendKind::RenodeDocker).unwrap_err();
-            assert!(
-                renode.to_string().contains(renode_reason),
-                "{name}: {renode}"
+            assert_eq!(mcu.runs_on(BackendKind::Qemu).is_ok(), on_qemu, "{name}");
+            let serial = name == "OlimexStm32H405";
+            assert_eq!(
+                mcu.runs_on(BackendKind::QemuDocker).is_ok(),
+                on_qemu && !serial,
+                "{name} on qemu-docker"
             );
+            match mcu.runs_on(BackendKind::RenodeDocker) {
+                Ok(()) => assert_eq!(renode_reason, "", "{name} runs on renode-docker"),
+                Err(renode) => assert!(
+                    !renode_reason.is_empty() && renode.to_string().contains(renode_reason),
+                    "{name}: {renode}"
+                ),
+            }
             assert_eq!(mcu.runs_on(BackendKind::Sim), Ok(()), "{name}");
         }
+        let olimex = catalogue.get("OlimexStm32H405").unwrap();
+        assert!(
+            olimex
+                .runs_on(BackendKind::QemuDocker)
+                .unwrap_err()
+                .to_string()
+                .contains("does not wire a serial link")
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! uploads the device's files (the `.resc` for Renode, the provisioning block for both) to
 //! [`DEVICE_DIR`] and the board's firmware image under [`FIRMWARE_DIR`] into the created
 //! container through the engine's archive API, streams the container's output as the UART,
-//! waits for it to end, and stops and removes it on request.
+//! waits for it to end, and stops and removes it on request. A serial-link board's link UART
+//! listens on a TCP port of the host the container shares (network mode `host`), which the
+//! manager's [`crate::bridge`] dials.
 //!
 //! Nothing is bind-mounted: the engine may be on another host than the manager (a shared
 //! engine that every instance of the manager reaches, so the lease's next holder can see and
@@ -27,6 +29,7 @@ use tracing::warn;
 use crate::backend::Launch;
 use crate::catalogue::{BackendKind, Mcu, Unsupported};
 use crate::emulator::{Control, Emulator, Exit};
+use crate::firmware::GatewayLink;
 use crate::provision::ProvisionError;
 use crate::resc::{self, RescError};
 use crate::uart::UartLog;
@@ -205,6 +208,9 @@ impl ContainerBackend {
     /// Creates the device's container, uploads its files, starts it, and follows it.
     pub async fn start(&self, launch: &Launch<'_>) -> Result<Emulator, ContainerError> {
         let board = launch.mcu.firmware()?;
+        let serial = board.gateway_link() == GatewayLink::Serial;
+        // A serial board's link UART listens on a port of the host the container shares.
+        let link_port = if serial { free_port()? } else { 0 };
         let elf = board.image_name();
         let firmware = format!("{FIRMWARE_DIR}/{elf}");
         let image_path = self.config.firmware_dir.join(&elf);
@@ -224,7 +230,13 @@ impl ContainerBackend {
             (firmware.clone(), image),
         ];
         if self.config.emulator == ContainerEmulator::Renode {
-            let script = resc::render(launch.mcu, launch.device.as_str(), &firmware, &block)?;
+            let script = resc::render(
+                launch.mcu,
+                launch.device.as_str(),
+                &firmware,
+                &block,
+                link_port,
+            )?;
             files.push((format!("{DEVICE_DIR}/device.resc"), script.into_bytes()));
         }
         let archive = archive(&files)?;
@@ -294,10 +306,50 @@ impl ContainerBackend {
             return Err(self.engine_error(e));
         }
         let uart = Arc::new(UartLog::default());
+        if serial {
+            tokio::spawn(bridge_when_listening(
+                link_port,
+                block.endpoints.clone(),
+                uart.clone(),
+            ));
+        }
         let short: String = created.id.chars().take(12).collect();
         let (emulator, control) = Emulator::new(uart.clone(), format!("container {short}"));
         tokio::spawn(follow(docker, created.id, uart, control));
         Ok(emulator)
+    }
+}
+
+/// A port free on this host now, for the emulator to listen on.
+fn free_port() -> Result<u16, ContainerError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| ContainerError::Files {
+            path: "a port for the serial link".into(),
+            source,
+        })
+}
+
+/// Dials the board's link UART once the emulator listens (Renode takes seconds to start),
+/// and bridges it to the gateways.
+async fn bridge_when_listening(port: u16, allowed: Vec<String>, uart: Arc<UartLog>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(socket) => {
+                let _ = socket.set_nodelay(true);
+                crate::bridge::run(socket, allowed, uart).await;
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                uart.push(format!(
+                    "bridge: the emulator never listened on {port}: {e}"
+                ));
+                return;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
     }
 }
 

@@ -17,24 +17,41 @@ pub enum Board {
     Mps2An500,
     /// Arm MPS2 AN505, Cortex-M33 (SSE-200, TrustZone; the firmware runs secure).
     Mps2An505,
+    /// STM32F405, Cortex-M4F, no Ethernet: QEMU's netduinoplus2 (the Olimex STM32-H405's MCU).
+    Stm32F405,
+    /// STM32F407, Cortex-M4F, no Ethernet: Renode's STM32F4 Discovery boards.
+    Stm32F407,
+}
+
+/// How a board's firmware reaches a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayLink {
+    /// Its own Ethernet and TCP/IP stack, on the emulator's network.
+    Ethernet,
+    /// A serial link (its second UART) to a network co-processor: [`crate::bridge`].
+    Serial,
 }
 
 impl Board {
     /// Every board, in catalogue order.
-    pub const ALL: [Board; 4] = [
+    pub const ALL: [Board; 6] = [
         Board::Mps2An385,
         Board::Mps2An386,
         Board::Mps2An500,
         Board::Mps2An505,
+        Board::Stm32F405,
+        Board::Stm32F407,
     ];
 
-    /// The QEMU machine that models the board.
-    pub fn qemu_machine(self) -> &'static str {
+    /// The QEMU machine that models the board, if QEMU has one.
+    pub fn qemu_machine(self) -> Option<&'static str> {
         match self {
-            Board::Mps2An385 => "mps2-an385",
-            Board::Mps2An386 => "mps2-an386",
-            Board::Mps2An500 => "mps2-an500",
-            Board::Mps2An505 => "mps2-an505",
+            Board::Mps2An385 => Some("mps2-an385"),
+            Board::Mps2An386 => Some("mps2-an386"),
+            Board::Mps2An500 => Some("mps2-an500"),
+            Board::Mps2An505 => Some("mps2-an505"),
+            Board::Stm32F405 => Some("netduinoplus2"),
+            Board::Stm32F407 => None,
         }
     }
 
@@ -42,22 +59,40 @@ impl Board {
     pub fn target(self) -> &'static str {
         match self {
             Board::Mps2An385 => "thumbv7m-none-eabi",
-            Board::Mps2An386 | Board::Mps2An500 => "thumbv7em-none-eabihf",
+            Board::Mps2An386 | Board::Mps2An500 | Board::Stm32F405 | Board::Stm32F407 => {
+                "thumbv7em-none-eabihf"
+            }
             Board::Mps2An505 => "thumbv8m.main-none-eabihf",
         }
     }
 
     /// The firmware's cargo feature for the board.
     pub fn feature(self) -> &'static str {
-        self.qemu_machine()
+        match self {
+            Board::Mps2An385 => "mps2-an385",
+            Board::Mps2An386 => "mps2-an386",
+            Board::Mps2An500 => "mps2-an500",
+            Board::Mps2An505 => "mps2-an505",
+            Board::Stm32F405 => "stm32f405",
+            Board::Stm32F407 => "stm32f407",
+        }
+    }
+
+    /// How its firmware reaches a gateway.
+    pub fn gateway_link(self) -> GatewayLink {
+        match self {
+            Board::Stm32F405 | Board::Stm32F407 => GatewayLink::Serial,
+            _ => GatewayLink::Ethernet,
+        }
     }
 
     /// Where in guest memory the board's firmware looks for its provisioning block (its
-    /// `firmware/memory/` map reserves the region): the seeds' address, or on the AN505 the
-    /// same offset in the secure alias of its data RAM.
+    /// `firmware/memory/` map reserves the region): the seeds' address; on the AN505 the same
+    /// offset in the secure alias of its data RAM; on the STM32s the last 4 KiB of flash.
     pub fn provisioning_address(self) -> u32 {
         match self {
             Board::Mps2An505 => 0x3800_1000,
+            Board::Stm32F405 | Board::Stm32F407 => 0x080f_f000,
             _ => provisioning::ADDRESS,
         }
     }
@@ -154,12 +189,14 @@ mod tests {
             (Board::Mps2An386, "thumbv7em-none-eabihf", 0x2000_1000),
             (Board::Mps2An500, "thumbv7em-none-eabihf", 0x2000_1000),
             (Board::Mps2An505, "thumbv8m.main-none-eabihf", 0x3800_1000),
+            (Board::Stm32F405, "thumbv7em-none-eabihf", 0x080f_f000),
+            (Board::Stm32F407, "thumbv7em-none-eabihf", 0x080f_f000),
         ] {
             assert_eq!(board.target(), target, "{board:?}");
             assert_eq!(board.provisioning_address(), address, "{board:?}");
             assert_eq!(Board::from_feature(board.feature()), Some(board));
         }
-        // The AN386 and AN500 share a target, never an image.
+        // Boards sharing a target never share an image.
         let images: std::collections::BTreeSet<String> =
             Board::ALL.iter().map(|b| b.image_name()).collect();
         assert_eq!(images.len(), Board::ALL.len());
@@ -172,6 +209,8 @@ mod tests {
         for (board, map) in [
             (Board::Mps2An385, "mps2.x"),
             (Board::Mps2An505, "mps2-an505.x"),
+            (Board::Stm32F405, "stm32f405.x"),
+            (Board::Stm32F407, "stm32f407.x"),
         ] {
             let text = std::fs::read_to_string(firmware.join(map)).unwrap_or_default();
             let origin = format!(

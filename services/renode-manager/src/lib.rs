@@ -7,6 +7,7 @@
 //! - [`firmware`], [`pem`], [`provision`]: the images and the provisioning block.
 
 pub mod backend;
+pub mod bridge;
 pub mod catalogue;
 pub mod docker;
 pub mod emulator;

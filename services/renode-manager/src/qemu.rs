@@ -3,7 +3,10 @@
 //! The provisioning block is written to a file and preloaded into guest RAM at
 //! the board's [`Board::provisioning_address`] with `-device loader` before the CPU starts. The NIC is a
 //! LAN9118 on QEMU's user-mode network: the guest gets an address by DHCP and reaches the
-//! host's loopback as `10.0.2.2`. The UART is the process's stdout, kept as lines.
+//! host's loopback as `10.0.2.2`. A board without Ethernet (the STM32F405 of netduinoplus2)
+//! has its second UART on a TCP socket to this process instead, where [`crate::bridge`] plays
+//! its network co-processor, with the same view of the network. The (first) UART is the
+//! process's stdout, kept as lines.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -15,11 +18,14 @@ use tokio::sync::broadcast;
 use wasmbed_schemas::provisioning::{Provisioning, ProvisioningError};
 
 use crate::emulator::{Control, Emulator, Exit};
-use crate::firmware::Board;
+use crate::firmware::{Board, GatewayLink};
 use crate::uart::{LineTimeout, UartLog};
 
 /// The host's loopback as the guest sees it on QEMU's user-mode network.
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
+
+/// How long QEMU may take to dial the serial link's socket.
+const LINK_ACCEPT: Duration = Duration::from_secs(30);
 
 /// How a device is started.
 #[derive(Debug, Clone)]
@@ -48,6 +54,12 @@ pub enum QemuError {
     /// The awaited UART line did not come.
     #[error(transparent)]
     Timeout(#[from] LineTimeout),
+    /// QEMU has no model of the board.
+    #[error("QEMU has no model of the {0:?} board")]
+    NoMachine(Board),
+    /// The serial link's socket could not be set up.
+    #[error("the serial link's socket: {0}")]
+    Link(#[source] std::io::Error),
 }
 
 /// A running emulated device.
@@ -71,18 +83,35 @@ impl QemuDevice {
             file.path().display(),
             config.board.provisioning_address()
         );
-        let mut child = Command::new(&config.qemu)
-            .args([
-                "-M",
-                config.board.qemu_machine(),
-                "-nographic",
-                "-monitor",
-                "none",
-            ])
+        let machine = config
+            .board
+            .qemu_machine()
+            .ok_or(QemuError::NoMachine(config.board))?;
+        let mut command = Command::new(&config.qemu);
+        command
+            .args(["-M", machine, "-nographic", "-monitor", "none"])
             .args(["-serial", "stdio", "-kernel"])
             .arg(&config.image)
-            .args(["-nic", "user,model=lan9118", "-device"])
-            .arg(loader)
+            .arg("-device")
+            .arg(loader);
+        let link = match config.board.gateway_link() {
+            GatewayLink::Ethernet => {
+                command.args(["-nic", "user,model=lan9118"]);
+                None
+            }
+            GatewayLink::Serial => {
+                // QEMU dials this socket for the second UART when it starts.
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(QemuError::Link)?;
+                let port = listener.local_addr().map_err(QemuError::Link)?.port();
+                command
+                    .args(["-serial", &format!("tcp:127.0.0.1:{port}")])
+                    .args(["-nic", "none"]);
+                Some(listener)
+            }
+        };
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -97,6 +126,19 @@ impl QemuDevice {
         if let Some(stderr) = child.stderr.take() {
             let uart = uart.clone();
             tokio::spawn(async move { uart.collect(stderr, "qemu: ").await });
+        }
+        if let Some(listener) = link {
+            let (uart, allowed) = (uart.clone(), provisioning.endpoints.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(LINK_ACCEPT, listener.accept()).await {
+                    Ok(Ok((socket, _))) => {
+                        let _ = socket.set_nodelay(true);
+                        crate::bridge::run(socket, allowed, uart).await;
+                    }
+                    Ok(Err(e)) => uart.push(format!("bridge: accepting qemu's uart: {e}")),
+                    Err(_) => uart.push("bridge: qemu never connected its uart".into()),
+                }
+            });
         }
         Ok(Self {
             child,

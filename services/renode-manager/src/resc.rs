@@ -1,8 +1,10 @@
 //! Renode scripts (`.resc`) for a device, from the family templates in `renode/templates/`.
 //!
 //! The script adds the machine, includes the board's platform description, attaches the UART
-//! analyzer, connects an Ethernet board to a host TAP through a switch, loads the firmware ELF
-//! and writes the provisioning block word by word at [`provisioning::ADDRESS`] before `start`.
+//! analyzer, connects an Ethernet board to a host TAP through a switch, or a serial-link
+//! board's link UART to a TCP server socket (the manager's [`crate::bridge`] dials it), loads
+//! the firmware ELF and writes the provisioning block word by word where the board's firmware
+//! reads it before `start`.
 
 use wasmbed_schemas::provisioning::{self, Provisioning, ProvisioningError};
 
@@ -28,12 +30,13 @@ pub enum RescError {
 }
 
 /// The script for `device` of type `mcu`, loading the ELF at `firmware` (a path inside the
-/// emulator's file system).
+/// emulator's file system); a serial-link board's link UART listens on TCP `link_port`.
 pub fn render(
     mcu: &Mcu,
     device: &str,
     firmware: &str,
     block: &Provisioning,
+    link_port: u16,
 ) -> Result<String, RescError> {
     let (platform, family) = mcu.renode()?;
     let template = match family {
@@ -41,13 +44,24 @@ pub fn render(
         "nrf52" => NRF52,
         _ => STM32,
     };
-    let network = match (&mcu.network, &mcu.ethernet) {
-        (Network::Ethernet, Some(ethernet)) => format!(
+    let network = match (&mcu.network, &mcu.ethernet, &mcu.link_uart) {
+        (Network::Ethernet, Some(ethernet), _) => format!(
             "emulation CreateSwitch \"lan\"\nconnector Connect {ethernet} lan\n\
              emulation CreateTap \"{TAP}\" \"tap\"\nconnector Connect host.tap lan"
         ),
+        (_, _, Some(link)) => format!(
+            "# The serial link to the network co-processor: the manager's bridge dials this port.\n\
+             emulation CreateServerSocketTerminal {link_port} \"link\" false\n\
+             connector Connect {link} link\n\
+             # SysTick at the core clock the firmware counts on.\n\
+             nvic Frequency {}",
+            u64::from(mcu.clock_mhz) * 1_000_000
+        ),
         _ => format!("# {}: no Ethernet to connect", mcu.name),
     };
+    let address = mcu
+        .firmware()
+        .map_or(provisioning::ADDRESS, |board| board.provisioning_address());
     let words = block.words()?;
     let provisioning: Vec<String> = words
         .iter()
@@ -55,7 +69,7 @@ pub fn render(
         .map(|(i, word)| {
             format!(
                 "sysbus WriteDoubleWord {:#010x} {word:#010x}",
-                provisioning::ADDRESS as usize + 4 * i
+                address as usize + 4 * i
             )
         })
         .collect();
@@ -65,13 +79,13 @@ pub fn render(
         .replace("{{board}}", &mcu.board)
         .replace("{{platform}}", platform)
         .replace("{{uart}}", &mcu.uart)
-        .replace("{{address}}", &format!("{:#010x}", provisioning::ADDRESS))
+        .replace("{{address}}", &format!("{address:#010x}"))
         .replace("{{network}}", &network)
         .replace("{{firmware}}", firmware)
         .replace("{{provisioning}}", &provisioning.join("\n")))
 }
 
-/// The bytes a script writes at [`provisioning::ADDRESS`] (what the board will find there).
+/// The bytes a script writes for the provisioning block (what the board will find there).
 pub fn written_block(script: &str) -> Vec<u8> {
     script
         .lines()

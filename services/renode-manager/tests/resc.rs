@@ -37,13 +37,12 @@ fn every_renode_board_renders_its_golden_script() {
         if mcu.renode().is_err() {
             continue;
         }
-        let script = resc::render(
-            mcu,
-            "board-1",
-            "/wasmbed/firmware/wasmbed-firmware",
-            &block(),
-        )
-        .unwrap();
+        // The ELF of the board's firmware where it has one (as the container backend uploads it).
+        let firmware = mcu.firmware().map_or_else(
+            |_| "/wasmbed/firmware/wasmbed-firmware".to_owned(),
+            |board| format!("/wasmbed/firmware/{}", board.image_name()),
+        );
+        let script = resc::render(mcu, "board-1", &firmware, &block(), 3456).unwrap();
         let path = golden_dir().join(format!("{}.resc", mcu.name));
         if update {
             std::fs::write(&path, &script).unwrap();
@@ -66,7 +65,7 @@ fn every_renode_board_renders_its_golden_script() {
 fn the_words_a_script_writes_decode_back_to_the_block() {
     let catalogue = Catalogue::bundled().unwrap();
     let mcu = catalogue.get("Stm32F746gDisco").unwrap();
-    let script = resc::render(mcu, "board-1", "/fw.elf", &block()).unwrap();
+    let script = resc::render(mcu, "board-1", "/fw.elf", &block(), 3456).unwrap();
     let bytes = resc::written_block(&script);
     assert_eq!(bytes.len() % 4, 0);
     let decoded = Provisioning::decode(&bytes).unwrap();
@@ -87,6 +86,48 @@ fn the_words_a_script_writes_decode_back_to_the_block() {
 #[test]
 fn boards_renode_does_not_model_get_no_script() {
     let catalogue = Catalogue::bundled().unwrap();
-    let err = resc::render(catalogue.get("Mps2An385").unwrap(), "d", "/fw", &block()).unwrap_err();
+    let err = resc::render(
+        catalogue.get("Mps2An385").unwrap(),
+        "d",
+        "/fw",
+        &block(),
+        3456,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("Renode has no model"), "{err}");
+}
+
+#[test]
+fn a_serial_board_gets_its_link_on_a_socket_its_image_and_its_block_in_flash() {
+    let catalogue = Catalogue::bundled().unwrap();
+    for name in ["Stm32F4Disco", "RenodeStm32F4Discovery"] {
+        let mcu = catalogue.get(name).unwrap();
+        let script = resc::render(
+            mcu,
+            "board-1",
+            "/wasmbed/firmware/boards/stm32f407.elf",
+            &block(),
+            40123,
+        )
+        .unwrap();
+        for expected in [
+            "showAnalyzer sysbus.usart1",
+            "emulation CreateServerSocketTerminal 40123 \"link\" false",
+            "connector Connect sysbus.usart2 link",
+            "nvic Frequency 168000000",
+            "sysbus LoadELF @/wasmbed/firmware/boards/stm32f407.elf",
+            "sysbus WriteDoubleWord 0x080ff000 ",
+        ] {
+            assert!(
+                script.contains(expected),
+                "{name}: no {expected:?} in\n{script}"
+            );
+        }
+        assert!(
+            !script.contains("0x20001000"),
+            "{name}: block in RAM\n{script}"
+        );
+        let decoded = Provisioning::decode(&resc::written_block(&script)).unwrap();
+        assert_eq!(decoded, block());
+    }
 }

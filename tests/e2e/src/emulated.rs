@@ -1,10 +1,11 @@
 //! Emulated boards in the fixture: the real firmware in QEMU, provisioned for this system.
 
 use ed25519_dalek::SigningKey;
-use wasmbed_renode_manager::firmware::{self, Board};
+use wasmbed_renode_manager::firmware::{self, Board, GatewayLink};
 use wasmbed_renode_manager::provision;
 use wasmbed_renode_manager::qemu::{QemuConfig, QemuDevice};
 use wasmbed_schemas::DeviceId;
+use wasmbed_schemas::frame::Limits;
 use wasmbed_schemas::permissions::Principal;
 use wasmbed_schemas::provisioning::Provisioning;
 use wasmbed_test_support::workspace_root;
@@ -20,6 +21,15 @@ pub fn qemu_config(board: Board) -> QemuConfig {
         board,
         image: firmware::image_path(&workspace_root(), board),
     }
+}
+
+/// The test limits within what `board` offers apps: the STM32s give one 64 KiB page.
+pub fn limits_for(board: Board) -> Limits {
+    let mut limits = crate::test_limits();
+    if board.gateway_link() == GatewayLink::Serial {
+        limits.max_memory_pages = 1;
+    }
+    limits
 }
 
 /// Builds every board's image (a no-op for cargo when they are up to date), the first time

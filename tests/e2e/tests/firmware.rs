@@ -1,6 +1,7 @@
-//! The device firmware for real: emulated mps2 boards (AN385/386/500/505) in QEMU boot the `no_std` image,
-//! gets a DHCP lease, verifies the gateway's certificate against the provisioned CA, proves
-//! its Ed25519 identity, and runs the apps the deployer sends; real nats-server, real TLS.
+//! The device firmware for real: emulated boards in QEMU (mps2 AN385/386/500/505 on Ethernet,
+//! the STM32F405 of netduinoplus2 over a serial link to the manager's bridge) boot the
+//! `no_std` image, reach the gateway, verify its certificate against the provisioned CA, prove
+//! their Ed25519 identity, and run the apps the deployer sends; real nats-server, real TLS.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -8,11 +9,11 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use wasmbed_deployer::DeployerConfig;
-use wasmbed_e2e::emulated::qemu_config;
+use wasmbed_e2e::emulated::{limits_for, qemu_config};
 use wasmbed_e2e::releases::{ALL_IMPORTS, Uplink, grants, public, publisher, signed};
 use wasmbed_e2e::{System, T, deployer_config, deployment, padded, test_limits};
 use wasmbed_example_apps::{SENSOR, SPIN};
-use wasmbed_renode_manager::firmware::Board;
+use wasmbed_renode_manager::firmware::{Board, GatewayLink};
 use wasmbed_renode_manager::qemu::QemuDevice;
 use wasmbed_schemas::event::{Event, Target};
 use wasmbed_schemas::release::Refusal;
@@ -23,7 +24,7 @@ use wasmbed_schemas::{AggregateId, AppId, DeviceId};
 const BOOT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
-async fn every_mps2_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor() {
+async fn every_qemu_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor() {
     let system = System::start().await;
     let mut telemetry = system
         .client
@@ -35,16 +36,21 @@ async fn every_mps2_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor
         (Board::Mps2An386, "Mps2An386"),
         (Board::Mps2An500, "Mps2An500"),
         (Board::Mps2An505, "Mps2An505"),
+        (Board::Stm32F405, "OlimexStm32H405"),
     ] {
-        let name = format!("qemu-{}", board.qemu_machine());
+        let name = format!("qemu-{}", board.feature());
         let (device, qemu) = system.start_qemu(board, &name).await;
         let enrolled = qemu.wait_for_line("enrolled:", BOOT).await;
         let lines = qemu.lines();
         eprintln!("UART of {device}:\n{}", lines.join("\n"));
         assert!(enrolled.is_ok(), "{mcu} never enrolled");
+        let reached = match board.gateway_link() {
+            GatewayLink::Ethernet => "dhcp: lease 10.0.2.",
+            GatewayLink::Serial => "bridge: connected to 10.0.2.2:",
+        };
         for expected in [
             &format!("boot: wasmbed-firmware 0.1.0 on {mcu}"),
-            "dhcp: lease 10.0.2.",
+            reached,
             "tls: gateway verified (localhost)",
         ] {
             assert!(
@@ -67,13 +73,13 @@ async fn every_mps2_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor
         });
         assert_eq!(described.unwrap().mcu, mcu);
         // And it runs an app whose telemetry reaches the bus.
-        let sensor = AppId::new(format!("sensor-{}", board.qemu_machine())).unwrap();
+        let sensor = AppId::new(format!("sensor-{}", board.feature())).unwrap();
         system
             .create_app(
                 &sensor,
                 SENSOR,
                 Target::Devices(vec![device.clone()]),
-                test_limits(),
+                limits_for(board),
             )
             .await;
         system.deploy_app(&sensor).await;
@@ -84,6 +90,59 @@ async fn every_mps2_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor
         );
         qemu.stop().await;
     }
+}
+
+#[tokio::test]
+async fn the_serial_board_reconnects_through_its_bridge_after_a_gateway_restart() {
+    let mut system = System::start().await;
+    let (device, qemu) = system.start_qemu(Board::Stm32F405, "qemu-serial").await;
+    let uart = || qemu.lines().join("\n");
+    qemu.wait_for_line("enrolled:", BOOT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
+    let mut telemetry = system
+        .client
+        .subscribe("wasmbed.telemetry.>")
+        .await
+        .unwrap();
+    let sensor = AppId::new("sensor").unwrap();
+    system
+        .create_app(
+            &sensor,
+            SENSOR,
+            Target::Devices(vec![device.clone()]),
+            limits_for(Board::Stm32F405),
+        )
+        .await;
+    system.deploy_app(&sensor).await;
+    qemu.wait_for_line("app: sensor v1 started", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
+    telemetry_from(&mut telemetry, &device).await;
+
+    // The gateway dies: the bridge's TCP connection ends, it tells the board, the board's
+    // session ends; the gateway comes back on the same address and the board reconnects.
+    system.gateway.take().unwrap().kill().await;
+    qemu.wait_for_line("bridge: the gateway closed the connection", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
+    system.start_gateway().await;
+    qemu.wait_for_nth_line("enrolled:", 2, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
+    assert!(
+        qemu.lines()
+            .iter()
+            .filter(|l| l.contains("bridge: connected to 10.0.2.2:"))
+            .count()
+            >= 2,
+        "{}",
+        uart()
+    );
+    while telemetry.next().now_or_never().is_some() {}
+    telemetry_from(&mut telemetry, &device).await;
+    eprintln!("UART of {device}:\n{}", uart());
+    qemu.stop().await;
 }
 
 #[tokio::test]

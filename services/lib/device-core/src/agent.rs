@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub app_ram_bytes: u32,
     /// The largest module it accepts, bytes.
     pub max_module_len: u32,
+    /// How much heap one call's wasm value stack may take, bytes: deeper calls trap (a stack
+    /// overflow) before they could run the device out of memory.
+    pub value_stack_bytes: u32,
     /// How often every running app's status is reported.
     pub status_interval_ms: u64,
     /// The publisher keys it was provisioned to trust; empty: it runs unsigned modules.
@@ -51,7 +54,10 @@ impl Agent {
     pub fn new(config: AgentConfig) -> Self {
         Self {
             receiver: Receiver::new(config.max_module_len),
-            runtime: Runtime::new(),
+            runtime: Runtime::with_budget(
+                u64::from(config.app_ram_bytes),
+                config.value_stack_bytes as usize,
+            ),
             trust: TrustStore::new(config.trust_serial, config.publishers.clone()),
             outbox: Vec::new(),
             next_status_ms: 0,

@@ -20,8 +20,8 @@ use wasmbed_schemas::{AppId, Sha256};
 use crate::release::Grants;
 use wasmi::core::TrapCode;
 use wasmi::{
-    Caller, Config, Engine, Extern, Instance, Linker, Memory, Module, Store, StoreLimits,
-    StoreLimitsBuilder, TypedFunc,
+    Caller, Config, Engine, Extern, Instance, Linker, Memory, Module, StackLimits, Store,
+    StoreLimits, StoreLimitsBuilder, TypedFunc,
 };
 
 /// Bytes in one WebAssembly page.
@@ -98,6 +98,7 @@ pub struct Runtime {
     linker: Linker<AppHost>,
     apps: BTreeMap<AppId, App>,
     device_id: String,
+    memory_budget: u64,
 }
 
 impl Default for Runtime {
@@ -107,9 +108,30 @@ impl Default for Runtime {
 }
 
 impl Runtime {
-    /// A runtime with no apps.
+    /// A runtime with no apps, no cap on their memory together and wasmi's default stacks.
     pub fn new() -> Self {
+        Self::with_config(Config::default(), u64::MAX)
+    }
+
+    /// A runtime for a device that gives apps `memory_budget` bytes of linear memory together
+    /// (an app whose limit would take the sum past it does not start) and lets one call's wasm
+    /// value stack take at most `value_stack_bytes` of its heap (deeper calls trap with a stack
+    /// overflow instead of running the device out of memory).
+    pub fn with_budget(memory_budget: u64, value_stack_bytes: usize) -> Self {
+        let entries = (value_stack_bytes / 8).max(64);
+        let limits = StackLimits::new(
+            entries.min(128),
+            entries,
+            (value_stack_bytes / 64).clamp(16, 1024),
+        );
         let mut config = Config::default();
+        if let Ok(limits) = limits {
+            config.set_stack_limits(limits);
+        }
+        Self::with_config(config, memory_budget)
+    }
+
+    fn with_config(mut config: Config, memory_budget: u64) -> Self {
         config.consume_fuel(true);
         let engine = Engine::new(&config);
         let linker = host_linker(&engine);
@@ -118,6 +140,7 @@ impl Runtime {
             linker,
             apps: BTreeMap::new(),
             device_id: String::new(),
+            memory_budget,
         }
     }
 
@@ -136,6 +159,22 @@ impl Runtime {
         out: &mut Vec<Frame>,
     ) -> Result<(), StartFailure> {
         self.apps.remove(&request.app_id);
+        let others: u64 = self
+            .apps
+            .values()
+            .map(|app| u64::from(app.limits.max_memory_pages) * u64::from(PAGE_BYTES))
+            .sum();
+        let wanted = u64::from(request.limits.max_memory_pages) * u64::from(PAGE_BYTES);
+        if others.saturating_add(wanted) > self.memory_budget {
+            return Err(format!(
+                "its memory limit ({} KiB) does not fit the device's app RAM: {} KiB, {} KiB of it \
+                 held by running apps",
+                wanted / 1024,
+                self.memory_budget / 1024,
+                others / 1024
+            )
+            .into());
+        }
         let module = Module::new(&self.engine, request.module)
             .map_err(|e| format!("module does not load: {e}"))?;
         if let Some(grants) = &request.grants

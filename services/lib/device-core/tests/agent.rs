@@ -10,16 +10,21 @@ use wasmbed_schemas::frame::*;
 use wasmbed_schemas::host_api::{self, ValType};
 use wasmbed_schemas::{AppId, DeviceId, Sha256};
 
-fn agent() -> Agent {
-    let mut agent = Agent::new(AgentConfig {
+fn agent_config() -> AgentConfig {
+    AgentConfig {
         mcu: "Sim".into(),
         firmware: "test".into(),
         app_ram_bytes: 256 * 1024,
         max_module_len: 256 * 1024,
+        value_stack_bytes: 1024 * 1024,
         status_interval_ms: 60_000,
         publishers: Vec::new(),
         trust_serial: 0,
-    });
+    }
+}
+
+fn agent() -> Agent {
+    let mut agent = Agent::new(agent_config());
     agent.on_established(&DeviceId::new("dev-1").unwrap());
     agent
 }
@@ -611,6 +616,7 @@ fn a_previous_module_that_does_not_fit_beside_the_current_is_sent_again() {
         firmware: "test".into(),
         app_ram_bytes: 256 * 1024,
         max_module_len: room as u32,
+        value_stack_bytes: 1024 * 1024,
         status_interval_ms: 60_000,
         publishers: Vec::new(),
         trust_serial: 0,
@@ -667,4 +673,69 @@ fn a_stop_forgets_the_previous_module_too() {
             "version {version}: {answer:?}"
         );
     }
+}
+
+#[test]
+fn apps_whose_memory_limits_exceed_the_app_ram_together_do_not_start() {
+    // 256 KiB of app RAM; every app here may grow to 2 pages (128 KiB).
+    let mut agent = agent();
+    for name in ["counter", "sensor"] {
+        let module = if name == "counter" { COUNTER } else { SENSOR };
+        let frames = install(&mut agent, name, module);
+        let status = status_of(&frames, &app(name)).unwrap();
+        assert_eq!(status.state, AppState::Running, "{name}: {status:?}");
+    }
+    let frames = install(&mut agent, "spin", SPIN);
+    let status = status_of(&frames, &app("spin")).unwrap();
+    assert_eq!(status.state, AppState::Failed, "{status:?}");
+    let detail = status.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("does not fit the device's app RAM: 256 KiB, 256 KiB of it held"),
+        "{detail}"
+    );
+    // Replacing a running app counts its own memory once, not twice.
+    let frames = deploy(&mut agent, &app("sensor"), SENSOR, b"hall", 10);
+    let status = status_of(&frames, &app("sensor")).unwrap();
+    assert_eq!(status.state, AppState::Running, "{status:?}");
+}
+
+#[test]
+fn deep_recursion_traps_within_the_devices_value_stack() {
+    // Every frame of $deep holds 200 locals: the value stack, not the call depth, runs out.
+    let locals = "i64 ".repeat(200);
+    let deep = wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (func $deep (param i32) (result i32) (local {locals})
+              (call $deep (i32.add (local.get 0) (i32.const 1))))
+            (func (export "tick") (drop (call $deep (i32.const 0)))))"#
+    ))
+    .unwrap();
+    let run = |value_stack_bytes: u32| {
+        let mut agent = Agent::new(AgentConfig {
+            value_stack_bytes,
+            ..agent_config()
+        });
+        agent.on_established(&DeviceId::new("dev-1").unwrap());
+        let id = app("deep");
+        transfer(&mut agent, &id, &deep, 4096);
+        deploy(&mut agent, &id, &deep, b"", 0);
+        agent.poll(1_000);
+        let frames = agent.take_frames();
+        status_of(&frames, &id).unwrap().clone()
+    };
+    let small = run(16 * 1024);
+    let roomy = run(1024 * 1024);
+    for status in [&small, &roomy] {
+        assert_eq!(status.state, AppState::Failed, "{status:?}");
+    }
+    let detail = small.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("stack"), "{detail}");
+    // 16 KiB holds about ten such frames; 1 MiB hundreds: the small device stops far sooner.
+    assert!(
+        small.fuel_used * 10 < roomy.fuel_used,
+        "{} vs {}",
+        small.fuel_used,
+        roomy.fuel_used
+    );
 }

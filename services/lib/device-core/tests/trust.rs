@@ -261,6 +261,7 @@ fn agent(publishers: Vec<PublicKey>) -> Agent {
         firmware: "test".into(),
         app_ram_bytes: 256 * 1024,
         max_module_len: 256 * 1024,
+        value_stack_bytes: 1024 * 1024,
         status_interval_ms: 60_000,
         publishers,
         trust_serial: 1,

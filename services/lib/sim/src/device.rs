@@ -45,6 +45,7 @@ pub fn default_agent_config() -> AgentConfig {
         firmware: concat!("wasmbed-sim ", env!("CARGO_PKG_VERSION")).into(),
         app_ram_bytes: 512 * 1024,
         max_module_len: 512 * 1024,
+        value_stack_bytes: 1024 * 1024,
         status_interval_ms: 10_000,
         publishers: Vec::new(),
         trust_serial: 0,

@@ -10,6 +10,12 @@
 //! window closes: no byte is dropped for lack of room. `Open` starts a stream (both sides from
 //! 0), `Close` ends it.
 //!
+//! Connecting, as a device asks its network co-processor: the device sends `Open` carrying
+//! the gateway endpoint it wants (`host:port`, [`Link::open_to`]) and waits; the bridge answers
+//! with its own `Open` once its TCP connection is up, or `Close` if it will not or cannot
+//! connect. Only then does either side send stream bytes, so nothing of an earlier stream
+//! can be mistaken for the new one.
+//!
 //! Sans-IO like the rest of this crate: bytes from the UART go to [`Link::receive`], bytes for
 //! the UART come from [`Link::transmit`], and the clock is the caller's.
 
@@ -47,7 +53,8 @@ pub struct Link {
     expected: u8,
     received: VecDeque<u8>,
     ack_due: bool,
-    control: VecDeque<Kind>,
+    control: VecDeque<(Kind, Vec<u8>)>,
+    target: Vec<u8>,
     inbox: Vec<u8>,
     events: VecDeque<LinkEvent>,
     damaged: u32,
@@ -61,20 +68,36 @@ impl Link {
 
     /// Begins a new stream: forgets everything in flight and tells the other side.
     pub fn open(&mut self) {
+        self.open_to(&[]);
+    }
+
+    /// Begins a new stream to `target` (at most [`frame::MAX_PAYLOAD`] bytes are sent).
+    pub fn open_to(&mut self, target: &[u8]) {
         self.reset();
-        self.control.push_back(Kind::Open);
+        let target = &target[..target.len().min(frame::MAX_PAYLOAD)];
+        self.control.push_back((Kind::Open, target.to_vec()));
+    }
+
+    /// What the other side's last `Open` asked to be connected to (empty: an answer).
+    pub fn target(&self) -> &[u8] {
+        &self.target
     }
 
     /// Ends the stream (after what was written so far has been framed).
     pub fn close(&mut self) {
-        self.control.push_back(Kind::Close);
+        self.control.push_back((Kind::Close, Vec::new()));
     }
 
     /// Takes as many of `bytes` as there is room for; returns how many.
     pub fn write(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(BUFFER - self.pending.len());
+        let n = bytes.len().min(self.room());
         self.pending.extend(&bytes[..n]);
         n
+    }
+
+    /// How many more bytes [`Link::write`] takes now.
+    pub fn room(&self) -> usize {
+        BUFFER - self.pending.len()
     }
 
     /// Moves received stream bytes into `buf`; returns how many.
@@ -134,6 +157,7 @@ impl Link {
         match frame.kind {
             Kind::Open => {
                 self.reset();
+                self.target = frame.payload;
                 self.events.push_back(LinkEvent::Opened);
                 return;
             }
@@ -172,8 +196,8 @@ impl Link {
     /// its time is up, new data frames while the window has room, an acknowledgement if one is
     /// owed and no data frame carried it.
     pub fn transmit(&mut self, now_ms: u64, out: &mut Vec<u8>) {
-        while let Some(kind) = self.control.pop_front() {
-            self.frame(kind, 0, Vec::new(), out);
+        while let Some((kind, payload)) = self.control.pop_front() {
+            self.frame(kind, 0, payload, out);
         }
         if !self.unacked.is_empty() && now_ms >= self.window_sent_ms + RETRANSMIT_MS {
             let window: Vec<(u8, Vec<u8>)> = self.unacked.iter().cloned().collect();

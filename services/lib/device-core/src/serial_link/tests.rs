@@ -174,3 +174,43 @@ fn unacknowledged_frames_are_sent_again_after_the_timeout_only() {
     a.transmit(RETRANSMIT_MS, &mut again);
     assert_eq!(again, first);
 }
+
+#[test]
+fn a_device_asks_for_a_gateway_and_streams_only_after_the_answer() {
+    let mut device = Link::new();
+    let mut bridge = Link::new();
+    // Something of an old stream is still in the bridge's buffer.
+    bridge.write(b"stale");
+    device.open_to(b"10.0.2.2:4423");
+    let mut wire = Vec::new();
+    device.transmit(0, &mut wire);
+    bridge.receive(&wire, 0);
+    assert_eq!(bridge.event(), Some(LinkEvent::Opened));
+    assert_eq!(bridge.target(), b"10.0.2.2:4423");
+    // The device's Open reset the bridge: nothing stale is sent.
+    let mut wire = Vec::new();
+    bridge.transmit(1, &mut wire);
+    assert!(
+        wire.is_empty(),
+        "the bridge sent {wire:?} before connecting"
+    );
+    // Connected: the answer carries no target, and the stream starts from 0 on both sides.
+    bridge.open();
+    bridge.write(b"server hello");
+    let mut wire = Vec::new();
+    bridge.transmit(2, &mut wire);
+    device.receive(&wire, 2);
+    assert_eq!(device.event(), Some(LinkEvent::Opened));
+    assert_eq!(device.target(), b"");
+    let mut buf = [0; 32];
+    let n = device.read(&mut buf);
+    assert_eq!(&buf[..n], b"server hello");
+    // A target longer than a frame is cut, never a broken frame.
+    let mut long = Link::new();
+    long.open_to(&[b'x'; 400]);
+    let mut wire = Vec::new();
+    long.transmit(0, &mut wire);
+    bridge.receive(&wire, 3);
+    assert_eq!(bridge.event(), Some(LinkEvent::Opened));
+    assert_eq!(bridge.target().len(), frame::MAX_PAYLOAD);
+}
