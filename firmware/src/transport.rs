@@ -127,12 +127,18 @@ impl<T> embedded_io::ErrorType for Stream<'_, T> {
     type Error = TransportError;
 }
 
-impl<T: Transport> embedded_io::Read for Stream<'_, T> {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+impl<T: Transport> Stream<'_, T> {
+    /// Calls `step` until it moves bytes (or there were none to move), polling and sleeping
+    /// between tries, for at most [`IO_TIMEOUT_MS`].
+    fn until_progress(
+        &mut self,
+        nothing_to_move: bool,
+        mut step: impl FnMut(&mut T) -> Result<usize, TransportError>,
+    ) -> Result<usize, TransportError> {
         let deadline = clock::now_ms() + IO_TIMEOUT_MS;
         loop {
-            let n = self.transport.borrow_mut().try_read(buf)?;
-            if n > 0 || buf.is_empty() {
+            let n = step(&mut self.transport.borrow_mut())?;
+            if n > 0 || nothing_to_move {
                 return Ok(n);
             }
             if clock::now_ms() >= deadline {
@@ -145,21 +151,15 @@ impl<T: Transport> embedded_io::Read for Stream<'_, T> {
     }
 }
 
+impl<T: Transport> embedded_io::Read for Stream<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        self.until_progress(buf.is_empty(), |t| t.try_read(buf))
+    }
+}
+
 impl<T: Transport> embedded_io::Write for Stream<'_, T> {
     fn write(&mut self, buf: &[u8]) -> Result<usize, TransportError> {
-        let deadline = clock::now_ms() + IO_TIMEOUT_MS;
-        loop {
-            let n = self.transport.borrow_mut().try_write(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            if clock::now_ms() >= deadline {
-                return Err(TransportError::TimedOut);
-            }
-            if !self.transport.borrow_mut().poll() {
-                idle();
-            }
-        }
+        self.until_progress(buf.is_empty(), |t| t.try_write(buf))
     }
 
     fn flush(&mut self) -> Result<(), TransportError> {

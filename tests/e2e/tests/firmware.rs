@@ -92,19 +92,29 @@ async fn every_qemu_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor
     }
 }
 
-#[tokio::test]
-async fn the_serial_board_reconnects_through_its_bridge_after_a_gateway_restart() {
-    let mut system = System::start().await;
-    let (device, qemu) = system.start_qemu(Board::Stm32F405, "qemu-serial").await;
-    let uart = || qemu.lines().join("\n");
+/// Boots `board` as `name`, waits until it enrolled, and follows all telemetry from then on.
+async fn enrolled(
+    system: &System,
+    board: Board,
+    name: &str,
+) -> (DeviceId, QemuDevice, async_nats::Subscriber) {
+    let (device, qemu) = system.start_qemu(board, name).await;
     qemu.wait_for_line("enrolled:", BOOT)
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
-    let mut telemetry = system
+        .unwrap_or_else(|e| panic!("{e}\n{}", qemu.lines().join("\n")));
+    let telemetry = system
         .client
         .subscribe("wasmbed.telemetry.>")
         .await
         .unwrap();
+    (device, qemu, telemetry)
+}
+
+#[tokio::test]
+async fn the_serial_board_reconnects_through_its_bridge_after_a_gateway_restart() {
+    let mut system = System::start().await;
+    let (device, qemu, mut telemetry) = enrolled(&system, Board::Stm32F405, "qemu-serial").await;
+    let uart = || qemu.lines().join("\n");
     let sensor = AppId::new("sensor").unwrap();
     system
         .create_app(
@@ -196,16 +206,8 @@ async fn telemetry_from(sub: &mut async_nats::Subscriber, device: &DeviceId) -> 
 #[tokio::test]
 async fn the_emulated_board_runs_apps_traps_a_loop_and_comes_back_after_a_gateway_restart() {
     let mut system = System::start().await;
-    let (device, qemu) = system.start_qemu(Board::Mps2An385, "qemu-2").await;
+    let (device, qemu, mut telemetry) = enrolled(&system, Board::Mps2An385, "qemu-2").await;
     let uart = || qemu.lines().join("\n");
-    qemu.wait_for_line("enrolled:", BOOT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", uart()));
-    let mut telemetry = system
-        .client
-        .subscribe("wasmbed.telemetry.>")
-        .await
-        .unwrap();
 
     // A real WASM app, transferred over TLS, verified and run by wasmi on the Cortex-M3.
     let sensor = AppId::new("sensor").unwrap();
