@@ -159,9 +159,6 @@ async fn scripted_engine(dir: &Path) -> (String, Arc<Engine>) {
     (format!("unix://{}", socket.display()), engine)
 }
 
-/// A catalogue in which the MPS2 board also has a Renode platform, so the Renode path runs
-/// end to end against the scripted engine (the bundled catalogue has no board that both
-/// Renode models and the firmware supports).
 /// A firmware directory with a stand-in image for the AN385.
 fn firmware_dir(dir: &Path) -> std::path::PathBuf {
     let firmware = dir.join("firmware");
@@ -180,6 +177,9 @@ fn uploaded(engine: &Engine, path: &str) -> Option<Vec<u8>> {
         .map(|(_, b)| b.clone())
 }
 
+/// A catalogue in which the MPS2 board (an Ethernet board) also has a Renode platform, so the
+/// Renode path of an Ethernet board runs end to end against the scripted engine (the bundled
+/// catalogue's Renode boards with firmware are the serial STM32F4 Discovery ones).
 fn catalogue() -> Catalogue {
     let bundled = Catalogue::bundled().unwrap();
     assert!(bundled.get("Mps2An385").unwrap().renode().is_err());
@@ -420,4 +420,97 @@ async fn engine_errors_are_clear_refusals() {
         reason.to_string().contains("Renode has no model"),
         "{reason}"
     );
+}
+
+#[tokio::test]
+async fn a_serial_board_in_renode_gets_its_link_bridged_to_its_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wasmbed_device_core::serial_link::{Link, LinkEvent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (host, engine) = scripted_engine(dir.path()).await;
+    let firmware = firmware_dir(dir.path());
+    std::fs::write(firmware.join("boards/stm32f407.elf"), b"\x7fELF f407").unwrap();
+    let backend = ContainerBackend::new(ContainerConfig::renode(
+        host,
+        "wasmbed/renode:test".into(),
+        firmware,
+    ));
+    let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateways = [gateway.local_addr().unwrap().to_string()];
+    let catalogue = Catalogue::bundled().unwrap();
+    let device = DeviceId::new("disco-1").unwrap();
+    let launch = Launch {
+        mcu: catalogue.get("Stm32F4Disco").unwrap(),
+        ..launch(&device, &catalogue, &gateways)
+    };
+    let mut emulator = backend.start(&launch).await.unwrap();
+
+    // The script loads the board's own image, writes the block in flash, and puts the link
+    // UART on a socket terminal.
+    let script =
+        String::from_utf8(uploaded(&engine, "wasmbed/device/device.resc").unwrap()).unwrap();
+    assert!(script.contains("sysbus LoadELF @/wasmbed/firmware/boards/stm32f407.elf"));
+    assert!(script.contains("sysbus WriteDoubleWord 0x080ff000 "));
+    let block = Provisioning::decode(&resc::written_block(&script)).unwrap();
+    let port: u16 = script
+        .lines()
+        .find_map(|l| l.strip_prefix("emulation CreateServerSocketTerminal "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Renode's socket terminal, played here: the manager dials it once it listens.
+    let terminal = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut uart, _) = tokio::time::timeout(Duration::from_secs(10), terminal.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    // The board asks for its provisioned gateway; the bridge connects and answers Open.
+    let mut link = Link::new();
+    link.open_to(block.endpoints[0].as_bytes());
+    let mut line = Vec::new();
+    link.transmit(0, &mut line);
+    uart.write_all(&line).await.unwrap();
+    let (mut server, _) = tokio::time::timeout(Duration::from_secs(10), gateway.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let answer = loop {
+        if let Some(event) = link.event() {
+            break event;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), uart.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the bridge hung up");
+        link.receive(&buf[..n], 1);
+    };
+    assert_eq!(answer, LinkEvent::Opened);
+    // Stream bytes reach the gateway.
+    link.write(b"client hello");
+    let mut line = Vec::new();
+    link.transmit(2, &mut line);
+    uart.write_all(&line).await.unwrap();
+    let mut got = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), server.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"client hello");
+    assert!(
+        emulator
+            .uart()
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("bridge: connected to 10.0.2.2:")),
+        "{:?}",
+        emulator.uart().lines()
+    );
+    emulator.stop().await;
 }
