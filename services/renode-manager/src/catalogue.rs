@@ -134,14 +134,6 @@ pub enum Unsupported {
         /// The emulator it is for.
         built_for: &'static str,
     },
-    /// The backend does not wire a serial link.
-    #[error("{mcu}: the {backend} backend does not wire a serial link to a gateway yet")]
-    NoSerialLink {
-        /// The MCU type.
-        mcu: String,
-        /// The backend.
-        backend: &'static str,
-    },
     /// The chosen emulator does not model the board.
     #[error("{mcu}: {emulator} has no model of the {board}")]
     NotEmulated {
@@ -194,20 +186,9 @@ impl Mcu {
     pub fn runs_on(&self, kind: BackendKind) -> Result<(), Unsupported> {
         match kind {
             BackendKind::Sim => Ok(()),
-            BackendKind::Qemu => {
+            BackendKind::Qemu | BackendKind::QemuDocker => {
                 self.firmware()?;
                 self.qemu().map(drop)
-            }
-            BackendKind::QemuDocker => {
-                let board = self.firmware()?;
-                self.qemu()?;
-                if board.gateway_link() == GatewayLink::Serial {
-                    return Err(Unsupported::NoSerialLink {
-                        mcu: self.name.clone(),
-                        backend: kind.name(),
-                    });
-                }
-                Ok(())
             }
             BackendKind::RenodeDocker => {
                 let board = self.firmware()?;
@@ -487,8 +468,8 @@ mod tests {
     fn every_type_says_which_backends_run_it_and_why_not() {
         let catalogue = Catalogue::bundled().unwrap();
         assert_eq!(catalogue.iter().count(), 13);
-        // (type, runs on qemu (and qemu-docker, but for the serial board), renode-docker's
-        // reason when it cannot: "" when it can)
+        // (type, runs on qemu and qemu-docker, renode-docker's reason when it cannot: "" when
+        // it can)
         let cases = [
             ("Mps2An385", true, "Renode has no model"),
             ("Mps2An386", true, "Renode has no model"),
@@ -514,13 +495,9 @@ mod tests {
         ];
         for (name, on_qemu, renode_reason) in cases {
             let mcu = catalogue.get(name).unwrap();
-            assert_eq!(mcu.runs_on(BackendKind::Qemu).is_ok(), on_qemu, "{name}");
-            let serial = name == "OlimexStm32H405";
-            assert_eq!(
-                mcu.runs_on(BackendKind::QemuDocker).is_ok(),
-                on_qemu && !serial,
-                "{name} on qemu-docker"
-            );
+            for kind in [BackendKind::Qemu, BackendKind::QemuDocker] {
+                assert_eq!(mcu.runs_on(kind).is_ok(), on_qemu, "{name} on {kind:?}");
+            }
             match mcu.runs_on(BackendKind::RenodeDocker) {
                 Ok(()) => assert_eq!(renode_reason, "", "{name} runs on renode-docker"),
                 Err(renode) => assert!(
@@ -530,14 +507,6 @@ mod tests {
             }
             assert_eq!(mcu.runs_on(BackendKind::Sim), Ok(()), "{name}");
         }
-        let olimex = catalogue.get("OlimexStm32H405").unwrap();
-        assert!(
-            olimex
-                .runs_on(BackendKind::QemuDocker)
-                .unwrap_err()
-                .to_string()
-                .contains("does not wire a serial link")
-        );
     }
 
     #[test]

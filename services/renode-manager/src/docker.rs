@@ -6,8 +6,9 @@
 //! [`DEVICE_DIR`] and the board's firmware image under [`FIRMWARE_DIR`] into the created
 //! container through the engine's archive API, streams the container's output as the UART,
 //! waits for it to end, and stops and removes it on request. A serial-link board's link UART
-//! listens on a TCP port of the host the container shares (network mode `host`), which the
-//! manager's [`crate::bridge`] dials.
+//! listens on a TCP port of the host the container shares (network mode `host`) — Renode's
+//! socket terminal, or QEMU's `-serial tcp:…,server=on` — which the manager's
+//! [`crate::bridge`] dials.
 //!
 //! Nothing is bind-mounted: the engine may be on another host than the manager (a shared
 //! engine that every instance of the manager reaches, so the lease's next holder can see and
@@ -60,7 +61,10 @@ pub struct ContainerConfig {
     pub image: String,
     /// The command; `{device}`, `{script}`, `{block}`, `{firmware}`, `{machine}` and
     /// `{address}` are replaced by the device id, the `.resc`, the block, the ELF (paths in the
-    /// container), the QEMU machine and where the board's firmware reads its block.
+    /// container), the QEMU machine and where the board's firmware reads its block. An
+    /// argument that is exactly `{network}` becomes QEMU's network arguments for the board:
+    /// a LAN9118 on the user network, or for a serial board its link UART listening on a
+    /// loopback port the manager dials (and no NIC).
     pub command: Vec<String>,
     /// What the image runs.
     pub emulator: ContainerEmulator,
@@ -108,8 +112,7 @@ impl ContainerConfig {
                 "stdio",
                 "-kernel",
                 "{firmware}",
-                "-nic",
-                "user,model=lan9118",
+                "{network}",
                 "-device",
                 "loader,file={block},addr={address},force-raw=on",
             ]
@@ -241,10 +244,24 @@ impl ContainerBackend {
         }
         let archive = archive(&files)?;
         let machine = launch.mcu.qemu_machine.clone().unwrap_or_default();
+        let network: Vec<String> = if serial {
+            vec![
+                "-serial".into(),
+                format!("tcp:127.0.0.1:{link_port},server=on,wait=off"),
+                "-nic".into(),
+                "none".into(),
+            ]
+        } else {
+            vec!["-nic".into(), "user,model=lan9118".into()]
+        };
         let command = self
             .config
             .command
             .iter()
+            .flat_map(|arg| match arg.as_str() {
+                "{network}" => network.clone(),
+                _ => vec![arg.clone()],
+            })
             .map(|arg| {
                 arg.replace("{device}", launch.device.as_str())
                     .replace("{script}", &format!("{DEVICE_DIR}/device.resc"))

@@ -430,6 +430,22 @@ async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
         !left.contains("wasmbed-emulator-docker-1"),
         "not removed: {left}"
     );
+
+    // A board without Ethernet in a container: QEMU's link UART listens on a loopback port of
+    // the shared network, the manager dials it and bridges it to the gateway.
+    let (serial, _uart) = boot_mcu(&system, "docker-serial", "OlimexStm32H405").await;
+    let described = system
+        .wait_events(&AggregateId::Device(serial.clone()), |e| {
+            e.iter().any(|e| matches!(e, Event::DeviceDescribed(_)))
+        })
+        .await;
+    assert!(
+        described
+            .iter()
+            .any(|e| matches!(e, Event::DeviceDescribed(d) if d.mcu == "OlimexStm32H405")),
+        "{described:?}"
+    );
+    stop(&system, &serial).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
