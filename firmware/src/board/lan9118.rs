@@ -8,6 +8,8 @@
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use super::mmio::Registers;
+
 const RX_DATA_FIFO: usize = 0x00;
 const TX_DATA_FIFO: usize = 0x20;
 const RX_STATUS_FIFO: usize = 0x40;
@@ -53,22 +55,19 @@ pub enum NicError {
     ResetTimeout,
 }
 
+/// The chip's registers, and its operations built on them.
 #[derive(Clone, Copy)]
-struct Regs {
-    base: usize,
+struct Regs(Registers);
+
+impl core::ops::Deref for Regs {
+    type Target = Registers;
+
+    fn deref(&self) -> &Registers {
+        &self.0
+    }
 }
 
 impl Regs {
-    fn read(self, offset: usize) -> u32 {
-        // SAFETY: `Lan9118::new`'s contract: `base` is a LAN9118 register block.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
-    }
-
-    fn write(self, offset: usize, value: u32) {
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
-    }
-
     fn wait_clear(self, offset: usize, mask: u32) -> bool {
         (0..SETTLE_POLLS).any(|_| self.read(offset) & mask == 0)
     }
@@ -129,7 +128,8 @@ impl Lan9118 {
     /// # Safety
     /// `base` must be the address of a LAN9118 register block that nothing else drives.
     pub unsafe fn new(base: usize) -> Result<Self, NicError> {
-        let regs = Regs { base };
+        // SAFETY: forwarded contract.
+        let regs = Regs(unsafe { Registers::at(base) });
         let test = regs.read(BYTE_TEST);
         if test != BYTE_TEST_VALUE {
             return Err(NicError::NotPresent(test));

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod cmsdk_uart;
 #[cfg(board_family = "mps2")]
 pub mod lan9118;
+pub mod mmio;
 #[cfg(board_family = "mps2")]
 pub mod mps2;
 #[cfg(board_family = "stm32f4")]

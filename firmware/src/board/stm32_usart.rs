@@ -2,6 +2,7 @@
 //! `STM32_UART` model it): transmit polled, receive one byte at a time for the interrupt.
 
 use super::Console;
+use super::mmio::Registers;
 
 const SR: usize = 0x00;
 const DR: usize = 0x04;
@@ -16,7 +17,7 @@ const CR1_RE: u32 = 1 << 2;
 
 /// A USART at a fixed address.
 pub struct StmUsart {
-    base: usize,
+    regs: Registers,
 }
 
 impl StmUsart {
@@ -27,10 +28,11 @@ impl StmUsart {
     /// `base` must be the address of an STM32 USART whose bus clock is on and that nothing
     /// else drives.
     pub unsafe fn new(base: usize, clock_hz: u32, baud: u32) -> Self {
-        let usart = Self { base };
-        usart.write(BRR, clock_hz / baud);
-        usart.write(CR1, CR1_UE | CR1_TE | CR1_RE);
-        usart
+        // SAFETY: forwarded contract.
+        let regs = unsafe { Registers::at(base) };
+        regs.write(BRR, clock_hz / baud);
+        regs.write(CR1, CR1_UE | CR1_TE | CR1_RE);
+        Self { regs }
     }
 
     /// Another handle on the same USART (the interrupt's, beside the main loop's).
@@ -38,43 +40,29 @@ impl StmUsart {
     /// # Safety
     /// The two must not read the data register concurrently: the caller serialises them.
     pub unsafe fn alias(&self) -> Self {
-        Self { base: self.base }
+        Self { regs: self.regs }
     }
 
     /// Turns the receive interrupt on or off.
     pub fn set_receive_interrupt(&self, on: bool) {
-        let cr1 = self.read(CR1);
-        self.write(
-            CR1,
-            if on {
-                cr1 | CR1_RXNEIE
-            } else {
-                cr1 & !CR1_RXNEIE
-            },
-        );
+        if on {
+            self.regs.modify(CR1, CR1_RXNEIE, 0);
+        } else {
+            self.regs.modify(CR1, 0, CR1_RXNEIE);
+        }
     }
 
     /// The received byte, if one is waiting (reading it frees the receiver for the next).
     pub fn try_read_byte(&self) -> Option<u8> {
-        (self.read(SR) & SR_RXNE != 0).then(|| (self.read(DR) & 0xff) as u8)
-    }
-
-    fn write(&self, offset: usize, value: u32) {
-        // SAFETY: `new`'s contract: `base` is this USART's register block.
-        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
-    }
-
-    fn read(&self, offset: usize) -> u32 {
-        // SAFETY: as in `write`.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
+        (self.regs.read(SR) & SR_RXNE != 0).then(|| (self.regs.read(DR) & 0xff) as u8)
     }
 }
 
 impl Console for StmUsart {
     fn write_bytes(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            while self.read(SR) & SR_TXE == 0 {}
-            self.write(DR, u32::from(b));
+            while self.regs.read(SR) & SR_TXE == 0 {}
+            self.regs.write(DR, u32::from(b));
         }
     }
 }

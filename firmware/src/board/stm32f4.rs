@@ -17,6 +17,7 @@ use cortex_m::peripheral::NVIC;
 use cortex_m_rt::exception;
 use critical_section::Mutex;
 
+use super::mmio::Registers;
 use super::stm32_usart::StmUsart;
 use super::{BoardInfo, Console};
 use crate::serial::{SerialPort, SerialTransport};
@@ -45,8 +46,9 @@ pub const INFO: BoardInfo = BoardInfo {
     value_stack_bytes: 24 * 1024,
 };
 
-const RCC_APB1ENR: usize = 0x4002_3840;
-const RCC_APB2ENR: usize = 0x4002_3844;
+const RCC: usize = 0x4002_3800;
+const RCC_APB1ENR: usize = 0x40;
+const RCC_APB2ENR: usize = 0x44;
 const USART2_EN: u32 = 1 << 17;
 const USART1_EN: u32 = 1 << 4;
 const USART1: usize = 0x4001_1000;
@@ -59,24 +61,24 @@ const BAUD: u32 = 115_200;
 /// Received bytes the interrupt keeps until the main loop takes them.
 const RX_RING: usize = 1024;
 
-fn set_bits(register: usize, bits: u32) {
-    // SAFETY: an RCC enable register of this MCU; setting enable bits has no other effect.
-    unsafe {
-        let value = core::ptr::read_volatile(register as *const u32);
-        core::ptr::write_volatile(register as *mut u32, value | bits);
-    }
+/// Turns on the bus clock of a peripheral (`bits` of an RCC enable register at `offset`).
+fn enable_clock(offset: usize, bits: u32) {
+    // SAFETY: the RCC; the firmware touches only its enable registers, once per peripheral at
+    // start-up, and setting an enable bit has no other effect.
+    let rcc = unsafe { Registers::at(RCC) };
+    rcc.modify(offset, bits, 0);
 }
 
 /// The console USART. Call once.
 pub fn console() -> StmUsart {
-    set_bits(RCC_APB2ENR, USART1_EN);
+    enable_clock(RCC_APB2ENR, USART1_EN);
     // SAFETY: USART1, its clock just enabled; only the log module drives it.
     unsafe { StmUsart::new(USART1, APB2_HZ, BAUD) }
 }
 
 /// The serial link to the network co-processor. Call once.
 pub fn transport(_random_seed: u64) -> Result<BoardTransport, &'static str> {
-    set_bits(RCC_APB1ENR, USART2_EN);
+    enable_clock(RCC_APB1ENR, USART2_EN);
     // SAFETY: USART2, its clock just enabled; from here only `LinkUart` and the interrupt
     // (which takes the ring's lock, as `LinkUart` does) drive it.
     let usart = unsafe { StmUsart::new(USART2, APB1_HZ, BAUD) };
