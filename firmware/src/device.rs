@@ -267,6 +267,8 @@ impl Connection<'_> {
             Sha256(fingerprint),
             clock::now_ms(),
         );
+        // Received bytes not yet read, as of the last look.
+        let mut waiting = 0;
         loop {
             let now = clock::now_ms();
             for frame in agent.take_frames() {
@@ -307,9 +309,14 @@ impl Connection<'_> {
             if agent.has_frames() && session.is_established() {
                 continue;
             }
+            // Bytes still arriving mean a live gateway, even before they make a whole frame.
             let pending = self.net.borrow_mut().pending();
-            if pending > 0 {
-                // One whole record: the read blocks only until the rest of it arrives.
+            if pending > waiting {
+                session.note_activity(now);
+            }
+            waiting = pending;
+            if self.net.borrow_mut().record_ready() {
+                // A whole record has arrived: reading it does not block.
                 match tls.read_buffered() {
                     Ok(mut record) => session.handle_input(record.pop_all(), clock::now_ms()),
                     Err(e) => {
@@ -317,6 +324,7 @@ impl Connection<'_> {
                         return None;
                     }
                 }
+                waiting = self.net.borrow_mut().pending();
                 continue;
             }
             if !self.net.borrow_mut().is_open() {

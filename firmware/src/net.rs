@@ -157,6 +157,13 @@ impl Transport for Net {
         self.sockets.get_mut::<tcp::Socket>(self.tcp).recv_queue()
     }
 
+    fn peek(&mut self, buf: &mut [u8]) -> usize {
+        self.sockets
+            .get_mut::<tcp::Socket>(self.tcp)
+            .peek_slice(buf)
+            .unwrap_or(0)
+    }
+
     fn is_open(&mut self) -> bool {
         self.sockets.get_mut::<tcp::Socket>(self.tcp).may_send()
     }

@@ -135,6 +135,10 @@ impl<P: SerialPort> Transport for SerialTransport<P> {
         self.link.readable()
     }
 
+    fn peek(&mut self, buf: &mut [u8]) -> usize {
+        self.link.peek(buf)
+    }
+
     fn is_open(&mut self) -> bool {
         self.state == State::Open
     }

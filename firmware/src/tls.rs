@@ -16,9 +16,9 @@ use crate::board::clock;
 pub type Suite = Aes128GcmSha256;
 /// Bytes kept of the gateway's certificate between verifying it and its signature.
 const MAX_CERTIFICATE: usize = 4096;
-/// Read buffer: one whole TLS record. The gateway sends records of at most 4 KiB of plaintext
+/// Read buffer: one whole TLS record. The gateway sends records of at most 2 KiB of plaintext
 /// (its `max_fragment_size`, for exactly this buffer), plus header, content type and tag.
-pub const READ_BUFFER: usize = 4096 + 256;
+pub const READ_BUFFER: usize = 2048 + 256;
 /// Write buffer: frames are written in records of up to this size.
 pub const WRITE_BUFFER: usize = 4096;
 

@@ -155,7 +155,7 @@ fn tls_provider() -> rustls::crypto::CryptoProvider {
 
 /// The most plaintext the gateway puts in one TLS record (the device firmware's read buffer
 /// holds one record).
-pub const RECORD_PLAINTEXT_MAX: usize = 4096;
+pub const RECORD_PLAINTEXT_MAX: usize = 2048;
 
 /// The gateway's TLS settings, serving the certificate `certificates` picks (public so the
 /// gateway benchmark measures bare TLS with exactly these).
@@ -175,9 +175,9 @@ pub fn tls_server_config(
     // Each connection's Challenge is written before the handshake ends; it leaves with the
     // server's Finished instead of waiting for the client's.
     tls.send_half_rtt_data = true;
-    // Records of at most 4 KiB of plaintext: a device then needs a 4 KiB read buffer, not 16
-    // KiB, which is what lets the firmware run on a 192 KiB part. Frames are small; a module
-    // travels in chunks anyway.
+    // Records of at most 2 KiB of plaintext: a device then needs a 2 KiB read buffer, not 16
+    // KiB, and can hold a whole record in its serial link before reading it, which is what
+    // lets the firmware run on a 192 KiB part. A module travels in 8 KiB chunks anyway.
     tls.max_fragment_size = Some(RECORD_PLAINTEXT_MAX);
     Ok(tls)
 }

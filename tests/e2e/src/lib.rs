@@ -92,6 +92,7 @@ pub struct System {
     /// The telemetry service.
     pub telemetry: Option<Running>,
     deployer_config: DeployerConfig,
+    gateway_heartbeat: Duration,
     _enrollment: Running,
     /// The second instances of enrollment, the deployer and telemetry, when
     /// `WASMBED_E2E_INSTANCES=2` runs the suite with two of each.
@@ -130,8 +131,11 @@ pub fn deployer_config() -> DeployerConfig {
 /// What a [`System`] runs beside nats-server and enrollment, and how.
 #[derive(Clone)]
 pub struct Services {
-    /// The system's own gateway (`gw-e2e`, 500 ms heartbeats).
+    /// The system's own gateway (`gw-e2e`).
     pub gateway: bool,
+    /// Its heartbeat interval (three missed end a session): 500 ms, so that liveness tests
+    /// are quick; emulated boards on a loaded machine want more (production's is 5 s).
+    pub gateway_heartbeat: Duration,
     /// The deployer, with this configuration.
     pub deployer: Option<DeployerConfig>,
     /// The telemetry service.
@@ -145,6 +149,7 @@ impl Default for Services {
     fn default() -> Self {
         Self {
             gateway: true,
+            gateway_heartbeat: Duration::from_millis(500),
             deployer: Some(deployer_config()),
             telemetry: true,
             certificate_validity: Duration::from_secs(30 * 24 * 3600),
@@ -153,6 +158,15 @@ impl Default for Services {
 }
 
 impl Services {
+    /// Everything, for emulated boards: QEMU starved of CPU by a parallel test run can spend
+    /// more than 1.5 s compiling a module, so the gateway's heartbeats are 2 s apart.
+    pub fn for_emulated_boards() -> Self {
+        Self {
+            gateway_heartbeat: Duration::from_secs(2),
+            ..Self::default()
+        }
+    }
+
     /// Enrollment alone: for tests that start their own gateways.
     pub fn enrollment_only() -> Self {
         Self {
@@ -217,6 +231,7 @@ impl System {
             deployer: None,
             telemetry: None,
             deployer_config: services.deployer.clone().unwrap_or_else(deployer_config),
+            gateway_heartbeat: services.gateway_heartbeat,
             _enrollment: enrollment,
             _second: Vec::new(),
             _ca_dir: ca_dir,
@@ -282,7 +297,7 @@ impl System {
     /// Starts the gateway (again) on the same address.
     pub async fn start_gateway(&mut self) {
         let mut config = GatewayConfig::new(GatewayId::new("gw-e2e").unwrap());
-        config.heartbeat_interval = Duration::from_millis(500);
+        config.heartbeat_interval = self.gateway_heartbeat;
         let gateway = self
             .start_gateway_with(config, self.gateway_addr.port())
             .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use wasmbed_bus::{CallError, call};
 use wasmbed_e2e::emulated::qemu_backend;
-use wasmbed_e2e::{System, T, names};
+use wasmbed_e2e::{Services, System, T, names};
 use wasmbed_renode_manager::backend::{Backend, QemuBackend};
 use wasmbed_renode_manager::firmware::Board;
 use wasmbed_schemas::command::{
@@ -134,7 +134,7 @@ fn pid_of(instance: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let _manager = system.start_manager(qemu_backend()).await;
     let (device, mut uart) = boot(&system, "qemu-m1").await;
     let emulator = AggregateId::Emulator(device.clone());
@@ -201,7 +201,7 @@ async fn the_qemu_backend_boots_restarts_on_a_crash_and_stops_a_board() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_board_with_a_firmware_module_starts_on_command_and_enrolls() {
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let _manager = system.start_manager(qemu_backend()).await;
     // The STM32F405 reaches its gateway over the manager's serial bridge.
     for mcu in ["Mps2An386", "Mps2An500", "Mps2An505", "OlimexStm32H405"] {
@@ -226,7 +226,7 @@ async fn every_board_with_a_firmware_module_starts_on_command_and_enrolls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let (_manager, _nowhere) = qemu_without_images(&system).await;
     let device = DeviceId::new("odd-1").unwrap();
     let cases = [
@@ -273,7 +273,7 @@ async fn boards_that_cannot_run_are_refused_with_the_reason_and_recorded() {
 async fn a_docker_engine_that_is_not_there_is_a_clear_refusal_event() {
     use std::sync::Arc;
     use wasmbed_renode_manager::docker::{ContainerBackend, ContainerConfig};
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let dir = tempfile::tempdir().unwrap();
     let absent = format!("unix://{}", dir.path().join("docker.sock").display());
     // A stand-in firmware image: the engine is asked for nothing before the files are ready.
@@ -305,7 +305,7 @@ async fn a_docker_engine_that_is_not_there_is_a_clear_refusal_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sim_backend_runs_restarts_and_stops_simulated_devices() {
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let _manager = system.start_manager(Backend::Sim).await;
     let device = DeviceId::new("sim-m1").unwrap();
     let mut uart = system
@@ -381,7 +381,7 @@ async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
         "wasmbed/qemu:test".into(),
         workspace_root().join("firmware/target"),
     ))));
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let _manager = system.start_manager(backend).await;
     let (device, mut uart) = boot(&system, "docker-1").await;
     let emulator = AggregateId::Emulator(device.clone());
@@ -450,7 +450,7 @@ async fn the_container_backend_runs_the_firmware_in_a_real_docker_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_start_runs_any_catalogue_board_in_the_simulator_with_its_labels() {
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     // A manager whose own backend (QEMU without images) could run none of these boards.
     let (_manager, _nowhere) = qemu_without_images(&system).await;
     let device = DeviceId::new("copy-1").unwrap();

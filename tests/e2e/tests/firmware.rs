@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use wasmbed_deployer::DeployerConfig;
 use wasmbed_e2e::emulated::{limits_for, qemu_config};
 use wasmbed_e2e::releases::{ALL_IMPORTS, Uplink, grants, public, publisher, signed};
-use wasmbed_e2e::{System, T, deployer_config, deployment, padded, test_limits};
+use wasmbed_e2e::{Services, System, T, deployer_config, deployment, padded, test_limits};
 use wasmbed_example_apps::{SENSOR, SPIN};
 use wasmbed_renode_manager::firmware::{Board, GatewayLink};
 use wasmbed_renode_manager::qemu::QemuDevice;
@@ -25,7 +25,7 @@ const BOOT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn every_qemu_board_boots_verifies_the_gateway_enrolls_and_runs_the_sensor() {
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let mut telemetry = system
         .client
         .subscribe("wasmbed.telemetry.>")
@@ -112,7 +112,7 @@ async fn enrolled(
 
 #[tokio::test]
 async fn the_serial_board_reconnects_through_its_bridge_after_a_gateway_restart() {
-    let mut system = System::start().await;
+    let mut system = System::start_services(Services::for_emulated_boards()).await;
     let (device, qemu, mut telemetry) = enrolled(&system, Board::Stm32F405, "qemu-serial").await;
     let uart = || qemu.lines().join("\n");
     let sensor = AppId::new("sensor").unwrap();
@@ -157,7 +157,7 @@ async fn the_serial_board_reconnects_through_its_bridge_after_a_gateway_restart(
 
 #[tokio::test]
 async fn a_gateway_whose_certificate_another_ca_signed_is_refused_by_the_firmware() {
-    let system = System::start().await;
+    let system = System::start_services(Services::for_emulated_boards()).await;
     let (device, key) = system.register("qemu-wrong-ca", &[]).await;
     // The board trusts a CA of its own; the gateway's certificate comes from the system's.
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -205,7 +205,7 @@ async fn telemetry_from(sub: &mut async_nats::Subscriber, device: &DeviceId) -> 
 
 #[tokio::test]
 async fn the_emulated_board_runs_apps_traps_a_loop_and_comes_back_after_a_gateway_restart() {
-    let mut system = System::start().await;
+    let mut system = System::start_services(Services::for_emulated_boards()).await;
     let (device, qemu, mut telemetry) = enrolled(&system, Board::Mps2An385, "qemu-2").await;
     let uart = || qemu.lines().join("\n");
 
@@ -265,9 +265,12 @@ async fn the_emulated_board_runs_apps_traps_a_loop_and_comes_back_after_a_gatewa
 
 #[tokio::test]
 async fn the_firmware_runs_a_signed_release_and_refuses_what_its_publisher_did_not_sign() {
-    let system = System::start_with(DeployerConfig {
-        require_signed: true,
-        ..deployer_config()
+    let system = System::start_services(Services {
+        deployer: Some(DeployerConfig {
+            require_signed: true,
+            ..deployer_config()
+        }),
+        ..Services::for_emulated_boards()
     })
     .await;
     let a = publisher(1);

@@ -140,6 +140,9 @@ impl<S: Signer> Session<S> {
         if matches!(self.state, State::Closed) {
             return;
         }
+        // Exactly what is needed, not double: a small device holds one large frame (an 8 KiB
+        // module chunk) here, and the spare half of a doubled buffer is RAM it does not have.
+        self.received.reserve_exact(bytes.len());
         self.received.extend_from_slice(bytes);
         loop {
             match codec::decode(&self.received) {
@@ -158,6 +161,13 @@ impl<S: Signer> Session<S> {
                 }
             }
         }
+    }
+
+    /// The connection carried bytes from the gateway at `now_ms`, though no whole frame yet
+    /// (a large frame trickling in over a slow link): the gateway is alive, so its silence
+    /// counts from here.
+    pub fn note_activity(&mut self, now_ms: u64) {
+        self.last_heard_ms = self.last_heard_ms.max(now_ms);
     }
 
     /// Lets time pass: sends heartbeats, notices timeouts.

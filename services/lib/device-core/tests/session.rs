@@ -150,6 +150,29 @@ fn heartbeats_go_out_on_schedule_and_silence_closes_the_session() {
 }
 
 #[test]
+fn bytes_still_arriving_keep_a_silent_session_open() {
+    let mut s = established();
+    // A large frame trickles in: no whole frame for 3,500 ms, but bytes every 500 ms.
+    for at in (500..=3500).step_by(500) {
+        s.note_activity(at);
+        s.handle_timeout(at);
+        s.take_outbound();
+        assert!(!s.is_closed(), "closed at {at}");
+    }
+    // Then nothing: silence counts from the last bytes.
+    s.handle_timeout(6499);
+    assert!(!s.is_closed());
+    s.handle_timeout(6500);
+    assert!(s.is_closed());
+    // Activity never moves the clock back.
+    let mut s = established();
+    s.note_activity(2000);
+    s.note_activity(10);
+    s.handle_timeout(4999);
+    assert!(!s.is_closed());
+}
+
+#[test]
 fn no_welcome_in_time_closes_the_session() {
     let mut s = Session::new(
         SessionConfig::default(),

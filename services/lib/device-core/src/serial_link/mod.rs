@@ -6,7 +6,9 @@
 //! lost or changed byte costs one frame, never the framing. Flow control and recovery:
 //! go-back-N with a window of [`WINDOW`] data frames; every frame carries a cumulative
 //! acknowledgement (the next data frame expected); unacknowledged frames are sent again after
-//! [`RETRANSMIT_MS`]. A receiver whose buffer is full takes no more frames, so the sender's
+//! [`RETRANSMIT_MS`], and each time again without progress the wait doubles, up to
+//! [`MAX_RETRANSMIT_MS`] (a slow line is not flooded with copies of what it still carries;
+//! an acknowledgement that moves the window starts over). A receiver whose buffer is full takes no more frames, so the sender's
 //! window closes: no byte is dropped for lack of room. `Open` starts a stream (both sides from
 //! 0), `Close` ends it.
 //!
@@ -29,9 +31,13 @@ use frame::{Frame, Kind};
 /// Data frames in flight before an acknowledgement.
 pub const WINDOW: usize = 4;
 /// How long an unacknowledged frame waits before the window is sent again.
-pub const RETRANSMIT_MS: u64 = 50;
+pub const RETRANSMIT_MS: u64 = 200;
+/// The longest wait between two sendings of the window while nothing is acknowledged.
+pub const MAX_RETRANSMIT_MS: u64 = 3_200;
 /// Bytes written and not yet framed, and bytes received and not yet read: the link's memory,
-/// bounded (a 192 KiB board pays it once).
+/// bounded (a 192 KiB board pays it once). Above one whole TLS record from the gateway (2 KiB
+/// of plaintext and its overhead), so a device can wait for a record to be complete before it
+/// reads it, instead of blocking in the read while the rest trickles in.
 pub const BUFFER: usize = 4 * 1024;
 
 /// What happened to the stream, for the caller.
@@ -50,6 +56,8 @@ pub struct Link {
     unacked: VecDeque<(u8, Vec<u8>)>,
     next_seq: u8,
     window_sent_ms: u64,
+    /// Sendings of the window again since the last progress (each doubles the wait).
+    fruitless: u32,
     expected: u8,
     received: VecDeque<u8>,
     ack_due: bool,
@@ -105,6 +113,15 @@ impl Link {
         let n = buf.len().min(self.received.len());
         for (slot, byte) in buf.iter_mut().zip(self.received.drain(..n)) {
             *slot = byte;
+        }
+        n
+    }
+
+    /// Copies the first received bytes into `buf` without taking them; returns how many.
+    pub fn peek(&self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.received.len());
+        for (slot, byte) in buf.iter_mut().zip(self.received.iter()) {
+            *slot = *byte;
         }
         n
     }
@@ -189,7 +206,15 @@ impl Link {
         }
         if progressed {
             self.window_sent_ms = now_ms;
+            self.fruitless = 0;
         }
+    }
+
+    /// How long the window waits for an acknowledgement before it goes again.
+    fn retransmit_wait(&self) -> u64 {
+        RETRANSMIT_MS
+            .saturating_mul(1 << self.fruitless.min(16))
+            .min(MAX_RETRANSMIT_MS)
     }
 
     /// Appends what should go on the line now to `out`: control frames, the window again when
@@ -199,12 +224,13 @@ impl Link {
         while let Some((kind, payload)) = self.control.pop_front() {
             self.frame(kind, 0, payload, out);
         }
-        if !self.unacked.is_empty() && now_ms >= self.window_sent_ms + RETRANSMIT_MS {
+        if !self.unacked.is_empty() && now_ms >= self.window_sent_ms + self.retransmit_wait() {
             let window: Vec<(u8, Vec<u8>)> = self.unacked.iter().cloned().collect();
             for (seq, payload) in window {
                 self.frame(Kind::Data, seq, payload, out);
             }
             self.window_sent_ms = now_ms;
+            self.fruitless = self.fruitless.saturating_add(1);
         }
         while self.unacked.len() < WINDOW && !self.pending.is_empty() {
             let n = self.pending.len().min(frame::MAX_PAYLOAD);
@@ -224,7 +250,7 @@ impl Link {
 
     /// When [`Link::transmit`] has something to send again without new input (a retransmit).
     pub fn next_wake(&self) -> Option<u64> {
-        (!self.unacked.is_empty()).then_some(self.window_sent_ms + RETRANSMIT_MS)
+        (!self.unacked.is_empty()).then_some(self.window_sent_ms + self.retransmit_wait())
     }
 
     fn frame(&mut self, kind: Kind, seq: u8, payload: Vec<u8>, out: &mut Vec<u8>) {

@@ -1,12 +1,14 @@
 use super::*;
 use alloc::vec;
 
-/// A line that damages bytes: flips one every `flip_every`, drops one every `drop_every`
-/// (0: never), counting across the whole run.
+/// A line that damages bytes at random (a fixed-seed generator, so runs repeat): flips one
+/// in `flip_every` on average, drops one in `drop_every` (0: never). Line noise has no period;
+/// a damaged byte every exactly N bytes, N near the window's length, would hit the same frame
+/// of every resent window.
 struct Line {
-    flip_every: usize,
-    drop_every: usize,
-    seen: usize,
+    flip_every: u64,
+    drop_every: u64,
+    state: u64,
 }
 
 impl Line {
@@ -14,22 +16,30 @@ impl Line {
         Self::noisy(0, 0)
     }
 
-    fn noisy(flip_every: usize, drop_every: usize) -> Self {
+    fn noisy(flip_every: u64, drop_every: u64) -> Self {
         Self {
             flip_every,
             drop_every,
-            seen: 0,
+            state: 0x2545_f491_4f6c_dd1d,
         }
+    }
+
+    /// One in `every`, at random (never when `every` is 0).
+    fn one_in(&mut self, every: u64) -> bool {
+        // xorshift64
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        every != 0 && self.state % every == 0
     }
 
     fn carry(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len());
         for &b in bytes {
-            self.seen += 1;
-            if self.drop_every != 0 && self.seen % self.drop_every == 0 {
+            if self.one_in(self.drop_every) {
                 continue;
             }
-            if self.flip_every != 0 && self.seen % self.flip_every == 0 {
+            if self.one_in(self.flip_every) {
                 out.push(b ^ 0x20);
             } else {
                 out.push(b);
@@ -173,6 +183,31 @@ fn unacknowledged_frames_are_sent_again_after_the_timeout_only() {
     let mut again = Vec::new();
     a.transmit(RETRANSMIT_MS, &mut again);
     assert_eq!(again, first);
+    // Still nothing back: each wait is twice the last, up to the cap — a slow line is not
+    // flooded with copies of what it still carries.
+    let mut at = RETRANSMIT_MS;
+    let mut waits = Vec::new();
+    for _ in 0..7 {
+        let next = a.next_wake().unwrap();
+        waits.push(next - at);
+        let mut wire = Vec::new();
+        a.transmit(next - 1, &mut wire);
+        assert!(wire.is_empty(), "sent early at {}", next - 1);
+        a.transmit(next, &mut wire);
+        assert_eq!(wire, first);
+        at = next;
+    }
+    assert_eq!(waits, [400, 800, 1600, 3200, 3200, 3200, 3200]);
+    // An acknowledgement that moves the window starts over.
+    let mut b = Link::new();
+    b.receive(&first, at);
+    let mut ack = Vec::new();
+    b.transmit(at, &mut ack);
+    a.receive(&ack, at + 5);
+    a.write(b"more");
+    let mut wire = Vec::new();
+    a.transmit(at + 5, &mut wire);
+    assert_eq!(a.next_wake(), Some(at + 5 + RETRANSMIT_MS));
 }
 
 #[test]
@@ -202,6 +237,11 @@ fn a_device_asks_for_a_gateway_and_streams_only_after_the_answer() {
     device.receive(&wire, 2);
     assert_eq!(device.event(), Some(LinkEvent::Opened));
     assert_eq!(device.target(), b"");
+    // Peeking leaves the bytes where they are (a device looks at a record's header first).
+    let mut header = [0; 6];
+    assert_eq!(device.peek(&mut header), 6);
+    assert_eq!(&header, b"server");
+    assert_eq!(device.readable(), 12);
     let mut buf = [0; 32];
     let n = device.read(&mut buf);
     assert_eq!(&buf[..n], b"server hello");
