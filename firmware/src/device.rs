@@ -24,7 +24,7 @@ use wasmbed_schemas::{Nonce, PublicKey, Sha256};
 
 use crate::board::clock;
 use crate::board::this::{self, BoardTransport};
-use crate::tls::{GatewayVerifier, Provider, READ_BUFFER, Suite, WRITE_BUFFER};
+use crate::tls::{self, GatewayVerifier, Provider, READ_BUFFER, Suite, WRITE_BUFFER};
 use crate::transport::{Endpoint, Stream, Transport, idle};
 use crate::{HEAP, log};
 
@@ -315,7 +315,9 @@ impl Connection<'_> {
                 session.note_activity(now);
             }
             waiting = pending;
-            if self.net.borrow_mut().record_ready() {
+            let mut header = [0u8; tls::RECORD_HEADER];
+            let peeked = self.net.borrow_mut().peek(&mut header);
+            if tls::whole_record(&header[..peeked], pending) {
                 // A whole record has arrived: reading it does not block.
                 match tls.read_buffered() {
                     Ok(mut record) => session.handle_input(record.pop_all(), clock::now_ms()),

@@ -131,7 +131,6 @@ impl<P: SerialPort> Transport for SerialTransport<P> {
     }
 
     fn pending(&mut self) -> usize {
-        self.poll();
         self.link.readable()
     }
 

@@ -22,6 +22,21 @@ pub const READ_BUFFER: usize = 2048 + 256;
 /// Write buffer: frames are written in records of up to this size.
 pub const WRITE_BUFFER: usize = 4096;
 
+/// A TLS record header's length.
+pub const RECORD_HEADER: usize = 5;
+
+/// Whether `pending` received bytes, starting with `peeked`, hold a whole TLS record, so that
+/// reading it cannot block: the device keeps its heartbeats and apps going while a record
+/// trickles in over a slow link.
+pub fn whole_record(peeked: &[u8], pending: usize) -> bool {
+    match peeked {
+        [_, _, _, high, low, ..] => {
+            pending >= RECORD_HEADER + usize::from(u16::from_be_bytes([*high, *low]))
+        }
+        _ => false,
+    }
+}
+
 /// Certificate validity is checked against the time the provisioning block gave.
 pub struct DeviceClock;
 

@@ -97,16 +97,6 @@ pub trait Transport {
     fn pending(&mut self) -> usize;
     /// Copies the first received bytes into `buf` without taking them; returns how many.
     fn peek(&mut self, buf: &mut [u8]) -> usize;
-    /// Whether a whole TLS record has arrived, so that reading it cannot block: the device
-    /// keeps its heartbeats and apps going while a record trickles in over a slow link.
-    fn record_ready(&mut self) -> bool {
-        let mut header = [0u8; 5];
-        if self.peek(&mut header) < header.len() {
-            return false;
-        }
-        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        self.pending() >= header.len() + len
-    }
     /// Whether the connection can still carry data.
     fn is_open(&mut self) -> bool;
     /// Reads what has arrived into `buf`: `Ok(0)` when nothing has yet.

@@ -193,7 +193,7 @@ impl Mcu {
             BackendKind::RenodeDocker => {
                 let board = self.firmware()?;
                 self.renode()?;
-                if board.qemu_machine().is_some() && board.gateway_link() == GatewayLink::Serial {
+                if board.laid_out_for_qemu_only() {
                     return Err(Unsupported::ImageFor {
                         mcu: self.name.clone(),
                         image: board.feature(),

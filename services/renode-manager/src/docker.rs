@@ -147,6 +147,9 @@ pub enum ContainerError {
     /// The script could not be made.
     #[error(transparent)]
     Script(#[from] RescError),
+    /// No port could be had for a serial board's link.
+    #[error("a port for the serial link: {0}")]
+    LinkPort(#[source] std::io::Error),
     /// The block could not be made.
     #[error(transparent)]
     Provision(#[from] ProvisionError),
@@ -342,10 +345,7 @@ fn free_port() -> Result<u16, ContainerError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|source| ContainerError::Files {
-            path: "a port for the serial link".into(),
-            source,
-        })
+        .map_err(ContainerError::LinkPort)
 }
 
 /// Dials the board's link UART once the emulator listens (Renode takes seconds to start),

@@ -78,6 +78,13 @@ impl Board {
         }
     }
 
+    /// Whether the image's memory map is QEMU's model of the part rather than the part
+    /// itself (QEMU maps the STM32F405's RAM as one block and has no CCM), so that no other
+    /// emulator may run it.
+    pub fn laid_out_for_qemu_only(self) -> bool {
+        self == Board::Stm32F405
+    }
+
     /// How its firmware reaches a gateway.
     pub fn gateway_link(self) -> GatewayLink {
         match self {

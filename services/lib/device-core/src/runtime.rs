@@ -101,19 +101,8 @@ pub struct Runtime {
     memory_budget: u64,
 }
 
-impl Default for Runtime {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Runtime {
-    /// A runtime with no apps, no cap on their memory together and wasmi's default stacks.
-    pub fn new() -> Self {
-        Self::with_config(Config::default(), u64::MAX)
-    }
-
-    /// A runtime for a device that gives apps `memory_budget` bytes of linear memory together
+    /// A runtime with no apps for a device that gives apps `memory_budget` bytes of linear memory together
     /// (an app whose limit would take the sum past it does not start) and lets one call's wasm
     /// value stack take at most `value_stack_bytes` of its heap (deeper calls trap with a stack
     /// overflow instead of running the device out of memory).
@@ -128,10 +117,6 @@ impl Runtime {
         if let Ok(limits) = limits {
             config.set_stack_limits(limits);
         }
-        Self::with_config(config, memory_budget)
-    }
-
-    fn with_config(mut config: Config, memory_budget: u64) -> Self {
         config.consume_fuel(true);
         let engine = Engine::new(&config);
         let linker = host_linker(&engine);
